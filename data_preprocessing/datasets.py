@@ -1,0 +1,521 @@
+"""Facial-expression datasets: list-file layouts, FER2013 (csv or class folders), class-folder trees.
+
+Every dataset is an :class:`ImageListDataset`: a list of (image path, 0-based label) pairs plus the
+class names in label order. Data folders are only read, never written (the "demo" dataset writes
+itself into its own data root on first use).
+
+Default data roots (relative to the working directory):
+
+=============  ======================  ============================================================
+name           default data root       layout
+=============  ======================  ============================================================
+RAF-DB         ./datas/RAF-DB          basic/ + raf_db_basic_train.txt, raf_db_basic_test.txt
+FERPlus        ./datas/FERPlus         img/ + ferplus_training.txt, ferplus_valid.txt (val),
+                                       ferplus_test.txt
+AffectNet-7    ./datas/AffectNet       Manually_trainval_croped/ + affectnet_training-cls7-v7.txt,
+                                       affectnet_validation-cls7.txt (test)
+AffectNet-8    ./datas/AffectNet       Manually_trainval_croped/ + affectnet_training-cls8-v7.txt,
+                                       affectnet_validation-cls8.txt (test)
+FER2013        ./datas/FER2013         fer2013.csv (or the csv itself as data root), or
+                                       train/<class>/*, test/<class>/* class folders
+folder         (required)              train/<class>/*, test/<class>/* (val/ optional)
+demo           ./datas/demo            generated: images/ + demo_train.txt, demo_test.txt
+=============  ======================  ============================================================
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "DataError", "DATASET_NAMES", "ImageListDataset", "ArrayImageDataset", "ListLayout", "LIST_LAYOUTS",
+    "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
+    "IMAGE_EXTENSIONS", "parse_list_file", "dataset_classes", "build_dataset", "default_data_root",
+    "load_fer2013_csv", "class_folder_samples",
+]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the offending file (and line where there is one)."""
+
+
+DATASET_NAMES = ["RAF-DB", "FERPlus", "AffectNet-7", "AffectNet-8", "FER2013", "folder", "demo"]
+
+RAF_DB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+FERPLUS_CLASSES = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
+AFFECTNET7_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
+AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ["Contempt"]
+FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+FER2013_USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+FER2013_SIDE = 48
+
+
+@dataclass(frozen=True)
+class ListLayout:
+    """A released layout: an image folder plus one `<image name> <label>` list file per split."""
+
+    name: str
+    default_root: str
+    image_dir: str
+    list_files: dict  # split -> list file name, relative to the data root
+    classes: tuple
+
+
+LIST_LAYOUTS = {
+    "RAF-DB": ListLayout("RAF-DB", "./datas/RAF-DB", "basic",
+                         {"train": "raf_db_basic_train.txt", "test": "raf_db_basic_test.txt"},
+                         tuple(RAF_DB_CLASSES)),
+    "FERPlus": ListLayout("FERPlus", "./datas/FERPlus", "img",
+                          {"train": "ferplus_training.txt", "val": "ferplus_valid.txt",
+                           "test": "ferplus_test.txt"},
+                          tuple(FERPLUS_CLASSES)),
+    "AffectNet-7": ListLayout("AffectNet-7", "./datas/AffectNet", "Manually_trainval_croped",
+                              {"train": "affectnet_training-cls7-v7.txt", "test": "affectnet_validation-cls7.txt"},
+                              tuple(AFFECTNET7_CLASSES)),
+    "AffectNet-8": ListLayout("AffectNet-8", "./datas/AffectNet", "Manually_trainval_croped",
+                              {"train": "affectnet_training-cls8-v7.txt", "test": "affectnet_validation-cls8.txt"},
+                              tuple(AFFECTNET8_CLASSES)),
+}
+
+DEMO_LAYOUT = dict(default_root="./datas/demo", image_dir="images",
+                   list_files={"train": "demo_train.txt", "test": "demo_test.txt"})
+
+_DEFAULT_ROOTS = {"FER2013": "./datas/FER2013", "folder": None, "demo": DEMO_LAYOUT["default_root"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset object
+# ----------------------------------------------------------------------------------------------
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images with 0-based labels; `__getitem__(i)` -> (transform(RGB PIL image), label).
+
+    Attributes: `samples` [(path, label)], `labels` (np.int64), `image_names` (as listed),
+    `classes` (names in label order), `num_classes`, `transform` (settable), `source` (where the
+    list came from, used in error messages).
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], classes: Sequence[str],
+                 image_names: Sequence[str] | None = None, transform: Callable | None = None,
+                 source: str = ""):
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.source = source
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
+            raise DataError(f"{source or 'dataset'}: label {bad} outside 0..{self.num_classes - 1}")
+        self.labels = labels
+        self.samples = [(str(p), int(y)) for p, y in zip(paths, labels.tolist())]
+        self.image_names = list(image_names) if image_names is not None else [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        image = self.load_image(int(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def load_image(self, index: int) -> Image.Image:
+        """The image at `index` as an RGB PIL image; DataError naming the file if it cannot be read."""
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode now, so truncated files fail here with their name
+                return to_rgb(image)
+        except FileNotFoundError:
+            raise DataError(f"image missing: {path}" + self._listed_in()) from None
+        except (OSError, SyntaxError, ValueError) as err:  # PIL raises these for corrupt files
+            raise DataError(f"cannot read image {path}" + self._listed_in() + f": {err}") from err
+
+    def class_counts(self) -> np.ndarray:
+        """Number of samples per class, in label order."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def _listed_in(self) -> str:
+        return f" (listed in {self.source})" if self.source else ""
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} images, {self.num_classes} classes"
+                + (f", from {self.source}" if self.source else "") + ")")
+
+
+class ArrayImageDataset(ImageListDataset):
+    """Images held in memory as a uint8 array [N, H, W] (grayscale) or [N, H, W, 3]."""
+
+    def __init__(self, pixels: np.ndarray, labels, classes, image_names, transform=None, source=""):
+        paths = [f"{source}#{name}" for name in image_names]
+        super().__init__(paths, labels, classes, image_names=image_names, transform=transform, source=source)
+        self.pixels = pixels
+
+    def load_image(self, index: int) -> Image.Image:
+        return to_rgb(Image.fromarray(self.pixels[index]))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, I;16, CMYK, ...) to RGB; transparency is composited on black."""
+    if image.mode == "RGB":
+        return image.copy() if image.readonly else image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float grayscale: rescale to 8 bits rather than clipping.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------
+# List files
+# ----------------------------------------------------------------------------------------------
+
+def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Parse `<image name> <label>` lines -> (names, labels int64, line numbers).
+
+    Blank lines and extra whitespace are ignored; the label is the last field, so names may contain
+    sub-folders (and spaces). Malformed lines and out-of-range labels raise DataError with file:line.
+    """
+    list_file = str(list_file)
+    if not os.path.isfile(list_file):
+        raise DataError(f"list file not found: {list_file}")
+    try:
+        with open(list_file, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{list_file}: not a UTF-8 text list file ({err})") from None
+    names, labels, line_numbers = [], [], []
+    for line_number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        fields = text.rsplit(None, 1)
+        if len(fields) != 2 or not _is_int(fields[1]):
+            raise DataError(f"{list_file}:{line_number}: expected '<image name> <label>', got {text!r}")
+        names.append(fields[0].strip())
+        labels.append(int(fields[1]))
+        line_numbers.append(line_number)
+    if not names:
+        raise DataError(f"{list_file}: no '<image name> <label>' lines")
+    labels = np.asarray(labels, dtype=np.int64)
+    line_numbers = np.asarray(line_numbers, dtype=np.int64)
+    check_label_range(labels, num_classes, list_file, line_numbers)
+    return names, labels, line_numbers
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, where: str, line_numbers=None) -> None:
+    """DataError if any label is outside 0..num_classes-1; says so when the labels look 1-based."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if not len(bad):
+        return
+    first = int(bad[0])
+    position = f"{where}:{int(line_numbers[first])}" if line_numbers is not None else where
+    message = (f"{position}: label {int(labels[first])} outside 0..{num_classes - 1} "
+               f"({len(bad)} such line(s); this dataset has {num_classes} classes)")
+    if labels.min() >= 1 and labels.max() == num_classes:
+        message += (f". The labels run {int(labels.min())}..{num_classes}: they look 1-based; "
+                    f"list files must use 0-based labels (subtract 1)")
+    raise DataError(message)
+
+
+def find_missing_images(image_dir: str, names: Sequence[str]) -> list[int]:
+    """Indices of `names` with no file under `image_dir` (one directory listing per sub-folder)."""
+    by_folder: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        by_folder.setdefault(os.path.dirname(name), []).append(index)
+    missing = []
+    for folder, indices in by_folder.items():
+        try:
+            present = set(os.listdir(os.path.join(image_dir, folder)))
+        except OSError:
+            present = set()
+        for index in indices:
+            base = os.path.basename(names[index])
+            # The exists() fallback keeps case-insensitive file systems and odd names correct.
+            if base not in present and not os.path.isfile(os.path.join(image_dir, names[index])):
+                missing.append(index)
+    return missing
+
+
+def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str], transform=None,
+                           check_images: bool = True) -> ImageListDataset:
+    """An ImageListDataset from a `<image name> <label>` list file and its image folder."""
+    list_file, image_dir = str(list_file), str(image_dir)
+    if not os.path.isdir(image_dir):
+        raise DataError(f"image folder not found: {image_dir} (needed by {list_file})")
+    names, labels, line_numbers = parse_list_file(list_file, len(classes))
+    if check_images:
+        missing = find_missing_images(image_dir, names)
+        if missing:
+            examples = ", ".join(f"{names[i]} (line {int(line_numbers[i])})" for i in missing[:3])
+            raise DataError(f"{list_file}: {len(missing)} of {len(names)} listed images are missing "
+                            f"under {image_dir}, e.g. {examples}")
+    paths = [os.path.join(image_dir, name) for name in names]
+    return ImageListDataset(paths, labels, classes, image_names=names, transform=transform, source=list_file)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-folder trees and FER2013
+# ----------------------------------------------------------------------------------------------
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_class_folders(split_dir: str) -> list[str]:
+    """Sorted names of the sub-folders of `split_dir` (hidden ones skipped)."""
+    if not os.path.isdir(split_dir):
+        raise DataError(f"split folder not found: {split_dir}")
+    return sorted(entry.name for entry in os.scandir(split_dir)
+                  if entry.is_dir() and not entry.name.startswith("."))
+
+
+def class_folder_samples(split_dir: str, folder_to_label: dict, require_all: bool) -> tuple[list, list, list]:
+    """Walk `split_dir/<class>/**` -> (paths, labels, names relative to split_dir), sorted per class.
+
+    Every sub-folder must be a known class and hold at least one image; with `require_all`, every
+    class in `folder_to_label` must have a folder.
+    """
+    folders = list_class_folders(split_dir)
+    unknown = [f for f in folders if f not in folder_to_label]
+    if unknown:
+        raise DataError(f"{split_dir}: unknown class folder(s) {unknown}; expected {sorted(folder_to_label)}")
+    if require_all:
+        absent = [f for f in folder_to_label if f not in folders]
+        if absent:
+            raise DataError(f"{split_dir}: no folder for class(es) {absent}")
+    paths, labels, names = [], [], []
+    for folder in folders:
+        class_dir = os.path.join(split_dir, folder)
+        found = sorted(_images_under(class_dir))
+        if not found:
+            raise DataError(f"empty class folder (no image files): {class_dir}")
+        for relative in found:
+            name = os.path.join(folder, relative)
+            paths.append(os.path.join(split_dir, name))
+            labels.append(folder_to_label[folder])
+            names.append(name)
+    if not paths:
+        raise DataError(f"no class folders with images under {split_dir}")
+    return paths, labels, names
+
+
+def _images_under(class_dir: str) -> list[str]:
+    found = []
+    for current, dirs, files in os.walk(class_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        relative_dir = os.path.relpath(current, class_dir)
+        for file in files:
+            if is_image_file(file):
+                found.append(file if relative_dir == "." else os.path.join(relative_dir, file))
+    return found
+
+
+def folder_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:
+    """Any `ROOT/<split>/<class>/*` tree; classes sorted by folder name unless given."""
+    root = _require_root(data_root, "folder")
+    split_dir = os.path.join(root, split)
+    if classes is None:
+        classes = folder_classes(root)
+    classes = list(classes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes= has duplicates: {classes}")
+    paths, labels, names = class_folder_samples(split_dir, {c: i for i, c in enumerate(classes)},
+                                                require_all=(split == "train"))
+    return ImageListDataset(paths, labels, classes, image_names=names, transform=transform, source=split_dir)
+
+
+def folder_classes(data_root) -> list[str]:
+    """Sorted class-folder names under data_root/train."""
+    root = _require_root(data_root, "folder")
+    classes = list_class_folders(os.path.join(root, "train"))
+    if not classes:
+        raise DataError(f"no class folders under {os.path.join(root, 'train')}")
+    return classes
+
+
+def fer2013_csv_path(data_root: str) -> str | None:
+    """The fer2013.csv to use for `data_root` (the csv itself or data_root/fer2013.csv), else None."""
+    if os.path.isfile(data_root):
+        return data_root
+    candidate = os.path.join(data_root, "fer2013.csv")
+    return candidate if os.path.isfile(candidate) else None
+
+
+def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of Kaggle's fer2013.csv for one split -> (pixels uint8 [n,48,48], labels, names).
+
+    Names are `fer2013_<row index>` (0-based data row). Usage: Training -> train,
+    PublicTest -> val, PrivateTest -> test.
+    """
+    wanted_usage = {s: u for u, s in FER2013_USAGE_TO_SPLIT.items()}.get(split)
+    if wanted_usage is None:
+        raise DataError(f"{csv_path}: split {split!r} unknown; fer2013.csv has train, val, test")
+    pixels, labels, names = [], [], []
+    side2 = FER2013_SIDE * FER2013_SIDE
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        columns = {h: i for i, h in enumerate(header)}
+        absent = [c for c in ("emotion", "pixels", "Usage") if c not in columns]
+        if absent:
+            raise DataError(f"{csv_path}:1: header lacks column(s) {absent} (got {header})")
+        emotion_col, pixels_col, usage_col = columns["emotion"], columns["pixels"], columns["Usage"]
+        for row_index, row in enumerate(reader):
+            if not row:
+                continue
+            where = f"{csv_path}:{reader.line_num}"
+            if len(row) < len(header):
+                raise DataError(f"{where}: expected {len(header)} columns, got {len(row)}")
+            usage = row[usage_col].strip()
+            if usage not in FER2013_USAGE_TO_SPLIT:
+                raise DataError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
+            if usage != wanted_usage:
+                continue
+            emotion = row[emotion_col].strip()
+            if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
+                raise DataError(f"{where}: emotion {emotion!r} is not a label 0..{len(FER2013_CLASSES) - 1}")
+            values = np.array(row[pixels_col].split(), dtype=np.int64) if row[pixels_col].strip() else np.zeros(0)
+            if values.size != side2 or values.min() < 0 or values.max() > 255:
+                raise DataError(f"{where}: pixels must be {side2} values 0..255 "
+                                f"({FER2013_SIDE}x{FER2013_SIDE}), got {values.size} values")
+            pixels.append(values.astype(np.uint8).reshape(FER2013_SIDE, FER2013_SIDE))
+            labels.append(int(emotion))
+            names.append(f"fer2013_{row_index}")
+    if not names:
+        raise DataError(f"{csv_path}: no rows with Usage {wanted_usage} (split {split!r})")
+    return np.stack(pixels), np.asarray(labels, dtype=np.int64), names
+
+
+def fer2013_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:
+    """FER2013 from fer2013.csv (train/val/test) or from train/<class>/, test/<class>/ folders."""
+    root = _require_root(data_root, "FER2013")
+    class_names = _override_classes(FER2013_CLASSES, classes, "FER2013")
+    csv_path = fer2013_csv_path(root)
+    if csv_path is not None:
+        pixels, labels, names = load_fer2013_csv(csv_path, split)
+        return ArrayImageDataset(pixels, labels, class_names, names, transform=transform, source=csv_path)
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise DataError(f"FER2013 data root {root} has neither fer2013.csv nor a {split}/ class-folder tree")
+    # Folder names are matched case-insensitively to the FER2013 label order.
+    folder_to_label = {}
+    for folder in list_class_folders(split_dir):
+        if folder.lower() not in _FER2013_FOLDER_LABELS:
+            raise DataError(f"{split_dir}: unknown FER2013 class folder {folder!r}; "
+                            f"expected {sorted(_FER2013_FOLDER_LABELS)}")
+        folder_to_label[folder] = _FER2013_FOLDER_LABELS[folder.lower()]
+    if split == "train" and len(set(folder_to_label.values())) < len(FER2013_CLASSES):
+        absent = sorted(set(_FER2013_FOLDER_LABELS) - {f.lower() for f in folder_to_label})
+        raise DataError(f"{split_dir}: no folder for class(es) {absent}")
+    paths, labels, names = class_folder_samples(split_dir, folder_to_label, require_all=False)
+    return ImageListDataset(paths, labels, class_names, image_names=names, transform=transform, source=split_dir)
+
+
+_FER2013_FOLDER_LABELS = {name.lower(): i for i, name in enumerate(FER2013_CLASSES)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection by name
+# ----------------------------------------------------------------------------------------------
+
+def canonical_name(name: str) -> str:
+    """The DATASET_NAMES spelling of `name` (case, '-' and '_' ignored); DataError if unknown."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    for known in DATASET_NAMES:
+        if known.lower().replace("-", "") == key:
+            return known
+    raise DataError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
+
+
+def default_data_root(name: str) -> str | None:
+    """The documented default data root of a dataset (None for 'folder', which needs one)."""
+    name = canonical_name(name)
+    if name in LIST_LAYOUTS:
+        return LIST_LAYOUTS[name].default_root
+    return _DEFAULT_ROOTS[name]
+
+
+def dataset_classes(name: str, data_root=None) -> list[str]:
+    """Class names in label order (for 'folder': sorted folder names under data_root/train)."""
+    name = canonical_name(name)
+    if name in LIST_LAYOUTS:
+        return list(LIST_LAYOUTS[name].classes)
+    if name == "FER2013":
+        return list(FER2013_CLASSES)
+    if name == "demo":
+        from .demo import DEMO_CLASSES
+        return list(DEMO_CLASSES)
+    return folder_classes(data_root)
+
+
+def build_dataset(name: str, split: str, data_root=None, transform=None, classes=None,
+                  check_images: bool = True, seed: int = 0) -> ImageListDataset:
+    """The `split` ("train", "test", "val" where present) of dataset `name` under `data_root`.
+
+    `data_root` defaults to the dataset's documented root (see the module docstring). `classes`
+    renames the classes (same count) or, for 'folder', picks the class order. `check_images`
+    verifies at construction that every listed image exists. `seed` is used by 'demo' only.
+    """
+    name = canonical_name(name)
+    split = str(split)
+    root = data_root if data_root is not None else default_data_root(name)
+    if name == "folder":
+        return folder_dataset(root, split, classes=classes, transform=transform)
+    if name == "FER2013":
+        return fer2013_dataset(root, split, classes=classes, transform=transform)
+    if name == "demo":
+        from .demo import DEMO_CLASSES, ensure_demo_dataset
+        ensure_demo_dataset(root, seed=seed)
+        layout = ListLayout("demo", DEMO_LAYOUT["default_root"], DEMO_LAYOUT["image_dir"],
+                            DEMO_LAYOUT["list_files"], tuple(DEMO_CLASSES))
+    else:
+        layout = LIST_LAYOUTS[name]
+    root = _require_root(root, name)
+    if split not in layout.list_files:
+        raise DataError(f"{name} has no split {split!r}; choose one of {sorted(layout.list_files)}")
+    class_names = _override_classes(layout.classes, classes, name)
+    return dataset_from_list_file(os.path.join(root, layout.list_files[split]),
+                                  os.path.join(root, layout.image_dir), class_names,
+                                  transform=transform, check_images=check_images)
+
+
+def _require_root(data_root, name: str) -> str:
+    if data_root is None:
+        raise DataError(f"dataset {name!r} needs a data root (ROOT/train/<class>/..., ROOT/test/<class>/...)")
+    data_root = os.fspath(data_root)
+    if not os.path.exists(data_root):
+        raise DataError(f"data root not found for {name}: {data_root}")
+    return data_root
+
+
+def _override_classes(default: Sequence[str], classes, name: str) -> list[str]:
+    if classes is None:
+        return list(default)
+    classes = list(classes)
+    if len(classes) != len(default):
+        raise DataError(f"classes= gives {len(classes)} names but {name} has {len(default)} classes")
+    return classes

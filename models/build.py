@@ -1,0 +1,71 @@
+"""`build_model`: one entry point for the base, DCS and QCS networks and their ablations."""
+from torch import nn
+
+from .qcs import MODEL_SIZES, BaseBranch, CrossModel
+
+ARCHS = {"base": 1, "dcs": 2, "qcs": 4}
+OPTION_CHOICES = {
+    "size": tuple(MODEL_SIZES),
+    "attention": ("csa", "sdpa"),
+    "matrix": ("sd", "s", "d"),
+    "connection": ("vit", "gap", "bp"),
+    "proj_drop_rule": ("auto", "attn", "drop"),
+}
+
+
+def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", connection="vit",
+                drop=0.0, cross_drop=0.0, proj_drop_rule="auto", checkpoint_backbone=False):
+    """Build the `"base"`, `"dcs"` or `"qcs"` network.
+
+    - `size`: "paper" (SPEC §1) or a smaller preset of the same structure ("small", "tiny").
+    - `attention`: "csa" or the "sdpa" ablation; `matrix` (QCS): "sd", "s" or "d";
+      `connection`: "vit" (contrastive residual distillation), "gap" or "bp".
+    - `drop` / `cross_drop`: dropout of the base / cross ViT.
+    - `proj_drop_rule`: dropout on the attention output projection: "attn" uses the attention
+      dropout (0, the 7-class releases), "drop" the ViT's dropout (the 8-class releases);
+      "auto" picks by `num_classes`.
+    - `checkpoint_backbone`: recompute the backbone in backward to save memory.
+    The returned model carries its arguments in `model.config`.
+    """
+    config = dict(arch=arch, num_classes=num_classes, size=size, attention=attention, matrix=matrix,
+                  connection=connection, drop=drop, cross_drop=cross_drop,
+                  proj_drop_rule=proj_drop_rule)
+    _check_options(config)
+    rule = proj_drop_rule if proj_drop_rule != "auto" else ("attn" if num_classes == 7 else "drop")
+    dims = MODEL_SIZES[size]
+    base = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
+                      checkpoint_backbone=checkpoint_backbone)
+    if arch == "base":
+        model = base
+    else:
+        model = CrossModel(base, ARCHS[arch], num_classes, dims["dim"], dims["num_heads"],
+                           attention=attention, matrix=matrix, connection=connection,
+                           cross_drop=cross_drop,
+                           cross_proj_drop=cross_drop if rule == "drop" else 0.0)
+    model.config = config
+    return model
+
+
+def _check_options(config):
+    if config["arch"] not in ARCHS:
+        raise ValueError(f"unknown arch {config['arch']!r}; choose one of {', '.join(ARCHS)}")
+    if not isinstance(config["num_classes"], int) or config["num_classes"] < 2:
+        raise ValueError(f"num_classes must be an integer ≥ 2, got {config['num_classes']!r}")
+    for name, choices in OPTION_CHOICES.items():
+        if config[name] not in choices:
+            raise ValueError(f"unknown {name} {config[name]!r}; choose one of {', '.join(choices)}")
+    for name in ("drop", "cross_drop"):
+        if not 0.0 <= config[name] < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {config[name]}")
+
+
+def inference_model(model):
+    """The base branch alone (cross modules dropped): same logits as `model(x)`."""
+    base = model.base if isinstance(model, CrossModel) else model
+    if not isinstance(base, BaseBranch):
+        raise TypeError(f"expected a model from build_model, got {type(model).__name__}")
+    return base
+
+
+def count_parameters(module: nn.Module):
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,152 @@
+"""The base branch and the DCS / QCS cross models (SPEC §1–3)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .csa import CrossBlock
+from .ir50 import IR50Stages
+from .vit import TokenViT
+
+# Same structure at every size; "paper" is exactly SPEC §1, the others are for CPU demos and tests.
+MODEL_SIZES = {
+    "paper": dict(channels=(64, 128, 256), units=(3, 4, 14), dim=768, num_heads=8, input_size=112),
+    "small": dict(channels=(32, 64, 128), units=(2, 2, 4), dim=192, num_heads=4, input_size=112),
+    "tiny": dict(channels=(16, 32, 64), units=(1, 1, 2), dim=64, num_heads=4, input_size=56),
+}
+NUM_LEVELS = 3
+
+
+def tokens_per_level(input_size):
+    """Each level ends on a grid of ceil(input_size / 16)² tokens (7×7 = 49 at 112)."""
+    side = -(-input_size // 16)
+    return side * side
+
+
+class BaseBranch(nn.Module):
+    """IR50 stages → per-level downsample and token embedding → base ViT → logits.
+
+    The only network kept at inference. `forward(x)` returns logits.
+    """
+
+    def __init__(self, num_classes, channels=(64, 128, 256), units=(3, 4, 14), dim=768,
+                 num_heads=8, input_size=112, depth=2, mlp_ratio=4.0, drop=0.0, proj_drop=0.0,
+                 checkpoint_backbone=False):
+        super().__init__()
+        self.input_size = input_size
+        self.backbone = IR50Stages(channels, units, checkpoint_backbone)
+        self.downsample = nn.ModuleList(nn.Conv2d(c, c, 3, 2, 1) for c in channels)
+        self.embed = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(channels[0], dim, 3, 2, 1), nn.Conv2d(dim, dim, 3, 2, 1)),
+            nn.Sequential(nn.Conv2d(channels[1], dim, 3, 2, 1)),
+            nn.Sequential(nn.Conv2d(channels[2], dim, 1)),
+        ])
+        self.num_tokens = NUM_LEVELS * tokens_per_level(input_size)
+        self.vit = TokenViT(self.num_tokens, num_classes, dim, depth, num_heads, mlp_ratio, drop, proj_drop)
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x, num_branches=1):
+        """`(logits, patch_tokens)`; `x` may hold `num_branches` branches concatenated on the batch."""
+        x = F.interpolate(x, size=self.input_size)  # nearest, as released
+        with self.backbone.branch_groups(num_branches):
+            levels = self.backbone(x)
+        tokens = [embed(down(f)).flatten(2).transpose(1, 2)
+                  for f, down, embed in zip(levels, self.downsample, self.embed)]
+        return self.vit(torch.cat(tokens, dim=1))
+
+
+class GAPHead(nn.Module):
+    """Connection ablation: average-pool the tokens, then a linear classifier."""
+
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens):
+        return self.classifier(tokens.mean(dim=1))
+
+
+class BilinearHead(nn.Module):
+    """Connection ablation: bilinear pooling of base tokens with cross tokens, then linear."""
+
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.classifier = nn.Linear(dim * dim, num_classes)
+
+    def forward(self, base_tokens, cross_tokens):
+        pooled = torch.einsum("bnc,bnd->bcd", base_tokens, cross_tokens) / base_tokens.shape[1]
+        pooled = pooled.flatten(1)
+        pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-12)
+        return self.classifier(F.normalize(pooled, dim=1))
+
+
+class CrossModel(nn.Module):
+    """DCS (2 branches) or QCS (4 branches): the base branch plus the cross module.
+
+    `model(x)` returns base logits. `model(*group)` with the group's G images returns the
+    base logits of each image, then the cross logits of each (SPEC §3 order).
+    """
+
+    def __init__(self, base, num_branches, num_classes, dim, num_heads, mlp_ratio=4.0,
+                 attention="csa", matrix="sd", connection="vit", cross_depth=1,
+                 cross_drop=0.0, cross_proj_drop=0.0):
+        super().__init__()
+        self.base = base
+        self.num_branches = num_branches
+        self.cross_blocks = nn.ModuleList(
+            CrossBlock(dim, mlp_ratio, attention, matrix, learn_theta=num_branches == 4)
+            for _ in range(NUM_LEVELS))
+        self.connection = connection
+        if connection == "vit":
+            self.cross_head = TokenViT(base.num_tokens, num_classes, dim, cross_depth, num_heads,
+                                       mlp_ratio, cross_drop, cross_proj_drop)
+        elif connection == "gap":
+            self.cross_head = GAPHead(dim, num_classes)
+        else:
+            self.cross_head = BilinearHead(dim, num_classes)
+        # False runs each branch through the base network separately (reference implementation).
+        self.batch_branches = True
+
+    def forward(self, *images):
+        if len(images) == 1:
+            return self.base(images[0])
+        if len(images) != self.num_branches:
+            raise ValueError(f"this model takes 1 or {self.num_branches} images, got {len(images)}")
+        base_logits, base_tokens = self.base_features(images)
+        cross_tokens = self.refine(base_tokens)
+        cross_logits = self.cross_logits(base_tokens, cross_tokens)
+        return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
+
+    def base_features(self, images):
+        """Base logits G×B×K and patch tokens G×B×T×C of the G images."""
+        if not self.batch_branches:
+            logits, tokens = zip(*(self.base.forward_features(x) for x in images))
+            return torch.stack(logits), torch.stack(tokens)
+        logits, tokens = self.base.forward_features(torch.cat(images), len(images))
+        return logits.unflatten(0, (len(images), -1)), tokens.unflatten(0, (len(images), -1))
+
+    def refine(self, base_tokens):
+        """Cross-block output for every level: G×B×T×C."""
+        levels = base_tokens.chunk(NUM_LEVELS, dim=2)
+        return torch.cat([block(level) for block, level in zip(self.cross_blocks, levels)], dim=2)
+
+    def cross_logits(self, base_tokens, cross_tokens):
+        """Cross logits G×B×K from the contrastive residual connection."""
+        if self.connection == "bp":
+            pairs = zip(base_tokens.unbind(0), cross_tokens.unbind(0))
+            return torch.stack([self.cross_head(b, c) for b, c in pairs])
+        residual = base_tokens + cross_tokens
+        if not self.batch_branches:
+            return torch.stack([self._head_logits(t) for t in residual.unbind(0)])
+        return self._head_logits(residual.flatten(0, 1)).unflatten(0, residual.shape[:2])
+
+    def _head_logits(self, tokens):
+        logits = self.cross_head(tokens)
+        return logits[0] if isinstance(logits, tuple) else logits
+
+    def csa_maps(self, *images):
+        """Per-level CSA weight vectors (levels × G × B × N) of a group, for visualisation."""
+        _, base_tokens = self.base_features(images)
+        levels = base_tokens.chunk(NUM_LEVELS, dim=2)
+        return torch.stack([block.spatial_weights(level) for block, level in zip(self.cross_blocks, levels)])

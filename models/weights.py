@@ -1,0 +1,242 @@
+"""Load weights from this project's checkpoints, the authors' releases, bare state dicts
+and face-recognition IR50 files (SPEC §8), with a report of what went where."""
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .qcs import BaseBranch, CrossModel
+
+# The authors' module names → ours (applied in order, after stripping `module.`).
+AUTHOR_RENAMES = (
+    (r"^ir_back\.", "base.backbone."),
+    (r"^conv([123])\.", lambda m: f"base.downsample.{int(m[1]) - 1}."),
+    (r"^embed_q\.", "base.embed.0."),
+    (r"^embed_k\.", "base.embed.1."),
+    (r"^embed_v\.proj\.", "base.embed.2.0."),
+    (r"^VIT_base\.", "base.vit."),
+    (r"^VIT_cross\.", "cross_head."),
+    (r"^cross_attention_([123])\.", lambda m: f"cross_blocks.{int(m[1]) - 1}."),
+    (r"\.se_block\.linear([12])\.", r".head.fc\1."),
+    (r"\.head\.linear\.", ".head.classifier."),
+)
+# Keys the authors' models define but never use, in our namespace after renaming.
+AUTHOR_UNUSED = re.compile(
+    r"^base\.backbone\.output_layer\.|"
+    r"^(base\.vit|cross_head)\.(blocks\.\d+\.conv|patch_embed|eca_block|CON1|IRLinear[12])\.")
+# face.evoLVe IR50 numbers its units 0..23 over four stages of 3, 4, 14 and 3 units.
+IR50_STAGE_UNITS = (3, 4, 14, 3)
+IR50_UNUSED = re.compile(r"^(output_layer|body4)\.")
+
+
+class WeightsError(ValueError):
+    """A checkpoint does not fit the model; the message says which keys and why."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did: the source format and the keys loaded, ignored and missing."""
+    source_format: str
+    loaded: list = field(default_factory=list)
+    ignored: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    checkpoint: dict = field(default_factory=dict, repr=False)
+
+    def summary(self):
+        return (f"{self.source_format}: {len(self.loaded)} tensors loaded, "
+                f"{len(self.ignored)} ignored, {len(self.missing)} missing")
+
+
+def read_checkpoint(path):
+    """`torch.load` on CPU that never runs foreign code.
+
+    Classes pickled from the authors' `__main__` (or any module outside torch's safe list)
+    come back as inert `ForeignObject` stubs holding their pickled state.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as error:  # not a zip checkpoint, or corrupt
+        return _load_legacy(path, error)
+    stubs = [_stub_class(name) for name in unsafe]
+    with torch.serialization.safe_globals(stubs):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_legacy(path, zip_error):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(f"cannot read checkpoint {path}: {error} ({zip_error})") from None
+
+
+class ForeignObject:
+    """Inert stand-in for an object of a class this project does not have."""
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args = args
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<foreign {self.__module__}.{type(self).__qualname__}>"
+
+
+def _stub_class(qualified_name):
+    module, _, name = qualified_name.rpartition(".")
+    return type(name, (ForeignObject,), {"__module__": module, "__qualname__": name})
+
+
+def checkpoint_state_dict(checkpoint):
+    """`(format, state_dict)` of a loaded checkpoint object of any supported kind."""
+    if isinstance(checkpoint, dict) and "model" in checkpoint and "config" in checkpoint:
+        return "ours", checkpoint["model"]
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        return "authors", checkpoint["state_dict"]
+    if isinstance(checkpoint, dict) and checkpoint and all(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return "state_dict", checkpoint
+    raise WeightsError("unrecognised checkpoint: expected this project's checkpoint, the authors' "
+                       "({'state_dict': ...}), a bare state dict or IR50 weights")
+
+
+def to_our_names(state_dict):
+    """`(format, state dict in this project's names)`, for any supported naming."""
+    state_dict = {_strip_module(k): v for k, v in state_dict.items()}
+    if any(k.startswith(("ir_back.", "VIT_base.")) for k in state_dict):
+        return "authors", {_rename(k, AUTHOR_RENAMES): v for k, v in state_dict.items()}
+    if any(k.startswith(("input_layer.", "body.", "body1.")) for k in state_dict):
+        return "ir50", {_ir50_name(k): v for k, v in state_dict.items()}
+    return "ours", state_dict
+
+
+def _strip_module(key):
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def _rename(key, renames):
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _ir50_name(key):
+    match = re.match(r"^body\.(\d+)\.(.*)$", key)
+    if match:
+        unit = int(match[1])
+        for stage, units in enumerate(IR50_STAGE_UNITS, start=1):
+            if unit < units:
+                key = f"body{stage}.{unit}.{match[2]}"
+                break
+            unit -= units
+    if IR50_UNUSED.match(key):
+        return "ir50-unused." + key
+    return "base.backbone." + key
+
+
+def describe_state_dict(state_dict):
+    """`(arch, num_classes)` of a state dict in our names; arch in base/dcs/qcs."""
+    if any(k.startswith("cross_blocks.") and k.endswith(".theta") for k in state_dict):
+        arch = "qcs"
+    elif any(k.startswith("cross_blocks.") for k in state_dict):
+        arch = "dcs"
+    else:
+        arch = "base"
+    head = state_dict.get("base.vit.head.classifier.weight", state_dict.get("vit.head.classifier.weight"))
+    return arch, (None if head is None else int(head.shape[0]))
+
+
+def load_weights(model, source, strict=True):
+    """Load `source` (a path or an already-loaded checkpoint/state dict) into `model`.
+
+    Accepts this project's checkpoints, the authors' releases (SPEC §8), bare state dicts and
+    face-recognition IR50 weights (backbone only, either naming). Returns a `LoadReport`.
+    With `strict`, every parameter the source should fill must be filled and leftovers may only
+    be the known-unused keys; otherwise `WeightsError` lists the offending keys.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    container_format, state_dict = checkpoint_state_dict(checkpoint)
+    naming, state_dict = to_our_names(state_dict)
+    source_format = "ir50" if naming == "ir50" else ("authors" if naming == "authors" else container_format)
+    target = _target_keys(model)
+    state_dict = _fit_to_model(model, state_dict)
+    if source_format != "ir50":
+        _check_same_model(model, state_dict, source)
+
+    ignored = [k for k in state_dict if k not in target]
+    unexpected = [k for k in ignored if not _known_unused(k, model)]
+    covered = [k for k in target if source_format != "ir50" or k.startswith(_backbone_prefix(model))]
+    missing = [k for k in covered if k not in state_dict]
+    shape_errors = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+                    for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
+    if shape_errors:
+        raise WeightsError(f"{_name(source)}: shapes differ for {len(shape_errors)} tensors "
+                           f"(is the model size right?):\n  " + "\n  ".join(shape_errors[:20]))
+    if strict and (missing or unexpected):
+        raise WeightsError(f"{_name(source)} does not fit the model:"
+                           + _key_list("missing from the checkpoint", missing)
+                           + _key_list("unexpected in the checkpoint", unexpected))
+    loaded = [k for k in target if k in state_dict]
+    with torch.no_grad():
+        for k in loaded:
+            target[k].copy_(state_dict[k])
+    return LoadReport(source_format, loaded, ignored, [k for k in target if k not in state_dict],
+                      checkpoint if isinstance(checkpoint, dict) else {})
+
+
+def _target_keys(model):
+    return dict(model.state_dict(keep_vars=True))
+
+
+def _fit_to_model(model, state_dict):
+    """Our names are rooted at the DCS/QCS model; a bare base branch drops the `base.` prefix."""
+    if isinstance(model, CrossModel):
+        if not any(k.startswith("base.") for k in state_dict):
+            return {("base." + k if not k.startswith(("cross_", "ir50-unused.")) else k): v
+                    for k, v in state_dict.items()}
+        return state_dict
+    return {(k[len("base."):] if k.startswith("base.") else k): v for k, v in state_dict.items()}
+
+
+def _backbone_prefix(model):
+    return "base.backbone." if isinstance(model, CrossModel) else "backbone."
+
+
+def _known_unused(key, model):
+    if key.startswith("ir50-unused.") or AUTHOR_UNUSED.match(key) or AUTHOR_UNUSED.match("base." + key):
+        return True
+    # a base branch ignores the cross module of a DCS/QCS checkpoint
+    return isinstance(model, BaseBranch) and key.startswith(("cross_blocks.", "cross_head."))
+
+
+def _check_same_model(model, state_dict, source):
+    model_arch = getattr(model, "config", {}).get("arch") or ("base" if isinstance(model, BaseBranch) else
+                                                              {2: "dcs", 4: "qcs"}[model.num_branches])
+    model_classes = model.base.vit.head.classifier.out_features if isinstance(model, CrossModel) \
+        else model.vit.head.classifier.out_features
+    prefixed = state_dict if isinstance(model, CrossModel) else {"base." + k: v for k, v in state_dict.items()}
+    arch, num_classes = describe_state_dict(prefixed)
+    arch_clash = model_arch != "base" and arch != model_arch
+    if arch_clash or (num_classes is not None and num_classes != model_classes):
+        raise WeightsError(f"{_name(source)} holds a {arch.upper()} model with {num_classes} classes; "
+                           f"the model is {model_arch.upper()} with {model_classes} classes")
+
+
+def _key_list(title, keys):
+    if not keys:
+        return ""
+    shown = "\n    ".join(keys[:30])
+    more = f"\n    ... and {len(keys) - 30} more" if len(keys) > 30 else ""
+    return f"\n  {len(keys)} {title}:\n    {shown}{more}"
+
+
+def _name(source):
+    return str(source) if isinstance(source, (str, os.PathLike)) else "the given weights"
