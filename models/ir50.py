@@ -35,8 +35,8 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
         if self.update_running_stats:
             self.num_batches_tracked.add_(1)
             running_mean, running_var = self.running_mean, self.running_var
-        else:
-            running_mean = running_var = None
+        else:  # throwaway copies keep the autograd graph identical to the first forward
+            running_mean, running_var = self.running_mean.clone(), self.running_var.clone()
         return F.batch_norm(x, running_mean, running_var, self.weight, self.bias,
                             True, self.momentum, self.eps)
 

@@ -1,0 +1,361 @@
+"""Model structure, CSA math, invariants and weight loading (SPEC §1–3, §8)."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import models.csa as csa
+from models import (MODEL_SIZES, WeightsError, build_model, count_parameters, group_loss,
+                    inference_model, load_weights)
+
+
+def tiny(arch, num_classes=7, **options):
+    torch.manual_seed(0)
+    return build_model(arch, num_classes, size="tiny", **options)
+
+
+def images(n, batch=2, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, 48, 48, generator=g, dtype=dtype) for _ in range(n)]
+
+
+OPTION_GRID = [dict(attention=a, matrix=m, connection=c)
+               for a in ("csa", "sdpa") for m in ("sd", "s", "d") for c in ("vit", "gap", "bp")]
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: "-".join(o.values()))
+@pytest.mark.parametrize("arch,num_classes", [("dcs", 7), ("qcs", 8)])
+def test_output_shapes_every_option(arch, num_classes, options):
+    model = tiny(arch, num_classes, **options)
+    group = images(4 if arch == "qcs" else 2)
+    for train in (True, False):
+        model.train(train)
+        outputs = model(*group)
+        assert len(outputs) == 2 * len(group)
+        assert all(o.shape == (2, num_classes) for o in outputs)
+        assert model(group[0]).shape == (2, num_classes)
+
+
+def test_base_arch_and_sizes():
+    base = tiny("base")
+    assert base(images(1)[0]).shape == (2, 7)
+    assert set(MODEL_SIZES) >= {"paper", "small", "tiny"}
+    assert count_parameters(base) < 1e6
+
+
+def test_dcs_swapping_anchor_and_positive_swaps_outputs():
+    model = tiny("dcs").double().eval()
+    a, p = images(2, dtype=torch.float64)
+    ba, bp, ca, cp = model(a, p)
+    bp2, ba2, cp2, ca2 = model(p, a)
+    for x, y in ((ba, ba2), (bp, bp2), (ca, ca2), (cp, cp2)):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [(2, 3, 0, 1), (1, 0, 3, 2)], ids=["12<->34", "1<->2,3<->4"])
+def test_qcs_central_symmetry_permutes_outputs(order):
+    model = tiny("qcs").double().eval()
+    with torch.no_grad():
+        for block in model.cross_blocks:
+            block.theta.fill_(0.4)  # exercise k != 1
+    group = images(4, dtype=torch.float64)
+    outputs = model(*group)
+    permuted = model(*[group[i] for i in order])
+    for branch, source in enumerate(order):
+        torch.testing.assert_close(permuted[branch], outputs[source], rtol=0, atol=1e-12)
+        torch.testing.assert_close(permuted[4 + branch], outputs[4 + source], rtol=0, atol=1e-12)
+
+
+def test_qcs_asymmetric_swap_changes_outputs():
+    """Swapping only the anchor with a negative breaks the S/D roles: outputs must change."""
+    model = tiny("qcs").double().eval()
+    group = images(4, dtype=torch.float64)
+    out = model(*group)
+    swapped = model(group[2], group[1], group[0], group[3])
+    assert (swapped[4] - out[6]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("arch", ["dcs", "qcs"])
+def test_spatial_weights_sum_to_one(arch):
+    model = tiny(arch, attention="csa").eval()
+    maps = model.csa_maps(*images(4 if arch == "qcs" else 2))
+    assert maps.shape[:2] == (3, 4 if arch == "qcs" else 2)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+    assert (maps >= 0).all()
+
+
+def test_csa_fusion_hand_worked_2x2():
+    """k = 1 (θ = 0): w_1 = softmax(agg(S₁₂ wrt 1) + agg(D₁₃ wrt 1)), worked by hand."""
+    q1 = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])
+    q2 = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    q3 = torch.tensor([[[0.0, 0.0], [0.0, 3.0]]])
+    q4 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    # D12 = [[0,0],[5,5]] (min 0) → S12 = 5 − D12 = [[5,5],[0,0]].
+    # Image 1 is on the row side: L2-normalise S12's columns, sum each row → [1+1, 0+0] = [2, 0].
+    s_term = [2.0, 0.0]
+    # D13 = cdist(q1, q3) = [[0, 3], [5, √10]] (min 0, kept as is).
+    # Columns normalised: [0,5]/5 = [0,1] and [3,√10]/√19 → row sums [3/√19, 1 + √10/√19].
+    d_term = [3 / math.sqrt(19), 1 + math.sqrt(10) / math.sqrt(19)]
+    z = [s + d for s, d in zip(s_term, d_term)]
+    expected_w1 = [math.exp(v) / sum(math.exp(u) for u in z) for v in z]
+    # Image 3 is on D13's column side: rows normalised [0,1] and [5,√10]/√35, summed over rows.
+    d13_for_3 = [5 / math.sqrt(35), 1 + math.sqrt(10) / math.sqrt(35)]
+    weights = csa.csa_weights([q1, q2, q3, q4], k=1.0)
+    torch.testing.assert_close(weights[0][0], torch.tensor(expected_w1), rtol=0, atol=1e-6)
+    s_only = csa.csa_weights([q1, q2, q3, q4], k=1.0, matrix="s")[0][0]
+    torch.testing.assert_close(s_only, torch.softmax(torch.tensor(s_term), 0), rtol=0, atol=1e-6)
+    d_only = csa.csa_weights([q1, q2, q3, q4], k=1.0, matrix="d")[2][0]
+    torch.testing.assert_close(d_only, torch.softmax(torch.tensor(d13_for_3), 0), rtol=0, atol=1e-6)
+
+
+def test_min_and_max_are_over_the_whole_batch():
+    """Released behaviour: the S flip uses the max over all samples, coupling the batch."""
+    q_y = torch.tensor([[[0.0, 0.0]], [[0.0, 0.0]]])
+    q_x = torch.tensor([[[1.0, 0.0]], [[4.0, 0.0]]])
+    # distances 1 and 4; global min 1 → D = [0, 3]; global max 3 → S = [3, 0]
+    assert csa.similarity_matrix(q_y, q_x).flatten().tolist() == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("arch,expected", [("dcs", 1), ("qcs", 4)])
+def test_one_distance_matrix_per_pair(monkeypatch, arch, expected):
+    calls = []
+    real = torch.cdist
+    monkeypatch.setattr(csa.torch, "cdist", lambda a, b: calls.append(a.shape) or real(a, b))
+    model = tiny(arch).eval()
+    model(*images(4 if arch == "qcs" else 2))
+    assert len(calls) == 3 * expected  # per level
+    assert all(len(shape) == 3 for shape in calls)  # B×N×C: no B×N×N×C intermediate
+
+
+def test_training_step_reaches_every_parameter():
+    model = tiny("qcs").train()
+    group = images(4, batch=3)
+    y, y_n = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    loss, per_output = group_loss(model(*group), y, y_n)
+    assert per_output.shape == (8,)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(block.theta.grad.abs() > 0 for block in model.cross_blocks)
+
+
+def test_group_loss_is_mean_of_eight_cross_entropies():
+    torch.manual_seed(0)
+    outputs = [torch.randn(3, 7) for _ in range(8)]
+    y, y_n = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6])
+    targets = [y, y, y_n, y_n, y, y, y_n, y_n]
+    by_hand = []
+    for logits, target in zip(outputs, targets):
+        log_probs = logits - logits.exp().sum(1, keepdim=True).log()
+        by_hand.append(-log_probs[torch.arange(3), target].mean())
+    loss, _ = group_loss(outputs, y, y_n)
+    torch.testing.assert_close(loss, torch.stack(by_hand).mean())
+
+
+@pytest.mark.parametrize("arch", ["dcs", "qcs"])
+def test_batched_branches_equal_per_branch(arch):
+    """Train mode: one batched backbone call gives the per-branch results and BN statistics."""
+    n = 4 if arch == "qcs" else 2
+    batched, reference = tiny(arch).double(), tiny(arch).double()
+    reference.batch_branches = False
+    group = images(n, batch=3, dtype=torch.float64)
+    out_batched, out_ref = batched(*group), reference(*group)
+    for a, b in zip(out_batched, out_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for (name, a), b in zip(batched.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+
+
+def test_backbone_checkpointing_changes_nothing():
+    plain = tiny("qcs").double()
+    checkpointed = build_model("qcs", 7, size="tiny", checkpoint_backbone=True).double()
+    checkpointed.load_state_dict(plain.state_dict())
+    group = images(4, dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    for model in (plain, checkpointed):
+        group_loss(model(*group), y, y + 1)[0].backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # BN stats updated once
+
+
+def test_inference_model_is_the_base_branch():
+    model = tiny("qcs").eval()
+    base = inference_model(model)
+    x = images(1)[0]
+    torch.testing.assert_close(base(x), model(x), rtol=0, atol=0)
+    assert count_parameters(base) == count_parameters(model) - sum(
+        count_parameters(m) for m in (model.cross_blocks, model.cross_head))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(arch="xcs", num_classes=7), "unknown arch"),
+    (dict(arch="qcs", num_classes=7, matrix="x"), "unknown matrix"),
+    (dict(arch="qcs", num_classes=7, connection="mlp"), "unknown connection"),
+    (dict(arch="qcs", num_classes=7, size="huge"), "unknown size"),
+    (dict(arch="qcs", num_classes=7, drop=1.5), "drop must be in"),
+])
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(**kwargs)
+
+
+def test_proj_drop_rule_follows_class_count():
+    seven, eight = build_model("dcs", 7, size="tiny", cross_drop=0.2), build_model("dcs", 8, size="tiny", cross_drop=0.2)
+    assert seven.cross_head.blocks[0].attn.proj_drop.p == 0.0
+    assert eight.cross_head.blocks[0].attn.proj_drop.p == 0.2
+    assert eight.cross_head.blocks[0].mlp.drop.p == seven.cross_head.blocks[0].mlp.drop.p == 0.2
+
+
+# ---------------------------------------------------------------- weight loading
+
+AUTHOR_NAMES = [  # our name prefix → the authors' (SPEC §8)
+    ("base.backbone.", "ir_back."), ("base.downsample.0.", "conv1."), ("base.downsample.1.", "conv2."),
+    ("base.downsample.2.", "conv3."), ("base.embed.0.", "embed_q."), ("base.embed.1.", "embed_k."),
+    ("base.embed.2.0.", "embed_v.proj."), ("base.vit.", "VIT_base."), ("cross_head.", "VIT_cross."),
+    ("cross_blocks.0.", "cross_attention_1."), ("cross_blocks.1.", "cross_attention_2."),
+    ("cross_blocks.2.", "cross_attention_3."),
+]
+
+
+def as_authors(model):
+    """The model's weights written by hand in the authors' layout, with their unused keys."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in AUTHOR_NAMES:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+                break
+        key = key.replace("head.fc1.", "se_block.linear1.").replace("head.fc2.", "se_block.linear2.")
+        key = key.replace("head.classifier.", "head.linear.")
+        out["module." + key] = value.clone()
+    out["module.ir_back.output_layer.3.weight"] = torch.zeros(4, 4)
+    out["module.VIT_base.eca_block.conv.weight"] = torch.zeros(1, 1, 5)
+    out["module.VIT_cross.blocks.0.conv.weight"] = torch.zeros(3, 3, 1)
+    return out
+
+
+class RecorderMeter_loss:  # the authors pickle these from their training script's __main__
+    def __init__(self):
+        self.epoch_losses = np.zeros((3, 2), dtype=np.float32)
+
+
+def write_authors_checkpoint(path, state_dict, monkeypatch):
+    import __main__
+    monkeypatch.setattr(RecorderMeter_loss, "__module__", "__main__")
+    monkeypatch.setattr(__main__, "RecorderMeter_loss", RecorderMeter_loss, raising=False)
+    torch.save({"epoch": 7, "state_dict": state_dict, "best_acc": torch.tensor(91.5),
+                "optimizer": {"state": {}, "param_groups": []},
+                "recorder": RecorderMeter_loss(), "recorder_m": RecorderMeter_loss()}, path)
+    monkeypatch.delattr(__main__, "RecorderMeter_loss")  # a reader has no such class
+
+
+def test_authors_checkpoint_with_main_pickles_loads(tmp_path, monkeypatch):
+    source = tiny("qcs").eval()
+    path = tmp_path / "authors.pth"
+    write_authors_checkpoint(path, as_authors(source), monkeypatch)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=False)  # plain torch.load cannot unpickle the recorders
+    target = build_model("qcs", 7, size="tiny").eval()
+    report = load_weights(target, path)
+    assert report.source_format == "authors" and not report.missing
+    assert sorted(report.ignored) == sorted(["base.backbone.output_layer.3.weight",
+                                             "base.vit.eca_block.conv.weight", "cross_head.blocks.0.conv.weight"])
+    assert report.checkpoint["epoch"] == 7
+    group = images(4)
+    for a, b in zip(source(*group), target(*group)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_our_checkpoint_and_bare_state_dict_load(tmp_path):
+    source = tiny("dcs").eval()
+    torch.save({"model": source.state_dict(), "config": source.config, "epoch": 1}, tmp_path / "ours.pth")
+    for src, fmt in ((tmp_path / "ours.pth", "ours"), (source.state_dict(), "state_dict")):
+        target = tiny("dcs")
+        torch.nn.init.zeros_(target.base.vit.head.classifier.weight)
+        report = load_weights(target.eval(), src)
+        assert report.source_format == fmt
+        torch.testing.assert_close(target(images(1)[0]), source(images(1)[0]), rtol=0, atol=0)
+
+
+def test_cross_checkpoint_into_base_branch_ignores_cross_module():
+    source = tiny("qcs").eval()
+    base = build_model("base", 7, size="tiny").eval()
+    report = load_weights(base, as_authors(source))
+    assert any(k.startswith("cross_blocks.") for k in report.ignored)
+    torch.testing.assert_close(base(images(1)[0]), source(images(1)[0]), rtol=0, atol=0)
+
+
+def ir50_state_dict(backbone, naming):
+    """Face-recognition IR50 weights: our 3 stages plus a 4th stage and output layer."""
+    sd = {}
+    offsets = {"body1": 0, "body2": 3, "body3": 7}
+    for key, value in backbone.state_dict().items():
+        stage, _, rest = key.partition(".")
+        if naming == "evolve" and stage in offsets:
+            unit, _, rest = rest.partition(".")
+            key = f"body.{offsets[stage] + int(unit)}.{rest}"
+        sd["module." + key] = value.clone()
+    stage4 = "body.21" if naming == "evolve" else "body4.0"
+    sd[f"module.{stage4}.res_layer.1.weight"] = torch.zeros(512, 256, 3, 3)
+    sd["module.output_layer.3.weight"] = torch.zeros(512, 25088)
+    return sd
+
+
+@pytest.mark.parametrize("naming", ["evolve", "staged"])
+def test_ir50_weights_in_both_namings_fill_the_backbone(naming):
+    torch.manual_seed(3)
+    donor = build_model("base", 7).backbone
+    model = build_model("qcs", 7)
+    report = load_weights(model, ir50_state_dict(donor, naming))
+    assert report.source_format == "ir50"
+    assert len(report.loaded) == len(donor.state_dict())
+    for key, value in donor.state_dict().items():
+        torch.testing.assert_close(model.base.backbone.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_class_count_mismatch_names_both():
+    source = tiny("qcs", 7)
+    with pytest.raises(WeightsError, match=r"QCS model with 7 classes; the model is QCS with 8"):
+        load_weights(tiny("qcs", 8), as_authors(source))
+
+
+def test_qcs_checkpoint_into_dcs_names_both():
+    with pytest.raises(WeightsError, match=r"QCS model with 7 classes; the model is DCS with 7"):
+        load_weights(tiny("dcs", 7), as_authors(tiny("qcs", 7)))
+
+
+def test_strict_lists_missing_and_unexpected_keys():
+    sd = as_authors(tiny("qcs"))
+    del sd["module.VIT_base.norm.weight"]
+    sd["module.VIT_base.mystery.weight"] = torch.zeros(2)
+    with pytest.raises(WeightsError) as error:
+        load_weights(tiny("qcs"), sd)
+    assert "base.vit.norm.weight" in str(error.value) and "mystery" in str(error.value)
+    report = load_weights(tiny("qcs"), sd, strict=False)
+    assert "base.vit.norm.weight" in report.missing
+
+
+def test_shape_mismatch_and_unreadable_files(tmp_path):
+    with pytest.raises(WeightsError, match="shapes differ"):
+        load_weights(build_model("qcs", 7, size="small"), as_authors(tiny("qcs")))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_weights(tiny("qcs"), tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pth"):
+        load_weights(tiny("qcs"), tmp_path / "junk.pth")
+
+
+def test_foreign_pickles_are_not_executed(tmp_path):
+    """A checkpoint that would run code on unpickling loads inertly instead."""
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": as_authors(tiny("dcs")), "recorder": Payload()}, path)
+    from models import read_checkpoint
+    checkpoint = read_checkpoint(path)
+    assert "builtins.print" in repr(checkpoint["recorder"]) or "print" in repr(checkpoint["recorder"])
