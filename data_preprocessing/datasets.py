@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -134,12 +135,13 @@ class ImageListDataset(torch.utils.data.Dataset):
         """The image at `index` as an RGB PIL image; DataError naming the file if it cannot be read."""
         path = self.samples[index][0]
         try:
-            with Image.open(path) as image:
+            with open(path, "rb") as handle:
+                image = Image.open(handle)
                 image.load()  # decode now, so truncated files fail here with their name
-                return to_rgb(image)
+            return to_rgb(image)
         except FileNotFoundError:
             raise DataError(f"image missing: {path}" + self._listed_in()) from None
-        except (OSError, SyntaxError, ValueError) as err:  # PIL raises these for corrupt files
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # corrupt or hostile files
             raise DataError(f"cannot read image {path}" + self._listed_in() + f": {err}") from err
 
     def class_counts(self) -> np.ndarray:
@@ -167,21 +169,15 @@ class ArrayImageDataset(ImageListDataset):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, LA, P, RGBA, I;16, CMYK, ...) to RGB; transparency is composited on black."""
+    """Any PIL mode (L, LA, P, RGBA, CMYK, 16-bit, ...) as RGB; alpha is dropped, like PIL's convert."""
     if image.mode == "RGB":
-        return image.copy() if image.readonly else image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit / float grayscale: rescale to 8 bits rather than clipping.
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # Wide grayscale: PIL's convert would clip at 255; rescale 16-bit values to 8 bits instead.
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
+        if image.mode.startswith("I;16") or array.max() > 255:
+            array = array / 257.0
+        return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     return image.convert("RGB")
 
 
@@ -384,9 +380,11 @@ def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray,
         if absent:
             raise DataError(f"{csv_path}:1: header lacks column(s) {absent} (got {header})")
         emotion_col, pixels_col, usage_col = columns["emotion"], columns["pixels"], columns["Usage"]
-        for row_index, row in enumerate(reader):
+        row_index = -1  # 0-based index among the data rows (blank lines not counted)
+        for row in reader:
             if not row:
                 continue
+            row_index += 1
             where = f"{csv_path}:{reader.line_num}"
             if len(row) < len(header):
                 raise DataError(f"{where}: expected {len(header)} columns, got {len(row)}")
@@ -398,7 +396,9 @@ def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray,
             emotion = row[emotion_col].strip()
             if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
                 raise DataError(f"{where}: emotion {emotion!r} is not a label 0..{len(FER2013_CLASSES) - 1}")
-            values = np.array(row[pixels_col].split(), dtype=np.int64) if row[pixels_col].strip() else np.zeros(0)
+            values = _parse_pixels(row[pixels_col])
+            if values is None:
+                raise DataError(f"{where}: pixels are not space-separated integers")
             if values.size != side2 or values.min() < 0 or values.max() > 255:
                 raise DataError(f"{where}: pixels must be {side2} values 0..255 "
                                 f"({FER2013_SIDE}x{FER2013_SIDE}), got {values.size} values")
@@ -408,6 +408,19 @@ def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray,
     if not names:
         raise DataError(f"{csv_path}: no rows with Usage {wanted_usage} (split {split!r})")
     return np.stack(pixels), np.asarray(labels, dtype=np.int64), names
+
+
+def _parse_pixels(text: str) -> np.ndarray | None:
+    """Space-separated integers -> int32 array, or None if the text is not such a list."""
+    if not text.strip():
+        return np.zeros(0, dtype=np.int32)
+    with warnings.catch_warnings():
+        # Older numpy warns and stops early at bad text (the length check catches it); newer raises.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return np.fromstring(text, dtype=np.int32, sep=" ")
+        except ValueError:
+            return None
 
 
 def fer2013_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:

@@ -1,0 +1,26 @@
+"""Facial-expression data: datasets by name, QCS/DCS training groups, and the released transforms."""
+from .datasets import (
+    AFFECTNET7_CLASSES,
+    AFFECTNET8_CLASSES,
+    DATASET_NAMES,
+    FER2013_CLASSES,
+    FERPLUS_CLASSES,
+    RAF_DB_CLASSES,
+    ArrayImageDataset,
+    DataError,
+    ImageListDataset,
+    build_dataset,
+    dataset_classes,
+    default_data_root,
+    parse_list_file,
+)
+from .sampling import GroupDataset, GroupSampler
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
+
+__all__ = [
+    "DATASET_NAMES", "dataset_classes", "build_dataset", "ImageListDataset", "GroupDataset", "GroupSampler",
+    "train_transform", "test_transform", "DataError",
+    # extras
+    "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD",
+    "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
+]

@@ -1,0 +1,105 @@
+"""Turn RAF-DB's ``list_patition_label.txt`` into the released list files.
+
+``train_00001.jpg 5`` (labels 1..7) becomes ``train_00001_aligned.jpg 4`` (0-based)
+in ``raf_db_basic_train.txt``; ``test_*`` lines go to ``raf_db_basic_test.txt``.
+Label order (0..6): Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral.
+
+    python -m data_preprocessing.prepare_rafdb --list list_patition_label.txt \\
+        [--images basic/Image/aligned] --out datas/RAF-DB [--overwrite]
+
+The RAF-DB loader then reads the aligned images from ``datas/RAF-DB/basic/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from data_preprocessing._prepare_common import (
+    PrepareError, parse_int, print_counts, refuse_existing_outputs, refuse_output_over_inputs,
+    require_dir, require_file, run_main, write_list_file,
+)
+
+RAFDB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+OUTPUT_NAMES = {"train": "raf_db_basic_train.txt", "test": "raf_db_basic_test.txt"}
+MAX_MISSING_SHOWN = 5
+
+
+def aligned_name(name: str) -> str:
+    """``train_00001.jpg`` -> ``train_00001_aligned.jpg``."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        stem, extension = name, ""
+    return f"{stem}_aligned{dot}{extension}"
+
+
+def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
+    """Read ``<name> <label 1..7>`` lines into ``{"train": [(aligned name, label 0..6)], "test": [...]}``."""
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise PrepareError(f"{path} line {line_number}: expected '<image name> <label>', got {line.strip()!r}")
+            name, label_text = fields
+            split = name.split("_", 1)[0]
+            if split not in splits or "/" in name or "\\" in name:
+                raise PrepareError(f"{path} line {line_number}: image name {name!r} must start with "
+                                   f"'train_' or 'test_' and contain no folder")
+            label = parse_int(label_text, path, line_number, "label")
+            if not 1 <= label <= len(RAFDB_CLASSES):
+                raise PrepareError(f"{path} line {line_number}: label {label_text!r} is outside 1..{len(RAFDB_CLASSES)}")
+            if name in seen:
+                raise PrepareError(f"{path} line {line_number}: image {name!r} already listed on line {seen[name]}")
+            seen[name] = line_number
+            splits[split].append((aligned_name(name), label - 1))
+    if not seen:
+        raise PrepareError(f"{path}: no image lines found")
+    return splits
+
+
+def check_images_exist(images_dir: Path, splits) -> None:
+    missing = [name for entries in splits.values() for name, _ in entries if not (images_dir / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:MAX_MISSING_SHOWN]) + (" ..." if len(missing) > MAX_MISSING_SHOWN else "")
+        raise PrepareError(f"--images {images_dir}: {len(missing)} aligned image(s) listed but missing: {shown}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_rafdb",
+                                     description="Write RAF-DB basic list files (0-based labels, aligned image names).")
+    parser.add_argument("--list", required=True, help="RAF-DB list_patition_label.txt")
+    parser.add_argument("--images", help="folder of aligned images (optional; checks every listed image exists)")
+    parser.add_argument("--out", required=True, help="output folder for raf_db_basic_{train,test}.txt")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output list files")
+    return parser
+
+
+def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
+    """Run the script with ``argv``; returns the written entries per split."""
+    args = build_parser().parse_args(argv)
+    list_path = require_file(args.list, "--list")
+    images_dir = require_dir(args.images, "--images") if args.images else None
+    out_dir = Path(args.out)
+    outputs = [out_dir / name for name in OUTPUT_NAMES.values()]
+    refuse_output_over_inputs(outputs, [list_path])
+    refuse_existing_outputs(outputs, args.overwrite)
+    splits = parse_partition_list(list_path)
+    if images_dir is not None:
+        check_images_exist(images_dir, splits)
+    for split, entries in splits.items():
+        write_list_file(out_dir / OUTPUT_NAMES[split], entries)
+        print_counts(split, [label for _, label in entries], RAFDB_CLASSES)
+    print(f"wrote {', '.join(str(p) for p in outputs)}")
+    return splits
+
+
+def main(argv=None) -> int:
+    return run_main(prepare, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

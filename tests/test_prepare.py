@@ -1,0 +1,324 @@
+"""The prepare_* scripts on tiny raw files whose expected lists are worked out by hand."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_preprocessing import prepare_affectnet, prepare_ferplus, prepare_rafdb
+from data_preprocessing._prepare_common import PrepareError
+
+
+def read_lines(path):
+    return path.read_text().splitlines()
+
+
+# ----------------------------------------------------------------------------- RAF-DB
+
+RAF_LIST = "train_00001.jpg 5\ntrain_00002.jpg 1\ntest_0001.jpg 7\ntest_0002.jpg 4\n\ntrain_00003.jpg 2\n"
+
+
+def test_rafdb_lists_are_zero_based_with_aligned_names(tmp_path, capsys):
+    raw = tmp_path / "list_patition_label.txt"
+    raw.write_text(RAF_LIST)
+    out = tmp_path / "out"
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(out)]) == 0
+    assert read_lines(out / "raf_db_basic_train.txt") == [
+        "train_00001_aligned.jpg 4", "train_00002_aligned.jpg 0", "train_00003_aligned.jpg 1"]
+    assert read_lines(out / "raf_db_basic_test.txt") == ["test_0001_aligned.jpg 6", "test_0002_aligned.jpg 3"]
+    printed = capsys.readouterr().out
+    assert "train: 3 images" in printed and "test: 2 images" in printed
+    assert raw.read_text() == RAF_LIST  # input untouched
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ("train_00009.jpg 8", "outside 1..7"),
+    ("train_00009.jpg 0", "outside 1..7"),
+    ("train_00009.jpg x", "must be an integer"),
+    ("val_00009.jpg 3", "'train_' or 'test_'"),
+    ("train_00009.jpg 3 extra", "expected '<image name> <label>'"),
+    ("train_00001.jpg 3", "already listed on line 1"),
+])
+def test_rafdb_bad_line_names_file_and_line(tmp_path, bad_line, message):
+    raw = tmp_path / "labels.txt"
+    raw.write_text(f"train_00001.jpg 5\n{bad_line}\n")
+    with pytest.raises(PrepareError) as error:
+        prepare_rafdb.prepare(["--list", str(raw), "--out", str(tmp_path / "out")])
+    assert "labels.txt line 2" in str(error.value) and message in str(error.value)
+    assert not (tmp_path / "out" / "raf_db_basic_train.txt").exists()
+
+
+def test_rafdb_refuses_overwrite_and_checks_images(tmp_path):
+    raw = tmp_path / "list.txt"
+    raw.write_text(RAF_LIST)
+    images = tmp_path / "aligned"
+    images.mkdir()
+    for name in ("train_00001", "train_00002", "train_00003", "test_0001"):
+        (images / f"{name}_aligned.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="1 aligned image.*test_0002_aligned.jpg"):
+        prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
+    (images / "test_0002_aligned.jpg").write_bytes(b"")
+    prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
+
+    (out / "raf_db_basic_test.txt").write_text("mine\n")
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(out)]) == 2
+    assert (out / "raf_db_basic_test.txt").read_text() == "mine\n"
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(out), "--overwrite"]) == 0
+    assert read_lines(out / "raf_db_basic_test.txt")[0] == "test_0001_aligned.jpg 6"
+
+
+# ----------------------------------------------------------------------------- FERPlus
+
+# votes: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+FERPLUS_ROWS = [
+    ("Training", "fer0000000.png", [0, 8, 0, 0, 1, 0, 0, 0, 1, 0]),    # ones dropped -> 8/8 happiness: 1
+    ("Training", "fer0000001.png", [5, 4, 0, 0, 0, 0, 0, 0, 1, 0]),    # 5/10 no majority, after outlier removal 5/9: 0
+    ("Training", "fer0000002.png", [0, 0, 4, 4, 0, 0, 0, 0, 2, 0]),    # 4/10 no majority: dropped
+    ("Training", "fer0000003.png", [0, 0, 0, 0, 2, 0, 0, 0, 6, 0]),    # unknown 6/8: dropped
+    ("Training", "fer0000004.png", [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),   # NF: dropped
+    ("Training", "fer0000005.png", [2, 0, 0, 0, 0, 0, 0, 7, 1, 0]),    # contempt 7/9: 7
+    ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),                 # no FERPlus image: skipped
+    ("PublicTest", "fer0000007.png", [0, 0, 0, 0, 0, 0, 9, 0, 1, 0]),  # fear 9/9: 6
+    ("PrivateTest", "fer0000008.png", [0, 0, 0, 0, 0, 6, 0, 0, 0, 0]),  # disgust: 5
+    ("PrivateTest", "fer0000009.png", [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),  # everything an outlier: dropped
+    ("PrivateTest", "fer0000010.png", [0, 0, 0, 6, 3, 0, 0, 0, 0, 0]),  # sadness 6/9: 3
+    ("PrivateTest", "fer0000011.png", [4, 0, 0, 0, 0, 4, 0, 0, 1, 0]),  # 4/8 is not more than half: dropped
+    ("PrivateTest", "fer0000012.png", [0, 0, 0, 0, 7, 0, 0, 0, 0, 1]),  # anger: 4
+]
+FERPLUS_EXPECTED = {
+    "ferplus_training.txt": ["fer0000000.png 1", "fer0000001.png 0", "fer0000005.png 7"],
+    "ferplus_valid.txt": ["fer0000007.png 6"],
+    "ferplus_test.txt": ["fer0000008.png 5", "fer0000010.png 3", "fer0000012.png 4"],
+}
+
+
+def face_pixels(row_index):
+    return ((np.arange(48 * 48) * (row_index + 1)) % 256).astype(np.uint8)
+
+
+def write_ferplus_inputs(folder, rows=FERPLUS_ROWS, fer_usages=None):
+    fer_path, plus_path = folder / "fer2013.csv", folder / "fer2013new.csv"
+    with open(fer_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for index, (usage, _, _) in enumerate(rows):
+            usage = fer_usages[index] if fer_usages else usage
+            writer.writerow([index % 7, " ".join(map(str, face_pixels(index))), usage])
+    with open(plus_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger",
+                         "disgust", "fear", "contempt", "unknown", "NF"])
+        for usage, name, votes in rows:
+            writer.writerow([usage, name, *votes])
+    return fer_path, plus_path
+
+
+@pytest.mark.parametrize("votes, expected", [
+    ([0, 8, 0, 0, 1, 0, 0, 0, 1, 0], 1),
+    ([5, 4, 0, 0, 0, 0, 0, 0, 1, 0], 0),
+    ([0, 0, 4, 4, 0, 0, 0, 0, 2, 0], None),
+    ([0, 0, 0, 0, 2, 0, 0, 0, 6, 0], None),
+    ([0, 0, 0, 0, 0, 0, 0, 0, 0, 10], None),
+    ([2, 0, 0, 0, 0, 0, 0, 7, 1, 0], 7),
+    ([1, 1, 1, 1, 1, 1, 1, 1, 1, 1], None),
+    ([0, 3, 0, 0, 0, 0, 0, 0, 0, 2], 1),    # 3/5 > 2.5
+    ([0, 0, 0, 0, 0, 0, 0, 0, 0, 0], None),
+])
+def test_majority_vote_hand_worked(votes, expected):
+    assert prepare_ferplus.majority_vote(votes) == expected
+
+
+def test_ferplus_lists_and_images(tmp_path, capsys):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path)
+    fer_before, plus_before = fer_path.read_bytes(), plus_path.read_bytes()
+    out = tmp_path / "FERPlus"
+    assert prepare_ferplus.main(["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(out)]) == 0
+    for list_name, expected in FERPLUS_EXPECTED.items():
+        assert read_lines(out / list_name) == expected, list_name
+    # every row with a name gets its image (also the dropped ones); the nameless row none
+    named = sorted(name for _, name, _ in FERPLUS_ROWS if name)
+    assert sorted(p.name for p in (out / "img").iterdir()) == named
+    image = Image.open(out / "img" / "fer0000005.png")
+    assert image.mode == "L" and image.size == (48, 48)
+    assert np.array_equal(np.asarray(image).ravel(), face_pixels(5))
+    printed = capsys.readouterr().out
+    assert "train: 3 images" in printed and "valid: 1 images" in printed and "test: 3 images" in printed
+    assert "7 Contempt: 1" in printed
+    assert fer_path.read_bytes() == fer_before and plus_path.read_bytes() == plus_before
+
+
+def test_ferplus_refuses_overwrite(tmp_path):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(out)]
+    prepare_ferplus.prepare(args)
+    with pytest.raises(PrepareError, match="--overwrite"):
+        prepare_ferplus.prepare(args)
+    prepare_ferplus.prepare(args + ["--overwrite"])
+
+
+def test_ferplus_row_count_mismatch(tmp_path):
+    fer_path, _ = write_ferplus_inputs(tmp_path)
+    short = tmp_path / "short"
+    short.mkdir()
+    _, plus_path = write_ferplus_inputs(short, FERPLUS_ROWS[:-1])
+    with pytest.raises(PrepareError, match="13 data rows.*has 12"):
+        prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
+                                 "--out", str(tmp_path / "out")])
+
+
+def test_ferplus_usage_mismatch_names_lines(tmp_path):
+    usages = [row[0] for row in FERPLUS_ROWS]
+    usages[7] = "Training"
+    fer_path, plus_path = write_ferplus_inputs(tmp_path, fer_usages=usages)
+    with pytest.raises(PrepareError, match="fer2013new.csv line 9 .*fer2013.csv line 9"):
+        prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
+                                 "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("row, message", [
+    (("Training", "fer0000099.png", [0, "x", 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv line 3: vote count 'happiness'"),
+    (("Training", "fer0000099.png", [0, -2, 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv line 3: vote counts must be >= 0"),
+    (("Validation", "fer0000099.png", [0] * 10), "fer2013new.csv line 3: Usage 'Validation'"),
+    (("Training", "fer0000000.png", [0] * 10), "fer2013new.csv line 3: image name 'fer0000000.png' already used"),
+    (("Training", "../x.png", [0] * 10), "fer2013new.csv line 3: image name '../x.png' must be a plain"),
+])
+def test_ferplus_bad_row_names_file_and_line(tmp_path, row, message):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path, [FERPLUS_ROWS[0], row])
+    with pytest.raises(PrepareError) as error:
+        prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
+                                 "--out", str(tmp_path / "out")])
+    assert message in str(error.value)
+
+
+def test_ferplus_bad_pixels_names_line(tmp_path):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path, FERPLUS_ROWS[:2])
+    lines = fer_path.read_text().splitlines()
+    lines[2] = '1,"1 2 3",Training'
+    fer_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PrepareError, match="fer2013.csv line 3: expected 2304 pixel values, got 3"):
+        prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
+                                 "--out", str(tmp_path / "out")])
+
+
+# ----------------------------------------------------------------------------- AffectNet
+
+AFFECTNET_HEADER = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
+                    "expression,valence,arousal")
+LANDMARKS = '"1.5;2.5;3.5;4.5"'
+# name, box (x, y, w, h), expression
+AFFECTNET_TRAIN = [
+    ("1/a.png", (5, 4, 10, 8), 0),
+    ("1/b.png", (-3, -2, 10, 10), 7),     # contempt; box clipped at the top-left corner
+    ("2/c.png", (30, 20, 20, 20), 6),     # box clipped at the bottom-right corner
+    ("2/d.png", (0, 0, 10, 10), 8),       # None: dropped
+    ("2/e.png", (0, 0, 10, 10), 10),      # Non-Face: dropped
+    ("2/f.png", (1, 1, 38, 28), 3),
+]
+AFFECTNET_VAL = [
+    ("3/g.png", (2, 3, 20, 20), 1),
+    ("3/h.png", (0, 0, 40, 30), 7),
+    ("3/i.png", (0, 0, 10, 10), 9),       # Uncertain: dropped
+]
+AFFECTNET_EXPECTED = {
+    "affectnet_training-cls7-v7.txt": ["1/a.png 0", "2/c.png 6", "2/f.png 3"],
+    "affectnet_training-cls8-v7.txt": ["1/a.png 0", "1/b.png 7", "2/c.png 6", "2/f.png 3"],
+    "affectnet_validation-cls7.txt": ["3/g.png 1"],
+    "affectnet_validation-cls8.txt": ["3/g.png 1", "3/h.png 7"],
+}
+
+
+def affectnet_pixels(index):
+    return np.random.default_rng(index).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+
+
+def write_affectnet_inputs(folder, train=AFFECTNET_TRAIN, val=AFFECTNET_VAL):
+    images = folder / "Manually_Annotated_Images"
+    for index, (name, _, _) in enumerate(train + val):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(affectnet_pixels(index)).save(images / name)
+
+    def csv_lines(rows):
+        return [f"{name},{x},{y},{w},{h},{LANDMARKS},{expression},0.1,-0.2" for name, (x, y, w, h), expression in rows]
+
+    train_csv, val_csv = folder / "training.csv", folder / "validation.csv"
+    train_csv.write_text("\n".join([AFFECTNET_HEADER] + csv_lines(train)) + "\n")
+    val_csv.write_text("\n".join(csv_lines(val)) + "\n")  # the validation file comes without header
+    return train_csv, val_csv, images
+
+
+def affectnet_args(train_csv, val_csv, images, out, *extra):
+    return ["--train-csv", str(train_csv), "--val-csv", str(val_csv), "--images", str(images),
+            "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_affectnet_lists_and_crops(tmp_path, capsys, workers):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    source_bytes = {p: p.read_bytes() for p in images.rglob("*.png")}
+    out = tmp_path / "AffectNet"
+    assert prepare_affectnet.main(affectnet_args(train_csv, val_csv, images, out, "--crop", "--workers", workers)) == 0
+    for list_name, expected in AFFECTNET_EXPECTED.items():
+        assert read_lines(out / list_name) == expected, list_name
+    crops = out / "Manually_trainval_croped"
+    expected_crops = {  # numpy slices [top:bottom, left:right] worked out from the boxes
+        "1/a.png": affectnet_pixels(0)[4:12, 5:15],
+        "1/b.png": affectnet_pixels(1)[0:8, 0:7],
+        "2/c.png": affectnet_pixels(2)[20:30, 30:40],
+        "2/f.png": affectnet_pixels(5)[1:29, 1:39],
+        "3/g.png": affectnet_pixels(6)[3:23, 2:22],
+        "3/h.png": affectnet_pixels(7),
+    }
+    assert sorted(p.relative_to(crops).as_posix() for p in crops.rglob("*.png")) == sorted(expected_crops)
+    for name, pixels in expected_crops.items():
+        assert np.array_equal(np.asarray(Image.open(crops / name)), pixels), name
+    printed = capsys.readouterr().out
+    assert "train (AffectNet-8): 4 images" in printed and "7 Contempt: 1" in printed
+    assert {p: p.read_bytes() for p in images.rglob("*.png")} == source_bytes
+
+
+def test_affectnet_without_crop_keeps_relative_paths(tmp_path):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    out = tmp_path / "lists"
+    prepare_affectnet.prepare(["--train-csv", str(train_csv), "--val-csv", str(val_csv), "--out", str(out)])
+    for list_name, expected in AFFECTNET_EXPECTED.items():
+        assert read_lines(out / list_name) == expected
+    assert not (out / "Manually_trainval_croped").exists()
+    with pytest.raises(PrepareError, match="--overwrite"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out))
+    prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out, "--overwrite"))
+
+
+def test_affectnet_errors(tmp_path):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="--crop needs --images"):
+        prepare_affectnet.prepare(["--train-csv", str(train_csv), "--val-csv", str(val_csv),
+                                   "--out", str(out), "--crop"])
+    with pytest.raises(PrepareError, match="overlaps the input"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, images, "--crop"))
+    (images / "2/c.png").unlink()
+    with pytest.raises(PrepareError, match=r"1 listed image\(s\) missing: 2/c.png \(training.csv line 4\)"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out))
+
+
+@pytest.mark.parametrize("row, message", [
+    (("4/x.png", (0, 0, 10, 10), 11), "validation.csv line 2: expression '11' is outside 0..10"),
+    (("4/x.png", (0, 0, 0, 10), 1), "validation.csv line 2: face_width and face_height must be > 0"),
+    (("../x.png", (0, 0, 10, 10), 1), "validation.csv line 2: subDirectory_filePath '../x.png'"),
+])
+def test_affectnet_bad_row_names_file_and_line(tmp_path, row, message):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path, val=[AFFECTNET_VAL[0], row])
+    with pytest.raises(PrepareError) as error:
+        prepare_affectnet.prepare(["--train-csv", str(train_csv), "--val-csv", str(val_csv),
+                                   "--out", str(tmp_path / "out")])
+    assert message in str(error.value)
+
+
+def test_affectnet_box_outside_image_names_line(tmp_path):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path, train=[("1/a.png", (100, 0, 10, 10), 2)],
+                                                      val=AFFECTNET_VAL[:1])
+    with pytest.raises(PrepareError, match="training.csv line 2: face box"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, tmp_path / "out", "--crop"))

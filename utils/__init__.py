@@ -1,0 +1,1 @@
+"""Training engine, recipes, checkpointing, logging and the tools around a trained model."""

@@ -1,0 +1,86 @@
+"""What a run leaves behind: text log, per-epoch metrics CSV, loss curves, confusion matrix."""
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def make_logger(run_dir=None, enabled=True):
+    """Logger printing to stdout and, when `run_dir` is given, appending to `run_dir/log.txt`."""
+    logger = logging.getLogger("qcs")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if run_dir is not None and enabled:
+        handlers.append(logging.FileHandler(Path(run_dir) / "log.txt"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    return logger
+
+
+def metrics_columns(num_branches):
+    names = [f"loss_base_{i}" for i in range(1, num_branches + 1)]
+    names += [f"loss_cross_{i}" for i in range(1, num_branches + 1)]
+    return ["epoch", "lr", *names, "loss", "train_acc", "test_acc", "mean_class_acc",
+            "best_acc", "epoch_time_s"]
+
+
+def write_metrics(path, history, num_branches):
+    """Rewrite the metrics CSV from the run history (one row per epoch)."""
+    columns = metrics_columns(num_branches)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow(row)
+
+
+def plot_losses(path, history, num_branches):
+    """Base vs cross branch losses, and test accuracy, per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, style in (("base", "-"), ("cross", "--")):
+        for i in range(1, num_branches + 1):
+            ax_loss.plot(epochs, [row[f"loss_{kind}_{i}"] for row in history], style,
+                         label=f"{kind} {i}")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="branch losses")
+    ax_loss.legend(fontsize=8, ncol=2)
+    ax_acc.plot(epochs, [row["train_acc"] for row in history], label="train (base)")
+    ax_acc.plot(epochs, [row["test_acc"] for row in history], label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(path, confusion, class_names, title):
+    """Row-normalised confusion matrix with the dataset's class names."""
+    import seaborn as sns
+
+    counts = confusion.double()
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    size = 1.0 + 0.8 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(rates.numpy(), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=ax,
+                xticklabels=class_names, yticklabels=class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_confusion(confusion, class_names):
+    """The confusion matrix as a text table (rows: true labels)."""
+    width = max(7, max(len(n) for n in class_names) + 1)
+    header = " " * width + "".join(n[:width - 1].rjust(width) for n in class_names)
+    rows = [name.ljust(width) + "".join(str(v).rjust(width) for v in row)
+            for name, row in zip(class_names, confusion.tolist())]
+    return "\n".join([header, *rows])
