@@ -54,3 +54,14 @@ def gather_objects(obj):
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
+
+
+def ranks_in_sync(module):
+    """True when every rank holds the same parameters (per-tensor sums compared across ranks)."""
+    if not is_distributed():
+        return True
+    sums = torch.stack([p.detach().double().sum() for p in module.parameters()])
+    high, low = sums.clone(), -sums
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(high, -low))

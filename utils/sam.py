@@ -50,3 +50,4 @@ class SAM(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups  # loading replaced the group dicts

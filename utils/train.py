@@ -91,7 +91,11 @@ def main(arch, argv=None):
     try:
         if args.evaluate:
             return run_evaluation(arch, args, logger)
-        return run_training(arch, args)
+        previous_handler = signal.getsignal(signal.SIGINT)
+        try:
+            return run_training(arch, args)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
     except (UsageError, DataError, WeightsError, FileExistsError, FileNotFoundError) as error:
         logger.error(f"error: {error}")
         return 2
@@ -335,6 +339,11 @@ def run_training(arch, args):
         if stop.requested:
             logger.info(f"interrupted after epoch {epoch + 1}; resume with --resume {run_dir / 'last.pth'}")
             return 130
+    if world_size > 1:
+        in_sync = ddp.ranks_in_sync(model)
+        logger.info(f"{world_size} ranks in sync: {'yes' if in_sync else 'NO'}")
+        if not in_sync:
+            return 1
     logger.info(f"done: best test accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}; "
                 f"run folder {run_dir}")
     return 0
