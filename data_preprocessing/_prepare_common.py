@@ -8,8 +8,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from data_preprocessing.datasets import DataError
 
-class PrepareError(ValueError):
+
+class PrepareError(DataError):
     """Bad raw input or a refused output; the message names the file (and line)."""
 
 

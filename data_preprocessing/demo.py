@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_preprocessing.datasets import DataError
+
 DEMO_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 
 # Bump when the drawing changes, so old folders are refused instead of mixed.
@@ -82,7 +84,7 @@ EXPRESSIONS = {
 SUPERSAMPLE = 2  # draw at twice the size, then box-downsample (cheap anti-aliasing)
 
 
-class DemoDataError(ValueError):
+class DemoDataError(DataError):
     """Bad demo parameters or an inconsistent demo folder."""
 
 

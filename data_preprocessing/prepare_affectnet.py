@@ -29,8 +29,7 @@ from data_preprocessing._prepare_common import (
     refuse_output_over_inputs, require_dir, require_file, run_main, write_list_file,
 )
 
-AFFECTNET8_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
-AFFECTNET7_CLASSES = AFFECTNET8_CLASSES[:7]
+from data_preprocessing.datasets import AFFECTNET8_CLASSES
 AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                     "facial_landmarks", "expression", "valence", "arousal"]
 MAX_EXPRESSION_CODE = 10

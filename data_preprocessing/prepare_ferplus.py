@@ -26,7 +26,7 @@ from data_preprocessing._prepare_common import (
     refuse_output_over_inputs, require_file, run_main, write_list_file,
 )
 
-FERPLUS_CLASSES = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
+from data_preprocessing.datasets import FERPLUS_CLASSES
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
 FERPLUS_HEADER = ["Usage", "Image name", *VOTE_COLUMNS]

@@ -20,7 +20,7 @@ from data_preprocessing._prepare_common import (
     require_dir, require_file, run_main, write_list_file,
 )
 
-RAFDB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+from data_preprocessing.datasets import RAF_DB_CLASSES
 OUTPUT_NAMES = {"train": "raf_db_basic_train.txt", "test": "raf_db_basic_test.txt"}
 MAX_MISSING_SHOWN = 5
 
@@ -50,8 +50,8 @@ def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
                 raise PrepareError(f"{path} line {line_number}: image name {name!r} must start with "
                                    f"'train_' or 'test_' and contain no folder")
             label = parse_int(label_text, path, line_number, "label")
-            if not 1 <= label <= len(RAFDB_CLASSES):
-                raise PrepareError(f"{path} line {line_number}: label {label_text!r} is outside 1..{len(RAFDB_CLASSES)}")
+            if not 1 <= label <= len(RAF_DB_CLASSES):
+                raise PrepareError(f"{path} line {line_number}: label {label_text!r} is outside 1..{len(RAF_DB_CLASSES)}")
             if name in seen:
                 raise PrepareError(f"{path} line {line_number}: image {name!r} already listed on line {seen[name]}")
             seen[name] = line_number
@@ -92,7 +92,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
         check_images_exist(images_dir, splits)
     for split, entries in splits.items():
         write_list_file(out_dir / OUTPUT_NAMES[split], entries)
-        print_counts(split, [label for _, label in entries], RAFDB_CLASSES)
+        print_counts(split, [label for _, label in entries], RAF_DB_CLASSES)
     print(f"wrote {', '.join(str(p) for p in outputs)}")
     return splits
 
