@@ -6,13 +6,15 @@ hand-worked values.
 from contextlib import nullcontext
 
 import pytest
+import torch
 
 from utils import benchmark
 from utils.benchmark import Settings
 
 
 def tiny_settings(**changes):
-    options = dict(size="tiny", batch=2, device="cpu", repeats=1, warmup=1, image_size=56)
+    options = dict(size="tiny", batch=2, device="cpu", repeats=1, warmup=1, image_size=56,
+                   min_sample_seconds=0.0)
     options.update(changes)
     return Settings(**options)
 
@@ -63,6 +65,7 @@ def test_loss_check_detects_ungrouped_batch_norm(monkeypatch):
 def test_inference_rows(report):
     result, _ = report
     rows = result["inference"]["rows"]
+    assert all(r["peak_bytes"] >= 0 and r["calls_per_sample"] == 1 for r in rows)
     assert [(r["model"], r["batch"]) for r in rows] == [
         ("base model alone", 8), ("QCS inference model", 8), ("base model alone", 1), ("QCS inference model", 1)]
     for r in rows:
@@ -106,10 +109,34 @@ def test_epoch_estimates_hand_worked():
 def test_runs_alternate_after_warmup():
     calls = []
     runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    seconds, peaks = benchmark.interleaved_times(runs, repeats=2, warmup=1, device=Settings().torch_device)
-    assert calls == ["a", "b", "a", "b", "a", "b"]
-    assert [len(seconds["a"]), len(seconds["b"])] == [2, 2]
-    assert peaks == {"a": None, "b": None}
+    timing = benchmark.interleaved_times(runs, repeats=2, warmup=1, device=torch.device("cpu"))
+    # warm-up, two timed rounds in alternating order, memory pass
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] + ["a", "b"]
+    assert timing.calls == 1 and [len(timing.seconds["a"]), len(timing.seconds["b"])] == [2, 2]
+
+
+def test_fast_calls_are_repeated_within_a_sample():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timing = benchmark.interleaved_times(runs, repeats=1, warmup=1, device=torch.device("cpu"),
+                                         min_sample_seconds=0.001)
+    assert timing.calls > 1  # appending to a list takes far less than 1 ms
+    assert calls == ["a", "b"] + ["a"] * timing.calls + ["b"] * timing.calls + ["a", "b"]
+
+
+@pytest.mark.parametrize("call_seconds,min_seconds,expected",
+                         [(0.3, 1.0, 4), (2.0, 1.0, 1), (0.25, 1.0, 4), (None, 1.0, 1), (0.01, 0.0, 1)])
+def test_calls_per_sample(call_seconds, min_seconds, expected):
+    assert benchmark.calls_per_sample(call_seconds, min_seconds) == expected
+
+
+def test_cpu_peak_memory_sees_a_new_allocation():
+    with benchmark.PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(16 * 2 ** 20)  # 64 MiB, every page written
+        del block
+    if not memory.exact:
+        pytest.skip("the peak RSS cannot be reset here")
+    assert 60 * 2 ** 20 <= memory.bytes < 1024 * 2 ** 20
 
 
 def test_command_line(capsys):

@@ -94,7 +94,8 @@ def run(args):
     if existing and not args.overwrite:
         raise ToolError(f"--out {out} already holds {', '.join(existing)}; refusing to overwrite "
                         f"(use --overwrite or another folder)")
-    trained = load_trained_model(args.checkpoint, size=args.size, image_size=args.image_size)
+    trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
+                                 data_root=args.data_root, size=args.size, image_size=args.image_size)
     model, size = trained.model.cpu(), trained.image_size
     out.mkdir(parents=True, exist_ok=True)
 

@@ -259,7 +259,8 @@ def run(args):
     refuse_existing([("--out", args.out), ("--class-grid", args.class_grid)], args.overwrite)
     if args.samples_per_class < 1:
         raise ToolError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
-    trained = load_trained_model(args.checkpoint, arch="cross", size=args.size, image_size=args.image_size)
+    trained = load_trained_model(args.checkpoint, arch="cross", size=args.size, image_size=args.image_size,
+                                 data_root=args.data_root, fallback_dataset=args.dataset)
     model, device = trained.model, resolve_device(args.device)
     dataset = load_split(args, trained)
     group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)

@@ -39,17 +39,22 @@ def _model_options(parser):
                         help="input side in pixels (default: from the checkpoint, else 224)")
 
 
+def _class_options(parser):
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--dataset", choices=DATASET_NAMES,
+                       help="class names of this dataset (needed unless the checkpoint records them)")
+    names.add_argument("--classes", help="class names in label order, comma-separated")
+    parser.add_argument("--data-root",
+                        help="with --dataset folder: the folder whose class folders name the classes")
+
+
 def _add_predict(commands):
     p = commands.add_parser("predict", help="top-k expressions of face images",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                             description="Classify face images with the base branch. Folders are searched "
                                         "recursively; unreadable and non-image files are reported and skipped.")
     _model_options(p)
-    names = p.add_mutually_exclusive_group()
-    names.add_argument("--dataset", choices=DATASET_NAMES,
-                       help="class names of this dataset (needed unless the checkpoint records them)")
-    names.add_argument("--classes", help="class names in label order, comma-separated")
-    p.add_argument("--data-root", help="with --dataset folder: the folder whose class folders name the classes")
+    _class_options(p)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -85,6 +90,7 @@ def _add_export(commands):
                             description="Export the base branch, reload every artifact and check it gives "
                                         "the checkpoint's logits.")
     _model_options(p)
+    _class_options(p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--format", default="both", choices=("torchscript", "export", "both"))
     p.add_argument("--overwrite", action="store_true", help="replace files already in DIR")

@@ -161,8 +161,11 @@ class TrainedModel:
         return test_transform(resize=self.test_resize, size=self.image_size)
 
 
-def resolve_classes(info, dataset=None, class_list=None, data_root=None):
-    """Class names from `--classes`, else `--dataset`, else the checkpoint (ours)."""
+def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallback_dataset=None):
+    """Class names from `--classes`, else `--dataset`, else the checkpoint (ours), else
+    `fallback_dataset` (a dataset the command reads anyway)."""
+    if class_list is None and dataset is None and not info.classes:
+        dataset = fallback_dataset
     if class_list is not None:
         classes = [c.strip() for c in class_list.split(",") if c.strip()]
         source = "--classes"
@@ -184,14 +187,17 @@ def resolve_classes(info, dataset=None, class_list=None, data_root=None):
 
 
 def load_trained_model(path, arch="base", dataset=None, class_list=None, data_root=None, size=None,
-                       image_size=None):
+                       image_size=None, fallback_dataset=None):
     """Rebuild the network of checkpoint `path` and load its weights (in eval mode).
 
     `arch="base"` gives the inference network (base branch only) of any checkpoint with a head;
     `arch="cross"` rebuilds the DCS/QCS model the checkpoint holds, cross module included.
     Unset `size`, `image_size` and classes come from the checkpoint where it records them
-    (this project's checkpoints), else from the tensor shapes, 224 and `dataset`/`class_list`.
+    (this project's checkpoints), else from the tensor shapes, 224 and `dataset`/`class_list`
+    (`fallback_dataset` names the classes of a checkpoint that records none, when neither is given).
     """
+    if image_size is not None and image_size < 16:
+        raise ToolError(f"--image-size must be at least 16 pixels, got {image_size}")
     checkpoint, info = load_checkpoint(path)
     if info.format == "ir50" or info.num_classes is None:
         raise ToolError(f"{path} holds {info.format_title}: no classifier to run; "
@@ -199,7 +205,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     if arch == "cross" and info.arch not in ("dcs", "qcs"):
         raise ToolError(f"{path} holds a {info.arch.upper()} model without a cross module; "
                         f"give a DCS or QCS checkpoint")
-    classes = resolve_classes(info, dataset, class_list, data_root)
+    classes = resolve_classes(info, dataset, class_list, data_root, fallback_dataset)
     size = size or info.size
     if size is None:
         raise ToolError(f"{path}: the tensor shapes match no model size; give --size "
