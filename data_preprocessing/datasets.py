@@ -501,8 +501,9 @@ def build_dataset(name: str, split: str, data_root=None, transform=None, classes
     if name == "FER2013":
         return fer2013_dataset(root, split, classes=classes, transform=transform)
     if name == "demo":
-        from .demo import DEMO_CLASSES, ensure_demo_dataset
-        ensure_demo_dataset(root, seed=seed)
+        from .demo import DEMO_CLASSES, META_NAME, ensure_demo_dataset
+        if not os.path.exists(os.path.join(root, META_NAME)):  # a finished demo folder of any parameters
+            ensure_demo_dataset(root, seed=seed)
         layout = ListLayout("demo", DEMO_LAYOUT["default_root"], DEMO_LAYOUT["image_dir"],
                             DEMO_LAYOUT["list_files"], tuple(DEMO_CLASSES))
     else:

@@ -1,6 +1,4 @@
 """Datasets, list files, FER2013, class folders, bad input and transforms (data_preprocessing)."""
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -296,23 +294,15 @@ def test_empty_class_folder(tmp_path):
         build_dataset("folder", "train", tmp_path)
 
 
-def test_demo_dataset_is_generated_then_read(tmp_path, monkeypatch):
-    calls = []
+def test_demo_dataset_reads_a_generated_folder_of_any_parameters(tmp_path):
+    from data_preprocessing.demo import DEMO_CLASSES, ensure_demo_dataset
 
-    def ensure_demo_dataset(data_root, seed=0):
-        calls.append((str(data_root), seed))
-        write_image(Path(data_root) / "images" / "d" / "0.png")
-        (Path(data_root) / "demo_train.txt").write_text("d/0.png 4\n")
-        (Path(data_root) / "demo_test.txt").write_text("d/0.png 1\n")
-
-    fake = types.ModuleType("data_preprocessing.demo")
-    fake.ensure_demo_dataset = ensure_demo_dataset
-    fake.DEMO_CLASSES = [f"c{i}" for i in range(7)]
-    monkeypatch.setitem(sys.modules, "data_preprocessing.demo", fake)
-    dataset = build_dataset("demo", "train", tmp_path / "demo")
-    assert calls == [(str(tmp_path / "demo"), 0)]
-    assert dataset.labels.tolist() == [4] and dataset.image_names == ["d/0.png"]
-    assert dataset.classes == fake.DEMO_CLASSES == dataset_classes("demo")
+    ensure_demo_dataset(tmp_path / "demo", train_per_class=2, test_per_class=1, image_size=32)
+    train = build_dataset("demo", "train", tmp_path / "demo")
+    test = build_dataset("demo", "test", tmp_path / "demo")
+    assert sorted(train.labels.tolist()) == sorted(list(range(7)) * 2)
+    assert len(test) == 7 and train.classes == DEMO_CLASSES == dataset_classes("demo")
+    assert train.load_image(0).size == (32, 32)
 
 
 def test_image_list_dataset_rejects_bad_labels():

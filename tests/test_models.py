@@ -1,6 +1,5 @@
 """Model structure, CSA math, invariants and weight loading (SPEC §1–3, §8)."""
 import math
-import pickle
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from data_preprocessing import (DATASET_NAMES, DataError, GroupDataset, GroupSampler, build_dataset,
                                 test_transform, train_transform)
-from models import OPTION_CHOICES, WeightsError, build_model, inference_model, load_weights, read_checkpoint
+from models import OPTION_CHOICES, WeightsError, build_model, load_weights, read_checkpoint
 
 from . import distributed as ddp
 from .checkpointing import atomic_save, atomic_write_text, new_run_dir, set_rng_states, training_checkpoint
@@ -468,6 +467,3 @@ class Saver:
         return training_checkpoint(self.model, self.optimizer, self.scheduler, state,
                                    self.config, self.classes)
 
-
-def time_stamp():
-    return time.strftime("%Y-%m-%d %H:%M:%S")
