@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from authors_format import as_authors, write_authors_checkpoint
 from data_preprocessing.demo import DEMO_CLASSES, ensure_demo_dataset
 from models import build_model
 from utils import heatmaps, predict, tools
@@ -77,43 +78,8 @@ def probabilities_of(model, images):
     return torch.softmax(model.base(torch.stack([preprocess(im) for im in images])), dim=1)
 
 
-AUTHOR_PREFIXES = [  # ours → the authors' (SPEC §8), most specific first
-    ("base.backbone.", "ir_back."), ("base.downsample.0.", "conv1."), ("base.downsample.1.", "conv2."),
-    ("base.downsample.2.", "conv3."), ("base.embed.0.", "embed_q."), ("base.embed.1.", "embed_k."),
-    ("base.embed.2.0.", "embed_v.proj."), ("base.vit.", "VIT_base."), ("cross_head.", "VIT_cross."),
-    ("cross_blocks.0.", "cross_attention_1."), ("cross_blocks.1.", "cross_attention_2."),
-    ("cross_blocks.2.", "cross_attention_3."),
-]
-
-
-def authors_state_dict(model):
-    out = {}
-    for key, value in model.state_dict().items():
-        for ours, theirs in AUTHOR_PREFIXES:
-            if key.startswith(ours):
-                key = theirs + key[len(ours):]
-                break
-        key = (key.replace("head.fc1.", "se_block.linear1.").replace("head.fc2.", "se_block.linear2.")
-               .replace("head.classifier.", "head.linear."))
-        out["module." + key] = value.clone()
-    out["module.ir_back.output_layer.3.weight"] = torch.zeros(4, 4)  # defined but unused by them
-    out["module.VIT_base.eca_block.conv.weight"] = torch.zeros(1, 1, 5)
-    return out
-
-
-class RecorderMeter_loss:  # the authors pickle this from their training script's __main__
-    def __init__(self):
-        self.epoch_losses = [0.5, 0.25]
-
-
-def write_authors_checkpoint(path, model, monkeypatch):
-    import __main__
-    monkeypatch.setattr(RecorderMeter_loss, "__module__", "__main__")
-    monkeypatch.setattr(__main__, "RecorderMeter_loss", RecorderMeter_loss, raising=False)
-    torch.save({"epoch": 7, "state_dict": authors_state_dict(model), "best_acc": torch.tensor(91.5),
-                "optimizer": {"state": {}, "param_groups": []},
-                "recorder": RecorderMeter_loss(), "recorder_m": RecorderMeter_loss()}, path)
-    monkeypatch.delattr(__main__, "RecorderMeter_loss")  # a reader has no such class
+def authors_checkpoint(path, model, monkeypatch):
+    write_authors_checkpoint(path, as_authors(model), monkeypatch)
 
 
 def run_tool(capsys, *argv):
@@ -176,7 +142,7 @@ def test_predict_probabilities_match_the_model_and_bad_files_are_skipped(trained
 def test_predict_authors_checkpoint_needs_class_names(trained, demo_root, tmp_path, capsys, monkeypatch):
     model, _ = trained["qcs"]
     checkpoint = tmp_path / "authors.pth"
-    write_authors_checkpoint(checkpoint, model, monkeypatch)
+    authors_checkpoint(checkpoint, model, monkeypatch)
     image = sorted((demo_root / "images" / "test").glob("*.png"))[0]
     code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, image)
     assert code == 2 and "--dataset" in err and "--classes" in err
@@ -380,13 +346,13 @@ def test_inspect_ours_authors_and_bare(trained, tmp_path, capsys, monkeypatch):
     assert info["num_tensors"] == len(model.state_dict()) and info["num_parameters"] == all_parameters
 
     authors = tmp_path / "authors.pth"
-    write_authors_checkpoint(authors, model, monkeypatch)
+    authors_checkpoint(authors, model, monkeypatch)
     info = inspect_json(capsys, authors)
     assert (info["format"], info["naming"], info["arch"], info["num_classes"]) == ("authors", "authors", "qcs", 7)
     assert info["epoch"] == 7 and info["best_acc"] == pytest.approx(91.5)
     assert info["foreign_objects"] == ["__main__.RecorderMeter_loss"]
-    assert info["unused_tensors"] == 2 and info["num_tensors"] == len(model.state_dict()) + 2
-    assert info["num_parameters"] == all_parameters + 16 + 5
+    assert info["unused_tensors"] == 3 and info["num_tensors"] == len(model.state_dict()) + 3
+    assert info["num_parameters"] == all_parameters + 16 + 5 + 9
     code, text, _ = run_tool(capsys, "inspect", authors)
     assert code == 0 and "__main__.RecorderMeter_loss" in text and "91.50%" in text
 
