@@ -11,6 +11,19 @@ from models import group_loss, group_targets
 from .distributed import all_reduce_sum, gather_objects, is_main_process
 
 
+class DeviceUnavailable(ValueError):
+    """`--device cuda` on a machine without CUDA."""
+
+
+def resolve_device(name):
+    """`"auto"` → CUDA when available, else CPU; `"cuda"` without CUDA raises `DeviceUnavailable`."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("--device cuda was requested but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 class NonFiniteLoss(RuntimeError):
     """Raised instead of training on a NaN/inf loss; the message names step and images."""
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 
-from .trained import ToolError, load_trained_model, resolve_device
+from .engine import resolve_device
+from .trained import ToolError, load_trained_model
 
 ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")

@@ -17,7 +17,8 @@ import torch
 from data_preprocessing import DataError, ImageListDataset
 from data_preprocessing.datasets import IMAGE_EXTENSIONS
 
-from .trained import ToolError, load_trained_model, resolve_device
+from .engine import resolve_device
+from .trained import ToolError, load_trained_model
 
 OPENCV_HINT = "pip install opencv-python-headless"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"

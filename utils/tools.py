@@ -14,6 +14,7 @@ import sys
 from data_preprocessing import DATASET_NAMES
 from models import MODEL_SIZES
 
+from .engine import DeviceUnavailable
 from .trained import ToolError, load_checkpoint
 
 EXIT_USAGE = 2
@@ -161,7 +162,7 @@ def main(argv=None):
             from . import export
             return export.run(args)
         return run_inspect(args)
-    except (ToolError, FileExistsError) as error:
+    except (ToolError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

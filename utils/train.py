@@ -19,7 +19,7 @@ from models import OPTION_CHOICES, WeightsError, build_model, load_weights, read
 
 from . import distributed as ddp
 from .checkpointing import atomic_save, atomic_write_text, new_run_dir, set_rng_states, training_checkpoint
-from .engine import NonFiniteLoss, evaluate, timer, train_one_epoch
+from .engine import DeviceUnavailable, NonFiniteLoss, evaluate, resolve_device, timer, train_one_epoch
 from .recipes import recipe
 from .reporting import format_confusion, make_logger, plot_confusion, plot_losses, write_metrics
 from .sam import SAM
@@ -95,7 +95,7 @@ def main(arch, argv=None):
             return run_training(arch, args)
         finally:
             signal.signal(signal.SIGINT, previous_handler)
-    except (UsageError, DataError, WeightsError, FileExistsError, FileNotFoundError) as error:
+    except (UsageError, DataError, WeightsError, DeviceUnavailable, FileExistsError, FileNotFoundError) as error:
         logger.error(f"error: {error}")
         return 2
     except NonFiniteLoss as error:
@@ -122,14 +122,6 @@ def resolve_config(arch, args):
         if config[key] < (0 if key == "workers" else 1):
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
     return config
-
-
-def resolve_device(name):
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def model_from_config(config, arch=None):
@@ -180,7 +172,7 @@ def test_loader(dataset, config, device, rank, world_size):
 def run_evaluation(arch, args, logger):
     """`--evaluate CKPT`: base branch on the test split; accuracy, mean class accuracy, confusion."""
     config = resolve_config(arch, args)
-    device = torch.device(resolve_device(config["device"]))
+    device = resolve_device(config["device"])
     rank, world_size, _ = ddp.init_distributed(device.type)
     if config["predictions"] and Path(config["predictions"]).exists():
         raise FileExistsError(f"--predictions {config['predictions']} exists; refusing to overwrite it")
@@ -245,7 +237,7 @@ def run_training(arch, args):
     if config["resume"]:
         resumed = read_checkpoint(config["resume"])
         config = merge_resumed_config(config, resumed, args)
-    device = torch.device(resolve_device(config["device"]))
+    device = resolve_device(config["device"])
     rank, world_size, local_rank = ddp.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

@@ -224,12 +224,3 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
         test_resize = None  # the recorded crop ratio belongs to the recorded size
     image_size = image_size or info.image_size or DEFAULT_IMAGE_SIZE
     return TrainedModel(model, info, classes, size, image_size, test_resize)
-
-
-def resolve_device(name):
-    """`auto` → CUDA when available, else CPU; `cuda` without CUDA is a ToolError."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ToolError("--device cuda was requested but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
