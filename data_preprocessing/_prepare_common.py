@@ -105,11 +105,13 @@ def parse_int(text: str, path, line_number: int, what: str) -> int:
     return int(value)
 
 
-def print_counts(split: str, labels, class_names) -> None:
-    """Print the number of kept images in ``split`` and per class."""
+def write_split_list(path: Path, entries, title: str, class_names) -> None:
+    """Write a split's list file and print how many images it kept, in total and per class."""
+    write_list_file(path, entries)
+    labels = [label for _, label in entries]
     counts = Counter(labels)
     per_class = ", ".join(f"{index} {name}: {counts.get(index, 0)}" for index, name in enumerate(class_names))
-    print(f"{split}: {len(labels)} images ({per_class})")
+    print(f"{title}: {len(labels)} images ({per_class})")
 
 
 def run_main(main_function, argv=None) -> int:

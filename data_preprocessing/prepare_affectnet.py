@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from data_preprocessing._prepare_common import (
-    PrepareError, parse_int, print_counts, read_csv_rows, refuse_existing_outputs,
-    refuse_output_over_inputs, require_dir, require_file, run_main, write_list_file,
+    PrepareError, parse_int, read_csv_rows, refuse_existing_outputs,
+    refuse_output_over_inputs, require_dir, require_file, run_main, write_split_list,
 )
 
 from data_preprocessing.datasets import AFFECTNET8_CLASSES
@@ -154,9 +154,8 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     written = {}
     for (split, num_classes), file_name in OUTPUT_NAMES.items():
         entries = [(row["name"], row["label"]) for row in rows[split] if row["label"] < num_classes]
-        write_list_file(out_dir / file_name, entries)
-        classes = AFFECTNET8_CLASSES[:num_classes]
-        print_counts(f"{split} (AffectNet-{num_classes})", [label for _, label in entries], classes)
+        write_split_list(out_dir / file_name, entries, f"{split} (AffectNet-{num_classes})",
+                         AFFECTNET8_CLASSES[:num_classes])
         written[(split, num_classes)] = entries
     print(f"wrote {', '.join(OUTPUT_NAMES.values())} in {out_dir}")
     return written

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from data_preprocessing._prepare_common import (
-    PrepareError, parse_int, print_counts, read_csv_rows, refuse_existing_outputs,
-    refuse_output_over_inputs, require_file, run_main, write_list_file,
+    PrepareError, parse_int, read_csv_rows, refuse_existing_outputs,
+    refuse_output_over_inputs, require_file, run_main, write_split_list,
 )
 
 from data_preprocessing.datasets import FERPLUS_CLASSES
@@ -151,8 +151,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     refuse_existing_outputs(outputs, args.overwrite)
     entries = convert(fer2013_path, ferplus_path, out_dir)
     for split, split_entries in entries.items():
-        write_list_file(out_dir / OUTPUT_NAMES[split], split_entries)
-        print_counts(split, [label for _, label in split_entries], FERPLUS_CLASSES)
+        write_split_list(out_dir / OUTPUT_NAMES[split], split_entries, split, FERPLUS_CLASSES)
     print(f"wrote images to {out_dir / IMAGE_DIR} and lists {', '.join(OUTPUT_NAMES.values())} in {out_dir}")
     return entries
 

@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 from data_preprocessing._prepare_common import (
-    PrepareError, parse_int, print_counts, refuse_existing_outputs, refuse_output_over_inputs,
-    require_dir, require_file, run_main, write_list_file,
+    PrepareError, parse_int, refuse_existing_outputs, refuse_output_over_inputs,
+    require_dir, require_file, run_main, write_split_list,
 )
 
 from data_preprocessing.datasets import RAF_DB_CLASSES
@@ -91,8 +91,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     if images_dir is not None:
         check_images_exist(images_dir, splits)
     for split, entries in splits.items():
-        write_list_file(out_dir / OUTPUT_NAMES[split], entries)
-        print_counts(split, [label for _, label in entries], RAF_DB_CLASSES)
+        write_split_list(out_dir / OUTPUT_NAMES[split], entries, split, RAF_DB_CLASSES)
     print(f"wrote {', '.join(str(p) for p in outputs)}")
     return splits
 

@@ -348,8 +348,8 @@ def merge_resumed_config(config, checkpoint, args):
     if saved["arch"] != config["arch"]:
         raise UsageError(f"--resume {config['resume']} is a {saved['arch'].upper()} run; "
                          f"use main_{saved['arch'].upper()}.py")
-    explicit = {k for k, v in vars(args).items() if v is not None and v != build_parser(
-        config["arch"]).get_default(k)}
+    parser = build_parser(config["arch"])
+    explicit = {k for k, v in vars(args).items() if v is not None and v != parser.get_default(k)}
     conflicts = sorted(k for k in explicit - RESUME_OVERRIDABLE if saved.get(k) != config[k])
     if conflicts:
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
