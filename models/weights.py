@@ -68,8 +68,9 @@ def read_checkpoint(path):
 def _load_legacy(path, zip_error):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WeightsError(f"cannot read checkpoint {path}: {error} ({zip_error})") from None
+    except Exception:
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it: "
+                           f"{type(zip_error).__name__})") from None
 
 
 class ForeignObject:
@@ -240,3 +241,39 @@ def _key_list(title, keys):
 
 def _name(source):
     return str(source) if isinstance(source, (str, os.PathLike)) else "the given weights"
+
+
+def load_backbone(model, source):
+    """Fill the IR50 backbone of `model`, and nothing else, from any supported checkpoint.
+
+    `source` may be face-recognition IR50 weights (either naming), this project's checkpoint,
+    the authors' release or a bare state dict, of any architecture. Returns
+    `(tensors_filled, source_format)`. A source without the backbone's tensors (or with only
+    part of them, or other shapes) raises `WeightsError`.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    container_format, state_dict = checkpoint_state_dict(checkpoint)
+    naming, state_dict = to_our_names(state_dict)
+    prefix = "backbone."
+    found = {}
+    for key, value in state_dict.items():
+        key = key[len("base."):] if key.startswith("base.") else key
+        if key.startswith(prefix):
+            found[key[len(prefix):]] = value
+    if not found:
+        raise WeightsError(f"{_name(source)} holds no IR50 backbone tensors "
+                           f"({len(state_dict)} tensors in {naming} names)")
+    backbone = (model.base if isinstance(model, CrossModel) else model).backbone
+    target = dict(backbone.state_dict(keep_vars=True))
+    missing = [prefix + k for k in target if k not in found]
+    shape_errors = [f"{prefix}{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+                    for k, v in target.items() if k in found and found[k].shape != v.shape]
+    if missing or shape_errors:
+        raise WeightsError(f"{_name(source)} does not fit the model's backbone (is the model size "
+                           f"right?):" + _key_list("missing from the file", missing)
+                           + _key_list("with other shapes", shape_errors))
+    with torch.no_grad():
+        for key, tensor in target.items():
+            tensor.copy_(found[key])
+    source_format = naming if naming in ("ir50", "authors") else container_format
+    return len(target), source_format

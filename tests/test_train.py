@@ -217,14 +217,228 @@ def test_unknown_dataset_is_rejected_by_the_parser(capsys):
     assert exit_info.value.code == 2 and "CK+" in capsys.readouterr().err
 
 
-def test_two_process_ddp_on_cpu_stays_in_sync(tmp_path):
+@pytest.mark.parametrize("script, extra", [("main_DCS.py", ()), ("main_QCS.py", ("--matrix", "s"))])
+def test_two_process_ddp_on_cpu_stays_in_sync(script, extra, tmp_path):
+    # "S only" QCS has no k: a parameter without gradient would make DDP fail
     data = folder_dataset(tmp_path / "data")
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               "29517", str(ROOT / "main_DCS.py"), *args(data, "--epochs", "2", "--output-dir", str(run))]
+               "29517", str(ROOT / script), *args(data, "--epochs", "2", "--output-dir", str(run), *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 ranks in sync: yes" in result.stdout
     assert "2 process(es)" in result.stdout
     assert len(read_checkpoint(run / "last.pth")["history"]) == 2
+
+
+def test_baseline_trains_the_base_branch_on_single_images(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main("qcs", args(data, "--baseline", "--epochs", "2", "--output-dir", str(run))) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 2 and "loss_base_1" in rows[0] and "loss_cross_1" not in rows[0]
+    assert float(rows[0]["loss"]) == pytest.approx(float(rows[0]["loss_base_1"]))
+    checkpoint = read_checkpoint(run / "last.pth")
+    assert checkpoint["config"]["arch"] == "base" and checkpoint["run_config"]["recipe_arch"] == "qcs"
+    assert not any(k.startswith(("cross_", "base.")) for k in checkpoint["model"])
+    # one step per image (batch 4, 12 train images): three steps an epoch
+    assert checkpoint["optimizer"]["state"][0]["step"].item() == 2 * 3
+    assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "3"]) == 0
+    assert len(read_checkpoint(run / "last.pth")["history"]) == 3
+    assert main("dcs", args(data, "--evaluate", str(run / "best.pth"))) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_baseline_resume_is_bit_exact(data, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main("dcs", args(data, "--baseline", "--epochs", "2", "--output-dir", str(straight))) == 0
+    assert main("dcs", args(data, "--baseline", "--epochs", "1", "--output-dir", str(split))) == 0
+    assert main("dcs", ["--resume", str(split / "last.pth"), "--epochs", "2"]) == 0
+    a, b = read_checkpoint(straight / "last.pth"), read_checkpoint(split / "last.pth")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert main("qcs", args(data, "--epochs", "1", "--output-dir", str(source))) == 0
+    saved = read_checkpoint(source / "best.pth")["model"]
+    backbone = {k: v for k, v in saved.items() if k.startswith("base.backbone.")}
+    from models import load_backbone
+    fresh = build_model("base", 3, size="tiny")
+    filled, source_format = load_backbone(fresh, source / "best.pth")
+    assert (filled, source_format) == (len(backbone), "ours")
+    for key, value in fresh.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, backbone["base." + key]), key
+    assert not torch.equal(fresh.vit.head.classifier.weight, saved["base.vit.head.classifier.weight"])
+    run = tmp_path / "run"
+    assert main("dcs", args(data, "--epochs", "1", "--output-dir", str(run)) + [
+        "--pretrained", str(source / "best.pth")]) == 0
+    assert f"{len(backbone)} backbone tensors filled" in (run / "log.txt").read_text()
+    not_weights = tmp_path / "not_weights.pth"
+    torch.save({"head.weight": torch.zeros(3, 4)}, not_weights)
+    capsys.readouterr()
+    assert main("dcs", args(data, "--epochs", "1", "--pretrained", str(not_weights))) == 2
+    assert "holds no IR50 backbone tensors" in capsys.readouterr().out
+
+
+def test_resume_from_an_absolute_path_and_another_directory(data, tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "first"
+    monkeypatch.chdir(tmp_path)
+    assert main("dcs", args(data, "--epochs", "1", "--output-dir", "runs/first")) == 0
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    run.rename(moved)
+    monkeypatch.chdir(ROOT)
+    assert main("dcs", ["--resume", str(moved / "last.pth"), "--epochs", "2"]) == 0
+    assert read_checkpoint(moved / "last.pth")["epoch"] == 2
+    assert len(list(csv.DictReader(open(moved / "metrics.csv")))) == 2
+
+
+def test_resume_refuses_an_explicit_flag_that_differs_even_at_its_default(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main("dcs", args(data, "--epochs", "1", "--rho", "0.1", "--output-dir", str(run))) == 0
+    capsys.readouterr()
+    assert main("dcs", ["--resume", str(run / "last.pth"), "--rho", "0.05", "--epochs", "2"]) == 2
+    assert "--rho 0.05 (saved: 0.1)" in capsys.readouterr().out
+    assert main("dcs", ["--resume", str(run / "last.pth"), "--rho", "0.1", "--epochs", "2"]) == 0
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--lr", "-1"), ("--lr", "0"), ("--rho", "-0.1"), ("--gamma", "0"), ("--gamma", "1.5"),
+    ("--drop", "1"), ("--cross-drop", "-0.2"), ("--temperature", "0"), ("--distill-weight", "-1"),
+    ("--image-size", "8"), ("-b", "0"), ("--workers", "-1"), ("--epochs", "0"), ("--lr", "nan"),
+    ("--save-every", "-5"), ("--print-freq", "-1")])
+def test_numeric_options_are_checked_before_anything_starts(flag, value, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main("qcs", args(data, "--epochs", "1", "--output-dir", str(run), flag, value)) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    name = "--batch-size" if flag == "-b" else flag
+    assert len(out) == 1 and out[0].split(" ", 1)[1].startswith(f"error: {name} must be"), out
+    assert not run.exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_one_line(data, tmp_path, capsys):
+    bogus = tmp_path / "notes.pth"
+    bogus.write_text("these are not weights")
+    for option in ("--resume", "--evaluate"):
+        assert main("qcs", args(data, option, str(bogus))) == 2
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and "is not a PyTorch checkpoint" in out[0] and "weights_only" not in out[0]
+
+
+def test_progress_lines_go_to_the_log_file(data, tmp_path):
+    run = tmp_path / "run"
+    assert main("dcs", args(data, "--epochs", "2", "--print-freq", "1", "--output-dir", str(run))) == 0
+    lines = [line for line in (run / "log.txt").read_text().splitlines() if " step " in line]
+    assert len(lines) == 2 * 3  # 12 images, batch 4: three steps an epoch
+    assert "epoch 1/2  step 1/3  loss " in lines[0]
+    for part in ("images/s", "lr 0.001", "eta epoch", ", run "):
+        assert part in lines[0], lines[0]
+    assert "epoch 2/2  step 3/3" in lines[-1] and "eta epoch 0s, run 0s" in lines[-1]
+
+
+def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_path, monkeypatch):
+    straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
+    assert main("qcs", args(data, "--epochs", "2", "--output-dir", str(straight))) == 0
+    real_save, copies = utils.train.atomic_save, []
+
+    def save_and_keep_mid_epoch(checkpoint, path):
+        real_save(checkpoint, path)
+        if (checkpoint["epoch"], checkpoint["step"]) == (1, 2):  # second epoch, after step 2 of 3
+            copy.mkdir()
+            real_save(checkpoint, copy / "last.pth")
+            copies.append(path)
+
+    monkeypatch.setattr(utils.train, "atomic_save", save_and_keep_mid_epoch)
+    assert main("qcs", args(data, "--epochs", "2", "--save-every", "1e-9", "--output-dir", str(saving))) == 0
+    assert copies, "no mid-epoch checkpoint was written"
+    monkeypatch.setattr(utils.train, "atomic_save", real_save)
+    assert main("qcs", ["--resume", str(copy / "last.pth")]) == 0
+    expected = read_checkpoint(straight / "last.pth")
+    for run in (saving, copy):
+        got = read_checkpoint(run / "last.pth")
+        for key, value in expected["model"].items():
+            assert torch.equal(value, got["model"][key]), (run, key)
+        for row, row_expected in zip(got["history"], expected["history"]):
+            row, row_expected = dict(row), dict(row_expected)
+            row.pop("epoch_time_s"), row_expected.pop("epoch_time_s")
+            assert row == row_expected, run
+
+
+def test_logged_loss_includes_the_distillation_term(data, tmp_path):
+    run = tmp_path / "run"
+    assert main("dcs", args(data, "--epochs", "1", "--distill", "mse", "--distill-weight", "5",
+                            "--output-dir", str(run))) == 0
+    row = next(csv.DictReader(open(run / "metrics.csv")))
+    cross_entropy = np.mean([float(row[k]) for k in row if k.startswith("loss_")])
+    assert float(row["loss"]) > cross_entropy + 1e-6
+    assert 0.0 <= float(row["macro_f1"]) <= 100.0
+
+
+def test_evaluate_prints_the_report_and_writes_a_json_summary(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main("dcs", args(data, "--epochs", "1", "--output-dir", str(run))) == 0
+    predictions = tmp_path / "pred.csv"
+    assert main("dcs", args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "precision" in out and "test transform: Resize((32, 32))" in out
+    summary = json.loads(predictions.with_suffix(".json").read_text())
+    rows = list(csv.DictReader(open(predictions)))
+    labels = np.array([int(r["label"]) for r in rows])
+    preds = np.array([int(r["pred"]) for r in rows])
+    assert summary["accuracy"] == pytest.approx(100 * np.mean(labels == preds))
+    for k, name in enumerate(CLASSES):
+        hits = np.sum((labels == k) & (preds == k))
+        recall = hits / max(np.sum(labels == k), 1)
+        assert summary["per_class"].get(name, {"recall": 0.0})["recall"] == pytest.approx(recall)
+
+
+def _children(pid):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def _rank_of(pid):
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [item[5:].decode() for item in environ if item.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
+    data = folder_dataset(tmp_path / "data", train_per_class=12)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               "29518", str(ROOT / "main_DCS.py"),
+               *args(data, "--epochs", "50", "--print-freq", "1", "--output-dir", str(run))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "log.txt").is_file()
+                                          and "epoch 2/50" in (run / "log.txt").read_text()):
+        time.sleep(0.2)
+    workers = [pid for pid in _children(process.pid) if _rank_of(pid) == 1]
+    assert workers, "rank 1 not found"
+    os.kill(workers[0], signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("the ranks hung after SIGTERM")
+    checkpoint = read_checkpoint(run / "last.pth")
+    log = (run / "log.txt").read_text()
+    assert f"interrupted at epoch {checkpoint['epoch'] + 1}, step {checkpoint['step']}/" in log, output[-2000:]
+    # 36 images, 18 per rank, batch 4: the saved sums cover both ranks' anchors of the epoch so far
+    assert checkpoint["epoch"] < 50 and checkpoint["partial"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)

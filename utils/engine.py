@@ -1,14 +1,17 @@
 """The training engine: train one epoch with SAM, evaluate the base branch."""
+import math
 import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
+from sklearn.metrics import classification_report
 from tqdm import tqdm
 
 from models import group_loss, group_targets
 
-from .distributed import all_reduce_sum, gather_objects, is_main_process
+from .distributed import all_reduce_sum, gather_objects, is_distributed, is_main_process
 
 
 class DeviceUnavailable(ValueError):
@@ -29,10 +32,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 def autocast(device, enabled):
-    """bf16 autocast on CUDA when `enabled` (the `--amp` option); nothing otherwise."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """bf16 autocast on `device` (CUDA or CPU) when `enabled` (the `--amp` option)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def progress(iterable, total, description):
@@ -45,73 +46,167 @@ def to_device(images, device, channels_last):
     return [x.to(device, non_blocking=True, memory_format=memory_format) for x in images]
 
 
-def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, amp=False,
-                    channels_last=False, image_names=None, should_stop=lambda: False,
-                    total_steps=None, first_step=0):
-    """One epoch of SAM steps over the group loader.
+class EpochMeter:
+    """Running sums of an epoch's training metrics, kept across a mid-epoch checkpoint.
 
-    Returns a dict: `steps` done (counting `first_step` skipped ones), `loss` and
-    `branch_losses` (epoch means, each output's cross-entropy in SPEC §3 order), `train_acc`
-    (base-branch accuracy over all branches, %), `interrupted`.
+    Sums are over anchors: each output's cross-entropy, the full loss (distillation included),
+    and correct base-branch predictions over all branches.
+    """
+
+    def __init__(self, state=None):
+        state = state or {}
+        self.output_loss_sums = state.get("output_loss_sums")
+        self.loss_sum = state.get("loss_sum", 0.0)
+        self.correct = state.get("correct", 0.0)
+        self.anchors = state.get("anchors", 0.0)
+        self.branches = state.get("branches", 1)
+
+    def update(self, outputs, per_output, loss, y, y_n):
+        """Add one step: its outputs, per-output losses and full loss, and its targets."""
+        batch = y.shape[0]
+        sums = per_output.detach().float() * batch
+        if self.output_loss_sums is not None:
+            sums = sums + torch.as_tensor(self.output_loss_sums, device=sums.device)
+        self.output_loss_sums = sums
+        self.loss_sum = loss.detach().float() * batch + self.loss_sum
+        self.branches = max(len(outputs) // 2, 1)
+        targets = group_targets(y, y_n, len(outputs))
+        hits = sum((o.argmax(1) == t).sum() for o, t in zip(outputs[:self.branches], targets))
+        self.correct = hits + self.correct
+        self.anchors += batch
+
+    def global_state(self, device):
+        """The sums over all ranks, as plain numbers (a collective under DDP: call on every rank)."""
+        count = 0 if self.output_loss_sums is None else len(self.output_loss_sums)
+        totals = torch.zeros(count + 3, dtype=torch.float64, device=device)
+        if count:
+            totals[:count] = torch.as_tensor(self.output_loss_sums, device=device).double()
+        for offset, value in enumerate((self.loss_sum, self.correct, self.anchors)):
+            totals[count + offset] = torch.as_tensor(value, device=device).double()
+        totals = all_reduce_sum(totals).tolist()
+        return dict(output_loss_sums=totals[:count] or None, loss_sum=totals[count],
+                    correct=totals[count + 1], anchors=totals[count + 2], branches=self.branches)
+
+    def metrics(self, device):
+        """Epoch means over all ranks: `loss`, `output_losses` (output order) and `train_acc` (%)."""
+        state = self.global_state(device)
+        anchors = max(state["anchors"], 1.0)
+        return dict(loss=state["loss_sum"] / anchors,
+                    output_losses=[v / anchors for v in state["output_loss_sums"] or []],
+                    train_acc=100.0 * state["correct"] / (anchors * state["branches"]))
+
+
+def sam_step(model, optimizer, images, y, y_n, loss_options=None, amp=False, check=None):
+    """One SAM step on a batch of groups: loss and gradient at w, ascent to w + ρ·g/‖g‖, loss and
+    gradient there, restore w, base-optimiser step. Returns `(outputs, loss, per_output_losses)`
+    of the first pass. `check(loss, where)` may stop on a non-finite loss before its backward."""
+    loss_options = loss_options or {}
+    with autocast(y.device, amp):
+        outputs = model_outputs(model, images)
+        loss, per_output = group_loss(outputs, y, y_n, **loss_options)
+    if check is not None:
+        check(loss, "")
+    loss.backward()
+    optimizer.first_step()
+    with autocast(y.device, amp):
+        second_loss, _ = group_loss(model_outputs(model, images), y, y_n, **loss_options)
+    if check is not None:
+        check(second_loss, " at the SAM ascent point")
+    second_loss.backward()
+    optimizer.second_step()
+    return outputs, loss, per_output
+
+
+def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, amp=False,
+                    channels_last=False, image_names=None, meter=None, first_step=0,
+                    total_steps=None, after_step=None, progress_log=None):
+    """One epoch of SAM steps over the group loader, from step `first_step` on.
+
+    `meter` (an `EpochMeter`) accumulates the epoch's metrics and may hold those of the steps
+    done before a mid-epoch resume. `after_step(step, meter)` runs after each step and returns
+    True to end the epoch early; `progress_log(step, meter)` writes periodic progress lines.
+    Returns `(steps, stopped)`: the steps done, counting the skipped ones, and whether
+    `after_step` ended the epoch.
     """
     model.train()
-    loss_options = loss_options or {}
-    sums = None
-    correct = torch.zeros((), device=device)
-    seen = 0
+    meter = meter if meter is not None else EpochMeter()
     step = first_step
     bar = progress(loader, total_steps, f"epoch {epoch + 1}")
     for images, y, y_n, indices in bar:
         images = to_device(images, device, channels_last)
         y, y_n = y.to(device, non_blocking=True), y_n.to(device, non_blocking=True)
-        with autocast(device, amp):
-            outputs = model(*images)
-            loss, per_output = group_loss(outputs, y, y_n, **loss_options)
-        _check_finite(loss, step, indices, image_names)
-        loss.backward()
-        optimizer.first_step()
-        with autocast(device, amp):
-            second_loss, _ = group_loss(model(*images), y, y_n, **loss_options)
-        _check_finite(second_loss, step, indices, image_names, where="at the SAM ascent point")
-        second_loss.backward()
-        optimizer.second_step()
 
-        batch = y.shape[0]
-        sums = per_output.detach() * batch if sums is None else sums + per_output.detach() * batch
-        num_branches = len(outputs) // 2
-        targets = group_targets(y, y_n, num_branches)
-        correct += sum((o.argmax(1) == t).sum() for o, t in zip(outputs[:num_branches], targets))
-        seen += batch
+        def check(loss, where):
+            agree_finite(loss, f"{where} at step {step}", indices, image_names)
+
+        outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, loss_options, amp, check)
+        meter.update(outputs, per_output, loss, y, y_n)
         step += 1
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if should_stop():
-            break
-    return _epoch_metrics(sums, correct, seen, step, interrupted=should_stop(), device=device)
+        if progress_log is not None:
+            progress_log(step, meter)
+        if after_step is not None and after_step(step, meter):
+            return step, True
+    return step, False
 
 
-def _check_finite(loss, step, indices, image_names, where=""):
-    if torch.isfinite(loss).item():
+def model_outputs(model, images):
+    """The model's outputs on a group as a tuple (a single tensor for the baseline on one image)."""
+    outputs = model(*images)
+    return (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+
+
+def agree_finite(loss, where, indices, image_names):
+    """Raise `NonFiniteLoss` on every rank as soon as the loss of any rank is NaN/inf.
+
+    Deciding together keeps DDP ranks from waiting forever for one that stopped alone.
+    """
+    bad = torch.logical_not(torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+    if is_distributed():
+        bad = all_reduce_sum(bad.clone())
+    if not bad.item():
         return
     names = indices.flatten().tolist()
     if image_names is not None:
         names = [image_names[i] for i in names]
-    raise NonFiniteLoss(f"loss is {loss.item()} {where} at step {step}; images of the batch: "
-                        + ", ".join(map(str, names[:64])))
+    value = loss.item()
+    own = f"loss is {value}" if not math.isfinite(value) else "the loss of another rank is not finite"
+    raise NonFiniteLoss(f"{own}{where}; images of this rank's batch: " + ", ".join(map(str, names[:64])))
 
 
-def _epoch_metrics(sums, correct, seen, steps, interrupted, device):
-    totals = torch.zeros(2, device=device)
-    totals[0], totals[1] = correct, seen
-    all_reduce_sum(totals)
-    if sums is not None:
-        sums = all_reduce_sum(sums.float().clone())
-    count = max(totals[1].item(), 1)
-    branch_losses = [] if sums is None else (sums / count).tolist()
-    num_branches = len(branch_losses) // 2
-    return dict(steps=steps, interrupted=interrupted,
-                loss=sum(branch_losses) / max(len(branch_losses), 1),
-                branch_losses=branch_losses,
-                train_acc=100.0 * totals[0].item() / max(count * max(num_branches, 1), 1))
+class ProgressLog:
+    """Every `print_freq` steps: step/total, loss, images/s, learning rate, ETA of epoch and run.
+
+    Written through the logger (so into log.txt too), unlike the terminal's progress bar.
+    """
+
+    def __init__(self, logger, print_freq, epoch, epochs, total_steps, first_step, optimizer,
+                 images_per_step):
+        self.logger, self.print_freq = logger, print_freq
+        self.epoch, self.epochs, self.total_steps = epoch, epochs, total_steps
+        self.first_step, self.optimizer, self.images_per_step = first_step, optimizer, images_per_step
+        self.start = time.perf_counter()
+
+    def __call__(self, step, meter):
+        if not self.print_freq or step % self.print_freq:
+            return
+        per_step = (time.perf_counter() - self.start) / max(step - self.first_step, 1)
+        left_epoch = (self.total_steps - step) * per_step
+        left_run = left_epoch + (self.epochs - self.epoch - 1) * self.total_steps * per_step
+        loss = float(meter.loss_sum) / max(meter.anchors, 1)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.logger.info(f"epoch {self.epoch + 1}/{self.epochs}  step {step}/{self.total_steps}  "
+                         f"loss {loss:.4f}  {self.images_per_step / per_step:.1f} images/s  lr {lr:.3g}  "
+                         f"eta epoch {format_duration(left_epoch)}, run {format_duration(left_run)}")
+
+
+def format_duration(seconds):
+    """`1h02m`, `12m05s` or `42s`."""
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 @torch.inference_mode()
@@ -141,13 +236,28 @@ def evaluate(model, loader, device, num_classes, amp=False, channels_last=False,
 
 
 def accuracy_metrics(confusion):
-    """Overall and mean per-class accuracy (%) of a confusion matrix; classes without samples skipped."""
+    """Accuracy, mean per-class accuracy (classes without samples skipped) and macro-F1, in %."""
     per_class_total = confusion.sum(1)
     present = per_class_total > 0
     per_class = confusion.diag()[present].double() / per_class_total[present]
     total = confusion.sum().item()
     return dict(acc=100.0 * confusion.diag().sum().item() / max(total, 1),
-                mean_class_acc=100.0 * per_class.mean().item() if present.any() else 0.0)
+                mean_class_acc=100.0 * per_class.mean().item() if present.any() else 0.0,
+                macro_f1=100.0 * classification_summary(confusion)["macro avg"]["f1-score"])
+
+
+def classification_summary(confusion, class_names=None):
+    """scikit-learn's classification report (as a dict) of the predictions a confusion matrix counts.
+
+    Covers the classes that occur as a label or a prediction; with `class_names`, keyed by name.
+    """
+    num_classes = confusion.shape[0]
+    pairs = np.repeat(np.arange(num_classes * num_classes), confusion.flatten().numpy())
+    y_true, y_pred = pairs // num_classes, pairs % num_classes
+    labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    names = [class_names[k] for k in labels] if class_names is not None else [str(k) for k in labels]
+    return classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True,
+                                 zero_division=0)
 
 
 class timer:

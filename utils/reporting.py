@@ -25,11 +25,18 @@ def make_logger(run_dir=None, enabled=True):
     return logger
 
 
-def metrics_columns(num_branches):
+def loss_columns(num_branches):
+    """Names of the per-output losses in output order: base of each branch, then cross of each
+    (the baseline, one branch without a cross module, has `loss_base_1` alone)."""
     names = [f"loss_base_{i}" for i in range(1, num_branches + 1)]
-    names += [f"loss_cross_{i}" for i in range(1, num_branches + 1)]
-    return ["epoch", "lr", *names, "loss", "train_acc", "test_acc", "mean_class_acc",
-            "best_acc", "epoch_time_s"]
+    if num_branches > 1:
+        names += [f"loss_cross_{i}" for i in range(1, num_branches + 1)]
+    return names
+
+
+def metrics_columns(num_branches):
+    return ["epoch", "lr", *loss_columns(num_branches), "loss", "train_acc", "test_acc", "mean_class_acc",
+            "macro_f1", "best_acc", "epoch_time_s"]
 
 
 def write_metrics(path, history, num_branches):
@@ -46,10 +53,10 @@ def plot_losses(path, history, num_branches):
     """Base vs cross branch losses, and test accuracy, per epoch."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind, style in (("base", "-"), ("cross", "--")):
-        for i in range(1, num_branches + 1):
-            ax_loss.plot(epochs, [row[f"loss_{kind}_{i}"] for row in history], style,
-                         label=f"{kind} {i}")
+    for name in loss_columns(num_branches):
+        kind, branch = name.split("_")[1:]
+        ax_loss.plot(epochs, [row[name] for row in history], "-" if kind == "base" else "--",
+                     label=f"{kind} {branch}")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="branch losses")
     ax_loss.legend(fontsize=8, ncol=2)
     ax_acc.plot(epochs, [row["train_acc"] for row in history], label="train (base)")
@@ -84,3 +91,15 @@ def format_confusion(confusion, class_names):
     rows = [name.ljust(width) + "".join(str(v).rjust(width) for v in row)
             for name, row in zip(class_names, confusion.tolist())]
     return "\n".join([header, *rows])
+
+
+def format_report(report):
+    """A classification report (scikit-learn's dict form) as a text table."""
+    classes = [k for k, v in report.items() if isinstance(v, dict) and not k.endswith(" avg")]
+    width = max(12, max(len(k) for k in classes) + 2)
+    lines = [" " * width + "precision    recall        F1   support"]
+    for name in classes + ["macro avg"]:
+        row = report[name]
+        lines.append(f"{name:<{width}}{row['precision']:9.4f}{row['recall']:10.4f}{row['f1-score']:10.4f}"
+                     f"{int(row['support']):10d}")
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,18 +16,24 @@ from torch.utils.data import DataLoader, Subset
 
 from data_preprocessing import (DATASET_NAMES, DataError, GroupDataset, GroupSampler, build_dataset,
                                 test_transform, train_transform)
-from models import OPTION_CHOICES, WeightsError, build_model, load_weights, read_checkpoint
+from models import OPTION_CHOICES, WeightsError, build_model, load_backbone, load_weights, read_checkpoint
 
 from . import distributed as ddp
 from .checkpointing import atomic_save, atomic_write_text, new_run_dir, set_rng_states, training_checkpoint
-from .engine import DeviceUnavailable, NonFiniteLoss, evaluate, resolve_device, timer, train_one_epoch
+from .engine import (DeviceUnavailable, EpochMeter, NonFiniteLoss, ProgressLog, classification_summary,
+                     evaluate, resolve_device, train_one_epoch)
 from .recipes import recipe
-from .reporting import format_confusion, make_logger, plot_confusion, plot_losses, write_metrics
+from .reporting import (format_confusion, format_report, loss_columns, make_logger, plot_confusion, plot_losses,
+                        write_metrics)
 from .sam import SAM
+from .trained import ToolError, load_checkpoint, load_trained_model
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
+DEFAULT_DATASET = "RAF-DB"
+NUM_BRANCHES = {"base": 1, "dcs": 2, "qcs": 4}
 # Options a resumed run may change; everything else comes from the checkpoint.
-RESUME_OVERRIDABLE = {"epochs", "workers", "device", "amp", "compile", "resume", "output_dir"}
+RESUME_OVERRIDABLE = {"epochs", "workers", "device", "amp", "compile", "compile_backend", "channels_last",
+                      "print_freq", "save_every", "resume", "output_dir"}
 
 
 class UsageError(Exception):
@@ -41,7 +48,8 @@ def build_parser(arch):
                     "reproduce the authors' released scripts; every one can be overridden.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="RAF-DB", choices=DATASET_NAMES)
+    data.add_argument("--dataset", choices=DATASET_NAMES,
+                      help="default RAF-DB; with --evaluate of our checkpoint, the dataset it was trained on")
     data.add_argument("--data-root", help="dataset folder (default: ./datas/<dataset>)")
     data.add_argument("--classes", help="comma-separated class names in label order (folder datasets)")
     data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
@@ -56,7 +64,12 @@ def build_parser(arch):
     train.add_argument("--gamma", type=float, default=0.98, help="ExponentialLR decay per epoch")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED),
-                       help="face-recognition IR50 weights for the backbone ('none' to skip)")
+                       help="initialise the IR50 backbone from this file: face-recognition IR50 weights "
+                            "(either naming) or any checkpoint (ours, the authors', a state dict), of "
+                            "which only the backbone is taken ('none' to skip)")
+    train.add_argument("--baseline", action="store_true",
+                       help="train the base branch alone (IR50+ViT, no cross module) on single images, "
+                            "with this script's recipe: the paper's baseline")
     model = parser.add_argument_group("model (ablations of the paper)")
     model.add_argument("--size", choices=OPTION_CHOICES["size"], help="model size (default paper; tiny for demo)")
     model.add_argument("--attention", default="csa", choices=OPTION_CHOICES["attention"])
@@ -71,13 +84,23 @@ def build_parser(arch):
     model.add_argument("--temperature", type=float, default=1.0)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="run folder (default: log/<dataset>-<arch>-<time>); must be new")
+    run.add_argument("--print-freq", type=int, default=50,
+                     help="log a progress line every N steps, also into log.txt (0: only epoch lines)")
+    run.add_argument("--save-every", type=float, default=30.0, metavar="MINUTES",
+                     help="also write a resumable last.pth within an epoch this often (0: at epoch ends only)")
     run.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its last.pth)")
     run.add_argument("--evaluate", metavar="CKPT",
                      help="evaluate CKPT (ours or the authors') on the test split and exit")
     run.add_argument("--predictions", metavar="FILE.csv", help="with --evaluate: per-image logits")
     run.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument("--amp", action="store_true",
+                     help="bf16 autocast (CUDA or CPU): faster, results differ slightly from float32")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="channels_last memory format for the convolutions (default: on with CUDA)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--compile-backend", default="inductor",
+                     help="with --compile: the torch.compile backend (e.g. aot_eager, which compiles "
+                          "much faster on the CPU but generates no fused kernels)")
     run.add_argument("--checkpoint-backbone", action="store_true",
                      help="recompute backbone activations in backward (less memory)")
     return parser
@@ -86,6 +109,7 @@ def build_parser(arch):
 def main(arch, argv=None):
     """Entry point of `main_DCS.py` (`arch="dcs"`) and `main_QCS.py` (`arch="qcs"`)."""
     args = build_parser(arch).parse_args(argv)
+    args.given = given_options(arch, argv)
     logger = make_logger(enabled=True)
     try:
         if args.evaluate:
@@ -95,7 +119,8 @@ def main(arch, argv=None):
             return run_training(arch, args)
         finally:
             signal.signal(signal.SIGINT, previous_handler)
-    except (UsageError, DataError, WeightsError, DeviceUnavailable, FileExistsError, FileNotFoundError) as error:
+    except (UsageError, DataError, WeightsError, ToolError, DeviceUnavailable, FileExistsError,
+            FileNotFoundError) as error:
         logger.error(f"error: {error}")
         return 2
     except NonFiniteLoss as error:
@@ -105,23 +130,60 @@ def main(arch, argv=None):
         ddp.cleanup()
 
 
+def given_options(arch, argv):
+    """Names of the options given on the command line, whatever their values."""
+    probe = build_parser(arch)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
 def resolve_config(arch, args):
     """Command-line values, with the dataset's recipe filling everything left unset."""
     if args.resume and args.evaluate:
         raise UsageError("--resume and --evaluate cannot be used together")
     if args.predictions and not args.evaluate:
         raise UsageError("--predictions is only used with --evaluate")
-    config = {k: v for k, v in vars(args).items()}
-    defaults = recipe(arch, args.dataset)
+    if "compile_backend" in getattr(args, "given", ()) and not args.compile:
+        raise UsageError("--compile-backend is only used with --compile")
+    config = {k: v for k, v in vars(args).items() if k != "given"}
+    config["dataset"] = config["dataset"] or DEFAULT_DATASET
+    defaults = recipe(arch, config["dataset"])
     for key in ("epochs", "batch_size", "lr", "drop", "cross_drop", "size", "image_size", "balanced_sampler"):
         if config[key] is None:
             config[key] = defaults[key]
     config["augmentation"] = defaults["augmentation"]
-    config["arch"] = arch
-    for key in ("epochs", "batch_size", "workers"):
-        if config[key] < (0 if key == "workers" else 1):
-            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {config[key]}")
+    config["arch"] = "base" if config["baseline"] else arch
+    config["recipe_arch"] = arch
+    check_ranges(config)
     return config
+
+
+# option → (lowest, highest, whether the bounds themselves are allowed)
+OPTION_RANGES = {
+    "epochs": (1, None, True), "batch_size": (1, None, True), "workers": (0, None, True),
+    "image_size": (16, None, True), "lr": (0, None, False), "rho": (0, None, True),
+    "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
+    "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
+    "save_every": (0, None, True),
+}
+
+
+def check_ranges(config):
+    """One clear line, naming the flag, for the first numeric option out of its range."""
+    for key, (low, high, inclusive) in OPTION_RANGES.items():
+        value = config[key]
+        if value is None:
+            continue
+        if inclusive is None:  # a rate: [low, high)
+            ok, allowed = low <= value < high, f"in [{low}, {high})"
+        elif inclusive:
+            ok, allowed = value >= low, f"at least {low}"
+        else:
+            ok = value > low and (high is None or value <= high)
+            allowed = f"> {low}" + (f" and ≤ {high}" if high is not None else "")
+        if not ok or value != value:  # NaN fails every comparison
+            raise UsageError(f"--{key.replace('_', '-')} must be {allowed}, got {value}")
 
 
 def model_from_config(config, arch=None):
@@ -164,41 +226,89 @@ def test_loader(dataset, config, device, rank, world_size):
     shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
     return DataLoader(shard, batch_size=config["batch_size"] * 2, shuffle=False,
                       num_workers=config["workers"], pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(rank))
 
 
 # ------------------------------------------------------------------------------------ evaluate
 
 def run_evaluation(arch, args, logger):
-    """`--evaluate CKPT`: base branch on the test split; accuracy, mean class accuracy, confusion."""
+    """`--evaluate CKPT`: base branch on the test split; accuracy, mean class accuracy, confusion.
+
+    The network, its size and its test transform follow the checkpoint: what our checkpoints
+    record, or for the authors' files the released recipe of the architecture their keys show.
+    """
     config = resolve_config(arch, args)
     device = resolve_device(config["device"])
     rank, world_size, _ = ddp.init_distributed(device.type)
-    if config["predictions"] and Path(config["predictions"]).exists():
-        raise FileExistsError(f"--predictions {config['predictions']} exists; refusing to overwrite it")
-    checkpoint = read_checkpoint(config["evaluate"])
-    saved = checkpoint.get("run_config") if isinstance(checkpoint, dict) else None
-    if saved:  # our checkpoint: evaluate as it was trained unless told otherwise
-        for key in ("size", "image_size", "augmentation"):
-            config[key] = saved[key] if getattr(args, key, None) is None else config[key]
-    _, transform = transforms_for(config)
+    for path in prediction_files(config["predictions"]):
+        if path.exists():
+            raise FileExistsError(f"{path} exists; refusing to overwrite it (--predictions)")
+    info = load_checkpoint(config["evaluate"])[1]
+    if args.dataset is None and info.dataset:
+        config["dataset"] = info.dataset
+    trained = load_trained_model(config["evaluate"], dataset=config["dataset"], class_list=config["classes"],
+                                 data_root=config["data_root"], size=args.size, image_size=args.image_size,
+                                 recipe_arch=arch)
+    transform = trained.transform()
     dataset = load_data(config, "test", transform)
-    config["num_classes"] = dataset.num_classes
-    model = model_from_config(config, arch="base")
-    report = load_weights(model, checkpoint)
-    logger.info(f"loaded {config['evaluate']} ({report.summary()})")
-    model.to(device)
+    if dataset.num_classes != len(trained.classes):
+        raise UsageError(f"{config['evaluate']} has {len(trained.classes)} classes but "
+                         f"{config['dataset']} has {dataset.num_classes}")
+    logger.info(f"loaded {config['evaluate']}: {trained.info.format_title}, "
+                f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes")
+    logger.info(f"test transform: {describe_transform(transform)}")
+    model = trained.model.to(device)
+    channels_last = use_channels_last(config, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config["compile"]:
+        model = torch.compile(model, backend=config["compile_backend"])
     result = evaluate(model, test_loader(dataset, config, device, rank, world_size), device,
-                      dataset.num_classes, amp=config["amp"], keep_logits=bool(config["predictions"]))
+                      dataset.num_classes, amp=config["amp"], channels_last=channels_last,
+                      keep_logits=bool(config["predictions"]))
     if ddp.is_main_process():
+        report = classification_summary(result["confusion"], dataset.classes)
         logger.info(f"test accuracy {result['acc']:.2f}%  mean class accuracy "
-                    f"{result['mean_class_acc']:.2f}%  ({len(dataset)} images)")
+                    f"{result['mean_class_acc']:.2f}%  macro-F1 {result['macro_f1']:.2f}%  "
+                    f"({len(dataset)} images)")
+        logger.info("per class\n" + format_report(report))
         logger.info("confusion matrix (rows: true, columns: predicted)\n"
                     + format_confusion(result["confusion"], dataset.classes))
         if config["predictions"]:
-            write_predictions(config["predictions"], dataset, result["logits"])
-            logger.info(f"wrote {config['predictions']}")
+            csv_path, json_path = prediction_files(config["predictions"])
+            write_predictions(csv_path, dataset, result["logits"])
+            summary = dict(checkpoint=str(config["evaluate"]), dataset=config["dataset"],
+                           test_transform=describe_transform(transform), images=len(dataset),
+                           accuracy=result["acc"], mean_class_accuracy=result["mean_class_acc"],
+                           macro_f1=result["macro_f1"], per_class=report,
+                           confusion=result["confusion"].tolist(), classes=dataset.classes)
+            with open(json_path, "x") as f:
+                json.dump(summary, f, indent=2)
+            logger.info(f"wrote {csv_path} and {json_path}")
     return 0
+
+
+def prediction_files(predictions):
+    """`--predictions X.csv` writes X.csv (per image) and X.json (the summary)."""
+    if not predictions:
+        return ()
+    path = Path(predictions)
+    return path, path.with_suffix(".json")
+
+
+def use_channels_last(config, device):
+    """`--channels-last`, by default on with CUDA."""
+    return config["channels_last"] if config["channels_last"] is not None else device.type == "cuda"
+
+
+def describe_transform(transform):
+    """`Resize((234, 234)) → CenterCrop(224) → ToTensor → Normalize` for a torchvision Compose."""
+    steps = []
+    for step in transform.transforms:
+        size = getattr(step, "size", None)
+        size = tuple(size) if isinstance(size, (list, tuple)) else size
+        steps.append(type(step).__name__ + (f"({size})" if size is not None else ""))
+    return " → ".join(steps)
 
 
 def write_predictions(path, dataset, logits_by_index):
@@ -217,18 +327,35 @@ def write_predictions(path, dataset, logits_by_index):
 
 # ------------------------------------------------------------------------------------ train
 
-class StopFlag:
-    """Set by the first Ctrl-C: finish the step, write a resumable `last.pth`, exit."""
+class RunControl:
+    """Stop and save decisions, taken after each step by all ranks together.
 
-    def __init__(self):
+    Stop: the first Ctrl-C or SIGTERM on any rank (a second Ctrl-C aborts at once). Save: every
+    `save_every_minutes` minutes, a resumable mid-epoch `last.pth` (0: only at epoch ends).
+    """
+
+    def __init__(self, save_every_minutes, device):
         self.requested = False
+        self.save_every = save_every_minutes * 60.0
+        self.device = device
+        self.last_save = time.monotonic()
 
     def __call__(self, signum, frame):
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this step and writing last.pth (Ctrl-C again to abort)",
-              file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: finishing this step and writing last.pth "
+              "(Ctrl-C again to abort)", file=sys.stderr)
+
+    def decide(self):
+        """`(stop, save)`, the same on every rank."""
+        save_due = bool(self.save_every) and time.monotonic() - self.last_save >= self.save_every
+        flags = torch.tensor([float(self.requested), float(save_due)], device=self.device)
+        flags = ddp.all_reduce_sum(flags).tolist()
+        return flags[0] > 0, flags[1] > 0
+
+    def saved(self):
+        self.last_save = time.monotonic()
 
 
 def run_training(arch, args):
@@ -247,7 +374,8 @@ def run_training(arch, args):
     train_set = load_data(config, "train", train_tf)
     test_set = load_data(config, "test", test_tf)
     config["num_classes"] = train_set.num_classes
-    num_branches = 4 if arch == "qcs" else 2
+    arch = config["arch"]
+    num_branches = NUM_BRANCHES[arch]
     sampler = GroupSampler(train_set.labels, num_branches, seed=config["seed"],
                            balanced=config["balanced_sampler"], num_replicas=world_size, rank=rank)
 
@@ -257,13 +385,13 @@ def run_training(arch, args):
     if resumed is None:
         load_pretrained(model, config["pretrained"], logger)
     model.to(device)
-    channels_last = device.type == "cuda"
+    channels_last = use_channels_last(config, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
                     betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=config["gamma"])
-    state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, history=[])
+    state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, history=[], partial=None)
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
         logger.info(f"resumed {config['resume']} at epoch {state['epoch'] + 1}, step {state['step']}")
@@ -272,15 +400,20 @@ def run_training(arch, args):
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config["compile"]:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, backend=config["compile_backend"])
 
-    logger.info(f"{arch.upper()} on {config['dataset']}: {len(train_set)} train / {len(test_set)} test "
+    name = "baseline (base branch alone)" if arch == "base" else arch.upper()
+    logger.info(f"{name} on {config['dataset']}: {len(train_set)} train / {len(test_set)} test "
                 f"images, {train_set.num_classes} classes, {world_size} process(es) on {device}; "
                 f"run folder {run_dir}")
-    stop = StopFlag()
-    signal.signal(signal.SIGINT, stop)
+    control = RunControl(config["save_every"], device)
+    signal.signal(signal.SIGINT, control)
+    signal.signal(signal.SIGTERM, control)
+    # The loaders draw their worker seeds from their own generator, not the global one: a
+    # mid-epoch resume then continues the augmentation stream exactly.
     loader_args = dict(num_workers=config["workers"], pin_memory=device.type == "cuda",
-                       persistent_workers=config["workers"] > 0)
+                       persistent_workers=config["workers"] > 0,
+                       generator=torch.Generator().manual_seed(config["seed"] + rank))
     train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"],
                               sampler=sampler, **loader_args)
     evaluation_loader = test_loader(test_set, config, device, rank, world_size)
@@ -290,46 +423,60 @@ def run_training(arch, args):
 
     for epoch in range(state["epoch"], config["epochs"]):
         sampler.set_epoch(epoch)
-        loader = train_loader
-        if state["step"]:
+        loader, first_step = train_loader, state["step"]
+        if first_step:
             loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"],
-                                sampler=SkipFirst(sampler, state["step"] * config["batch_size"]),
+                                sampler=SkipFirst(sampler, first_step * config["batch_size"]),
                                 **{**loader_args, "persistent_workers": False})
+        partial = state["partial"] or {}
+        meter = EpochMeter(partial if rank == 0 else None)  # sums of all ranks, counted once
+        total_steps = len(loader) + first_step
+        start, seconds_before = time.perf_counter(), partial.get("seconds", 0.0)
+
+        def after_step(step, meter):
+            stop, save = control.decide()
+            if stop or save:
+                seconds = seconds_before + time.perf_counter() - start
+                state.update(epoch=epoch, step=step, partial=dict(meter.global_state(device), seconds=seconds))
+                saver.save_last(state)
+                control.saved()
+                logger.info(f"{'interrupted' if stop else 'saved'} at epoch {epoch + 1}, step {step}/"
+                            f"{total_steps}: {saver.last_path()}")
+            return stop
+
+        progress_log = ProgressLog(logger, config["print_freq"], epoch, config["epochs"], total_steps,
+                                   first_step, optimizer, config["batch_size"] * num_branches * world_size)
         lr = optimizer.param_groups[0]["lr"]
-        with timer() as clock:
-            try:
-                metrics = train_one_epoch(
-                    train_model, loader, optimizer, device, epoch, loss_options, amp=config["amp"],
-                    channels_last=channels_last, image_names=train_set.image_names,
-                    should_stop=lambda: stop.requested, total_steps=len(loader) + state["step"],
-                    first_step=state["step"])
-            except NonFiniteLoss as error:
-                raise NonFiniteLoss(f"{error}. Last good checkpoint: {saver.last_path()}") from None
-        if metrics["interrupted"]:
-            state.update(epoch=epoch, step=metrics["steps"])
-            saver.save_last(state)
-            logger.info(f"interrupted at epoch {epoch + 1}, step {metrics['steps']}; resume with "
-                        f"--resume {run_dir / 'last.pth'}")
+        try:
+            _, stopped = train_one_epoch(
+                train_model, loader, optimizer, device, epoch, loss_options, amp=config["amp"],
+                channels_last=channels_last, image_names=train_set.image_names, meter=meter,
+                first_step=first_step, total_steps=total_steps, after_step=after_step,
+                progress_log=progress_log)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"{error}. Last good checkpoint: {saver.last_path()}") from None
+        if stopped:
+            logger.info(f"resume with --resume {saver.last_path()}")
             return 130
+        metrics = meter.metrics(device)
+        seconds = seconds_before + time.perf_counter() - start
         scheduler.step()
         result = evaluate(model, evaluation_loader, device, train_set.num_classes, amp=config["amp"],
                           channels_last=channels_last)
         is_best = result["acc"] > state["best_acc"]
         if is_best:
             state.update(best_acc=result["acc"], best_epoch=epoch + 1)
-        state["history"].append(epoch_row(epoch, lr, metrics, result, state, clock.seconds, num_branches))
-        state.update(epoch=epoch + 1, step=0)
+        state["history"].append(epoch_row(epoch, lr, metrics, result, state, seconds, num_branches))
+        state.update(epoch=epoch + 1, step=0, partial=None)
         saver.save_last(state)
+        control.saved()
         if is_best:
             saver.save_best(state, result["confusion"])
         saver.report(state["history"], num_branches)
         logger.info(f"epoch {epoch + 1}/{config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
-                    f"(mean class {result['mean_class_acc']:.2f}%)  best {state['best_acc']:.2f}% "
-                    f"@ {state['best_epoch']}  {clock.seconds:.1f}s")
-        if stop.requested:
-            logger.info(f"interrupted after epoch {epoch + 1}; resume with --resume {run_dir / 'last.pth'}")
-            return 130
+                    f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
+                    f"best {state['best_acc']:.2f}% @ {state['best_epoch']}  {seconds:.1f}s")
     if world_size > 1:
         in_sync = ddp.ranks_in_sync(model)
         logger.info(f"{world_size} ranks in sync: {'yes' if in_sync else 'NO'}")
@@ -345,19 +492,19 @@ def merge_resumed_config(config, checkpoint, args):
     if not saved or checkpoint.get("format") != "qcs-fer-checkpoint":
         raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
                          "(an authors' checkpoint can be evaluated with --evaluate)")
-    if saved["arch"] != config["arch"]:
-        raise UsageError(f"--resume {config['resume']} is a {saved['arch'].upper()} run; "
-                         f"use main_{saved['arch'].upper()}.py")
-    parser = build_parser(config["arch"])
-    explicit = {k for k, v in vars(args).items() if v is not None and v != parser.get_default(k)}
-    conflicts = sorted(k for k in explicit - RESUME_OVERRIDABLE if saved.get(k) != config[k])
+    script_arch = saved.get("recipe_arch", saved["arch"])
+    if script_arch != config["recipe_arch"]:
+        raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
+                         f"continue it with main_{script_arch.upper()}.py")
+    conflicts = sorted(k for k in args.given - RESUME_OVERRIDABLE if saved.get(k) != config[k])
     if conflicts:
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
-                         + ", ".join(f"--{k.replace('_', '-')}" for k in conflicts))
+                         + ", ".join(f"--{k.replace('_', '-')} {config[k]} (saved: {saved.get(k)})"
+                                     for k in conflicts))
     merged = dict(saved)
     for key in RESUME_OVERRIDABLE:
-        if key in explicit or key == "resume":
-            merged[key] = config[key]
+        merged[key] = config[key] if key in args.given or key == "resume" else merged.get(key)
+    merged["output_dir"] = config["output_dir"] if "output_dir" in args.given else None
     return merged
 
 
@@ -365,9 +512,9 @@ def prepare_run_dir(config, resumed, rank):
     """Rank 0 creates (or, when resuming, reuses) the run folder; every rank learns its path."""
     run_dir = None
     if ddp.is_main_process():
-        if resumed is not None:
-            run_dir = Path(config["output_dir"] or Path(config["resume"]).parent)
-            if config["output_dir"] and Path(config["output_dir"]) != Path(config["resume"]).parent:
+        if resumed is not None:  # continue in the folder that holds the checkpoint, wherever it is now
+            run_dir = Path(config["resume"]).resolve().parent
+            if config["output_dir"] and Path(config["output_dir"]).resolve() != run_dir:
                 run_dir = new_run_dir(config["output_dir"], "")
         else:
             run_dir = new_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
@@ -377,6 +524,7 @@ def prepare_run_dir(config, resumed, rank):
 
 
 def load_pretrained(model, path, logger):
+    """`--pretrained`: fill the IR50 backbone, and only it, from `path`."""
     if path in (None, "", "none"):
         return
     if not Path(path).is_file():
@@ -387,8 +535,12 @@ def load_pretrained(model, path, logger):
         logger.warning(f"warning: {path} not found; the IR50 backbone starts from random weights "
                        "(expect far lower accuracy; see README, 'Pretrained IR50')")
         return
-    report = load_weights(model, path)
-    logger.info(f"backbone initialised from {path} ({report.summary()})")
+    try:
+        filled, source_format = load_backbone(model, path)
+    except WeightsError as error:
+        raise WeightsError(f"--pretrained {error}") from None
+    logger.info(f"backbone initialised from {path} ({source_format} weights): {filled} backbone "
+                f"tensors filled; the rest of the network keeps its initialisation")
 
 
 def restore_training(checkpoint, model, optimizer, scheduler):
@@ -397,17 +549,17 @@ def restore_training(checkpoint, model, optimizer, scheduler):
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_states(checkpoint["rng"])
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], best_acc=checkpoint["best_acc"],
-                best_epoch=checkpoint["best_epoch"], history=list(checkpoint["history"]))
+                best_epoch=checkpoint["best_epoch"], history=list(checkpoint["history"]),
+                partial=checkpoint.get("partial"))
 
 
 def epoch_row(epoch, lr, metrics, result, state, seconds, num_branches):
-    losses = metrics["branch_losses"]
+    losses = metrics["output_losses"]
     row = dict(epoch=epoch + 1, lr=lr, loss=metrics["loss"], train_acc=metrics["train_acc"],
                test_acc=result["acc"], mean_class_acc=result["mean_class_acc"],
-               best_acc=state["best_acc"], epoch_time_s=round(seconds, 2))
-    for i in range(num_branches):
-        row[f"loss_base_{i + 1}"] = losses[i] if losses else float("nan")
-        row[f"loss_cross_{i + 1}"] = losses[num_branches + i] if losses else float("nan")
+               macro_f1=result["macro_f1"], best_acc=state["best_acc"], epoch_time_s=round(seconds, 2))
+    for i, name in enumerate(loss_columns(num_branches)):
+        row[name] = losses[i] if losses else float("nan")
     return row
 
 

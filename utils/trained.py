@@ -14,6 +14,7 @@ from models.qcs import NUM_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, ForeignObject, checkpoint_state_dict, to_our_names
 
 from .checkpointing import CHECKPOINT_FORMAT
+from .recipes import recipe
 
 DEFAULT_IMAGE_SIZE = 224  # every released recipe
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -187,7 +188,7 @@ def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallbac
 
 
 def load_trained_model(path, arch="base", dataset=None, class_list=None, data_root=None, size=None,
-                       image_size=None, fallback_dataset=None):
+                       image_size=None, fallback_dataset=None, recipe_arch=None):
     """Rebuild the network of checkpoint `path` and load its weights (in eval mode).
 
     `arch="base"` gives the inference network (base branch only) of any checkpoint with a head;
@@ -195,6 +196,9 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     Unset `size`, `image_size` and classes come from the checkpoint where it records them
     (this project's checkpoints), else from the tensor shapes, 224 and `dataset`/`class_list`
     (`fallback_dataset` names the classes of a checkpoint that records none, when neither is given).
+    The test transform is the one the checkpoint's run used; for a file that records none (the
+    authors'), the released recipe of the checkpoint's architecture on `dataset` (`recipe_arch`
+    stands in for a base-branch-only file).
     """
     if image_size is not None and image_size < 16:
         raise ToolError(f"--image-size must be at least 16 pixels, got {image_size}")
@@ -218,9 +222,17 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     except ValueError as error:  # WeightsError
         raise ToolError(f"{path}: {error}") from None
     model.eval()
-    augmentation = info.augmentation or {}
+    augmentation = info.augmentation or _released_augmentation(info, dataset, recipe_arch)
     test_resize = augmentation.get("resize") if augmentation.get("kind") == "B" else None
     if image_size is not None and image_size != info.image_size:
         test_resize = None  # the recorded crop ratio belongs to the recorded size
     image_size = image_size or info.image_size or DEFAULT_IMAGE_SIZE
     return TrainedModel(model, info, classes, size, image_size, test_resize)
+
+
+def _released_augmentation(info, dataset, recipe_arch):
+    """The train augmentation of the released recipe the file was most likely trained with."""
+    arch = info.arch if info.arch in ("dcs", "qcs") else recipe_arch
+    if dataset is None or arch is None:
+        return {}
+    return recipe(arch, dataset)["augmentation"]
