@@ -1,8 +1,10 @@
 """Training groups (SPEC section 4): anchor, positive, negative, negative2 — drawn vectorised, O(1) per item.
 
 For an anchor i of class y: positive = uniform over the other samples of class y (never i);
-negative = uniform over all samples of other classes; negative2 = uniform over the other samples of
-the negative's class. DCS uses (anchor, positive), QCS all four.
+negative = uniform over all samples of other classes ("by_sample"), or, as the released QCS
+AffectNet sampler does, a class drawn uniformly among the other classes and then a sample of it
+("by_class"); negative2 = uniform over the other samples of the negative's class. DCS uses
+(anchor, positive), QCS all four, the baseline the anchor alone.
 
 The sampler runs in the main process (DataLoader workers only load images) and, like
 DistributedSampler, gives each rank its own shard of the epoch's anchors, padded to equal length.
@@ -52,6 +54,19 @@ class ClassIndex:
         offsets += offsets >= self.rank_in_class[indices]  # skip the sample itself
         return self.order[self.starts[classes] + offsets]
 
+    def draw_other_class_by_class(self, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each index, a class drawn uniformly among the other present classes, then a uniform
+        random sample of that class."""
+        present = np.flatnonzero(self.counts)
+        position_of = np.full(self.counts.size, -1)
+        position_of[present] = np.arange(present.size)
+        own = position_of[self.labels[indices]]
+        picks = rng.integers(0, present.size - 1, size=len(indices))
+        picks += picks >= own  # skip the anchor's own class
+        classes = present[picks]
+        offsets = rng.integers(0, self.counts[classes])
+        return self.order[self.starts[classes] + offsets]
+
     def draw_other_class(self, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """For each index, a uniform random sample among all samples of the other classes."""
         classes = self.labels[indices]
@@ -61,20 +76,29 @@ class ClassIndex:
         return self.order[positions]
 
 
+NEGATIVE_RULES = ("by_sample", "by_class")
+
+
 class GroupSampler(torch.utils.data.Sampler):
-    """Yields (a, p) for group_size 2 or (a, p, n, n2) for group_size 4, as dataset indices.
+    """Yields (a,) for group_size 1, (a, p) for 2 or (a, p, n, n2) for 4, as dataset indices.
 
     Anchors per epoch: a permutation of all samples (`shuffle`), or for `balanced` a class-balanced
-    draw with replacement (weights 1/count, len(labels)//8 anchors unless `num_anchors`). Groups
+    draw with replacement (weights 1/count, len(labels)//`anchor_divisor` anchors unless
+    `num_anchors`). `negatives` picks the negative "by_sample" or "by_class" (see above). Groups
     depend only on (seed, epoch); call `set_epoch` each epoch. Each of `num_replicas` ranks gets
     every num_replicas-th group of the epoch, padded (or cut with `drop_last`) to equal length.
     """
 
     def __init__(self, labels, group_size: int, seed: int = 0, shuffle: bool = True, balanced: bool = False,
                  num_replicas: int | None = 1, rank: int | None = 0, drop_last: bool = False,
-                 num_anchors: int | None = None, class_names: Sequence[str] | None = None):
-        if group_size not in (2, 4):
-            raise ValueError(f"group_size must be 2 (DCS) or 4 (QCS), got {group_size!r}")
+                 num_anchors: int | None = None, class_names: Sequence[str] | None = None,
+                 anchor_divisor: int = 8, negatives: str = "by_sample"):
+        if group_size not in (1, 2, 4):
+            raise ValueError(f"group_size must be 1 (baseline), 2 (DCS) or 4 (QCS), got {group_size!r}")
+        if negatives not in NEGATIVE_RULES:
+            raise ValueError(f"negatives must be one of {NEGATIVE_RULES}, got {negatives!r}")
+        if int(anchor_divisor) < 1:
+            raise ValueError(f"anchor_divisor must be >= 1, got {anchor_divisor}")
         num_replicas, rank = _replicas_and_rank(num_replicas, rank)
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -86,10 +110,11 @@ class GroupSampler(torch.utils.data.Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.negatives = negatives
         self.epoch = 0
         size = self.index.labels.size
         if num_anchors is None:
-            num_anchors = size // 8 if balanced else size
+            num_anchors = size // int(anchor_divisor) if balanced else size
         if int(num_anchors) < 1:
             raise ValueError(f"num_anchors must be >= 1, got {num_anchors} (labels: {size})")
         self.num_anchors = int(num_anchors)
@@ -100,7 +125,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def _check_classes(self) -> None:
         present = np.flatnonzero(self.index.counts)
         singles = [int(c) for c in present if self.index.counts[c] == 1]
-        if singles:
+        if singles and self.group_size > 1:
             names = ", ".join(self.index.class_label(c) for c in singles)
             raise DataError(f"class {names} has a single sample: it cannot give a positive (another "
                             f"image of the same class); add images or drop the class")
@@ -123,10 +148,14 @@ class GroupSampler(torch.utils.data.Sampler):
     def sample_groups(self, anchors, rng: np.random.Generator) -> np.ndarray:
         """Groups [len(anchors), group_size] for the given anchor indices (vectorised, O(1) per item)."""
         anchors = np.asarray(anchors, dtype=np.int64).reshape(-1)
+        if self.group_size == 1:
+            return anchors[:, None]
         positives = self.index.draw_other_of_same_class(anchors, rng)
         if self.group_size == 2:
             return np.stack([anchors, positives], axis=1)
-        negatives = self.index.draw_other_class(anchors, rng)
+        draw_negative = (self.index.draw_other_class_by_class if self.negatives == "by_class"
+                         else self.index.draw_other_class)
+        negatives = draw_negative(anchors, rng)
         negatives2 = self.index.draw_other_of_same_class(negatives, rng)
         return np.stack([anchors, positives, negatives, negatives2], axis=1)
 
@@ -182,8 +211,9 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, group):
         indices = [int(i) for i in group]
-        if len(indices) not in (2, 4):
-            raise ValueError(f"a group holds 2 (DCS) or 4 (QCS) indices, got {len(indices)}: {indices}")
+        if len(indices) not in (1, 2, 4):
+            raise ValueError(f"a group holds 1 (baseline), 2 (DCS) or 4 (QCS) indices, got {len(indices)}: "
+                             f"{indices}")
         images = tuple(self.base[i][0] for i in indices)
         labels = self.base.labels
         y = int(labels[indices[0]])

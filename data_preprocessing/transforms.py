@@ -4,7 +4,8 @@
   RandomErasing(scale=erase_scale).
 - B(s, rot r): Resize((s, s)), RandomHorizontalFlip, RandomRotation(r), RandomCrop(size),
   ColorJitter(.2, .2, .2, .1), ToTensor, Normalize, RandomErasing(scale=erase_scale).
-- test: Resize((size, size)), or Resize(s) + CenterCrop(size) where B(s) trains; ToTensor, Normalize.
+- test: Resize((size, size)), or Resize((s, s)) + CenterCrop(size) where B(s) trains (a square
+  resize, as released: the aspect ratio of a non-square image is not kept); ToTensor, Normalize.
 
 `size` is 224 in every released recipe; smaller values are for quick CPU runs.
 """
@@ -48,7 +49,7 @@ def train_transform(kind: str = "A", resize: int = 224, rotation: float = 0, era
 
 
 def test_transform(resize: int | None = None, size: int = 224) -> T.Compose:
-    """Resize((size, size)) -> ToTensor -> Normalize, or Resize(resize) + CenterCrop(size) when resize is given."""
+    """Resize((size, size)) -> ToTensor -> Normalize, or Resize((resize, resize)) + CenterCrop(size)."""
     _check_side(size, "size")
     if resize is None:
         steps = [T.Resize((size, size))]
@@ -56,7 +57,7 @@ def test_transform(resize: int | None = None, size: int = 224) -> T.Compose:
         _check_side(resize, "resize")
         if resize < size:
             raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({size})")
-        steps = [T.Resize(resize), T.CenterCrop(size)]
+        steps = [T.Resize((resize, resize)), T.CenterCrop(size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

@@ -344,3 +344,18 @@ def test_train_transforms_shapes_and_randomness():
         train_transform("C")
     with pytest.raises(ValueError, match="resize \\(200\\) must be >= the crop size \\(224\\)"):
         train_transform("B", resize=200)
+
+
+def test_test_transform_b_is_a_square_resize_then_a_centre_crop():
+    # 40×20 image, black left quarter: squashed to 16×16 the edge sits at column 4, so the centred
+    # 12×12 crop (columns 2..13) starts with dark columns; an aspect-keeping resize (32×16) would
+    # put the edge at column 8, outside the crop (columns 10..21), and the crop would be all white.
+    pixels = np.full((20, 40, 3), 255, dtype=np.uint8)
+    pixels[:, :10] = 0
+    image = Image.fromarray(pixels)
+    expected = image.resize((16, 16), Image.BILINEAR).crop((2, 2, 14, 14))
+    expected = (np.asarray(expected, dtype=np.float64) / 255 - MEAN) / STD
+    got = make_test_transform(resize=16, size=12)(image).permute(1, 2, 0).numpy()
+    assert np.allclose(got, expected, atol=1e-5)
+    white = (1.0 - MEAN) / STD
+    assert got[:, 0].mean() < 0 < white[0] and np.allclose(got[:, -1], white, atol=1e-5)

@@ -139,7 +139,7 @@ def test_single_sample_class_and_other_bad_arguments():
     with pytest.raises(DataError, match="at least two classes"):
         GroupSampler(np.zeros(5, dtype=int), 4)
     assert len(GroupSampler(np.zeros(5, dtype=int), 2)) == 5  # DCS needs no negative
-    with pytest.raises(ValueError, match="group_size must be 2"):
+    with pytest.raises(ValueError, match="group_size must be 1 .baseline., 2 .DCS. or 4"):
         GroupSampler(LABELS, 3)
     with pytest.raises(ValueError, match="rank must be in 0..1"):
         GroupSampler(LABELS, 4, num_replicas=2, rank=2)
@@ -193,3 +193,60 @@ def test_data_loader_batches(tmp_path, workers):
     labels = torch.as_tensor(dataset.labels)
     for _, y, y_n, indices in batches:
         assert torch.equal(labels[indices[:, 0]], y) and torch.equal(labels[indices[:, 2]], y_n)
+
+
+SKEWED = np.repeat([0, 1, 2, 3], [1000, 100, 20, 10])
+
+
+def negative_classes(negatives, anchor_class, draws=20000, seed=0):
+    sampler = GroupSampler(SKEWED, 4, seed=seed, negatives=negatives)
+    anchors = np.flatnonzero(SKEWED == anchor_class)
+    groups = sampler.sample_groups(np.resize(anchors, draws), np.random.default_rng(seed))
+    assert np.all(SKEWED[groups[:, 3]] == SKEWED[groups[:, 2]]) and np.all(groups[:, 3] != groups[:, 2])
+    assert np.all(SKEWED[groups[:, 2]] != anchor_class)
+    return SKEWED[groups[:, 2]]
+
+
+def test_negatives_by_class_are_uniform_over_the_other_classes():
+    classes = negative_classes("by_class", anchor_class=0)
+    assert chi_square(classes, [1, 2, 3]) < loose_bound([1, 2, 3])
+    # the rarest class (10 images of 1,130) is drawn about a third of the time, not 1/13 of it
+    assert abs(np.mean(classes == 3) - 1 / 3) < 0.02
+
+
+def test_negatives_by_sample_follow_the_class_sizes():
+    classes = negative_classes("by_sample", anchor_class=1)
+    others = {0: 1000, 2: 20, 3: 10}
+    for c, size in others.items():
+        expected = size / sum(others.values())
+        sd = np.sqrt(expected * (1 - expected) / len(classes))
+        assert abs(np.mean(classes == c) - expected) < 6 * sd, (c, np.mean(classes == c), expected)
+
+
+def test_released_recipes_choose_the_negative_rule_and_anchor_count():
+    from utils.recipes import recipe
+
+    labels = np.repeat(np.arange(8), [5000, 3000, 800, 600, 300, 200, 80, 17])  # 9,997 images
+    for arch, dataset, rule, anchors in [("qcs", "AffectNet-8", "by_class", 9997 // 12),
+                                         ("qcs", "AffectNet-7", "by_class", 9997 // 12),
+                                         ("dcs", "AffectNet-8", "by_sample", 9997 // 8),
+                                         ("qcs", "RAF-DB", "by_sample", 9997)]:
+        settings = recipe(arch, dataset)
+        assert settings["negatives"] == rule
+        sampler = GroupSampler(labels, 4 if arch == "qcs" else 2, balanced=settings["balanced_sampler"],
+                               anchor_divisor=settings["anchor_divisor"], negatives=settings["negatives"])
+        assert len(sampler) == anchors
+        batch = settings["batch_size"]
+        steps = len(torch.utils.data.DataLoader(range(len(sampler)), batch_size=batch))
+        assert steps == -(-anchors // batch)
+
+
+def test_single_image_groups_for_the_baseline(tmp_path):
+    sampler = GroupSampler(LABELS, 1, seed=0, num_replicas=2, rank=0)
+    other = GroupSampler(LABELS, 1, seed=0, num_replicas=2, rank=1)
+    groups, other_groups = list(sampler), list(other)
+    assert all(len(g) == 1 for g in groups)
+    assert sorted(i for (i,) in groups + other_groups) == list(range(len(LABELS)))
+    dataset = GroupDataset(noise_dataset(tmp_path, LABELS))
+    images, y, y_n, indices = dataset[groups[0]]
+    assert len(images) == 1 and y == y_n == int(LABELS[groups[0][0]]) and indices.tolist() == [groups[0][0]]

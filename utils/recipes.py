@@ -24,6 +24,9 @@ RELEASED = {
 FALLBACK_DATASET = "RAF-DB"
 DEMO = {"dcs": (6, 16, 1e-3, 0.0, 0.0, AUG_A), "qcs": (6, 8, 1e-3, 0.0, 0.0, AUG_A)}
 BALANCED_BY_DEFAULT = ("AffectNet-7", "AffectNet-8")
+# The released QCS AffectNet sampler draws the negative's class uniformly and takes len//12 anchors.
+NEGATIVES_BY_CLASS = {("qcs", "AffectNet-7"), ("qcs", "AffectNet-8")}
+ANCHOR_DIVISOR = {"dcs": 8, "qcs": 12}
 
 
 def recipe(arch, dataset):
@@ -35,5 +38,7 @@ def recipe(arch, dataset):
     epochs, batch_size, lr, cross_drop, drop, augmentation = row
     return dict(epochs=epochs, batch_size=batch_size, lr=lr, cross_drop=cross_drop, drop=drop,
                 augmentation=dict(augmentation), balanced_sampler=dataset in BALANCED_BY_DEFAULT,
+                negatives="by_class" if (arch, dataset) in NEGATIVES_BY_CLASS else "by_sample",
+                anchor_divisor=ANCHOR_DIVISOR[arch],
                 size="tiny" if dataset == "demo" else "paper",
                 image_size=112 if dataset == "demo" else 224)

@@ -1,0 +1,172 @@
+"""Tools around a trained model: `python -m utils.tools {predict,heatmaps,export,inspect} ...`.
+
+- predict:  top-k expressions of face images (pre-cropped, or found with --detect-faces)
+- heatmaps: CSA weight maps of a group of images and a class-by-class grid (paper Fig. 5/7)
+- export:   the inference network as TorchScript / torch.export, with a state dict and a JSON
+- inspect:  what a checkpoint file holds, without building a model
+
+Each accepts this project's checkpoints and the authors' released ones.
+"""
+import argparse
+import json
+import sys
+
+from data_preprocessing import DATASET_NAMES
+from models import MODEL_SIZES
+
+from ..engine import DeviceUnavailable
+from . import ToolError
+from ..inference import CheckpointError, load_checkpoint
+
+EXIT_USAGE = 2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m utils.tools", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n")[1])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_predict(commands)
+    _add_heatmaps(commands)
+    _add_export(commands)
+    _add_inspect(commands)
+    return parser
+
+
+def _model_options(parser):
+    parser.add_argument("--checkpoint", required=True, help="ours (.pth from main_*.py) or the authors'")
+    parser.add_argument("--size", choices=tuple(MODEL_SIZES),
+                        help="model size (default: from the checkpoint)")
+    parser.add_argument("--image-size", type=int,
+                        help="input side in pixels (default: from the checkpoint, else 224)")
+
+
+def _class_options(parser):
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--dataset", choices=DATASET_NAMES,
+                       help="class names of this dataset (needed unless the checkpoint records them)")
+    names.add_argument("--classes", help="class names in label order, comma-separated")
+    parser.add_argument("--data-root",
+                        help="with --dataset folder: the folder whose class folders name the classes")
+
+
+def _add_predict(commands):
+    p = commands.add_parser("predict", help="top-k expressions of face images",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="Classify face images with the base branch. Folders are searched "
+                                        "recursively; unreadable and non-image files are reported and skipped.")
+    _model_options(p)
+    _class_options(p)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--detect-faces", action="store_true",
+                   help="find faces with OpenCV's Haar cascade and classify each (needs opencv-python-headless)")
+    p.add_argument("--csv", metavar="OUT.csv", help="write one row per face/image (refuses to overwrite)")
+    p.add_argument("--json", metavar="OUT.json", help="write all probabilities as JSON (refuses to overwrite)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+
+
+def _add_heatmaps(commands):
+    p = commands.add_parser("heatmaps", help="CSA weight maps of a DCS/QCS model (paper Fig. 5/7)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="Render the cross similarity attention weights of an anchor and its "
+                                        "partners at the 3 feature levels and fused, and optionally a "
+                                        "class-by-class grid of fused anchor maps.")
+    _model_options(p)
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--data-root", help="dataset folder (default: the dataset's usual ./datas/... folder)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--anchor", type=int, help="index of the anchor in the split (default: drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0, help="draws the anchor, partners and grid samples")
+    p.add_argument("--out", default="csa_heatmaps.png", help="PNG of the group")
+    p.add_argument("--class-grid", metavar="OUT_GRID.png", help="also write the K×K class-pair grid")
+    p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
+
+
+def _add_export(commands):
+    p = commands.add_parser("export", help="inference network as TorchScript / torch.export",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            description="Export the base branch, reload every artifact and check it gives "
+                                        "the checkpoint's logits.")
+    _model_options(p)
+    _class_options(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--format", default="both", choices=("torchscript", "export", "both"))
+    p.add_argument("--overwrite", action="store_true", help="replace files already in DIR")
+
+
+def _add_inspect(commands):
+    p = commands.add_parser("inspect", help="what a checkpoint holds (no model is built)",
+                            description="Print the format, architecture, classes, training state and "
+                                        "tensor counts of a checkpoint.")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+# ------------------------------------------------------------------------------ inspect
+
+def describe_lines(info):
+    """Human-readable lines describing a CheckpointInfo."""
+    lines = [f"file:        {info.path}", f"format:      {info.format_title}"]
+    if info.arch is not None:
+        lines.append(f"arch:        {info.arch.upper()}" + ("" if info.arch == "base" else
+                                                            " (base branch + cross module)"))
+    lines.append(f"model size:  {info.size or 'unknown (shapes match no preset)'}")
+    if info.model_config:
+        options = ", ".join(f"{k}={info.model_config[k]}" for k in ("attention", "matrix", "connection")
+                            if k in info.model_config)
+        lines.append(f"options:     {options}")
+    if info.num_classes is not None:
+        lines.append(f"classes:     {info.num_classes}" + (f": {', '.join(info.classes)}" if info.classes else
+                                                           " (names not recorded)"))
+    if info.dataset is not None:
+        lines.append(f"dataset:     {info.dataset}" + (f", {info.image_size}px" if info.image_size else "")
+                     + (f", train augmentation {info.augmentation}" if info.augmentation else ""))
+    if info.epoch is not None:
+        lines.append(f"epoch:       {info.epoch}")
+    if info.best_acc is not None:
+        lines.append(f"best acc:    {info.best_acc:.2f}%" + (f" (epoch {info.best_epoch})"
+                                                            if info.best_epoch is not None else ""))
+    lines.append(f"tensors:     {info.num_tensors}" + (f" ({info.unused_tensors} unused by this project)"
+                                                       if info.unused_tensors else ""))
+    lines.append(f"parameters:  {info.num_parameters:,} (BatchNorm running statistics excluded)")
+    if info.foreign_objects:
+        lines.append(f"foreign pickled objects: {', '.join(info.foreign_objects)} "
+                     f"(read as inert stand-ins; plain torch.load cannot unpickle them)")
+    return lines
+
+
+def run_inspect(args):
+    _, info = load_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2, default=str))
+    else:
+        print("\n".join(describe_lines(info)))
+    return 0
+
+
+# ------------------------------------------------------------------------------ entry point
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            from . import predict
+            return predict.run(args)
+        if args.command == "heatmaps":
+            from . import heatmaps
+            return heatmaps.run(args)
+        if args.command == "export":
+            from . import export
+            return export.run(args)
+        return run_inspect(args)
+    except (ToolError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`export`: the inference network (base branch only) as TorchScript and/or a `torch.export` program.
+
+Also writes the base branch's plain state dict and a JSON file with the class names and the
+preprocessing. Every written model is loaded back and must give the checkpoint's logits
+(max abs difference below `TOLERANCE`) on a batch of a size other than the traced one.
+"""
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from models import build_model, count_parameters
+
+from . import ToolError
+from ..inference import load_trained_model
+
+MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2"}
+STATE_DICT_FILE = "base_state_dict.pth"
+INFO_FILE = "model_info.json"
+TOLERANCE = 1e-5
+CHECK_BATCH = 3  # differs from the example batches, so a batch size baked in would show
+
+
+def formats_of(name):
+    return ["torchscript", "export"] if name == "both" else [name]
+
+
+def planned_files(formats):
+    return [MODEL_FILES[f] for f in formats] + [STATE_DICT_FILE, INFO_FILE]
+
+
+def export_torchscript(model, image_size, path):
+    """`torch.jit.trace` on a 1×3×S×S input, saved to `path`."""
+    example = torch.randn(1, 3, image_size, image_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent PyTorch
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def load_torchscript(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def export_program(model, image_size, path):
+    """`torch.export` with a dynamic batch dimension, saved with `torch.export.save`."""
+    example = torch.randn(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(path))
+
+
+def load_program(path):
+    return torch.export.load(str(path)).module()
+
+
+def load_state_dict_model(path, num_classes, size):
+    model = build_model("base", num_classes, size=size)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+@torch.no_grad()
+def max_abs_diff(reference_model, reloaded, images):
+    return float((reloaded(images) - reference_model(images)).abs().max())
+
+
+def model_info(trained, checkpoint, formats, parameters, sizes, diffs):
+    side = trained.image_size
+    resize = ({"resize_shorter_side": trained.test_resize, "center_crop": side} if trained.test_resize
+              else {"resize": [side, side]})
+    return {
+        "classes": trained.classes, "num_classes": len(trained.classes),
+        "image_size": side, "size": trained.size,
+        "preprocessing": {**resize, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                          "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}"},
+        "output": "logits over the classes, in this order",
+        "source_checkpoint": str(checkpoint), "source_format": trained.info.format,
+        "source_arch": trained.info.arch, "parameters": parameters,
+        "files": sizes, "max_abs_diff": diffs, "formats": formats, "torch_version": torch.__version__,
+    }
+
+
+def run(args):
+    """The `export` command; returns 1 when a reloaded artifact does not reproduce the logits."""
+    formats = formats_of(args.format)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ToolError(f"--out {out} exists and is not a folder")
+    existing = [name for name in planned_files(formats) if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise ToolError(f"--out {out} already holds {', '.join(existing)}; refusing to overwrite "
+                        f"(use --overwrite or another folder)")
+    trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
+                                 data_root=args.data_root, size=args.size, image_size=args.image_size)
+    model, size = trained.model.cpu(), trained.image_size
+    out.mkdir(parents=True, exist_ok=True)
+
+    writers = {"torchscript": (export_torchscript, load_torchscript),
+               "export": (export_program, load_program)}
+    reloaders = {}
+    for name in formats:
+        write, load = writers[name]
+        path = out / MODEL_FILES[name]
+        try:
+            write(model, size, path)
+        except Exception as error:  # report which format failed and why, keep the others
+            raise ToolError(f"{name} export failed: {type(error).__name__}: {error}") from error
+        reloaders[name] = (path, load)
+    torch.save(model.state_dict(), out / STATE_DICT_FILE)
+    reloaders["state_dict"] = (out / STATE_DICT_FILE,
+                               lambda p: load_state_dict_model(p, len(trained.classes), trained.size))
+
+    images = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    diffs = {name: max_abs_diff(model, load(path), images) for name, (path, load) in reloaders.items()}
+    sizes = {path.name: path.stat().st_size for path, _ in reloaders.values()}
+    parameters = count_parameters(model)
+    info = model_info(trained, args.checkpoint, formats, parameters, sizes, diffs)
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    print(f"base branch of {args.checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
+          f"{trained.size} model, {size}×{size} input")
+    for name, (path, _) in reloaders.items():
+        verdict = "ok" if diffs[name] < TOLERANCE else f"FAILED (must be < {TOLERANCE:g})"
+        print(f"  {path}  {_megabytes(sizes[path.name])}  reloaded max abs diff {diffs[name]:.3g}  {verdict}")
+    print(f"  {out / INFO_FILE}  classes, image size and preprocessing")
+    return 0 if all(d < TOLERANCE for d in diffs.values()) else 1
+
+
+def _megabytes(num_bytes):
+    return f"{num_bytes / 2**20:.2f} MB"

@@ -1,0 +1,292 @@
+"""`heatmaps`: where the cross similarity attention looks (the paper's Fig. 5 / Fig. 7).
+
+For a group of images (DCS: anchor, positive; QCS: anchor, positive, negative, negative2) the
+CSA weight vector of every image at each of the 3 feature levels (N = side×side weights summing
+to 1) is reshaped to its token grid, upsampled bilinearly over the face, and shown beside the
+fused map (the mean of the 3 levels).
+
+The class grid shows, in cell (i, j), the fused weights of class-i anchors paired with class-j
+partners, averaged over the sampled pairs. Every pair is weighted as a DCS pair: the cross
+blocks run on the two images alone, so the anchor's weights are `softmax(agg(S))` of its
+similarity matrix with the partner (for a QCS model this drops the k·agg(D) term, which needs
+a negative pair). Each pair is its own batch of one, because CSA takes the min/max of its
+matrices over the whole batch.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+
+from ..engine import resolve_device
+from . import ToolError
+from ..inference import load_trained_model
+
+ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
+COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
+CELL_INCHES = 2.2
+DPI = 100
+OVERLAY_ALPHA = 0.5
+COLORMAP = "jet"
+
+
+# ------------------------------------------------------------------------------ groups
+
+def draw_group(labels, num_branches, anchor=None, seed=0):
+    """Dataset indices of a group around `anchor` (drawn from `seed` when None), per SPEC §4.
+
+    positive: another image of the anchor's class; negative: an image of another class (one
+    that has a second image, for negative2); negative2: another image of the negative's class.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    if anchor is None:
+        anchor = int(rng.integers(len(labels)))
+    if not 0 <= anchor < len(labels):
+        raise ToolError(f"--anchor {anchor} is outside the split (0..{len(labels) - 1})")
+    group = [anchor, _other_of_class(labels, anchor, rng)]
+    if num_branches == 4:
+        counts = np.bincount(labels)
+        candidates = np.flatnonzero((labels != labels[anchor]) & (counts[labels] >= 2))
+        if not len(candidates):
+            raise ToolError("no other class has two images in the split; QCS needs a negative pair")
+        negative = int(rng.choice(candidates))
+        group += [negative, _other_of_class(labels, negative, rng)]
+    return group
+
+
+def _other_of_class(labels, index, rng):
+    same = np.flatnonzero(labels == labels[index])
+    same = same[same != index]
+    if not len(same):
+        raise ToolError(f"image {index} is the only one of its class in the split; no positive partner")
+    return int(rng.choice(same))
+
+
+# ------------------------------------------------------------------------------ maps
+
+@torch.no_grad()
+def level_maps(model, images):
+    """CSA weights of a group as grids: levels × G × B × side × side (each grid sums to 1)."""
+    return as_grids(model.csa_maps(*images))
+
+
+def as_grids(weights):
+    side = math.isqrt(weights.shape[-1])
+    if side * side != weights.shape[-1]:
+        raise ValueError(f"{weights.shape[-1]} tokens per level do not form a square grid")
+    return weights.unflatten(-1, (side, side))
+
+
+@torch.no_grad()
+def pair_weights_from_tokens(model, anchor_tokens, partner_tokens):
+    """`model.csa_maps(anchor, partner)` from already computed base tokens (T×C each): L×2×1×N."""
+    tokens = torch.stack([anchor_tokens, partner_tokens])[:, None]  # G=2 × B=1 × T × C
+    levels = tokens.chunk(len(model.cross_blocks), dim=2)
+    return torch.stack([block.spatial_weights(level) for block, level in zip(model.cross_blocks, levels)])
+
+
+def upsample(grid, height, width):
+    """A side×side grid (or a stack of them) resized bilinearly to height×width."""
+    stacked = grid.reshape(-1, 1, *grid.shape[-2:]).float()
+    out = F.interpolate(stacked, size=(height, width), mode="bilinear", align_corners=False)
+    return out.reshape(*grid.shape[:-2], height, width)
+
+
+def display_image(tensor):
+    """A normalised input tensor (3×H×W) back to an H×W×3 array in [0, 1], as the model saw it."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ------------------------------------------------------------------------------ figures
+
+def new_figure(rows, columns):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(columns * CELL_INCHES, rows * CELL_INCHES), dpi=DPI, layout="constrained")
+
+
+def overlay(ax, face, heat, vmin=None, vmax=None):
+    ax.imshow(face)
+    return ax.imshow(heat, cmap=COLORMAP, alpha=OVERLAY_ALPHA, vmin=vmin, vmax=vmax)
+
+
+def group_figure(faces, grids, titles, heading=""):
+    """Rows: the images of the group; columns: face, level 1–3, fused (weights × N, per-panel scale).
+
+    `faces`: G arrays H×W×3; `grids`: levels × G × side × side; `titles`: G row titles.
+    """
+    num_levels, num_images = grids.shape[:2]
+    height, width = faces[0].shape[:2]
+    side = grids.shape[-1]
+    panels = torch.cat([grids, grids.mean(0, keepdim=True)]) * side * side  # 1 = uniform weight
+    heat = upsample(panels, height, width).numpy()
+    figure = new_figure(num_images, 2 + num_levels)
+    axes = figure.subplots(num_images, 2 + num_levels, squeeze=False)
+    for row in range(num_images):
+        axes[row, 0].imshow(faces[row])
+        axes[row, 0].set_title(titles[row], fontsize=9)
+        for column in range(num_levels + 1):
+            ax = axes[row, column + 1]
+            overlay(ax, faces[row], heat[column, row])
+            name = COLUMNS[column + 1] if num_levels == 3 else f"level {column + 1}"
+            ax.set_title(f"{name}  max {panels[column, row].max():.2f}×", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return figure
+
+
+def class_grid_figure(mean_faces, fused, classes, heading=""):
+    """K×K cells: mean anchor face of row class i under the mean fused weights (× N) of its pairs
+    with column-class partners, on one shared colour scale (blank where no pair was drawn)."""
+    num_classes = len(classes)
+    height, width = mean_faces[0].shape[:2]
+    side = fused.shape[-1]
+    heat = upsample(torch.nan_to_num(fused) * side * side, height, width).numpy()
+    drawn = ~torch.isnan(fused).flatten(2).any(-1).numpy()
+    vmin, vmax = (heat[drawn].min(), heat[drawn].max()) if drawn.any() else (0.0, 1.0)
+    figure = new_figure(num_classes, num_classes)
+    axes = figure.subplots(num_classes, num_classes, squeeze=False)
+    image = None
+    for i in range(num_classes):
+        for j in range(num_classes):
+            ax = axes[i, j]
+            if drawn[i, j]:
+                image = overlay(ax, mean_faces[i], heat[i, j], vmin, vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"partner: {classes[j]}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"anchor: {classes[i]}", fontsize=8)
+    if image is not None:
+        figure.colorbar(image, ax=axes, shrink=0.6, label="fused weight × N (1 = uniform)")
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return figure
+
+
+# ------------------------------------------------------------------------------ class grid
+
+def draw_class_samples(labels, num_classes, per_class, rng):
+    """Up to `per_class` distinct indices of every class (a random order of the class when fewer)."""
+    labels = np.asarray(labels)
+    return [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
+
+
+@torch.no_grad()
+def base_tokens(model, dataset, indices, device, batch_size=32):
+    """Base patch tokens (T×C) of the given dataset images, keyed by index."""
+    indices = sorted(set(int(i) for i in indices))
+    out = {}
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        images = torch.stack([dataset[i][0] for i in chunk]).to(device)
+        _, tokens = model.base_features((images,))
+        out.update(zip(chunk, tokens[0]))
+    return out
+
+
+@torch.no_grad()
+def class_grid_maps(model, dataset, per_class, seed, device):
+    """`(fused, counts, mean_faces)`: fused anchor grids K×K×side×side (NaN where no pair), the
+    number of pairs averaged per cell (K×K) and the mean anchor face of each class."""
+    rng = np.random.default_rng(seed)
+    num_classes = dataset.num_classes
+    anchors = draw_class_samples(dataset.labels, num_classes, per_class, rng)
+    partners = draw_class_samples(dataset.labels, num_classes, per_class, rng)
+    tokens = base_tokens(model, dataset, np.concatenate(anchors + partners), device)
+    fused_cells, counts = [], np.zeros((num_classes, num_classes), dtype=int)
+    for i in range(num_classes):
+        row = []
+        for j in range(num_classes):
+            maps = [pair_weights_from_tokens(model, tokens[a], tokens[p])[:, 0, 0].mean(0).cpu()
+                    for a, p in _pairs(anchors[i], partners[j], dataset.labels)]
+            counts[i, j] = len(maps)
+            row.append(torch.stack(maps).mean(0) if maps else None)
+        fused_cells.append(row)
+    side = math.isqrt(next(m for r in fused_cells for m in r if m is not None).shape[-1])
+    fused = torch.full((num_classes, num_classes, side, side), float("nan"))
+    for i, row in enumerate(fused_cells):
+        for j, cell in enumerate(row):
+            if cell is not None:
+                fused[i, j] = cell.view(side, side)
+    mean_faces = [np.mean([display_image(dataset[a][0]) for a in anchors[i]], axis=0)
+                  if len(anchors[i]) else np.zeros_like(display_image(dataset[0][0]))
+                  for i in range(num_classes)]
+    return fused, counts, mean_faces
+
+
+def _pairs(anchors, partners, labels):
+    """Anchor s with partner s; an anchor never pairs with itself (the next partner stands in)."""
+    pairs = []
+    for s, anchor in enumerate(anchors):
+        candidates = [p for p in np.roll(partners, -s) if p != anchor] if len(partners) else []
+        if candidates:
+            pairs.append((int(anchor), int(candidates[0])))
+    return pairs
+
+
+# ------------------------------------------------------------------------------ command
+
+def load_split(args, trained):
+    classes = trained.classes if args.dataset.lower() == "folder" else None
+    try:
+        dataset = build_dataset(args.dataset, args.split, data_root=args.data_root,
+                                transform=trained.transform(), classes=classes)
+    except ValueError as error:  # DataError and the demo generator's errors
+        raise ToolError(f"--dataset {args.dataset}: {error}") from None
+    if dataset.num_classes != len(trained.classes):
+        raise ToolError(f"--dataset {args.dataset} has {dataset.num_classes} classes but the checkpoint's "
+                        f"head has {len(trained.classes)}")
+    if len(dataset) < 2:
+        raise ToolError(f"--dataset {args.dataset} {args.split} has {len(dataset)} image(s); need at least 2")
+    return dataset
+
+
+def refuse_existing(paths, overwrite):
+    for flag, path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise ToolError(f"{flag} {path} already exists; refusing to overwrite it (use --overwrite)")
+
+
+def run(args):
+    """The `heatmaps` command."""
+    refuse_existing([("--out", args.out), ("--class-grid", args.class_grid)], args.overwrite)
+    if args.samples_per_class < 1:
+        raise ToolError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
+    trained = load_trained_model(args.checkpoint, arch="cross", size=args.size, image_size=args.image_size,
+                                 data_root=args.data_root, fallback_dataset=args.dataset)
+    model, device = trained.model, resolve_device(args.device)
+    dataset = load_split(args, trained)
+    group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)
+    images = [dataset[i][0] for i in group]
+    grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].cpu()
+    roles = ROLES[model.num_branches]
+    titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
+              for role, index in zip(roles, group)]
+    arch = trained.info.arch.upper()
+    heading = f"{arch} CSA weights, {args.dataset} {args.split} (anchor {group[0]}, seed {args.seed})"
+    save(group_figure([display_image(x) for x in images], grids, titles, heading), args.out)
+    print("group: " + ", ".join(titles))
+    print(f"wrote {args.out} ({len(group)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})")
+    if args.class_grid:
+        fused, counts, mean_faces = class_grid_maps(model, dataset, args.samples_per_class, args.seed, device)
+        heading = (f"{arch} fused anchor weights by class pair (≤{args.samples_per_class} pairs per cell, "
+                   f"pair weights softmax(agg(S)))")
+        save(class_grid_figure(mean_faces, fused, dataset.classes, heading), args.class_grid)
+        print(f"wrote {args.class_grid} ({dataset.num_classes}×{dataset.num_classes} cells, "
+              f"{counts.min()}–{counts.max()} pairs per cell)")
+    return 0
+
+
+def save(figure, path):
+    """Write the figure as a PNG (existing files were refused before any work unless --overwrite)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
