@@ -8,8 +8,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from utils import benchmark
-from utils.benchmark import Settings
+from utils.tools import benchmark
+from utils.tools.benchmark import Settings
 
 
 def tiny_settings(**changes):

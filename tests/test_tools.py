@@ -18,7 +18,7 @@ from PIL import Image
 from authors_format import as_authors, write_authors_checkpoint
 from data_preprocessing.demo import DEMO_CLASSES, ensure_demo_dataset
 from models import build_model
-from utils import heatmaps, predict, tools
+from utils.tools import cli as tools, heatmaps, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"

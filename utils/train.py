@@ -26,7 +26,7 @@ from .recipes import recipe
 from .reporting import (format_confusion, format_report, loss_columns, make_logger, plot_confusion, plot_losses,
                         write_metrics)
 from .sam import SAM
-from .trained import ToolError, load_checkpoint, load_trained_model
+from .inference import CheckpointError, load_checkpoint, load_trained_model
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
 DEFAULT_DATASET = "RAF-DB"
@@ -119,7 +119,7 @@ def main(arch, argv=None):
             return run_training(arch, args)
         finally:
             signal.signal(signal.SIGINT, previous_handler)
-    except (UsageError, DataError, WeightsError, ToolError, DeviceUnavailable, FileExistsError,
+    except (UsageError, DataError, WeightsError, CheckpointError, DeviceUnavailable, FileExistsError,
             FileNotFoundError) as error:
         logger.error(f"error: {error}")
         return 2
@@ -152,7 +152,8 @@ def resolve_config(arch, args):
     for key in ("epochs", "batch_size", "lr", "drop", "cross_drop", "size", "image_size", "balanced_sampler"):
         if config[key] is None:
             config[key] = defaults[key]
-    config["augmentation"] = defaults["augmentation"]
+    for key in ("augmentation", "negatives", "anchor_divisor"):
+        config[key] = defaults[key]
     config["arch"] = "base" if config["baseline"] else arch
     config["recipe_arch"] = arch
     check_ranges(config)
@@ -377,7 +378,9 @@ def run_training(arch, args):
     arch = config["arch"]
     num_branches = NUM_BRANCHES[arch]
     sampler = GroupSampler(train_set.labels, num_branches, seed=config["seed"],
-                           balanced=config["balanced_sampler"], num_replicas=world_size, rank=rank)
+                           balanced=config["balanced_sampler"], anchor_divisor=config["anchor_divisor"],
+                           negatives=config["negatives"], num_replicas=world_size, rank=rank,
+                           class_names=train_set.classes)
 
     model = model_from_config(config)
     run_dir = prepare_run_dir(config, resumed, rank)
@@ -501,7 +504,7 @@ def merge_resumed_config(config, checkpoint, args):
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
                          + ", ".join(f"--{k.replace('_', '-')} {config[k]} (saved: {saved.get(k)})"
                                      for k in conflicts))
-    merged = dict(saved)
+    merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
     for key in RESUME_OVERRIDABLE:
         merged[key] = config[key] if key in args.given or key == "resume" else merged.get(key)
     merged["output_dir"] = config["output_dir"] if "output_dir" in args.given else None

@@ -1,0 +1,133 @@
+"""Baseline vs DCS vs QCS with the same data and budget, over several seeds.
+
+    python -m utils.compare --dataset demo --seeds 3 [--out DIR] [-- TRAINING OPTIONS]
+
+Everything after `--` goes to every training run (for example `--epochs 10 --size small`). The
+baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), DCS runs
+`main_DCS.py`, QCS `main_QCS.py`. DIR (new) receives one run folder per model and seed, and:
+
+- `summary.csv` / `summary.md`: mean ± std over the seeds of the best and the final test accuracy
+  and mean class accuracy, and of every extra test split the dataset has (the demo's
+  nuisance-flipped split);
+- `accuracy.png`: test accuracy per epoch, the mean with a band of ± one std, per model and split.
+"""
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from data_preprocessing import DATASET_NAMES  # noqa: E402
+
+from .train import main as train_main  # noqa: E402
+
+MODELS = {"baseline": ("qcs", ["--baseline"]), "DCS": ("dcs", []), "QCS": ("qcs", [])}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m utils.compare", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--dataset", default="demo", choices=DATASET_NAMES)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--out", help="new output folder (default log/compare-<dataset>)")
+    return parser
+
+
+def accuracy_columns(rows):
+    """The per-epoch accuracy columns of a metrics.csv: `test_acc`, then extra splits' `*_acc`."""
+    names = [k for k in rows[0] if k.endswith("_acc") and k not in ("train_acc", "best_acc",
+                                                                      "mean_class_acc")]
+    return sorted(names, key=lambda k: (k != "test_acc", k))
+
+
+def read_metrics(run_dir):
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarise(histories):
+    """`{model: {measure: (mean, std)}}` from `{model: [metrics rows of each seed]}`."""
+    summary = {}
+    for model, runs in histories.items():
+        measures = {}
+        for column in accuracy_columns(runs[0]) + ["mean_class_acc"]:
+            measures[f"best {column}"] = [max(float(r[column]) for r in rows) for rows in runs]
+            measures[f"final {column}"] = [float(rows[-1][column]) for rows in runs]
+        summary[model] = {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                          for k, v in measures.items()}
+    return summary
+
+
+def write_summary(out, summary, seeds):
+    measures = list(next(iter(summary.values())))
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "seeds"] + [f"{m} {part}" for m in measures for part in ("mean", "std")])
+        for model, values in summary.items():
+            writer.writerow([model, seeds] + [f"{v:.4f}" for m in measures for v in values[m]])
+    lines = ["| model | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
+    for model, values in summary.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values[m][0]:.2f} ± {values[m][1]:.2f}"
+                                                    for m in measures) + " |")
+    text = "\n".join(lines) + f"\n\n(% over {seeds} seed(s); mean ± std)\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def plot_curves(path, histories, title):
+    columns = accuracy_columns(next(iter(histories.values()))[0])
+    fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for model, runs in histories.items():
+            epochs = [int(r["epoch"]) for r in runs[0]]
+            values = [[float(rows[i][column]) for rows in runs] for i in range(len(epochs))]
+            mean = [statistics.mean(v) for v in values]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax.plot(epochs, mean, label=model)
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            alpha=0.2)
+        ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: {column.replace('_acc', '')}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"log/compare-{args.dataset}")
+    if out.exists() and any(out.iterdir()):
+        print(f"error: --out {out} already holds files; choose a new folder", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    histories = {}
+    for model in args.models:
+        script, extra = MODELS[model]
+        for seed in range(args.seeds):
+            run_dir = out / f"{model}-seed{seed}"
+            code = train_main(script, ["--dataset", args.dataset, "--seed", str(seed), "--output-dir",
+                                       str(run_dir), *extra, *passed])
+            if code != 0:
+                print(f"error: training {model} (seed {seed}) ended with exit code {code}", file=sys.stderr)
+                return code
+            histories.setdefault(model, []).append(read_metrics(run_dir))
+    print(write_summary(out, summarise(histories), args.seeds))
+    plot_curves(out / "accuracy.png", histories, args.dataset)
+    print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'} and {out / 'accuracy.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
