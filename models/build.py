@@ -10,27 +10,33 @@ OPTION_CHOICES = {
     "matrix": ("sd", "s", "d"),
     "connection": ("vit", "gap", "bp"),
     "proj_drop_rule": ("auto", "attn", "drop"),
+    "cross_block": ("auto", "inplace", "prenorm"),
 }
 
 
 def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", connection="vit",
-                drop=0.0, cross_drop=0.0, proj_drop_rule="auto", checkpoint_backbone=False):
+                drop=0.0, cross_drop=0.0, proj_drop_rule="auto", cross_block="auto",
+                checkpoint_backbone=False):
     """Build the `"base"`, `"dcs"` or `"qcs"` network.
 
     - `size`: "paper" (SPEC §1) or a smaller preset of the same structure ("small", "tiny").
-    - `attention`: "csa" or the "sdpa" ablation; `matrix` (QCS): "sd", "s" or "d";
+    - `attention`: "csa" or the "sdpa" ablation (for QCS an extension: the release has none);
+      `matrix` (QCS): "sd", "s" or "d" (the last two without k, as released);
       `connection`: "vit" (contrastive residual distillation), "gap" or "bp".
     - `drop` / `cross_drop`: dropout of the base / cross ViT.
     - `proj_drop_rule`: dropout on the attention output projection: "attn" uses the attention
       dropout (0, the 7-class releases), "drop" the ViT's dropout (the 8-class releases);
       "auto" picks by `num_classes`.
+    - `cross_block`: "inplace" (7-class DCS and all QCS releases) or "prenorm" (8-class DCS
+      releases) form of the cross blocks; "auto" picks the released one.
     - `checkpoint_backbone`: recompute the backbone in backward to save memory.
     The returned model carries its arguments in `model.config`.
     """
     config = dict(arch=arch, num_classes=num_classes, size=size, attention=attention, matrix=matrix,
                   connection=connection, drop=drop, cross_drop=cross_drop,
-                  proj_drop_rule=proj_drop_rule)
+                  proj_drop_rule=proj_drop_rule, cross_block=cross_block)
     _check_options(config)
+    config["cross_block"] = released_cross_block(arch, num_classes, cross_block)
     rule = proj_drop_rule if proj_drop_rule != "auto" else ("attn" if num_classes == 7 else "drop")
     dims = MODEL_SIZES[size]
     base = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
@@ -40,10 +46,18 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
     else:
         model = CrossModel(base, ARCHS[arch], num_classes, dims["dim"], dims["num_heads"],
                            attention=attention, matrix=matrix, connection=connection,
+                           cross_block=config["cross_block"],
                            cross_drop=cross_drop,
                            cross_proj_drop=cross_drop if rule == "drop" else 0.0)
     model.config = config
     return model
+
+
+def released_cross_block(arch, num_classes, choice="auto"):
+    """The cross-block form: `choice`, or for "auto" the released one (pre-norm for 8-class DCS)."""
+    if choice != "auto":
+        return choice
+    return "prenorm" if arch == "dcs" and num_classes == 8 else "inplace"
 
 
 def _check_options(config):

@@ -1,5 +1,4 @@
 """Cross Similarity Attention (SPEC §2): similarity matrices, spatial weights, cross blocks."""
-import math
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +34,16 @@ def aggregate_rows(m):
     return F.normalize(m, dim=1).sum(dim=2)
 
 
-def dot_product_matrix(q_y, q_x):
-    """SDPA ablation: softmax over X of `q_Y q_Xᵀ / √C`."""
-    return torch.softmax(q_y @ q_x.transpose(1, 2) / math.sqrt(q_y.shape[-1]), dim=-1)
-
-
 def group_terms(num_branches, k, matrix="sd"):
-    """The pairs `(i, j, same_class, scale)` whose matrices feed the weights of a group."""
+    """The pairs `(i, j, same_class, scale)` whose matrices feed the weights of a group.
+
+    QCS mixes the two kinds as `S + k·D`; its "S only" / "D only" ablations have no k.
+    """
     same = [(i, j, True, 1.0) for i, j in SAME_CLASS_PAIRS[num_branches]]
-    diff = [(i, j, False, k) for i, j in DIFF_CLASS_PAIRS[num_branches]]
-    if num_branches == 2 or matrix == "sd":
-        return same + diff
-    return same if matrix == "s" else diff
+    if num_branches == 2:
+        return same
+    diff = [(i, j, False, k if matrix == "sd" else 1.0) for i, j in DIFF_CLASS_PAIRS[num_branches]]
+    return {"sd": same + diff, "s": same, "d": diff}[matrix]
 
 
 def csa_weights(queries, k, matrix="sd"):
@@ -63,48 +60,64 @@ def csa_weights(queries, k, matrix="sd"):
     return [torch.softmax(z, dim=-1) for z in logits]
 
 
-def sdpa_weights(queries, k, matrix="sd"):
-    """SDPA ablation of `csa_weights`: X is weighted by the attention the partner pays to it.
+def sdpa_updates(queries, values, k, matrix="sd"):
+    """The scaled dot-product ablation: plain cross-attention between the images of a group.
 
-    Each image's weight is the mean over the partner's queries of the row-softmax scores;
-    in QCS the same-class and different-class partners are mixed as `(w_S + k·w_D) / (1 + k)`.
+    Each position of image X takes the `softmax(q_X · q_Y / √C)`-weighted sum of its partner Y's
+    values, the update that replaces `w_X · v`. DCS (as released): the one partner. QCS (an
+    extension; the release has none): the same-class partner's update plus k times the
+    different-class partner's, over the same pairs as CSA.
     """
-    weights, totals = [0.0] * len(queries), [0.0] * len(queries)
+    updates = [0.0] * len(queries)
     for i, j, _, scale in group_terms(len(queries), k, matrix):
-        for y, x in ((i, j), (j, i)):
-            weights[x] = weights[x] + scale * dot_product_matrix(queries[y], queries[x]).mean(dim=1)
-            totals[x] = totals[x] + scale
-    return [w / total for w, total in zip(weights, totals)]
+        updates[i] = updates[i] + scale * F.scaled_dot_product_attention(queries[i], queries[j], values[j])
+        updates[j] = updates[j] + scale * F.scaled_dot_product_attention(queries[j], queries[i], values[i])
+    return updates
 
 
 class CrossBlock(nn.Module):
     """One per-level cross block, shared by all branches of a group.
 
-    For each image: `x = LN1(x)`, `[q, v] = proj(x)`, `x = x + w·v`, `x = LN2(x)`,
-    `x = x + MLP(x)`, where `w` comes from the partner images (CSA or the SDPA ablation).
+    `form="inplace"` (7-class DCS and all QCS releases): `x = LN1(x)`, `[q, v] = proj(x)`,
+    `x = LN2(x + u)`, `x = x + MLP(x)`. `form="prenorm"` (8-class DCS releases):
+    `[q, v] = proj(LN1(x))`, `x = x + u`, `x = x + MLP(LN2(x))`. The update `u` is `w·v` with the
+    CSA weights `w` from the partner images, or the cross-attention of the SDPA ablation.
+    QCS with both terms learns `k = 1 + tanh(θ)`; the other variants have no θ.
     """
 
-    def __init__(self, dim, mlp_ratio=4.0, attention="csa", matrix="sd", learn_theta=True):
+    def __init__(self, dim, num_branches, mlp_ratio=4.0, attention="csa", matrix="sd", form="inplace"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim * 2)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.theta = nn.Parameter(torch.zeros(())) if learn_theta else None
-        self.weight_fn = {"csa": csa_weights, "sdpa": sdpa_weights}[attention]
-        self.matrix = matrix
+        self.theta = nn.Parameter(torch.zeros(())) if num_branches == 4 and matrix == "sd" else None
+        self.attention, self.matrix, self.form = attention, matrix, form
 
     def forward(self, tokens):
         """`tokens`: G×B×N×C, the G images of each group. Returns the refined G×B×N×C tokens."""
+        if self.form == "prenorm":
+            q, v = self.proj(self.norm1(tokens)).chunk(2, dim=-1)
+            x = tokens + self._update(q, v)
+            return x + self.mlp(self.norm2(x))
         x = self.norm1(tokens)
         q, v = self.proj(x).chunk(2, dim=-1)
-        x = self.norm2(x + self._weights(q).unsqueeze(-1) * v)
+        x = self.norm2(x + self._update(q, v))
         return x + self.mlp(x)
 
     def spatial_weights(self, tokens):
-        """The weight vectors `w` (G×B×N) this block uses for `tokens`; for visualisation."""
+        """The CSA weight vectors `w` (G×B×N) this block uses for `tokens`; for visualisation."""
+        if self.attention != "csa":
+            raise ValueError("spatial weight maps exist only for CSA attention, not for the SDPA ablation")
         return self._weights(self.proj(self.norm1(tokens)).chunk(2, dim=-1)[0])
 
+    def _k(self):
+        return 1.0 + torch.tanh(self.theta) if self.theta is not None else None
+
+    def _update(self, q, v):
+        if self.attention == "sdpa":
+            return torch.stack(sdpa_updates(q.unbind(0), v.unbind(0), self._k(), self.matrix))
+        return self._weights(q).unsqueeze(-1) * v
+
     def _weights(self, q):
-        k = 1.0 + torch.tanh(self.theta) if self.theta is not None else 1.0
-        return torch.stack(self.weight_fn(q.unbind(0), k, self.matrix))
+        return torch.stack(csa_weights(q.unbind(0), self._k(), self.matrix))

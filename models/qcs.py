@@ -89,24 +89,22 @@ class CrossModel(nn.Module):
     """
 
     def __init__(self, base, num_branches, num_classes, dim, num_heads, mlp_ratio=4.0,
-                 attention="csa", matrix="sd", connection="vit", cross_depth=1,
+                 attention="csa", matrix="sd", connection="vit", cross_block="inplace",
                  cross_drop=0.0, cross_proj_drop=0.0):
         super().__init__()
         self.base = base
         self.num_branches = num_branches
         self.cross_blocks = nn.ModuleList(
-            CrossBlock(dim, mlp_ratio, attention, matrix, learn_theta=num_branches == 4)
+            CrossBlock(dim, num_branches, mlp_ratio, attention, matrix, cross_block)
             for _ in range(NUM_LEVELS))
         self.connection = connection
         if connection == "vit":
-            self.cross_head = TokenViT(base.num_tokens, num_classes, dim, cross_depth, num_heads,
+            self.cross_head = TokenViT(base.num_tokens, num_classes, dim, 1, num_heads,
                                        mlp_ratio, cross_drop, cross_proj_drop)
         elif connection == "gap":
             self.cross_head = GAPHead(dim, num_classes)
         else:
             self.cross_head = BilinearHead(dim, num_classes)
-        # False runs each branch through the base network separately (reference implementation).
-        self.batch_branches = True
 
     def forward(self, *images):
         if len(images) == 1:
@@ -119,10 +117,7 @@ class CrossModel(nn.Module):
         return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
 
     def base_features(self, images):
-        """Base logits G×B×K and patch tokens G×B×T×C of the G images."""
-        if not self.batch_branches:
-            logits, tokens = zip(*(self.base.forward_features(x) for x in images))
-            return torch.stack(logits), torch.stack(tokens)
+        """Base logits G×B×K and patch tokens G×B×T×C of the G images, in one batched call."""
         logits, tokens = self.base.forward_features(torch.cat(images), len(images))
         return logits.unflatten(0, (len(images), -1)), tokens.unflatten(0, (len(images), -1))
 
@@ -137,8 +132,6 @@ class CrossModel(nn.Module):
             pairs = zip(base_tokens.unbind(0), cross_tokens.unbind(0))
             return torch.stack([self.cross_head(b, c) for b, c in pairs])
         residual = base_tokens + cross_tokens
-        if not self.batch_branches:
-            return torch.stack([self._head_logits(t) for t in residual.unbind(0)])
         return self._head_logits(residual.flatten(0, 1)).unflatten(0, residual.shape[:2])
 
     def _head_logits(self, tokens):

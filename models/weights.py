@@ -12,9 +12,9 @@ from .qcs import BaseBranch, CrossModel
 AUTHOR_RENAMES = (
     (r"^ir_back\.", "base.backbone."),
     (r"^conv([123])\.", lambda m: f"base.downsample.{int(m[1]) - 1}."),
-    (r"^embed_q\.", "base.embed.0."),
-    (r"^embed_k\.", "base.embed.1."),
-    (r"^embed_v\.proj\.", "base.embed.2.0."),
+    (r"^embed_(q|1)\.", "base.embed.0."),  # some releases name the embeddings embed_1/2/3
+    (r"^embed_(k|2)\.", "base.embed.1."),
+    (r"^embed_(v|3)\.proj\.", "base.embed.2.0."),
     (r"^VIT_base\.", "base.vit."),
     (r"^VIT_cross\.", "cross_head."),
     (r"^cross_attention_([123])\.", lambda m: f"cross_blocks.{int(m[1]) - 1}."),
@@ -23,7 +23,7 @@ AUTHOR_RENAMES = (
 )
 # Keys the authors' models define but never use, in our namespace after renaming.
 AUTHOR_UNUSED = re.compile(
-    r"^base\.backbone\.output_layer\.|"
+    r"^base\.backbone\.output_layer\.|^fusion\.classifier\.|"
     r"^(base\.vit|cross_head)\.(blocks\.\d+\.conv|patch_embed|eca_block|CON1|IRLinear[12])\.")
 # face.evoLVe IR50 numbers its units 0..23 over four stages of 3, 4, 14 and 3 units.
 IR50_STAGE_UNITS = (3, 4, 14, 3)
@@ -214,6 +214,9 @@ def _backbone_prefix(model):
 def _known_unused(key, model):
     if key.startswith("ir50-unused.") or AUTHOR_UNUSED.match(key) or AUTHOR_UNUSED.match("base." + key):
         return True
+    # the released S-only / D-only QCS blocks define θ without using it; ours have none
+    if re.match(r"^cross_blocks\.\d+\.theta$", key) and isinstance(model, CrossModel):
+        return model.cross_blocks[0].theta is None
     # a base branch ignores the cross module of a DCS/QCS checkpoint
     return isinstance(model, BaseBranch) and key.startswith(("cross_blocks.", "cross_head."))
 
@@ -225,7 +228,10 @@ def _check_same_model(model, state_dict, source):
         else model.vit.head.classifier.out_features
     prefixed = state_dict if isinstance(model, CrossModel) else {"base." + k: v for k, v in state_dict.items()}
     arch, num_classes = describe_state_dict(prefixed)
-    arch_clash = model_arch != "base" and arch != model_arch
+    # a QCS model without θ (S or D only) has the key set of DCS
+    without_theta = isinstance(model, CrossModel) and model.cross_blocks[0].theta is None
+    arch_clash = model_arch != "base" and arch != model_arch and not (
+        model_arch == "qcs" and arch == "dcs" and without_theta)
     if arch_clash or (num_classes is not None and num_classes != model_classes):
         raise WeightsError(f"{_name(source)} holds a {arch.upper()} model with {num_classes} classes; "
                            f"the model is {model_arch.upper()} with {model_classes} classes")

@@ -159,8 +159,11 @@ def _aggregate(matrix):
     return (matrix / torch.clamp(row_norm, min=1e-12)).sum(dim=1)
 
 
-def _cross_weights(queries, w, prefix):
-    """One spatial weight vector (B x 49) per image of the group."""
+def _cross_weights(queries, w, prefix, matrix="sd"):
+    """One spatial weight vector (B x 49) per image of the group.
+
+    matrix (QCS): "sd" mixes S + k*D, "s" and "d" use one term and no k.
+    """
     if len(queries) == 2:
         q_a, q_p = queries
         s_ap = _similarity(q_a, q_p)  # rows a, columns p
@@ -168,38 +171,65 @@ def _cross_weights(queries, w, prefix):
         w_p = F.softmax(_aggregate(s_ap), dim=1)
         return [w_a, w_p]
     q1, q2, q3, q4 = queries
-    k = 1.0 + torch.tanh(w[prefix + ".theta"])
     s12 = _similarity(q1, q2)
     s34 = _similarity(q3, q4)
     d13 = _shifted_distance(q1, q3)
     d24 = _shifted_distance(q2, q4)
-    scores = [
-        _aggregate(s12.transpose(1, 2)) + k * _aggregate(d13.transpose(1, 2)),  # image 1
-        _aggregate(s12) + k * _aggregate(d24.transpose(1, 2)),  # image 2
-        _aggregate(s34.transpose(1, 2)) + k * _aggregate(d13),  # image 3
-        _aggregate(s34) + k * _aggregate(d24),  # image 4
-    ]
+    same = [_aggregate(s12.transpose(1, 2)), _aggregate(s12), _aggregate(s34.transpose(1, 2)),
+            _aggregate(s34)]
+    different = [_aggregate(d13.transpose(1, 2)), _aggregate(d24.transpose(1, 2)), _aggregate(d13),
+                 _aggregate(d24)]
+    if matrix == "s":
+        scores = same
+    elif matrix == "d":
+        scores = different
+    else:
+        k = 1.0 + torch.tanh(w[prefix + ".theta"])
+        scores = [s + k * d for s, d in zip(same, different)]
     return [F.softmax(s, dim=1) for s in scores]
 
 
-def _cross_block(level_tokens, w, prefix):
-    """Cross block of one level applied to the group (list of B x 49 x C)."""
+def _cross_attention(q_x, q_y, v_y):
+    """Each position of x: softmax over y's positions of q_x . q_y / sqrt(C), times v_y."""
+    scores = torch.matmul(q_x, q_y.transpose(1, 2)) / (q_x.shape[-1] ** 0.5)
+    return torch.matmul(F.softmax(scores, dim=-1), v_y)
+
+
+def _sdpa_updates(queries, values):
+    """DCS scaled dot-product ablation: each image attends to its partner's values."""
+    (q_a, q_p), (v_a, v_p) = queries, values
+    return [_cross_attention(q_a, q_p, v_p), _cross_attention(q_p, q_a, v_a)]
+
+
+def _cross_block(level_tokens, w, prefix, block_form="inplace", matrix="sd", attention="csa"):
+    """Cross block of one level applied to the group (list of B x 49 x C).
+
+    block_form "inplace": the residuals add to LN1(x), and LN2 is applied before the MLP's
+    residual; "prenorm": a standard pre-norm block on the un-normalised x.
+    """
     normed = [_layer_norm(x, w, prefix + ".norm1", CROSS_LN_EPS) for x in level_tokens]
     projected = [_linear(x, w, prefix + ".proj") for x in normed]
     channels = normed[0].shape[-1]
     queries = [p[..., :channels] for p in projected]
     values = [p[..., channels:] for p in projected]
-    weights = _cross_weights(queries, w, prefix)
+    if attention == "sdpa":
+        updates = _sdpa_updates(queries, values)
+    else:
+        weights = _cross_weights(queries, w, prefix, matrix)
+        updates = [weight[..., None] * v for weight, v in zip(weights, values)]
     outputs = []
-    for x, v, weight in zip(normed, values, weights):
-        x = x + weight[..., None] * v
-        x = _layer_norm(x, w, prefix + ".norm2", CROSS_LN_EPS)
-        outputs.append(x + _mlp(x, w, prefix + ".mlp"))
+    for x, n, update in zip(level_tokens, normed, updates):
+        if block_form == "prenorm":
+            x = x + update
+            outputs.append(x + _mlp(_layer_norm(x, w, prefix + ".norm2", CROSS_LN_EPS), w, prefix + ".mlp"))
+        else:
+            x = _layer_norm(n + update, w, prefix + ".norm2", CROSS_LN_EPS)
+            outputs.append(x + _mlp(x, w, prefix + ".mlp"))
     return outputs
 
 
 # ------------------------------------------------------------------- entry
-def reference_forward(state_dict, images, num_classes):
+def reference_forward(state_dict, images, num_classes, block_form="inplace", matrix="sd", attention="csa"):
     """Eval-mode logits for 1 (base only), 2 (DCS) or 4 (QCS) image batches.
 
     Returns [base logits] for one image, otherwise
@@ -225,7 +255,7 @@ def reference_forward(state_dict, images, num_classes):
     for level in range(NUM_LEVELS):
         chunk = slice(level * TOKENS_PER_LEVEL, (level + 1) * TOKENS_PER_LEVEL)
         outs = _cross_block([t[:, chunk] for t in base_tokens], w,
-                            "cross_attention_%d" % (level + 1))
+                            "cross_attention_%d" % (level + 1), block_form, matrix, attention)
         for per_image, out in zip(refined, outs):
             per_image.append(out)
     cross_logits = []

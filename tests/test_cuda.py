@@ -71,7 +71,7 @@ def test_compiled_step_matches_eager():
 
 
 def test_authors_checkpoint_evaluates_on_cuda_as_on_the_cpu():
-    from fixtures_util import authors_state_dict
+    from stand_in_weights import authors_state_dict
 
     state_dict = authors_state_dict("QCS", 7)
     model = build_model("base", 7)

@@ -153,14 +153,21 @@ def test_group_loss_is_mean_of_eight_cross_entropies():
     torch.testing.assert_close(loss, torch.stack(by_hand).mean())
 
 
+def per_branch_outputs(model, group):
+    """The training outputs with each branch sent through the base network in its own call."""
+    logits, tokens = zip(*(model.base.forward_features(x) for x in group))
+    base_logits, base_tokens = torch.stack(logits), torch.stack(tokens)
+    cross_logits = model.cross_logits(base_tokens, model.refine(base_tokens))
+    return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
+
+
 @pytest.mark.parametrize("arch", ["dcs", "qcs"])
 def test_batched_branches_equal_per_branch(arch):
     """Train mode: one batched backbone call gives the per-branch results and BN statistics."""
     n = 4 if arch == "qcs" else 2
     batched, reference = tiny(arch).double(), tiny(arch).double()
-    reference.batch_branches = False
     group = images(n, batch=3, dtype=torch.float64)
-    out_batched, out_ref = batched(*group), reference(*group)
+    out_batched, out_ref = batched(*group), per_branch_outputs(reference, group)
     for a, b in zip(out_batched, out_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for (name, a), b in zip(batched.state_dict().items(), reference.state_dict().values()):
@@ -317,3 +324,60 @@ def test_foreign_pickles_are_not_executed(tmp_path):
     from models import read_checkpoint
     checkpoint = read_checkpoint(path)
     assert "builtins.print" in repr(checkpoint["recorder"]) or "print" in repr(checkpoint["recorder"])
+
+
+def test_d_only_has_no_k():
+    # q1..q4 as in the hand-worked example above; with k = 2 the D-only weights must not change
+    q1, q2 = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]]), torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    q3, q4 = torch.tensor([[[0.0, 0.0], [0.0, 3.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    d13_for_1 = [3 / math.sqrt(19), 1 + math.sqrt(10) / math.sqrt(19)]
+    d_only = csa.csa_weights([q1, q2, q3, q4], k=2.0, matrix="d")[0][0]
+    torch.testing.assert_close(d_only, torch.softmax(torch.tensor(d13_for_1), 0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("matrix", ["s", "d"])
+def test_s_only_and_d_only_have_no_theta_and_every_parameter_learns(matrix):
+    model = tiny("qcs", matrix=matrix).train()
+    assert not any(name.endswith("theta") for name, _ in model.named_parameters())
+    loss, _ = group_loss(model(*images(4, batch=3)), torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_sdpa_cross_attention_by_hand():
+    # C = 2, scale 1/√2. Anchor queries (1,0), (0,1); positive queries (1,0), (0,0).
+    q_a, q_p = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    v_a, v_p = torch.tensor([[[5.0, 6.0], [7.0, 8.0]]]), torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    high = math.exp(1 / math.sqrt(2)) / (math.exp(1 / math.sqrt(2)) + 1)  # softmax of (1/√2, 0)
+    low = 1 - high
+    # anchor position 0 scores the positive's positions (1/√2, 0); position 1 scores (0, 0)
+    anchor = [[high * 1 + low * 3, high * 2 + low * 4], [2.0, 3.0]]
+    # positive position 0 scores the anchor's positions (1/√2, 0); position 1 (zero query) (0, 0)
+    positive = [[high * 5 + low * 7, high * 6 + low * 8], [6.0, 7.0]]
+    u_a, u_p = csa.sdpa_updates([q_a, q_p], [v_a, v_p], k=None)
+    torch.testing.assert_close(u_a[0], torch.tensor(anchor), rtol=0, atol=1e-6)
+    torch.testing.assert_close(u_p[0], torch.tensor(positive), rtol=0, atol=1e-6)
+
+
+def test_qcs_sdpa_extension_adds_k_times_the_other_class_partner():
+    g = torch.Generator().manual_seed(0)
+    q = [torch.randn(2, 3, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+    v = [torch.randn(2, 3, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+
+    def attend(x, y):
+        return torch.softmax(q[x] @ q[y].transpose(1, 2) / 2.0, dim=-1) @ v[y]
+
+    updates = csa.sdpa_updates(q, v, k=0.7)
+    partners = {0: (1, 2), 1: (0, 3), 2: (3, 0), 3: (2, 1)}  # (same class, other class)
+    for x, (same, other) in partners.items():
+        torch.testing.assert_close(updates[x], attend(x, same) + 0.7 * attend(x, other))
+
+
+def test_weight_maps_only_for_csa_and_the_released_block_forms():
+    with pytest.raises(ValueError, match="only for CSA"):
+        tiny("dcs", attention="sdpa").csa_maps(*images(2))
+    assert build_model("dcs", 8, size="tiny").config["cross_block"] == "prenorm"
+    assert build_model("dcs", 7, size="tiny").config["cross_block"] == "inplace"
+    assert build_model("qcs", 8, size="tiny").config["cross_block"] == "inplace"
+    assert tiny("dcs", 8).cross_blocks[0].form == "prenorm"

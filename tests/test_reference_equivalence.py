@@ -1,135 +1,123 @@
 """The project's DCS / QCS models against an independent functional reference.
 
-The reference (tests/functional_reference.py) is first checked against the
-logits the authors' own DCS model produced for the stand-in weights; the
-project's models are then compared with it in float64 for QCS and DCS with 7
-and 8 classes and for the base branch alone.
+The reference (tests/functional_reference.py) is first checked against the logits the authors'
+own DCS model produced for the stand-in weights (tests/fixtures); the project's models are then
+compared with it in float64 for every released variant: QCS and DCS with 7 and 8 classes (the
+8-class DCS with its pre-norm cross block), the base branch alone, the S-only / D-only and SDPA
+ablations, and the checkpoint key layouts the releases use.
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from functional_reference import reference_forward  # noqa: E402
+from functional_reference import reference_forward
+from models import build_model, load_weights
+from stand_in_weights import FIXTURES, authors_state_dict, branch_inputs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
 ATOL = 1e-9
 BATCH = 2
 
 
-def _require_shared():
-    if not (FIXTURES / "official_weights.py").is_file():
-        pytest.skip("shared fixtures not found at %s" % FIXTURES)
-
-
 @pytest.fixture(scope="module")
-def make_state_dict():
-    _require_shared()
-    sys.path.insert(0, str(FIXTURES))
-    from official_weights import make_state_dict as factory
-    return factory
+def images():
+    return [t[:BATCH] for t in branch_inputs()]
 
 
-@pytest.fixture(scope="module")
-def branch_inputs():
-    _require_shared()
-    inputs = torch.load(FIXTURES / "branch_inputs.pt")["inputs"]
-    return [t.double() for t in inputs]
+def project_model(arch, num_classes, state_dict, **options):
+    model = build_model(arch, num_classes, **options)
+    report = load_weights(model, {"state_dict": state_dict, "epoch": 1})
+    return model.double().eval(), report
 
 
-@pytest.fixture(scope="module")
-def spec_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("specs")
-
-
-def _spec_path(variant, num_classes, spec_dir):
-    """Key list of `variant`, with the two classifier heads resized to `num_classes` rows."""
-    source = FIXTURES / ("official_keys_%s_7cls_raf_db.json" % variant)
-    if num_classes == 7:
-        return source
-    spec = json.loads(source.read_text())
-    resized = 0
-    for entry in spec["keys"]:
-        if entry[0].endswith("head.linear.weight") or entry[0].endswith("head.linear.bias"):
-            entry[1][0] = num_classes
-            resized += 1
-    assert resized == 4, "expected weight and bias of two heads in %s" % source
-    path = spec_dir / ("official_keys_%s_%dcls.json" % (variant, num_classes))
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def _project_model(arch, num_classes, state_dict):
-    from models import build_model, load_weights
-    model = build_model(arch, num_classes)
-    prefixed = {"module." + key: value for key, value in state_dict.items()}
-    load_weights(model, {"state_dict": prefixed, "epoch": 1})
-    return model.double().eval()
-
-
-def _max_abs_differences(outputs, expected):
+def max_differences(outputs, expected):
     assert len(outputs) == len(expected)
-    diffs = []
-    for out, ref in zip(outputs, expected):
-        assert out.shape == ref.shape
-        diffs.append((out - ref).abs().max().item())
-    return diffs
+    assert all(out.shape == ref.shape for out, ref in zip(outputs, expected))
+    return [(out - ref).abs().max().item() for out, ref in zip(outputs, expected)]
 
 
-def _compare_model_with_reference(arch, num_classes, images, make_state_dict, spec_dir):
-    state_dict = make_state_dict(_spec_path(arch.upper(), num_classes, spec_dir), prefix="")
+def compare(arch, num_classes, images, state_dict=None, reference_options=None, **options):
+    """Max |difference| between our model and the reference, and the load report."""
+    state_dict = state_dict or authors_state_dict(arch.upper(), num_classes)
+    group = images[:4 if arch == "qcs" else 2]
     with torch.no_grad():
-        expected = reference_forward(state_dict, images, num_classes)
-        model = _project_model(arch, num_classes, state_dict)
-        outputs = model(*images)
-    assert len(outputs) == 2 * len(images)
-    assert all(out.shape == (BATCH, num_classes) for out in outputs)
-    diffs = _max_abs_differences(outputs, expected)
-    assert max(diffs) < ATOL, diffs
-    return model, state_dict
+        expected = reference_forward(state_dict, group, num_classes, **(reference_options or {}))
+        model, report = project_model(arch, num_classes, state_dict, **options)
+        outputs = model(*group)
+    return max(max_differences(outputs, expected)), report
 
 
-def test_reference_matches_authors_dcs_logits(make_state_dict, branch_inputs):
+def test_reference_matches_authors_dcs_logits():
     fixture = json.loads((FIXTURES / "reference_DCS_7cls_raf_db.json").read_text())
-    state_dict = make_state_dict(FIXTURES / "official_keys_DCS_7cls_raf_db.json", prefix="")
     with torch.no_grad():
-        outputs = reference_forward(state_dict, branch_inputs[:2], 7)
+        outputs = reference_forward(authors_state_dict("DCS", 7), branch_inputs()[:2], 7)
     expected = [torch.tensor(o, dtype=torch.float64) for o in fixture["outputs"]]
-    diffs = _max_abs_differences(outputs, expected)
-    assert max(diffs) < ATOL, diffs
+    assert max(max_differences(outputs, expected)) < ATOL
 
 
-@pytest.fixture(scope="module")
-def qcs_7_class(make_state_dict, branch_inputs, spec_dir):
-    """Project QCS 7-class model checked against the reference; reused below."""
-    images = [t[:BATCH] for t in branch_inputs]
-    return _compare_model_with_reference("qcs", 7, images, make_state_dict, spec_dir)
+@pytest.mark.parametrize("arch, num_classes, block_form", [
+    ("qcs", 7, "inplace"), ("qcs", 8, "inplace"), ("dcs", 7, "inplace"), ("dcs", 8, "prenorm")])
+def test_released_variants_match_the_reference(arch, num_classes, block_form, images):
+    difference, report = compare(arch, num_classes, images, reference_options=dict(block_form=block_form))
+    assert difference < ATOL and report.source_format == "authors"
 
 
-def test_qcs_7_classes_matches_reference(qcs_7_class):
-    assert qcs_7_class is not None
+def test_the_two_block_forms_differ(images):
+    # so the check above can tell the 8-class DCS form from the other one
+    state_dict = authors_state_dict("DCS", 8)
+    with torch.no_grad():
+        prenorm = reference_forward(state_dict, images[:2], 8, block_form="prenorm")
+        inplace = reference_forward(state_dict, images[:2], 8, block_form="inplace")
+    assert max(max_differences(prenorm[2:], inplace[2:])) > 1e-3
 
 
-def test_qcs_8_classes_matches_reference(make_state_dict, branch_inputs, spec_dir):
-    images = [t[:BATCH] for t in branch_inputs]
-    _compare_model_with_reference("qcs", 8, images, make_state_dict, spec_dir)
-
-
-def test_dcs_8_classes_matches_reference(make_state_dict, branch_inputs, spec_dir):
-    images = [t[:BATCH] for t in branch_inputs[:2]]
-    _compare_model_with_reference("dcs", 8, images, make_state_dict, spec_dir)
-
-
-def test_base_branch_alone_matches_reference(qcs_7_class, branch_inputs):
-    model, state_dict = qcs_7_class
-    # a batch mixing the four branch inputs, so it differs from the ones above
-    image = torch.stack([branch_inputs[2][0], branch_inputs[3][1]])
+def test_base_branch_alone_matches_reference():
+    state_dict = authors_state_dict("QCS", 7)
+    inputs = branch_inputs()
+    image = torch.stack([inputs[2][0], inputs[3][1]])  # a batch unlike the ones above
     with torch.no_grad():
         (expected,) = reference_forward(state_dict, [image], 7)
+        model, _ = project_model("base", 7, state_dict)
         output = model(image)
-    assert output.shape == (BATCH, 7)
     assert (output - expected).abs().max().item() < ATOL
+
+
+@pytest.mark.parametrize("matrix", ["s", "d"])
+def test_s_only_and_d_only_have_no_k(matrix, images):
+    difference, report = compare("qcs", 7, images, matrix=matrix, reference_options=dict(matrix=matrix))
+    assert difference < ATOL
+    assert sorted(k for k in report.ignored if k.endswith("theta")) == [
+        f"cross_blocks.{i}.theta" for i in range(3)]
+
+
+def test_sdpa_ablation_is_plain_cross_attention(images):
+    difference, _ = compare("dcs", 7, images, attention="sdpa", reference_options=dict(attention="sdpa"))
+    assert difference < ATOL
+
+
+def loaded_state(arch, num_classes, state_dict):
+    model = build_model(arch, num_classes, size="paper")
+    report = load_weights(model, {"state_dict": state_dict})
+    return model.state_dict(), report
+
+
+def test_embed_1_2_3_names_load_the_same_weights():
+    state_dict = authors_state_dict("DCS", 7)
+    renamed = dict(state_dict)
+    for old, new in (("embed_q.", "embed_1."), ("embed_k.", "embed_2."), ("embed_v.", "embed_3.")):
+        renamed = {k.replace("module." + old, "module." + new, 1): v for k, v in renamed.items()}
+    assert any(k.startswith("module.embed_3.proj.") for k in renamed)
+    expected, _ = loaded_state("dcs", 7, state_dict)
+    got, _ = loaded_state("dcs", 7, renamed)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_dcs_affectnet_8_fusion_classifier_loads_strictly_and_is_ignored():
+    state_dict = authors_state_dict("DCS", 8)
+    with_fusion = dict(state_dict)
+    with_fusion["module.fusion.classifier.weight"] = torch.zeros(8, 768 * 768)
+    with_fusion["module.fusion.classifier.bias"] = torch.zeros(8)
+    expected, _ = loaded_state("dcs", 8, state_dict)
+    got, report = loaded_state("dcs", 8, with_fusion)  # strict by default
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert {"fusion.classifier.weight", "fusion.classifier.bias"} <= set(report.ignored)

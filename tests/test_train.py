@@ -171,12 +171,11 @@ def faithful_preprocess(path):
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-def test_evaluating_authors_checkpoint_gives_their_logits(shared_dir, tmp_path):
-    sys.path.insert(0, str(shared_dir / "fixtures"))
-    from official_weights import make_state_dict
+def test_evaluating_authors_checkpoint_gives_their_logits(tmp_path):
     from functional_reference import reference_forward
+    from stand_in_weights import authors_state_dict
 
-    state_dict = make_state_dict(str(shared_dir / "fixtures" / "official_keys_QCS_7cls_raf_db.json"))
+    state_dict = authors_state_dict("QCS", 7)
     checkpoint = tmp_path / "authors_qcs.pth"
     torch.save({"epoch": 10, "state_dict": state_dict, "best_acc": torch.tensor(92.5)}, checkpoint)
     data = raf_db(tmp_path / "RAF-DB")
@@ -188,6 +187,46 @@ def test_evaluating_authors_checkpoint_gives_their_logits(shared_dir, tmp_path):
     expected = reference_forward(state_dict, [images], 7)[0]
     got = torch.tensor([[float(v) for v in row[3:]] for row in rows])
     assert torch.allclose(got, expected, atol=2e-4), (got - expected).abs().max()
+
+
+def ferplus(root, count=2):
+    """A FERPlus release layout with `count` non-square test images (and one train image)."""
+    rng = np.random.default_rng(2)
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        name = f"fer{i:07d}.png"
+        Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(root / "img" / name)
+        lines.append(f"{name} {i % 8}")
+    (root / "ferplus_test.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
+    # a DCS FERPlus checkpoint evaluated by main_QCS.py gets DCS FERPlus's test transform:
+    # a square resize to 234 then a 224 crop (QCS FERPlus would resize to 232)
+    from stand_in_weights import authors_state_dict
+
+    checkpoint = tmp_path / "authors_dcs_ferplus.pth"
+    torch.save({"epoch": 3, "state_dict": authors_state_dict("DCS", 8), "best_acc": torch.tensor(91.4)}, checkpoint)
+    data = ferplus(tmp_path / "FERPlus")
+    predictions = tmp_path / "pred.csv"
+    assert main("qcs", ["--dataset", "FERPlus", "--data-root", str(data), "--workers", "0",
+                        "--evaluate", str(checkpoint), "--predictions", str(predictions)]) == 0
+    out = capsys.readouterr().out
+    assert "test transform: Resize((234, 234)) → CenterCrop(224) → ToTensor → Normalize" in out
+    assert "DCS paper size, 8 classes" in out
+    rows = list(csv.reader(open(predictions)))[1:]
+    model = build_model("base", 8)
+    load_weights(model, checkpoint)
+    model.eval()
+    image = Image.open(data / "img" / rows[0][0]).convert("RGB").resize((234, 234), Image.BILINEAR)
+    image = image.crop((5, 5, 229, 229))
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = model(((x - mean[:, None, None]) / std[:, None, None])[None])[0]
+    assert np.allclose([float(v) for v in rows[0][3:]], expected.tolist(), atol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["resume+evaluate", "missing data", "busy output", "wrong classes",

@@ -104,6 +104,7 @@ def _add_our_metadata(info, checkpoint):
     info.augmentation = run_config.get("augmentation")
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
+    info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
     info.epoch = _as_int(checkpoint.get("epoch"))
     info.best_acc = _as_float(checkpoint.get("best_acc"))
     info.best_epoch = _as_int(checkpoint.get("best_epoch"))
@@ -215,7 +216,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
         raise CheckpointError(f"{path}: the tensor shapes match no model size; give --size "
                         f"({', '.join(MODEL_SIZES)})")
     options = {k: v for k, v in (info.model_config or {}).items()
-               if k in ("attention", "matrix", "connection", "proj_drop_rule")}
+               if k in ("attention", "matrix", "connection", "proj_drop_rule", "cross_block")}
     model = build_model(info.arch if arch == "cross" else "base", len(classes), size=size, **options)
     try:
         load_weights(model, checkpoint)

@@ -72,12 +72,20 @@ def build_parser(arch):
                             "with this script's recipe: the paper's baseline")
     model = parser.add_argument_group("model (ablations of the paper)")
     model.add_argument("--size", choices=OPTION_CHOICES["size"], help="model size (default paper; tiny for demo)")
-    model.add_argument("--attention", default="csa", choices=OPTION_CHOICES["attention"])
-    model.add_argument("--matrix", default="sd", choices=OPTION_CHOICES["matrix"], help="QCS: S/D terms")
+    model.add_argument("--attention", default="csa", choices=OPTION_CHOICES["attention"],
+                       help="csa, or the scaled dot-product ablation sdpa (as released for DCS; "
+                            "for QCS an extension of this repository: the release has none)")
+    model.add_argument("--matrix", default="sd", choices=OPTION_CHOICES["matrix"],
+                       help="QCS similarity terms: sd = S + k·D, s = S only, d = D only (no k)")
     model.add_argument("--connection", default="vit", choices=OPTION_CHOICES["connection"])
     model.add_argument("--drop", type=float, help="base ViT dropout")
     model.add_argument("--cross-drop", type=float, help="cross ViT dropout")
-    model.add_argument("--proj-drop-rule", default="auto", choices=OPTION_CHOICES["proj_drop_rule"])
+    model.add_argument("--proj-drop-rule", default="auto", choices=OPTION_CHOICES["proj_drop_rule"],
+                       help="dropout on the attention projection: auto = as released (none for 7 "
+                            "classes, the ViT's dropout for 8)")
+    model.add_argument("--cross-block", default="auto", choices=OPTION_CHOICES["cross_block"],
+                       help="cross-block form: auto = as released (pre-norm for 8-class DCS, "
+                            "in-place otherwise)")
     model.add_argument("--distill", default="none", choices=("none", "kl", "mse"),
                        help="extra base-vs-cross logit loss")
     model.add_argument("--distill-weight", type=float, default=1.0)
@@ -192,6 +200,7 @@ def model_from_config(config, arch=None):
                        attention=config["attention"], matrix=config["matrix"],
                        connection=config["connection"], drop=config["drop"],
                        cross_drop=config["cross_drop"], proj_drop_rule=config["proj_drop_rule"],
+                       cross_block=config.get("cross_block", "auto"),
                        checkpoint_backbone=config["checkpoint_backbone"])
 
 
@@ -308,6 +317,8 @@ def describe_transform(transform):
     for step in transform.transforms:
         size = getattr(step, "size", None)
         size = tuple(size) if isinstance(size, (list, tuple)) else size
+        if "Crop" in type(step).__name__ and isinstance(size, tuple) and len(set(size)) == 1:
+            size = size[0]  # a crop is square: its side
         steps.append(type(step).__name__ + (f"({size})" if size is not None else ""))
     return " → ".join(steps)
 
