@@ -12,14 +12,15 @@ from .datasets import (
     build_dataset,
     dataset_classes,
     default_data_root,
+    extra_test_splits,
     parse_list_file,
 )
 from .sampling import GroupDataset, GroupSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, test_transform_for, train_transform
 
 __all__ = [
-    "DATASET_NAMES", "dataset_classes", "build_dataset", "ImageListDataset", "GroupDataset", "GroupSampler",
-    "train_transform", "test_transform", "DataError",
+    "DATASET_NAMES", "dataset_classes", "extra_test_splits", "build_dataset", "ImageListDataset", "GroupDataset", "GroupSampler",
+    "train_transform", "test_transform", "test_transform_for", "DataError",
     # extras
     "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",

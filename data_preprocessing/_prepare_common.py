@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from data_preprocessing.datasets import DataError
+from data_preprocessing.errors import DataError
 
 
 class PrepareError(DataError):

@@ -19,7 +19,8 @@ AffectNet-8    ./datas/AffectNet       Manually_trainval_croped/ + affectnet_tra
 FER2013        ./datas/FER2013         fer2013.csv (or the csv itself as data root), or
                                        train/<class>/*, test/<class>/* class folders
 folder         (required)              train/<class>/*, test/<class>/* (val/ optional)
-demo           ./datas/demo            generated: images/ + demo_train.txt, demo_test.txt
+demo           ./datas/demo            generated: images/ + demo_train.txt, demo_test.txt,
+                                       demo_test_flipped.txt (nuisance set against the label)
 =============  ======================  ============================================================
 """
 from __future__ import annotations
@@ -34,19 +35,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DataError
+
 __all__ = [
     "DataError", "DATASET_NAMES", "ImageListDataset", "ArrayImageDataset", "ListLayout", "LIST_LAYOUTS",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
     "IMAGE_EXTENSIONS", "parse_list_file", "dataset_classes", "build_dataset", "default_data_root",
-    "load_fer2013_csv", "class_folder_samples",
+    "load_fer2013_csv", "class_folder_samples", "extra_test_splits", "DATASETS",
 ]
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the offending file (and line where there is one)."""
-
-
-DATASET_NAMES = ["RAF-DB", "FERPlus", "AffectNet-7", "AffectNet-8", "FER2013", "folder", "demo"]
 
 RAF_DB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 FERPLUS_CLASSES = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
@@ -86,12 +83,6 @@ LIST_LAYOUTS = {
                               {"train": "affectnet_training-cls8-v7.txt", "test": "affectnet_validation-cls8.txt"},
                               tuple(AFFECTNET8_CLASSES)),
 }
-
-DEMO_LAYOUT = dict(default_root="./datas/demo", image_dir="images",
-                   list_files={"train": "demo_train.txt", "test": "demo_test.txt"})
-
-_DEFAULT_ROOTS = {"FER2013": "./datas/FER2013", "folder": None, "demo": DEMO_LAYOUT["default_root"]}
-
 
 # ----------------------------------------------------------------------------------------------
 # The dataset object
@@ -338,7 +329,7 @@ def folder_dataset(data_root, split, classes=None, transform=None) -> ImageListD
         classes = folder_classes(root)
     classes = list(classes)
     if len(set(classes)) != len(classes):
-        raise ValueError(f"classes= has duplicates: {classes}")
+        raise DataError(f"--classes has duplicates: {classes}")
     paths, labels, names = class_folder_samples(split_dir, {c: i for i, c in enumerate(classes)},
                                                 require_all=(split == "train"))
     return ImageListDataset(paths, labels, classes, image_names=names, transform=transform, source=split_dir)
@@ -455,6 +446,65 @@ _FER2013_FOLDER_LABELS = {name.lower(): i for i, name in enumerate(FER2013_CLASS
 # Selection by name
 # ----------------------------------------------------------------------------------------------
 
+def list_file_reader(layout: ListLayout):
+    """Reader of a released list-file layout."""
+    def read(root, split, classes, transform, check_images):
+        root = _require_root(root, layout.name)
+        if split not in layout.list_files:
+            raise DataError(f"{layout.name} has no split {split!r}; choose one of {sorted(layout.list_files)}")
+        return dataset_from_list_file(os.path.join(root, layout.list_files[split]),
+                                      os.path.join(root, layout.image_dir),
+                                      _override_classes(layout.classes, classes, layout.name),
+                                      transform=transform, check_images=check_images)
+    return read
+
+
+# The generated demo set (data_preprocessing/demo.py writes it in this layout); test_flipped holds
+# the test faces with the label-tied nuisance set against the label.
+DEMO_LAYOUT = ListLayout("demo", "./datas/demo", "images",
+                         {"train": "demo_train.txt", "test": "demo_test.txt",
+                          "test_flipped": "demo_test_flipped.txt"}, tuple(RAF_DB_CLASSES))
+DEMO_META_NAME = "demo_meta.json"
+
+
+def read_demo(root, split, classes, transform, check_images):
+    """The generated demo set: written on first use (a finished folder of any parameters is read)."""
+    if not os.path.exists(os.path.join(root, DEMO_META_NAME)):
+        from .demo import ensure_demo_dataset
+        ensure_demo_dataset(root)
+    return list_file_reader(DEMO_LAYOUT)(root, split, classes, transform, check_images)
+
+
+def read_fer2013(root, split, classes, transform, check_images):
+    return fer2013_dataset(root, split, classes=classes, transform=transform)
+
+
+def read_folder(root, split, classes, transform, check_images):
+    return folder_dataset(root, split, classes=classes, transform=transform)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset: default data root, classes in label order (None: the class folders), the
+    reader `(root, split, classes, transform, check_images) -> ImageListDataset`, and test splits
+    evaluated beside "test" during training."""
+
+    default_root: str | None
+    classes: tuple | None
+    read: Callable
+    extra_test_splits: tuple = ()
+
+
+DATASETS = {
+    **{name: DatasetEntry(layout.default_root, layout.classes, list_file_reader(layout))
+       for name, layout in LIST_LAYOUTS.items()},
+    "FER2013": DatasetEntry("./datas/FER2013", tuple(FER2013_CLASSES), read_fer2013),
+    "folder": DatasetEntry(None, None, read_folder),
+    "demo": DatasetEntry(DEMO_LAYOUT.default_root, DEMO_LAYOUT.classes, read_demo, ("test_flipped",)),
+}
+DATASET_NAMES = list(DATASETS)
+
+
 def canonical_name(name: str) -> str:
     """The DATASET_NAMES spelling of `name` (case, '-' and '_' ignored); DataError if unknown."""
     key = str(name).lower().replace("-", "").replace("_", "")
@@ -466,55 +516,31 @@ def canonical_name(name: str) -> str:
 
 def default_data_root(name: str) -> str | None:
     """The documented default data root of a dataset (None for 'folder', which needs one)."""
-    name = canonical_name(name)
-    if name in LIST_LAYOUTS:
-        return LIST_LAYOUTS[name].default_root
-    return _DEFAULT_ROOTS[name]
+    return DATASETS[canonical_name(name)].default_root
 
 
 def dataset_classes(name: str, data_root=None) -> list[str]:
     """Class names in label order (for 'folder': sorted folder names under data_root/train)."""
-    name = canonical_name(name)
-    if name in LIST_LAYOUTS:
-        return list(LIST_LAYOUTS[name].classes)
-    if name == "FER2013":
-        return list(FER2013_CLASSES)
-    if name == "demo":
-        from .demo import DEMO_CLASSES
-        return list(DEMO_CLASSES)
-    return folder_classes(data_root)
+    classes = DATASETS[canonical_name(name)].classes
+    return list(classes) if classes is not None else folder_classes(data_root)
+
+
+def extra_test_splits(name: str) -> tuple:
+    """Splits evaluated beside "test" during training (the demo's nuisance-flipped split)."""
+    return DATASETS[canonical_name(name)].extra_test_splits
 
 
 def build_dataset(name: str, split: str, data_root=None, transform=None, classes=None,
-                  check_images: bool = True, seed: int = 0) -> ImageListDataset:
+                  check_images: bool = True) -> ImageListDataset:
     """The `split` ("train", "test", "val" where present) of dataset `name` under `data_root`.
 
     `data_root` defaults to the dataset's documented root (see the module docstring). `classes`
     renames the classes (same count) or, for 'folder', picks the class order. `check_images`
-    verifies at construction that every listed image exists. `seed` is used by 'demo' only.
+    verifies at construction that every listed image exists.
     """
     name = canonical_name(name)
-    split = str(split)
     root = data_root if data_root is not None else default_data_root(name)
-    if name == "folder":
-        return folder_dataset(root, split, classes=classes, transform=transform)
-    if name == "FER2013":
-        return fer2013_dataset(root, split, classes=classes, transform=transform)
-    if name == "demo":
-        from .demo import DEMO_CLASSES, META_NAME, ensure_demo_dataset
-        if not os.path.exists(os.path.join(root, META_NAME)):  # a finished demo folder of any parameters
-            ensure_demo_dataset(root, seed=seed)
-        layout = ListLayout("demo", DEMO_LAYOUT["default_root"], DEMO_LAYOUT["image_dir"],
-                            DEMO_LAYOUT["list_files"], tuple(DEMO_CLASSES))
-    else:
-        layout = LIST_LAYOUTS[name]
-    root = _require_root(root, name)
-    if split not in layout.list_files:
-        raise DataError(f"{name} has no split {split!r}; choose one of {sorted(layout.list_files)}")
-    class_names = _override_classes(layout.classes, classes, name)
-    return dataset_from_list_file(os.path.join(root, layout.list_files[split]),
-                                  os.path.join(root, layout.image_dir), class_names,
-                                  transform=transform, check_images=check_images)
+    return DATASETS[name].read(root, str(split), classes, transform, check_images)
 
 
 def _require_root(data_root, name: str) -> str:

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_preprocessing.datasets import DataError
+from data_preprocessing.datasets import DEMO_LAYOUT, DEMO_META_NAME
+from data_preprocessing.errors import DataError
 
-DEMO_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+DEMO_CLASSES = list(DEMO_LAYOUT.classes)  # RAF-DB's order
 
 # Bump when the drawing changes, so old folders are refused instead of mixed.
-DEMO_FORMAT_VERSION = 1
+DEMO_FORMAT_VERSION = 2
 
 NUM_LEVELS = 7  # every categorical nuisance attribute has one level per class
 CATEGORICAL_ATTRIBUTES = ("background", "texture", "skin", "accessory", "lighting")
@@ -61,13 +62,14 @@ ATTRIBUTE_COLUMNS = (
     "face_cx", "face_cy", "face_rx", "face_ry", "light_strength", "noise_sigma",
 )
 
-META_NAME = "demo_meta.json"
+META_NAME = DEMO_META_NAME
 ATTRIBUTES_NAME = "demo_attributes.csv"
-LIST_NAMES = {"train": "demo_train.txt", "test": "demo_test.txt"}
-IMAGES_DIR = "images"
+LIST_NAMES = dict(DEMO_LAYOUT.list_files)
+IMAGES_DIR = DEMO_LAYOUT.image_dir
 PARTIAL_DIR = ".demo_partial"
 LOCK_NAME = ".demo.lock"
-SPLIT_CODES = {"train": 0, "test": 1}
+# test_flipped redraws the test faces (same seeds) with the spurious attribute set against the label
+SPLIT_CODES = {"train": 0, "test": 1, "test_flipped": 1}
 
 # Per class: eye shape, brow heights (inner, outer, arch; in face half-heights,
 # negative is up), brow thickness factor, mouth shape.
@@ -93,13 +95,17 @@ class DemoDataError(DataError):
 
 
 def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "background",
-                      spurious_strength: float = 0.8, tie_to_label: bool = True) -> dict:
+                      spurious_strength: float = 0.8, tie_to_label: bool = True,
+                      against_label: bool = False) -> dict:
     """Draw the nuisance attributes of one image.
 
     With ``tie_to_label`` (train split) the ``spurious`` attribute equals the
     label-tied level (the level index equal to the label) with probability
     ``spurious_strength`` and is one of the other six levels otherwise; without
     it (test split) every attribute is uniform and independent of the label.
+    ``against_label`` (test_flipped split) sets the spurious attribute to the
+    level tied to the next class, (label + 1) mod 7: a model that follows the
+    shortcut is then wrong.
     """
     attrs = {name: int(rng.integers(NUM_LEVELS)) for name in CATEGORICAL_ATTRIBUTES}
     tie_draw = rng.random()
@@ -109,6 +115,8 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
             attrs[spurious] = int(label)
         else:
             attrs[spurious] = other_level + (other_level >= label)
+    if against_label and spurious != "none":
+        attrs[spurious] = (int(label) + 1) % NUM_LEVELS
     attrs.update(
         face_scale=float(rng.uniform(0.82, 1.08)),
         face_dx=float(rng.uniform(-0.07, 0.07)),
@@ -386,7 +394,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
     """Draw and save one split under ``folder/images/<split>``; return its attribute rows."""
-    per_class = params[f"{split}_per_class"]
+    per_class = params["train_per_class" if split == "train" else "test_per_class"]
     size = params["image_size"]
     (folder / IMAGES_DIR / split).mkdir(parents=True)
     rows = []
@@ -394,7 +402,7 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
         label = index % len(DEMO_CLASSES)
         rng = np.random.default_rng([params["seed"], SPLIT_CODES[split], index])
         attrs = sample_attributes(rng, label, params["spurious"], params["spurious_strength"],
-                                  tie_to_label=(split == "train"))
+                                  tie_to_label=(split == "train"), against_label=(split == "test_flipped"))
         name = f"{split}/{index:05d}.png"
         draw_face(rng, label, attrs, size).save(folder / IMAGES_DIR / name, compress_level=1)
         cx, cy, rx, ry = face_geometry(attrs, size)
@@ -412,7 +420,7 @@ def _generate(root: Path, params: dict) -> None:
         shutil.rmtree(partial)
     partial.mkdir()
     rows = []
-    for split in ("train", "test"):
+    for split in LIST_NAMES:
         split_rows = _generate_split(split, params, partial)
         (partial / LIST_NAMES[split]).write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows))
         rows += split_rows

@@ -1,4 +1,4 @@
-"""Training groups (SPEC section 4): anchor, positive, negative, negative2 — drawn vectorised, O(1) per item.
+"""Training groups: anchor, positive, negative, negative2 — drawn vectorised, O(1) per item.
 
 For an anchor i of class y: positive = uniform over the other samples of class y (never i);
 negative = uniform over all samples of other classes ("by_sample"), or, as the released QCS
@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .datasets import DataError, ImageListDataset
+from .datasets import ImageListDataset
+from .errors import DataError
 
 __all__ = ["GroupSampler", "GroupDataset", "ClassIndex"]
 
@@ -82,16 +83,15 @@ NEGATIVE_RULES = ("by_sample", "by_class")
 class GroupSampler(torch.utils.data.Sampler):
     """Yields (a,) for group_size 1, (a, p) for 2 or (a, p, n, n2) for 4, as dataset indices.
 
-    Anchors per epoch: a permutation of all samples (`shuffle`), or for `balanced` a class-balanced
-    draw with replacement (weights 1/count, len(labels)//`anchor_divisor` anchors unless
-    `num_anchors`). `negatives` picks the negative "by_sample" or "by_class" (see above). Groups
-    depend only on (seed, epoch); call `set_epoch` each epoch. Each of `num_replicas` ranks gets
-    every num_replicas-th group of the epoch, padded (or cut with `drop_last`) to equal length.
+    Anchors per epoch: a permutation of all samples, or for `balanced` a class-balanced draw with
+    replacement (weights 1/count, len(labels)//`anchor_divisor` anchors). `negatives` picks the
+    negative "by_sample" or "by_class" (see above). Groups depend only on (seed, epoch); call
+    `set_epoch` each epoch. Each of `num_replicas` ranks gets every num_replicas-th group of the
+    epoch, padded to equal length.
     """
 
-    def __init__(self, labels, group_size: int, seed: int = 0, shuffle: bool = True, balanced: bool = False,
-                 num_replicas: int | None = 1, rank: int | None = 0, drop_last: bool = False,
-                 num_anchors: int | None = None, class_names: Sequence[str] | None = None,
+    def __init__(self, labels, group_size: int, seed: int = 0, balanced: bool = False,
+                 num_replicas: int | None = 1, rank: int | None = 0, class_names: Sequence[str] | None = None,
                  anchor_divisor: int = 8, negatives: str = "by_sample"):
         if group_size not in (1, 2, 4):
             raise ValueError(f"group_size must be 1 (baseline), 2 (DCS) or 4 (QCS), got {group_size!r}")
@@ -105,21 +105,16 @@ class GroupSampler(torch.utils.data.Sampler):
         self.index = ClassIndex(labels, class_names)
         self.group_size = group_size
         self.seed = int(seed)
-        self.shuffle = shuffle
         self.balanced = balanced
         self.num_replicas = num_replicas
         self.rank = rank
-        self.drop_last = drop_last
         self.negatives = negatives
         self.epoch = 0
         size = self.index.labels.size
-        if num_anchors is None:
-            num_anchors = size // int(anchor_divisor) if balanced else size
-        if int(num_anchors) < 1:
-            raise ValueError(f"num_anchors must be >= 1, got {num_anchors} (labels: {size})")
-        self.num_anchors = int(num_anchors)
-        if drop_last and self.num_anchors < num_replicas:
-            raise ValueError(f"drop_last with {self.num_anchors} anchors and {num_replicas} replicas leaves none")
+        self.num_anchors = size // int(anchor_divisor) if balanced else size
+        if self.num_anchors < 1:
+            raise DataError(f"{size} training images give no anchors for the balanced sampler "
+                            f"(len // {anchor_divisor})")
         self._check_classes()
 
     def _check_classes(self) -> None:
@@ -138,8 +133,6 @@ class GroupSampler(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_anchors // self.num_replicas
         return math.ceil(self.num_anchors / self.num_replicas)
 
     def __iter__(self):
@@ -165,12 +158,7 @@ class GroupSampler(torch.utils.data.Sampler):
         if self.balanced:
             weights = 1.0 / self.index.counts[self.index.labels]
             return rng.choice(size, size=self.num_anchors, replace=True, p=weights / weights.sum())
-        rounds = math.ceil(self.num_anchors / size)
-        if self.shuffle:
-            anchors = np.concatenate([rng.permutation(size) for _ in range(rounds)])
-        else:
-            anchors = np.tile(np.arange(size), rounds)
-        return anchors[: self.num_anchors]
+        return rng.permutation(size)
 
     def epoch_groups(self) -> np.ndarray:
         """This rank's groups [len(self), group_size] for the current epoch."""

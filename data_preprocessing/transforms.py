@@ -1,4 +1,4 @@
-"""Train and test transforms of the released recipes (SPEC section 6), on RGB PIL images.
+"""Train and test transforms of the released recipes, on RGB PIL images.
 
 - A: Resize((size, size)), RandomHorizontalFlip, ColorJitter(.2, .2, .2, .1), ToTensor, Normalize,
   RandomErasing(scale=erase_scale).
@@ -17,7 +17,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for"]
 
 
 def train_transform(kind: str = "A", resize: int = 224, rotation: float = 0, erase_scale=(0.02, 0.1),
@@ -59,6 +59,13 @@ def test_transform(resize: int | None = None, size: int = 224) -> T.Compose:
             raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({size})")
         steps = [T.Resize((resize, resize)), T.CenterCrop(size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def test_transform_for(augmentation: dict, size: int = 224) -> T.Compose:
+    """The test transform that goes with a train augmentation (a `train_transform` kwargs dict):
+    Resize((s, s)) + CenterCrop(size) where B(s) trains, else Resize((size, size))."""
+    resize = augmentation.get("resize") if augmentation.get("kind", "A").upper() == "B" else None
+    return test_transform(resize=resize, size=size)
 
 
 def _check_side(value, flag: str) -> None:

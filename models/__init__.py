@@ -1,4 +1,4 @@
-"""Models: the IR50+ViT base branch, DCS and QCS (SPEC §1–3), and weight loading (SPEC §8)."""
+"""Models: the IR50+ViT base branch, DCS and QCS, and weight loading; the method is in METHOD.md."""
 from .build import ARCHS, OPTION_CHOICES, build_model, count_parameters, inference_model
 from .losses import group_loss, group_targets
 from .qcs import MODEL_SIZES, BaseBranch, CrossModel

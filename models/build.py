@@ -19,7 +19,7 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
                 checkpoint_backbone=False):
     """Build the `"base"`, `"dcs"` or `"qcs"` network.
 
-    - `size`: "paper" (SPEC §1) or a smaller preset of the same structure ("small", "tiny").
+    - `size`: "paper" (the published network) or a smaller preset of the same structure ("small", "tiny").
     - `attention`: "csa" or the "sdpa" ablation (for QCS an extension: the release has none);
       `matrix` (QCS): "sd", "s" or "d" (the last two without k, as released);
       `connection`: "vit" (contrastive residual distillation), "gap" or "bp".

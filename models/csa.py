@@ -1,4 +1,4 @@
-"""Cross Similarity Attention (SPEC §2): similarity matrices, spatial weights, cross blocks."""
+"""Cross Similarity Attention (METHOD.md §2): similarity matrices, spatial weights, cross blocks."""
 
 import torch
 import torch.nn.functional as F

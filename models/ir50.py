@@ -1,4 +1,4 @@
-"""IR50 backbone, first three stages (SPEC §1.1), with branch-grouped batch norm."""
+"""IR50 backbone, first three stages (METHOD.md §1), with branch-grouped batch norm."""
 from contextlib import contextmanager, nullcontext
 
 import torch

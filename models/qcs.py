@@ -1,4 +1,4 @@
-"""The base branch and the DCS / QCS cross models (SPEC §1–3)."""
+"""The base branch and the DCS / QCS cross models (METHOD.md §1–3)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,7 +7,7 @@ from .csa import CrossBlock
 from .ir50 import IR50Stages
 from .vit import TokenViT
 
-# Same structure at every size; "paper" is exactly SPEC §1, the others are for CPU demos and tests.
+# Same structure at every size; "paper" is the published network, the others are for CPU demos and tests.
 MODEL_SIZES = {
     "paper": dict(channels=(64, 128, 256), units=(3, 4, 14), dim=768, num_heads=8, input_size=112),
     "small": dict(channels=(32, 64, 128), units=(2, 2, 4), dim=192, num_heads=4, input_size=112),
@@ -85,7 +85,7 @@ class CrossModel(nn.Module):
     """DCS (2 branches) or QCS (4 branches): the base branch plus the cross module.
 
     `model(x)` returns base logits. `model(*group)` with the group's G images returns the
-    base logits of each image, then the cross logits of each (SPEC §3 order).
+    base logits of each image, then the cross logits of each (METHOD.md §3 order).
     """
 
     def __init__(self, base, num_branches, num_classes, dim, num_heads, mlp_ratio=4.0,

@@ -1,4 +1,4 @@
-"""The token ViT used for the base branch and the cross connection (SPEC §1.4–1.5)."""
+"""The token ViT used for the base branch and the cross connection (METHOD.md §1)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,5 +1,5 @@
 """Load weights from this project's checkpoints, the authors' releases, bare state dicts
-and face-recognition IR50 files (SPEC §8), with a report of what went where."""
+and face-recognition IR50 files (layouts in METHOD.md §7), with a report of what went where."""
 import os
 import re
 from dataclasses import dataclass, field
@@ -155,12 +155,12 @@ def describe_state_dict(state_dict):
     return arch, (None if head is None else int(head.shape[0]))
 
 
-def load_weights(model, source, strict=True):
+def load_weights(model, source):
     """Load `source` (a path or an already-loaded checkpoint/state dict) into `model`.
 
-    Accepts this project's checkpoints, the authors' releases (SPEC §8), bare state dicts and
+    Accepts this project's checkpoints, the authors' releases (METHOD.md §7), bare state dicts and
     face-recognition IR50 weights (backbone only, either naming). Returns a `LoadReport`.
-    With `strict`, every parameter the source should fill must be filled and leftovers may only
+    Every parameter the source should fill must be filled and leftovers may only
     be the known-unused keys; otherwise `WeightsError` lists the offending keys.
     """
     checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
@@ -181,7 +181,7 @@ def load_weights(model, source, strict=True):
     if shape_errors:
         raise WeightsError(f"{_name(source)}: shapes differ for {len(shape_errors)} tensors "
                            f"(is the model size right?):\n  " + "\n  ".join(shape_errors[:20]))
-    if strict and (missing or unexpected):
+    if missing or unexpected:
         raise WeightsError(f"{_name(source)} does not fit the model:"
                            + _key_list("missing from the checkpoint", missing)
                            + _key_list("unexpected in the checkpoint", unexpected))

@@ -1,4 +1,4 @@
-"""Writing weights in the authors' released checkpoint layout (SPEC §8), for the tests."""
+"""Writing weights in the authors' released checkpoint layout, for the tests."""
 import numpy as np
 import torch
 

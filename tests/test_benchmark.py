@@ -100,7 +100,7 @@ def test_epoch_estimates_hand_worked():
         ("qcs", "RAF-DB"), ("qcs", "FERPlus"), ("qcs", "AffectNet-8")]
     raf, ferplus, affectnet = estimates
     assert raf["epoch_s"] == pytest.approx(12271 / 2)
-    assert raf["recipe_epochs"] == 200 and raf["recipe_s"] == pytest.approx(200 * 12271 / 2)  # SPEC §6
+    assert raf["recipe_epochs"] == 200 and raf["recipe_s"] == pytest.approx(200 * 12271 / 2)  # the released recipe
     assert ferplus["recipe_epochs"] == 150
     assert affectnet["anchors"] == 35956 and affectnet["recipe_epochs"] == 100
     assert benchmark.duration(3 * 3600 + 25 * 60 + 7.4) == "3:25:07"

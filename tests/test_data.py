@@ -14,8 +14,8 @@ from data_preprocessing import test_transform as make_test_transform  # keep pyt
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FER2013_MINI = SHARED / "data" / "fer2013-mini"
 
-# Label orders restated from SPEC section 7 (independent of the package's constants).
-SPEC_CLASSES = {
+# Label orders restated from the datasets' publications (independent of the package's constants).
+PUBLISHED_CLASSES = {
     "RAF-DB": ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"],
     "FERPlus": ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"],
     "AffectNet-7": ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"],
@@ -58,7 +58,7 @@ def test_released_layout_parses_every_split(tmp_path, name):
     images = ["img_0.png", "sub dir/img_1.jpg", "deep/er/img_2.png"]
     for image in images:
         write_image(tmp_path / image_dir / image)
-    last = len(SPEC_CLASSES[name]) - 1
+    last = len(PUBLISHED_CLASSES[name]) - 1
     # Extra whitespace, tabs, CRLF and blank lines are tolerated; names may hold sub-folders.
     text = f"img_0.png 0\r\n\n   sub dir/img_1.jpg\t {last}  \r\n\n deep/er/img_2.png   2\n\n"
     for list_file in list_files.values():
@@ -68,18 +68,18 @@ def test_released_layout_parses_every_split(tmp_path, name):
         assert dataset.image_names == images
         assert dataset.labels.tolist() == [0, last, 2]
         assert dataset.labels.dtype == np.int64
-        assert dataset.classes == SPEC_CLASSES[name]
-        assert dataset.num_classes == len(SPEC_CLASSES[name])
+        assert dataset.classes == PUBLISHED_CLASSES[name]
+        assert dataset.num_classes == len(PUBLISHED_CLASSES[name])
         assert dataset.samples[1] == (str(tmp_path / image_dir / "sub dir" / "img_1.jpg"), last)
         image, label = dataset[1]
         assert image.shape == (3, 8, 8) and label == last
-    assert dataset_classes(name) == SPEC_CLASSES[name]
+    assert dataset_classes(name) == PUBLISHED_CLASSES[name]
 
 
 def test_dataset_names_and_classes():
     assert DATASET_NAMES == ["RAF-DB", "FERPlus", "AffectNet-7", "AffectNet-8", "FER2013", "folder", "demo"]
-    assert dataset_classes("FER2013") == SPEC_CLASSES["FER2013"]
-    assert dataset_classes("raf_db") == SPEC_CLASSES["RAF-DB"]  # spelling is forgiving
+    assert dataset_classes("FER2013") == PUBLISHED_CLASSES["FER2013"]
+    assert dataset_classes("raf_db") == PUBLISHED_CLASSES["RAF-DB"]  # spelling is forgiving
     with pytest.raises(DataError, match="unknown dataset 'CK\\+'"):
         build_dataset("CK+", "train", "x")
 
@@ -214,7 +214,7 @@ def test_fer2013_csv_splits_and_names(tmp_path):
     train = build_dataset("FER2013", "train", tmp_path)
     assert train.labels.tolist() == [3, 5]
     assert train.image_names == ["fer2013_0", "fer2013_3"]
-    assert train.classes == SPEC_CLASSES["FER2013"]
+    assert train.classes == PUBLISHED_CLASSES["FER2013"]
     image = train.load_image(0)
     assert image.mode == "RGB" and image.size == (48, 48) and image.getpixel((5, 40)) == (7, 7, 7)
     val = build_dataset("FER2013", "val", tmp_path / "fer2013.csv")  # the csv itself as data root
@@ -264,7 +264,7 @@ def test_fer2013_mini_class_folders():
     assert len(test) == 655
     assert test.class_counts()[1] == 55  # disgust is label 1 in FER2013 order
     for name, label in zip(test.image_names, test.labels.tolist()):
-        assert SPEC_CLASSES["FER2013"][label].lower() == name.split("/")[0]
+        assert PUBLISHED_CLASSES["FER2013"][label].lower() == name.split("/")[0]
     image, _ = test[0]
     assert image.shape == (3, 16, 16)
     assert train.load_image(0).mode == "RGB"  # the files are grayscale JPEGs

@@ -154,7 +154,7 @@ def test_predict_authors_checkpoint_needs_class_names(trained, demo_root, tmp_pa
     assert code == 0
     row = json.loads(out_json.read_text())["predictions"][0]
     reference = probabilities_of(model, [Image.open(image)])[0]
-    raf_db = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]  # SPEC §7
+    raf_db = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]  # the published label order
     torch.testing.assert_close(torch.tensor([row["probabilities"][c] for c in raf_db]), reference,
                                atol=1e-5, rtol=0)
 

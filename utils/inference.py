@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data_preprocessing import dataset_classes, test_transform
+from data_preprocessing import dataset_classes, test_transform_for
 from models import MODEL_SIZES, build_model, describe_state_dict, load_weights, read_checkpoint
 from models.qcs import NUM_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, ForeignObject, checkpoint_state_dict, to_our_names
@@ -157,10 +157,10 @@ class TrainedModel:
     classes: list
     size: str
     image_size: int
-    test_resize: int | None  # Resize(s) + CenterCrop(image_size) where the run trained with B(s)
+    augmentation: dict  # the run's train augmentation, which sets the test transform
 
     def transform(self):
-        return test_transform(resize=self.test_resize, size=self.image_size)
+        return test_transform_for(self.augmentation, self.image_size)
 
 
 def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallback_dataset=None):
@@ -224,11 +224,10 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
         raise CheckpointError(f"{path}: {error}") from None
     model.eval()
     augmentation = info.augmentation or _released_augmentation(info, dataset, recipe_arch)
-    test_resize = augmentation.get("resize") if augmentation.get("kind") == "B" else None
     if image_size is not None and image_size != info.image_size:
-        test_resize = None  # the recorded crop ratio belongs to the recorded size
+        augmentation = {}  # the recorded crop ratio belongs to the recorded size
     image_size = image_size or info.image_size or DEFAULT_IMAGE_SIZE
-    return TrainedModel(model, info, classes, size, image_size, test_resize)
+    return TrainedModel(model, info, classes, size, image_size, augmentation)
 
 
 def _released_augmentation(info, dataset, recipe_arch):

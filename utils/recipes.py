@@ -1,6 +1,7 @@
-"""Per-dataset training defaults: the released scripts' settings (SPEC §6), one table."""
+"""Per-dataset training defaults: the authors' released scripts' settings, one table."""
+from dataclasses import asdict, dataclass, field
 
-# Train augmentations of SPEC §6. Test transform: Resize((224,224)) for "A", Resize(s)+CenterCrop for "B".
+# Train augmentations (data_preprocessing.transforms); the test transform follows from them.
 AUG_A = dict(kind="A")
 AUG_A_NO_JITTER = dict(kind="A", color_jitter=False)
 
@@ -9,20 +10,42 @@ def aug_b(resize, rotation, erase_scale=(0.02, 0.1)):
     return dict(kind="B", resize=resize, rotation=rotation, erase_scale=erase_scale)
 
 
-# (arch, dataset) → epochs, batch size, lr, cross-ViT dropout, base-ViT dropout, train augmentation
+@dataclass(frozen=True)
+class Recipe:
+    """The defaults of one (architecture, dataset) pair."""
+    epochs: int
+    batch_size: int  # anchors per step and process
+    lr: float
+    cross_drop: float  # dropout of the cross ViT
+    drop: float  # dropout of the base ViT
+    augmentation: dict = field(default_factory=lambda: dict(AUG_A))
+    size: str = "paper"
+    image_size: int = 224
+
+
 RELEASED = {
-    ("dcs", "RAF-DB"): (200, 48, 9e-6, 0.2, 0.0, AUG_A),
-    ("qcs", "RAF-DB"): (200, 24, 3e-6, 0.0, 0.0, AUG_A),
-    ("dcs", "FERPlus"): (150, 24, 8e-6, 0.2, 0.0, aug_b(234, 10)),
-    ("qcs", "FERPlus"): (150, 24, 3.5e-6, 0.2, 0.0, aug_b(232, 10)),
-    ("dcs", "AffectNet-7"): (100, 48, 9e-6, 0.4, 0.0, aug_b(236, 12, (0.03, 0.1))),
-    ("qcs", "AffectNet-7"): (150, 24, 4e-6, 0.4, 0.0, aug_b(236, 12, (0.03, 0.1))),
-    ("dcs", "AffectNet-8"): (50, 48, 8e-6, 0.5, 0.2, AUG_A_NO_JITTER),
-    ("qcs", "AffectNet-8"): (100, 24, 4e-6, 0.0, 0.0, aug_b(236, 12, (0.03, 0.1))),
+    ("dcs", "RAF-DB"): Recipe(epochs=200, batch_size=48, lr=9e-6, cross_drop=0.2, drop=0.0),
+    ("qcs", "RAF-DB"): Recipe(epochs=200, batch_size=24, lr=3e-6, cross_drop=0.0, drop=0.0),
+    ("dcs", "FERPlus"): Recipe(epochs=150, batch_size=24, lr=8e-6, cross_drop=0.2, drop=0.0,
+                               augmentation=aug_b(234, 10)),
+    ("qcs", "FERPlus"): Recipe(epochs=150, batch_size=24, lr=3.5e-6, cross_drop=0.2, drop=0.0,
+                               augmentation=aug_b(232, 10)),
+    ("dcs", "AffectNet-7"): Recipe(epochs=100, batch_size=48, lr=9e-6, cross_drop=0.4, drop=0.0,
+                                   augmentation=aug_b(236, 12, (0.03, 0.1))),
+    ("qcs", "AffectNet-7"): Recipe(epochs=150, batch_size=24, lr=4e-6, cross_drop=0.4, drop=0.0,
+                                   augmentation=aug_b(236, 12, (0.03, 0.1))),
+    ("dcs", "AffectNet-8"): Recipe(epochs=50, batch_size=48, lr=8e-6, cross_drop=0.5, drop=0.2,
+                                   augmentation=AUG_A_NO_JITTER),
+    ("qcs", "AffectNet-8"): Recipe(epochs=100, batch_size=24, lr=4e-6, cross_drop=0.0, drop=0.0,
+                                   augmentation=aug_b(236, 12, (0.03, 0.1))),
 }
-# Datasets without a released recipe use the RAF-DB one; the demo trains a tiny model quickly.
+# The demo trains a tiny model from scratch in a few CPU minutes.
+DEMO = {
+    "dcs": Recipe(epochs=6, batch_size=16, lr=1e-3, cross_drop=0.0, drop=0.0, size="tiny", image_size=112),
+    "qcs": Recipe(epochs=6, batch_size=8, lr=1e-3, cross_drop=0.0, drop=0.0, size="tiny", image_size=112),
+}
+# Datasets without a released recipe (FER2013, folder) use the RAF-DB one.
 FALLBACK_DATASET = "RAF-DB"
-DEMO = {"dcs": (6, 16, 1e-3, 0.0, 0.0, AUG_A), "qcs": (6, 8, 1e-3, 0.0, 0.0, AUG_A)}
 BALANCED_BY_DEFAULT = ("AffectNet-7", "AffectNet-8")
 # The released QCS AffectNet sampler draws the negative's class uniformly and takes len//12 anchors.
 NEGATIVES_BY_CLASS = {("qcs", "AffectNet-7"), ("qcs", "AffectNet-8")}
@@ -30,15 +53,9 @@ ANCHOR_DIVISOR = {"dcs": 8, "qcs": 12}
 
 
 def recipe(arch, dataset):
-    """Default settings for training `arch` ("dcs"/"qcs") on `dataset`, as a dict."""
-    if dataset == "demo":
-        row = DEMO[arch]
-    else:
-        row = RELEASED.get((arch, dataset), RELEASED[(arch, FALLBACK_DATASET)])
-    epochs, batch_size, lr, cross_drop, drop, augmentation = row
-    return dict(epochs=epochs, batch_size=batch_size, lr=lr, cross_drop=cross_drop, drop=drop,
-                augmentation=dict(augmentation), balanced_sampler=dataset in BALANCED_BY_DEFAULT,
+    """Default settings for training `arch` ("dcs"/"qcs") on `dataset`, as a dict: the `Recipe`
+    fields plus the sampler's (`balanced_sampler`, `negatives`, `anchor_divisor`)."""
+    row = DEMO[arch] if dataset == "demo" else RELEASED.get((arch, dataset), RELEASED[(arch, FALLBACK_DATASET)])
+    return dict(asdict(row), balanced_sampler=dataset in BALANCED_BY_DEFAULT,
                 negatives="by_class" if (arch, dataset) in NEGATIVES_BY_CLASS else "by_sample",
-                anchor_divisor=ANCHOR_DIVISOR[arch],
-                size="tiny" if dataset == "demo" else "paper",
-                image_size=112 if dataset == "demo" else 224)
+                anchor_divisor=ANCHOR_DIVISOR[arch])

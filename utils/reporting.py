@@ -42,6 +42,7 @@ def metrics_columns(num_branches):
 def write_metrics(path, history, num_branches):
     """Rewrite the metrics CSV from the run history (one row per epoch)."""
     columns = metrics_columns(num_branches)
+    columns += [k for k in (history[0] if history else {}) if k not in columns]  # extra test splits
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -1,4 +1,4 @@
-"""Sharpness-Aware Minimisation around a base optimiser (SPEC §5)."""
+"""Sharpness-Aware Minimisation around a base optimiser (models/METHOD.md §5)."""
 import torch
 
 

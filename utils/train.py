@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from data_preprocessing import (DATASET_NAMES, DataError, GroupDataset, GroupSampler, build_dataset,
-                                test_transform, train_transform)
+                                extra_test_splits, test_transform_for, train_transform)
 from models import OPTION_CHOICES, WeightsError, build_model, load_backbone, load_weights, read_checkpoint
 
 from . import distributed as ddp
@@ -205,10 +205,9 @@ def model_from_config(config, arch=None):
 
 
 def transforms_for(config):
-    aug = dict(config["augmentation"])
-    size = config["image_size"]
-    test_resize = aug.get("resize") if aug["kind"] == "B" else None
-    return train_transform(**aug, size=size), test_transform(resize=test_resize, size=size)
+    """The run's train augmentation and the test transform that goes with it."""
+    augmentation, size = dict(config["augmentation"]), config["image_size"]
+    return train_transform(**augmentation, size=size), test_transform_for(augmentation, size)
 
 
 def load_data(config, split, transform):
@@ -431,6 +430,8 @@ def run_training(arch, args):
     train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"],
                               sampler=sampler, **loader_args)
     evaluation_loader = test_loader(test_set, config, device, rank, world_size)
+    extra_loaders = {split: test_loader(load_data(config, split, test_tf), config, device, rank, world_size)
+                     for split in extra_test_splits(config["dataset"])}
     loss_options = dict(distill=config["distill"], distill_weight=config["distill_weight"],
                         temperature=config["temperature"])
     saver = Saver(run_dir, model, optimizer, scheduler, config, train_set.classes)
@@ -480,7 +481,11 @@ def run_training(arch, args):
         is_best = result["acc"] > state["best_acc"]
         if is_best:
             state.update(best_acc=result["acc"], best_epoch=epoch + 1)
-        state["history"].append(epoch_row(epoch, lr, metrics, result, state, seconds, num_branches))
+        row = epoch_row(epoch, lr, metrics, result, state, seconds, num_branches)
+        for split, loader in extra_loaders.items():
+            row[f"{split}_acc"] = evaluate(model, loader, device, train_set.num_classes, amp=config["amp"],
+                                           channels_last=channels_last)["acc"]
+        state["history"].append(row)
         state.update(epoch=epoch + 1, step=0, partial=None)
         saver.save_last(state)
         control.saved()
@@ -490,7 +495,8 @@ def run_training(arch, args):
         logger.info(f"epoch {epoch + 1}/{config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
-                    f"best {state['best_acc']:.2f}% @ {state['best_epoch']}  {seconds:.1f}s")
+                    f"best {state['best_acc']:.2f}% @ {state['best_epoch']}  {seconds:.1f}s"
+                    + "".join(f"  {split} {row[f'{split}_acc']:.2f}%" for split in extra_loaders))
     if world_size > 1:
         in_sync = ddp.ranks_in_sync(model)
         logger.info(f"{world_size} ranks in sync: {'yes' if in_sync else 'NO'}")

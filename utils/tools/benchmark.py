@@ -248,7 +248,7 @@ def make_group(arch, batch, settings):
 
 
 def training_loss(model, images, y, y_n):
-    """The training loss of one group: the group loss (SPEC §3), or cross-entropy for the base model."""
+    """The training loss of one group: the group loss, or cross-entropy for the base model."""
     if len(images) == 1:
         return F.cross_entropy(model(images[0]), y)
     return group_loss(model(*images), y, y_n)[0]

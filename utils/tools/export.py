@@ -71,8 +71,9 @@ def max_abs_diff(reference_model, reloaded, images):
 
 def model_info(trained, checkpoint, formats, parameters, sizes, diffs):
     side = trained.image_size
-    resize = ({"resize_shorter_side": trained.test_resize, "center_crop": side} if trained.test_resize
-              else {"resize": [side, side]})
+    crop = next((t.size for t in trained.transform().transforms if type(t).__name__ == "CenterCrop"), None)
+    first_resize = list(trained.transform().transforms[0].size)
+    resize = {"resize": first_resize, "center_crop": side} if crop else {"resize": [side, side]}
     return {
         "classes": trained.classes, "num_classes": len(trained.classes),
         "image_size": side, "size": trained.size,

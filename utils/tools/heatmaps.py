@@ -36,7 +36,7 @@ COLORMAP = "jet"
 # ------------------------------------------------------------------------------ groups
 
 def draw_group(labels, num_branches, anchor=None, seed=0):
-    """Dataset indices of a group around `anchor` (drawn from `seed` when None), per SPEC §4.
+    """Dataset indices of a group around `anchor` (drawn from `seed` when None), by the rules of models/METHOD.md §4.
 
     positive: another image of the anchor's class; negative: an image of another class (one
     that has a second image, for negative2); negative2: another image of the negative's class.
