@@ -150,25 +150,37 @@ def test_evaluate_writes_predictions_of_our_checkpoint(data, tmp_path, capsys):
     assert main("qcs", args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 2
 
 
-def raf_db(root, count=3):
-    """A RAF-DB release layout with `count` test images (and one train image)."""
-    rng = np.random.default_rng(1)
-    (root / "basic").mkdir(parents=True)
-    lines = []
-    for i in range(count):
-        name = f"test_{i:04d}_aligned.jpg"
-        Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(root / "basic" / name)
-        lines.append(f"{name} {i % 7}")
-    (root / "raf_db_basic_test.txt").write_text("\n".join(lines) + "\n")
+def released_test_split(root, image_dir, list_file, names, shape, num_classes, seed=1):
+    """Random test images in a released list-file layout (`<image name> <label>` lines)."""
+    rng = np.random.default_rng(seed)
+    (root / image_dir).mkdir(parents=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / image_dir / name)
+    (root / list_file).write_text("".join(f"{name} {i % num_classes}\n" for i, name in enumerate(names)))
     return root
+
+
+def raf_db(root, count=3):
+    names = [f"test_{i:04d}_aligned.jpg" for i in range(count)]
+    return released_test_split(root, "basic", "raf_db_basic_test.txt", names, (100, 100, 3), 7)
+
+
+def ferplus(root, count=2):
+    """Non-square images, so a square resize and an aspect-keeping one differ."""
+    names = [f"fer{i:07d}.png" for i in range(count)]
+    return released_test_split(root, "img", "ferplus_test.txt", names, (60, 90, 3), 8, seed=2)
+
+
+def normalised(image):
+    """An RGB PIL image as the ImageNet-normalised tensor, written out."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return (x - mean[:, None, None]) / std[:, None, None]
 
 
 def faithful_preprocess(path):
     """RAF-DB test transform written out: bilinear resize to 224×224, scale, ImageNet normalise."""
-    image = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    return (x - mean[:, None, None]) / std[:, None, None]
+    return normalised(Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR))
 
 
 def test_evaluating_authors_checkpoint_gives_their_logits(tmp_path):
@@ -187,19 +199,6 @@ def test_evaluating_authors_checkpoint_gives_their_logits(tmp_path):
     expected = reference_forward(state_dict, [images], 7)[0]
     got = torch.tensor([[float(v) for v in row[3:]] for row in rows])
     assert torch.allclose(got, expected, atol=2e-4), (got - expected).abs().max()
-
-
-def ferplus(root, count=2):
-    """A FERPlus release layout with `count` non-square test images (and one train image)."""
-    rng = np.random.default_rng(2)
-    (root / "img").mkdir(parents=True)
-    lines = []
-    for i in range(count):
-        name = f"fer{i:07d}.png"
-        Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(root / "img" / name)
-        lines.append(f"{name} {i % 8}")
-    (root / "ferplus_test.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
@@ -221,11 +220,8 @@ def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
     load_weights(model, checkpoint)
     model.eval()
     image = Image.open(data / "img" / rows[0][0]).convert("RGB").resize((234, 234), Image.BILINEAR)
-    image = image.crop((5, 5, 229, 229))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     with torch.no_grad():
-        expected = model(((x - mean[:, None, None]) / std[:, None, None])[None])[0]
+        expected = model(normalised(image.crop((5, 5, 229, 229)))[None])[0]
     assert np.allclose([float(v) for v in rows[0][3:]], expected.tolist(), atol=1e-4)
 
 
@@ -481,3 +477,22 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
     assert f"interrupted at epoch {checkpoint['epoch'] + 1}, step {checkpoint['step']}/" in log, output[-2000:]
     # 36 images, 18 per rank, batch 4: the saved sums cover both ranks' anchors of the epoch so far
     assert checkpoint["epoch"] < 50 and checkpoint["partial"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
+
+
+def test_sigterm_to_the_process_group_with_workers_writes_last_pth(tmp_path):
+    # what a cluster scheduler does: SIGTERM to every process of the job, DataLoader workers included
+    data = folder_dataset(tmp_path / "data", train_per_class=12)
+    run = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "main_DCS.py"),
+               *args(data, "--epochs", "50", "--print-freq", "1", "--output-dir", str(run)), "--workers", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "log.txt").is_file()
+                                          and "step 2/9" in (run / "log.txt").read_text()):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "resume with --resume" in output
+    assert read_checkpoint(run / "last.pth")["step"] >= 2

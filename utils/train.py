@@ -235,7 +235,8 @@ def test_loader(dataset, config, device, rank, world_size):
     shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
     return DataLoader(shard, batch_size=config["batch_size"] * 2, shuffle=False,
                       num_workers=config["workers"], pin_memory=device.type == "cuda",
-                      persistent_workers=False, generator=torch.Generator().manual_seed(rank))
+                      persistent_workers=False, worker_init_fn=leave_signals_to_main,
+                      generator=torch.Generator().manual_seed(rank))
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -338,6 +339,13 @@ def write_predictions(path, dataset, logits_by_index):
 
 # ------------------------------------------------------------------------------------ train
 
+def leave_signals_to_main(worker_id):
+    """DataLoader workers ignore Ctrl-C and SIGTERM (a scheduler signals the whole process group):
+    the main process finishes its step, writes last.pth and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class RunControl:
     """Stop and save decisions, taken after each step by all ranks together.
 
@@ -425,7 +433,7 @@ def run_training(arch, args):
     # The loaders draw their worker seeds from their own generator, not the global one: a
     # mid-epoch resume then continues the augmentation stream exactly.
     loader_args = dict(num_workers=config["workers"], pin_memory=device.type == "cuda",
-                       persistent_workers=config["workers"] > 0,
+                       persistent_workers=config["workers"] > 0, worker_init_fn=leave_signals_to_main,
                        generator=torch.Generator().manual_seed(config["seed"] + rank))
     train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"],
                               sampler=sampler, **loader_args)
