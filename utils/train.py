@@ -122,11 +122,12 @@ def main(arch, argv=None):
     try:
         if args.evaluate:
             return run_evaluation(arch, args, logger)
-        previous_handler = signal.getsignal(signal.SIGINT)
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             return run_training(arch, args)
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     except (UsageError, DataError, WeightsError, CheckpointError, DeviceUnavailable, FileExistsError,
             FileNotFoundError) as error:
         logger.error(f"error: {error}")
@@ -152,6 +153,8 @@ def resolve_config(arch, args):
         raise UsageError("--resume and --evaluate cannot be used together")
     if args.predictions and not args.evaluate:
         raise UsageError("--predictions is only used with --evaluate")
+    if args.evaluate and args.baseline:
+        raise UsageError("--baseline is a training option; --evaluate follows the checkpoint")
     if "compile_backend" in getattr(args, "given", ()) and not args.compile:
         raise UsageError("--compile-backend is only used with --compile")
     config = {k: v for k, v in vars(args).items() if k != "given"}
@@ -191,12 +194,12 @@ def check_ranges(config):
         else:
             ok = value > low and (high is None or value <= high)
             allowed = f"> {low}" + (f" and ≤ {high}" if high is not None else "")
-        if not ok or value != value:  # NaN fails every comparison
+        if not ok:  # NaN fails every comparison too
             raise UsageError(f"--{key.replace('_', '-')} must be {allowed}, got {value}")
 
 
-def model_from_config(config, arch=None):
-    return build_model(arch or config["arch"], config["num_classes"], size=config["size"],
+def model_from_config(config):
+    return build_model(config["arch"], config["num_classes"], size=config["size"],
                        attention=config["attention"], matrix=config["matrix"],
                        connection=config["connection"], drop=config["drop"],
                        cross_drop=config["cross_drop"], proj_drop_rule=config["proj_drop_rule"],
