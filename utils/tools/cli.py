@@ -112,12 +112,13 @@ def describe_lines(info):
     """Human-readable lines describing a CheckpointInfo."""
     lines = [f"file:        {info.path}", f"format:      {info.format_title}"]
     if info.arch is not None:
-        lines.append(f"arch:        {info.arch.upper()}" + ("" if info.arch == "base" else
+        lines.append(f"arch:        {info.arch.upper()}" + (" (the base branch alone: a baseline)"
+                                                            if info.arch == "base" else
                                                             " (base branch + cross module)"))
     lines.append(f"model size:  {info.size or 'unknown (shapes match no preset)'}")
-    if info.model_config:
-        options = ", ".join(f"{k}={info.model_config[k]}" for k in ("attention", "matrix", "connection")
-                            if k in info.model_config)
+    if info.model_config and info.arch != "base":
+        options = ", ".join(f"{k}={info.model_config[k]}" for k in
+                            ("attention", "matrix", "connection", "cross_block") if k in info.model_config)
         lines.append(f"options:     {options}")
     if info.num_classes is not None:
         lines.append(f"classes:     {info.num_classes}" + (f": {', '.join(info.classes)}" if info.classes else
