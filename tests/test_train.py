@@ -314,8 +314,11 @@ def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, tmp_path, ca
     not_weights = tmp_path / "not_weights.pth"
     torch.save({"head.weight": torch.zeros(3, 4)}, not_weights)
     capsys.readouterr()
-    assert main("dcs", args(data, "--epochs", "1", "--pretrained", str(not_weights))) == 2
+    refused = tmp_path / "refused"
+    assert main("dcs", args(data, "--epochs", "1", "--pretrained", str(not_weights),
+                            "--output-dir", str(refused))) == 2
     assert "holds no IR50 backbone tensors" in capsys.readouterr().out
+    assert not refused.exists()  # refused before any run folder is made
 
 
 def test_resume_from_an_absolute_path_and_another_directory(data, tmp_path, monkeypatch):

@@ -404,10 +404,11 @@ def run_training(arch, args):
                            class_names=train_set.classes)
 
     model = model_from_config(config)
+    pretrained_note = load_pretrained(model, config["pretrained"]) if resumed is None else None
     run_dir = prepare_run_dir(config, resumed, rank)
     logger = make_logger(run_dir, enabled=ddp.is_main_process())
-    if resumed is None:
-        load_pretrained(model, config["pretrained"], logger)
+    if pretrained_note:
+        logger.info(pretrained_note)
     model.to(device)
     channels_last = use_channels_last(config, device)
     if channels_last:
@@ -554,24 +555,24 @@ def prepare_run_dir(config, resumed, rank):
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
-def load_pretrained(model, path, logger):
-    """`--pretrained`: fill the IR50 backbone, and only it, from `path`."""
+def load_pretrained(model, path):
+    """`--pretrained`: fill the IR50 backbone, and only it, from `path`, before any run folder
+    exists. Returns the line to log (None when there is nothing to say)."""
     if path in (None, "", "none"):
-        return
+        return None
     if not Path(path).is_file():
         if path == str(DEFAULT_PRETRAINED) and model.config["size"] != "paper":
-            return
+            return None
         if path != str(DEFAULT_PRETRAINED):
             raise FileNotFoundError(f"--pretrained {path} does not exist")
-        logger.warning(f"warning: {path} not found; the IR50 backbone starts from random weights "
-                       "(expect far lower accuracy; see README, 'Pretrained IR50')")
-        return
+        return (f"warning: {path} not found; the IR50 backbone starts from random weights "
+                "(expect far lower accuracy; see README, 'Pretrained IR50')")
     try:
         filled, source_format = load_backbone(model, path)
     except WeightsError as error:
         raise WeightsError(f"--pretrained {error}") from None
-    logger.info(f"backbone initialised from {path} ({source_format} weights): {filled} backbone "
-                f"tensors filled; the rest of the network keeps its initialisation")
+    return (f"backbone initialised from {path} ({source_format} weights): {filled} backbone "
+            f"tensors filled; the rest of the network keeps its initialisation")
 
 
 def restore_training(checkpoint, model, optimizer, scheduler):
