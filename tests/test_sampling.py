@@ -133,7 +133,7 @@ def test_single_sample_class_and_other_bad_arguments():
 
 
 def test_affectnet_sized_groups_are_valid():
-    """A whole epoch over an AffectNet-sized list (speed is measured by data_preprocessing.bench)."""
+    """A whole epoch over an AffectNet-sized list (speed is measured by utils.tools.benchmark)."""
     rng = np.random.default_rng(0)
     labels = rng.choice(8, size=287_651, p=[0.26, 0.47, 0.09, 0.05, 0.02, 0.013, 0.087, 0.01])
     groups = GroupSampler(labels, 4, seed=0).epoch_groups()
