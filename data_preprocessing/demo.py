@@ -42,9 +42,13 @@ from data_preprocessing.errors import DataError
 DEMO_CLASSES = list(DEMO_LAYOUT.classes)  # RAF-DB's order
 
 # Bump when the drawing changes, so old folders are refused instead of mixed.
-DEMO_FORMAT_VERSION = 2
+DEMO_FORMAT_VERSION = 3
 
 NUM_LEVELS = 7  # every categorical nuisance attribute has one level per class
+# test_flipped gives each face the nuisance level of the class this many steps on. Not 1: the
+# neighbouring hue lies within the train colour jitter of the label's own hue, so it would act as
+# the label's colour; 3 is the farthest hue on the circle of seven.
+FLIP_OFFSET = 3
 CATEGORICAL_ATTRIBUTES = ("background", "texture", "skin", "accessory", "lighting")
 SPURIOUS_CHOICES = CATEGORICAL_ATTRIBUTES + ("none",)
 
@@ -83,6 +87,7 @@ EXPRESSIONS = {
     6: dict(eyes="normal", brows=(-0.44, -0.44, 0.02), brow_width=1.0, mouth="flat"),
 }
 
+EYE_SCALE, MOUTH_SCALE = 1.25, 1.4  # enlarge the expression cues so a tiny model sees them at 56 px
 SUPERSAMPLE = 2  # draw at twice the size, then box-downsample (cheap anti-aliasing)
 
 
@@ -104,8 +109,8 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
     ``spurious_strength`` and is one of the other six levels otherwise; without
     it (test split) every attribute is uniform and independent of the label.
     ``against_label`` (test_flipped split) sets the spurious attribute to the
-    level tied to the next class, (label + 1) mod 7: a model that follows the
-    shortcut is then wrong.
+    level tied to another class, (label + FLIP_OFFSET) mod 7: a model that
+    follows the shortcut is then wrong.
     """
     attrs = {name: int(rng.integers(NUM_LEVELS)) for name in CATEGORICAL_ATTRIBUTES}
     tie_draw = rng.random()
@@ -116,23 +121,23 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
         else:
             attrs[spurious] = other_level + (other_level >= label)
     if against_label and spurious != "none":
-        attrs[spurious] = (int(label) + 1) % NUM_LEVELS
+        attrs[spurious] = (int(label) + FLIP_OFFSET) % NUM_LEVELS
     attrs.update(
-        face_scale=float(rng.uniform(0.82, 1.08)),
-        face_dx=float(rng.uniform(-0.07, 0.07)),
-        face_dy=float(rng.uniform(-0.05, 0.07)),
+        face_scale=float(rng.uniform(0.92, 1.04)),
+        face_dx=float(rng.uniform(-0.04, 0.04)),
+        face_dy=float(rng.uniform(-0.03, 0.03)),
         background_saturation=float(rng.uniform(0.35, 0.6)),
         background_value=float(rng.uniform(0.72, 0.95)),
         light_strength=float(rng.uniform(0.1, 0.35)),
-        noise_sigma=float(rng.uniform(1.0, 9.0)),
+        noise_sigma=float(rng.uniform(1.0, 5.0)),
     )
     return attrs
 
 
 def face_geometry(attrs: dict, size: int) -> tuple[float, float, float, float]:
     """Face ellipse (cx, cy, rx, ry) in pixels of a ``size`` x ``size`` image."""
-    rx = size * 0.30 * attrs["face_scale"]
-    return (size * (0.5 + attrs["face_dx"]), size * (0.54 + attrs["face_dy"]), rx, rx * 1.22)
+    rx = size * 0.36 * attrs["face_scale"]
+    return (size * (0.5 + attrs["face_dx"]), size * (0.52 + attrs["face_dy"]), rx, rx * 1.12)
 
 
 # ----------------------------------------------------------------------------
@@ -319,13 +324,14 @@ def draw_face(rng: np.random.Generator, label: int, attrs: dict, size: int = 112
     face = _FaceFrame(cx, cy, rx, ry)
     skin = SKIN_TONES[attrs["skin"]]
     ink = _shade(skin, 0.35)
-    line_w = max(1, round(canvas * 0.018))
+    line_w = max(1, round(canvas * 0.022))
     draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=skin, outline=_shade(skin, 0.7), width=line_w)
     draw.line([face.point(0, 0.05), face.point(-0.07, 0.27), face.point(0.05, 0.27)],
               fill=_shade(skin, 0.6), width=line_w)
 
     expression = EXPRESSIONS[label]
     eye_jitter, brow_jitter, mouth_jitter = rng.uniform(0.9, 1.1, size=3)
+    eye_jitter, mouth_jitter = eye_jitter * EYE_SCALE, mouth_jitter * MOUTH_SCALE
     brows = tuple(value * brow_jitter for value in expression["brows"])
     _draw_eyes(draw, face, expression["eyes"], line_w, ink, skin, eye_jitter)
     _draw_brows(draw, face, brows, expression["brow_width"], line_w, ink)

@@ -201,8 +201,8 @@ def test_flipped_test_split_sets_the_nuisance_against_the_label(default_demo):
     root, _, _ = default_demo
     test, flipped = read_attributes(root, "test"), read_attributes(root, "test_flipped")
     assert len(flipped) == len(test) == 140
-    # every flipped image carries the background tied to the next class, never its own
-    assert all(int(r["background"]) == (int(r["label"]) + 1) % NUM_CLASSES for r in flipped)
+    # every flipped image carries the background tied to the class three steps on, never its own
+    assert all(int(r["background"]) == (int(r["label"]) + 3) % NUM_CLASSES for r in flipped)
     # the faces are the test faces: same label, geometry and other nuisances, only the background moved
     for a, b in zip(test, flipped):
         assert a["label"] == b["label"] and a["face_cx"] == b["face_cx"] and a["skin"] == b["skin"]
