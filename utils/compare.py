@@ -13,6 +13,7 @@ baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), D
 """
 import argparse
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -81,19 +82,26 @@ def write_summary(out, summary, seeds):
     return text
 
 
-def plot_curves(path, histories, title):
+LINE_STYLES = ("o-", "s--", "^:")  # curves that coincide stay visible
+
+
+def plot_curves(path, histories, title, num_classes=None):
+    """Test accuracy per epoch on a 0–100% axis, mean ± std band per model, chance dashed."""
     columns = accuracy_columns(next(iter(histories.values()))[0])
     fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
     for ax, column in zip(axes[0], columns):
-        for model, runs in histories.items():
+        if num_classes:
+            ax.axhline(100 / num_classes, color="grey", linestyle="--", linewidth=1, label="chance")
+        for (model, runs), style in zip(histories.items(), LINE_STYLES):
             epochs = [int(r["epoch"]) for r in runs[0]]
             values = [[float(rows[i][column]) for rows in runs] for i in range(len(epochs))]
             mean = [statistics.mean(v) for v in values]
             std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            ax.plot(epochs, mean, label=model)
+            ax.plot(epochs, mean, style, label=model)
             ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             alpha=0.2)
-        ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: {column.replace('_acc', '')}")
+        ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), xticks=epochs,
+               title=f"{title}: {column.replace('_acc', '')}")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -124,7 +132,8 @@ def main(argv=None):
                 return code
             histories.setdefault(model, []).append(read_metrics(run_dir))
     print(write_summary(out, summarise(histories), args.seeds))
-    plot_curves(out / "accuracy.png", histories, args.dataset)
+    num_classes = json.loads((run_dir / "config.json").read_text()).get("num_classes")
+    plot_curves(out / "accuracy.png", histories, args.dataset, num_classes)
     print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'} and {out / 'accuracy.png'}")
     return 0
 
