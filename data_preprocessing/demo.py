@@ -46,8 +46,8 @@ DEMO_FORMAT_VERSION = 3
 
 NUM_LEVELS = 7  # every categorical nuisance attribute has one level per class
 # test_flipped gives each face the nuisance level of the class this many steps on. Not 1: the
-# neighbouring hue lies within the train colour jitter of the label's own hue, so it would act as
-# the label's colour; 3 is the farthest hue on the circle of seven.
+# neighbouring hue, 1/7 of the circle away, overlaps the label's own hue once the train colour
+# jitter (hue ±0.1) has moved both, so it acts partly as the label's colour; 3 is the farthest.
 FLIP_OFFSET = 3
 CATEGORICAL_ATTRIBUTES = ("background", "texture", "skin", "accessory", "lighting")
 SPURIOUS_CHOICES = CATEGORICAL_ATTRIBUTES + ("none",)

@@ -55,7 +55,7 @@ def build_parser(arch):
     data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     data.add_argument("--balanced-sampler", action=argparse.BooleanOptionalAction, default=None,
                       help="class-balanced anchors (default: on for AffectNet only)")
-    data.add_argument("--image-size", type=int, help="final image side (default 224; 112 for demo)")
+    data.add_argument("--image-size", type=int, help="final image side (default 224; 56 for demo)")
     train = parser.add_argument_group("training (defaults: the dataset's released recipe)")
     train.add_argument("--epochs", type=int)
     train.add_argument("-b", "--batch-size", type=int, help="anchors per step and per process")
