@@ -26,3 +26,43 @@ def test_compare_trains_every_model_and_summarises_the_seeds(tmp_path, capsys):
     assert (out / "accuracy.png").stat().st_size > 0
     assert "| baseline |" in (out / "summary.md").read_text()
     assert main(["--dataset", "folder", "--out", str(out)]) == 2  # never overwrites
+
+
+def rows(test, flipped, mean_class):
+    """metrics.csv rows of one run: per-epoch accuracies as the training CLI writes them."""
+    return [dict(epoch=str(e + 1), train_acc="50", test_acc=str(t), test_flipped_acc=str(f),
+                 mean_class_acc=str(m), best_acc=str(max(test[:e + 1])), epoch_time_s=str(10 * (e + 1) + t))
+            for e, (t, f, m) in enumerate(zip(test, flipped, mean_class))]
+
+
+def test_extra_split_is_summarised_and_plotted_beside_test(tmp_path):
+    from PIL import Image
+
+    from utils.compare import plot_curves, summarise, write_summary
+    histories = {"baseline": [rows([20, 40], [10, 5], [18, 38]), rows([30, 20], [0, 15], [28, 22])],
+                 "QCS": [rows([50, 60], [30, 40], [50, 60]), rows([70, 60], [20, 30], [66, 58])]}
+    summary = summarise(histories)
+    # baseline: best test 40 and 30, final flipped 5 and 15, final mean class 38 and 22 (by hand)
+    assert summary["baseline"]["best test_acc"] == pytest.approx((35.0, 50 ** 0.5))
+    assert summary["baseline"]["final test_flipped_acc"] == pytest.approx((10.0, 50 ** 0.5))
+    assert summary["baseline"]["best test_flipped_acc"] == pytest.approx((12.5, 12.5 ** 0.5))
+    assert summary["QCS"]["final mean_class_acc"] == pytest.approx((59.0, 2 ** 0.5))
+    assert summary["QCS"]["s/epoch"] == pytest.approx((75.0, 50 ** 0.5))  # (60+80)/2 and (80+80)/2
+    assert "train_acc" not in " ".join(summary["QCS"]) and "best_acc" not in " ".join(summary["QCS"])
+    text = write_summary(tmp_path, summary, seeds=2)
+    assert "| QCS | 65.00 ± 7.07 |" in text  # best test 60 and 70
+    header = next(csv.reader(open(tmp_path / "summary.csv")))
+    assert "best test_flipped_acc mean" in header and "final test_flipped_acc std" in header
+    plot_curves(tmp_path / "accuracy.png", histories, "demo", num_classes=7)
+    with Image.open(tmp_path / "accuracy.png") as image:
+        assert image.size == (1200, 400)  # one 6×4 inch panel per split (test, test_flipped) at 100 dpi
+
+
+def test_a_single_seed_has_no_spread(tmp_path):
+    from utils.compare import summarise, write_summary
+    summary = summarise({"QCS": [rows([50, 60], [30, 40], [50, 60])]})
+    assert summary["QCS"]["best test_acc"] == (60.0, None)
+    text = write_summary(tmp_path, summary, seeds=1)
+    assert "| QCS | 60.00 | 60.00 | 40.00 | 40.00 | 60.00 | 60.00 | 70.00 |" in text and "±" not in text
+    row = list(csv.DictReader(open(tmp_path / "summary.csv")))[0]
+    assert row["best test_acc mean"] == "60.0000" and row["best test_acc std"] == ""

@@ -8,7 +8,7 @@ baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), D
 
 - `summary.csv` / `summary.md`: mean ± std over the seeds of the best and the final test accuracy
   and mean class accuracy, and of every extra test split the dataset has (the demo's
-  nuisance-flipped split);
+  nuisance-flipped split), and the mean epoch time in seconds, which shows each model's cost;
 - `accuracy.png`: test accuracy per epoch, the mean with a band of ± one std, per model and split.
 """
 import argparse
@@ -54,14 +54,16 @@ def read_metrics(run_dir):
 
 
 def summarise(histories):
-    """`{model: {measure: (mean, std)}}` from `{model: [metrics rows of each seed]}`."""
+    """`{model: {measure: (mean, std)}}` from `{model: [metrics rows of each seed]}`; std is None
+    for a single seed."""
     summary = {}
     for model, runs in histories.items():
         measures = {}
         for column in accuracy_columns(runs[0]) + ["mean_class_acc"]:
             measures[f"best {column}"] = [max(float(r[column]) for r in rows) for rows in runs]
             measures[f"final {column}"] = [float(rows[-1][column]) for rows in runs]
-        summary[model] = {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+        measures["s/epoch"] = [statistics.mean(float(r["epoch_time_s"]) for r in rows) for rows in runs]
+        summary[model] = {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None)
                           for k, v in measures.items()}
     return summary
 
@@ -72,12 +74,14 @@ def write_summary(out, summary, seeds):
         writer = csv.writer(f)
         writer.writerow(["model", "seeds"] + [f"{m} {part}" for m in measures for part in ("mean", "std")])
         for model, values in summary.items():
-            writer.writerow([model, seeds] + [f"{v:.4f}" for m in measures for v in values[m]])
+            cells = ("" if v is None else f"{v:.4f}" for m in measures for v in values[m])
+            writer.writerow([model, seeds, *cells])
     lines = ["| model | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
     for model, values in summary.items():
-        lines.append(f"| {model} | " + " | ".join(f"{values[m][0]:.2f} ± {values[m][1]:.2f}"
-                                                    for m in measures) + " |")
-    text = "\n".join(lines) + f"\n\n(% over {seeds} seed(s); mean ± std)\n"
+        cells = (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}" for mean, std in values.values())
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    spread = "one seed" if seeds == 1 else f"mean ± std over {seeds} seeds"
+    text = "\n".join(lines) + f"\n\n(accuracies in %, s/epoch in seconds; {spread})\n"
     (out / "summary.md").write_text(text)
     return text
 
