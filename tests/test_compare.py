@@ -3,9 +3,10 @@ import csv
 import statistics
 
 import pytest
+from PIL import Image
 
 from test_train import folder_dataset
-from utils.compare import main
+from utils.compare import main, plot_curves, summarise, write_summary
 
 
 def test_compare_trains_every_model_and_summarises_the_seeds(tmp_path, capsys):
@@ -36,9 +37,6 @@ def rows(test, flipped, mean_class):
 
 
 def test_extra_split_is_summarised_and_plotted_beside_test(tmp_path):
-    from PIL import Image
-
-    from utils.compare import plot_curves, summarise, write_summary
     histories = {"baseline": [rows([20, 40], [10, 5], [18, 38]), rows([30, 20], [0, 15], [28, 22])],
                  "QCS": [rows([50, 60], [30, 40], [50, 60]), rows([70, 60], [20, 30], [66, 58])]}
     summary = summarise(histories)
@@ -59,7 +57,6 @@ def test_extra_split_is_summarised_and_plotted_beside_test(tmp_path):
 
 
 def test_a_single_seed_has_no_spread(tmp_path):
-    from utils.compare import summarise, write_summary
     summary = summarise({"QCS": [rows([50, 60], [30, 40], [50, 60])]})
     assert summary["QCS"]["best test_acc"] == (60.0, None)
     text = write_summary(tmp_path, summary, seeds=1)
