@@ -53,9 +53,13 @@ def read_metrics(run_dir):
         return list(csv.DictReader(f))
 
 
+def mean_std(values):
+    """`(mean, std)` over the seeds; std is None for a single seed."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
 def summarise(histories):
-    """`{model: {measure: (mean, std)}}` from `{model: [metrics rows of each seed]}`; std is None
-    for a single seed."""
+    """`{model: {measure: mean_std(...)}}` from `{model: [metrics rows of each seed]}`."""
     summary = {}
     for model, runs in histories.items():
         measures = {}
@@ -63,8 +67,7 @@ def summarise(histories):
             measures[f"best {column}"] = [max(float(r[column]) for r in rows) for rows in runs]
             measures[f"final {column}"] = [float(rows[-1][column]) for rows in runs]
         measures["s/epoch"] = [statistics.mean(float(r["epoch_time_s"]) for r in rows) for rows in runs]
-        summary[model] = {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None)
-                          for k, v in measures.items()}
+        summary[model] = {k: mean_std(v) for k, v in measures.items()}
     return summary
 
 
@@ -78,7 +81,8 @@ def write_summary(out, summary, seeds):
             writer.writerow([model, seeds, *cells])
     lines = ["| model | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
     for model, values in summary.items():
-        cells = (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}" for mean, std in values.values())
+        cells = (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+                 for mean, std in (values[m] for m in measures))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     spread = "one seed" if seeds == 1 else f"mean ± std over {seeds} seeds"
     text = "\n".join(lines) + f"\n\n(accuracies in %, s/epoch in seconds; {spread})\n"
@@ -99,8 +103,8 @@ def plot_curves(path, histories, title, num_classes=None):
         for (model, runs), style in zip(histories.items(), LINE_STYLES):
             epochs = [int(r["epoch"]) for r in runs[0]]
             values = [[float(rows[i][column]) for rows in runs] for i in range(len(epochs))]
-            mean = [statistics.mean(v) for v in values]
-            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            mean, std = zip(*(mean_std(v) for v in values))
+            std = [s or 0.0 for s in std]  # no band for a single seed
             ax.plot(epochs, mean, style, label=model)
             ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             alpha=0.2)
