@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models import build_model, load_weights
-from utils.engine import autocast, sam_step
+from utils.device import autocast
+from utils.engine import sam_step
 from utils.sam import SAM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

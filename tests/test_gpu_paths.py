@@ -6,7 +6,8 @@ import torch
 
 from models import build_model
 from models.csa import distance_matrix
-from utils.engine import autocast, sam_step
+from utils.device import autocast
+from utils.engine import sam_step
 from utils.sam import SAM
 
 LR = 1e-3

@@ -2,7 +2,6 @@
 import math
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -11,39 +10,17 @@ from tqdm import tqdm
 
 from models import group_loss, group_targets
 
+from .device import autocast, to_device
 from .distributed import all_reduce_sum, gather_objects, is_distributed, is_main_process
-
-
-class DeviceUnavailable(ValueError):
-    """`--device cuda` on a machine without CUDA."""
-
-
-def resolve_device(name):
-    """`"auto"` → CUDA when available, else CPU; `"cuda"` without CUDA raises `DeviceUnavailable`."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("--device cuda was requested but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class NonFiniteLoss(RuntimeError):
     """Raised instead of training on a NaN/inf loss; the message names step and images."""
 
 
-def autocast(device, enabled):
-    """bf16 autocast on `device` (CUDA or CPU) when `enabled` (the `--amp` option)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
 def progress(iterable, total, description):
     quiet = not (is_main_process() and sys.stderr.isatty())
     return tqdm(iterable, total=total, desc=description, disable=quiet, leave=False, dynamic_ncols=True)
-
-
-def to_device(images, device, channels_last):
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return [x.to(device, non_blocking=True, memory_format=memory_format) for x in images]
 
 
 class EpochMeter:
@@ -258,14 +235,3 @@ def classification_summary(confusion, class_names=None):
     names = [class_names[k] for k in labels] if class_names is not None else [str(k) for k in labels]
     return classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True,
                                  zero_division=0)
-
-
-class timer:
-    """`with timer() as t: ...; t.seconds`."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start

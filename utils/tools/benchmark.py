@@ -29,7 +29,8 @@ from data_preprocessing import GroupSampler
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
 from models.summary import model_summary
 
-from ..engine import DeviceUnavailable, autocast, model_outputs, resolve_device, sam_step
+from ..device import DeviceUnavailable, autocast, resolve_device
+from ..engine import model_outputs, sam_step
 from ..recipes import recipe
 from ..sam import SAM
 

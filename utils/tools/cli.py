@@ -14,7 +14,7 @@ import sys
 from data_preprocessing import DATASET_NAMES
 from models import MODEL_SIZES
 
-from ..engine import DeviceUnavailable
+from ..device import DeviceUnavailable
 from . import ToolError
 from ..inference import CheckpointError, load_checkpoint
 

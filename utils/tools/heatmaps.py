@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 
-from ..engine import resolve_device
+from ..device import resolve_device
 from . import ToolError
 from ..inference import load_trained_model
 

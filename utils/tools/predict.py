@@ -17,7 +17,7 @@ import torch
 from data_preprocessing import DataError, ImageListDataset
 from data_preprocessing.datasets import IMAGE_EXTENSIONS
 
-from ..engine import resolve_device
+from ..device import resolve_device
 from . import ToolError
 from ..inference import load_trained_model
 
