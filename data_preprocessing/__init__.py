@@ -15,13 +15,23 @@ from .datasets import (
     extra_test_splits,
     parse_list_file,
 )
+from .images import IMAGE_EXTENSIONS, clamp_box, is_image_file
 from .sampling import GroupDataset, GroupSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, test_transform_for, train_transform
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    describe_transform,
+    test_transform,
+    test_transform_for,
+    train_transform,
+)
 
 __all__ = [
-    "DATASET_NAMES", "dataset_classes", "extra_test_splits", "build_dataset", "ImageListDataset", "GroupDataset", "GroupSampler",
-    "train_transform", "test_transform", "test_transform_for", "DataError",
+    "DATASET_NAMES", "dataset_classes", "extra_test_splits", "build_dataset", "ImageListDataset",
+    "GroupDataset", "GroupSampler",
+    "train_transform", "test_transform", "test_transform_for", "describe_transform", "DataError",
     # extras
     "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD",
+    "IMAGE_EXTENSIONS", "is_image_file", "clamp_box",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
 ]

@@ -1,18 +1,23 @@
-"""Helpers shared by the prepare_* scripts that turn raw dataset releases into list files."""
+"""Helpers shared by the prepare_* scripts that turn raw dataset releases into list files.
+
+Positions in messages are written `file:line`, as everywhere in the data code.
+"""
 
 from __future__ import annotations
 
 import csv
-import os
+import math
 import sys
 from collections import Counter
 from pathlib import Path
 
+from data_preprocessing.datasets import ListLayout
 from data_preprocessing.errors import DataError
+from data_preprocessing.outputs import OutputError, atomic_write, refuse_existing
 
 
 class PrepareError(DataError):
-    """Bad raw input or a refused output; the message names the file (and line)."""
+    """Bad raw input or an output that would overlap an input; the message names the file (and line)."""
 
 
 def require_file(path, flag: str) -> Path:
@@ -24,21 +29,18 @@ def require_file(path, flag: str) -> Path:
 
 
 def require_dir(path, flag: str) -> Path:
+    """``path`` as a Path, or PrepareError naming ``flag`` when it is not an existing folder."""
     path = Path(path)
     if not path.is_dir():
         raise PrepareError(f"{flag} {path}: no such folder")
     return path
 
 
-def refuse_existing_outputs(paths, overwrite: bool) -> None:
-    """Raise unless none of ``paths`` exists (a folder counts only when non-empty) or ``overwrite``."""
-    if overwrite:
-        return
-    existing = [str(p) for p in map(Path, paths)
-                if (p.exists() and not p.is_dir()) or (p.is_dir() and any(p.iterdir()))]
-    if existing:
-        raise PrepareError("refusing to overwrite existing output(s): " + ", ".join(existing)
-                           + " (pass --overwrite to replace them)")
+def claim_outputs(outputs, inputs, overwrite: bool) -> None:
+    """Check before any work that the ``--out`` paths may be written: none overlaps an input, and
+    none exists (a folder counts when non-empty) unless ``overwrite`` (OutputError otherwise)."""
+    refuse_output_over_inputs(outputs, inputs)
+    refuse_existing([("--out", path) for path in outputs], overwrite)
 
 
 def refuse_output_over_inputs(outputs, inputs) -> None:
@@ -50,14 +52,36 @@ def refuse_output_over_inputs(outputs, inputs) -> None:
                 raise PrepareError(f"output {output} overlaps the input {source}; choose another --out")
 
 
+def layout_list_paths(out_dir: Path, layout: ListLayout) -> list[Path]:
+    """The list files of ``layout`` under ``out_dir``, named as the dataset registry names them."""
+    return [out_dir / name for name in layout.list_files.values()]
+
+
 def write_list_file(path: Path, entries) -> None:
-    """Write ``<name> <label>`` lines via a temporary file, so a crash never leaves half a list."""
+    """Write ``<name> <label>`` lines atomically, so a crash never leaves half a list."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="\n") as handle:
-        for name, label in entries:
-            handle.write(f"{name} {label}\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.writelines(f"{name} {label}\n" for name, label in entries), mode="w")
+
+
+def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict, class_names=None) -> list[Path]:
+    """Write each split's list file under ``out_dir`` (named by ``layout``), print how many images
+    each kept, in total and per class, and return the paths written."""
+    class_names = layout.classes if class_names is None else class_names
+    written = []
+    for split, entries in entries_by_split.items():
+        path = out_dir / layout.list_files[split]
+        write_list_file(path, entries)
+        written.append(path)
+        print(f"{layout.name} {split}: {count_summary(entries, class_names)}")
+    print(f"wrote {', '.join(path.name for path in written)} in {out_dir}")
+    return written
+
+
+def count_summary(entries, class_names) -> str:
+    """``3 images (0 Surprise: 1, 1 Fear: 2, ...)`` for ``(name, label)`` entries."""
+    counts = Counter(label for _, label in entries)
+    per_class = ", ".join(f"{index} {name}: {counts.get(index, 0)}" for index, name in enumerate(class_names))
+    return f"{len(entries)} images ({per_class})"
 
 
 def read_csv_rows(path: Path, expected_header, flag: str, header_optional: bool = False):
@@ -77,20 +101,20 @@ def read_csv_rows(path: Path, expected_header, flag: str, header_optional: bool 
         pending = []
         if header != expected:
             if not header_optional or header[:1] == expected[:1]:
-                raise PrepareError(f"{flag} {path} line 1: expected header starting with "
+                raise PrepareError(f"{flag} {path}:{reader.line_num}: expected header starting with "
                                    f"{','.join(expected_header)}, got {','.join(first[:len(expected)])}")
             pending = [(reader.line_num, first)]
         for line_number, row in pending:
             yield _checked_row(path, line_number, row, len(expected))
         for row in reader:
-            if not row or all(not cell.strip() for cell in row):
+            if not any(cell.strip() for cell in row):
                 continue
             yield _checked_row(path, reader.line_num, row, len(expected))
 
 
 def _checked_row(path, line_number: int, row, width: int):
     if len(row) < width:
-        raise PrepareError(f"{path} line {line_number}: expected {width} comma-separated fields, got {len(row)}")
+        raise PrepareError(f"{path}:{line_number}: expected {width} comma-separated fields, got {len(row)}")
     return line_number, row
 
 
@@ -100,25 +124,17 @@ def parse_int(text: str, path, line_number: int, what: str) -> int:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if value != value or value != int(value):
-        raise PrepareError(f"{path} line {line_number}: {what} must be an integer, got {text!r}")
+    if not math.isfinite(value) or value != int(value):
+        raise PrepareError(f"{path}:{line_number}: {what} must be an integer, got {text!r}")
     return int(value)
 
 
-def write_split_list(path: Path, entries, title: str, class_names) -> None:
-    """Write a split's list file and print how many images it kept, in total and per class."""
-    write_list_file(path, entries)
-    labels = [label for _, label in entries]
-    counts = Counter(labels)
-    per_class = ", ".join(f"{index} {name}: {counts.get(index, 0)}" for index, name in enumerate(class_names))
-    print(f"{title}: {len(labels)} images ({per_class})")
-
-
-def run_main(main_function, argv=None) -> int:
-    """Run a prepare script's body, turning PrepareError into a one-line message and exit status 2."""
+def run_main(prepare, argv=None) -> int:
+    """Run a prepare script's body; bad input (DataError, PrepareError among them) or a refused
+    output (OutputError) becomes a one-line message on stderr and exit status 2."""
     try:
-        main_function(argv)
-    except PrepareError as error:
+        prepare(argv)
+    except (DataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

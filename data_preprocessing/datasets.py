@@ -28,20 +28,22 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import DataError
+from .images import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = [
     "DataError", "DATASET_NAMES", "ImageListDataset", "ArrayImageDataset", "ListLayout", "LIST_LAYOUTS",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
-    "IMAGE_EXTENSIONS", "parse_list_file", "dataset_classes", "build_dataset", "default_data_root",
-    "load_fer2013_csv", "class_folder_samples", "extra_test_splits", "DATASETS",
+    "IMAGE_EXTENSIONS", "is_image_file", "parse_list_file", "dataset_classes", "build_dataset",
+    "default_data_root", "load_fer2013_csv", "read_fer2013_rows", "parse_fer2013_pixels", "Fer2013Row",
+    "class_folder_samples", "extra_test_splits", "DATASETS",
 ]
 
 
@@ -51,9 +53,8 @@ AFFECTNET7_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", 
 AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ["Contempt"]
 FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-
 FER2013_USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+FER2013_COLUMNS = ("emotion", "pixels", "Usage")
 FER2013_SIDE = 48
 
 
@@ -268,10 +269,6 @@ def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str
 # Class-folder trees and FER2013
 # ----------------------------------------------------------------------------------------------
 
-def is_image_file(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def list_class_folders(split_dir: str) -> list[str]:
     """Sorted names of the sub-folders of `split_dir` (hidden ones skipped)."""
     if not os.path.isdir(split_dir):
@@ -352,6 +349,71 @@ def fer2013_csv_path(data_root: str) -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
+@dataclass(frozen=True)
+class Fer2013Row:
+    """One data row of fer2013.csv: `where` ("file:line"), `index` (0-based among the data rows),
+    `emotion` (a FER2013 label), `usage` (Training, PublicTest or PrivateTest) and the unparsed
+    `pixels` string (see `parse_fer2013_pixels`)."""
+
+    where: str
+    index: int
+    emotion: int
+    usage: str
+    pixels: str
+
+
+def read_fer2013_rows(csv_path) -> Iterator[Fer2013Row]:
+    """Every data row of Kaggle's fer2013.csv, in file order, with its header, width, Usage and
+    emotion checked (DataError naming file:line); blank lines are skipped."""
+    csv_path = os.fspath(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            yield from _fer2013_rows(csv.reader(handle), csv_path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path}: not a UTF-8 csv file ({err})") from None
+
+
+def _fer2013_rows(reader, csv_path: str) -> Iterator[Fer2013Row]:
+    header = [h.strip() for h in next(reader, [])]
+    columns = {h.lower(): i for i, h in enumerate(header)}
+    absent = [c for c in FER2013_COLUMNS if c.lower() not in columns]
+    if absent:
+        raise DataError(f"{csv_path}:1: header lacks column(s) {absent} (got {header})")
+    emotion_col, pixels_col, usage_col = (columns[c.lower()] for c in FER2013_COLUMNS)
+    index = -1
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        index += 1
+        where = f"{csv_path}:{reader.line_num}"
+        if len(row) < len(header):
+            raise DataError(f"{where}: expected {len(header)} columns, got {len(row)}")
+        usage = row[usage_col].strip()
+        if usage not in FER2013_USAGE_TO_SPLIT:
+            raise DataError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
+        emotion = row[emotion_col].strip()
+        if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
+            raise DataError(f"{where}: emotion {emotion!r} is not a label 0..{len(FER2013_CLASSES) - 1}")
+        yield Fer2013Row(where, index, int(emotion), usage, row[pixels_col])
+
+
+def parse_fer2013_pixels(text: str, where: str) -> np.ndarray:
+    """A fer2013.csv pixel string (48*48 space-separated integers 0..255) -> uint8 [48, 48];
+    DataError starting with `where` (file:line) otherwise."""
+    with warnings.catch_warnings():
+        # Older numpy warns and stops early at bad text (the length check catches it); newer raises.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ") if text.strip() else np.zeros(0, np.int64)
+        except ValueError:
+            raise DataError(f"{where}: pixels are not space-separated integers") from None
+    count = FER2013_SIDE * FER2013_SIDE
+    if values.size != count or values.min() < 0 or values.max() > 255:
+        raise DataError(f"{where}: pixels must be {count} values 0..255 "
+                        f"({FER2013_SIDE}x{FER2013_SIDE}), got {values.size} values")
+    return values.astype(np.uint8).reshape(FER2013_SIDE, FER2013_SIDE)
+
+
 def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows of Kaggle's fer2013.csv for one split -> (pixels uint8 [n,48,48], labels, names).
 
@@ -361,57 +423,12 @@ def load_fer2013_csv(csv_path: str, split: str) -> tuple[np.ndarray, np.ndarray,
     wanted_usage = {s: u for u, s in FER2013_USAGE_TO_SPLIT.items()}.get(split)
     if wanted_usage is None:
         raise DataError(f"{csv_path}: split {split!r} unknown; fer2013.csv has train, val, test")
-    pixels, labels, names = [], [], []
-    side2 = FER2013_SIDE * FER2013_SIDE
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        columns = {h: i for i, h in enumerate(header)}
-        absent = [c for c in ("emotion", "pixels", "Usage") if c not in columns]
-        if absent:
-            raise DataError(f"{csv_path}:1: header lacks column(s) {absent} (got {header})")
-        emotion_col, pixels_col, usage_col = columns["emotion"], columns["pixels"], columns["Usage"]
-        row_index = -1  # 0-based index among the data rows (blank lines not counted)
-        for row in reader:
-            if not row:
-                continue
-            row_index += 1
-            where = f"{csv_path}:{reader.line_num}"
-            if len(row) < len(header):
-                raise DataError(f"{where}: expected {len(header)} columns, got {len(row)}")
-            usage = row[usage_col].strip()
-            if usage not in FER2013_USAGE_TO_SPLIT:
-                raise DataError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
-            if usage != wanted_usage:
-                continue
-            emotion = row[emotion_col].strip()
-            if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
-                raise DataError(f"{where}: emotion {emotion!r} is not a label 0..{len(FER2013_CLASSES) - 1}")
-            values = _parse_pixels(row[pixels_col])
-            if values is None:
-                raise DataError(f"{where}: pixels are not space-separated integers")
-            if values.size != side2 or values.min() < 0 or values.max() > 255:
-                raise DataError(f"{where}: pixels must be {side2} values 0..255 "
-                                f"({FER2013_SIDE}x{FER2013_SIDE}), got {values.size} values")
-            pixels.append(values.astype(np.uint8).reshape(FER2013_SIDE, FER2013_SIDE))
-            labels.append(int(emotion))
-            names.append(f"fer2013_{row_index}")
-    if not names:
+    rows = [row for row in read_fer2013_rows(csv_path) if row.usage == wanted_usage]
+    if not rows:
         raise DataError(f"{csv_path}: no rows with Usage {wanted_usage} (split {split!r})")
-    return np.stack(pixels), np.asarray(labels, dtype=np.int64), names
-
-
-def _parse_pixels(text: str) -> np.ndarray | None:
-    """Space-separated integers -> int32 array, or None if the text is not such a list."""
-    if not text.strip():
-        return np.zeros(0, dtype=np.int32)
-    with warnings.catch_warnings():
-        # Older numpy warns and stops early at bad text (the length check catches it); newer raises.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return np.fromstring(text, dtype=np.int32, sep=" ")
-        except ValueError:
-            return None
+    pixels = np.stack([parse_fer2013_pixels(row.pixels, row.where) for row in rows])
+    labels = np.asarray([row.emotion for row in rows], dtype=np.int64)
+    return pixels, labels, [f"fer2013_{row.index}" for row in rows]
 
 
 def fer2013_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:
@@ -475,6 +492,8 @@ def read_demo(root, split, classes, transform, check_images):
     return list_file_reader(DEMO_LAYOUT)(root, split, classes, transform, check_images)
 
 
+# These two find their images by listing folders (or hold them in memory): nothing listed can be
+# missing, so `check_images` has nothing to do (build_dataset refuses check_images=False for them).
 def read_fer2013(root, split, classes, transform, check_images):
     return fer2013_dataset(root, split, classes=classes, transform=transform)
 
@@ -486,20 +505,22 @@ def read_folder(root, split, classes, transform, check_images):
 @dataclass(frozen=True)
 class DatasetEntry:
     """One dataset: default data root, classes in label order (None: the class folders), the
-    reader `(root, split, classes, transform, check_images) -> ImageListDataset`, and test splits
-    evaluated beside "test" during training."""
+    reader `(root, split, classes, transform, check_images) -> ImageListDataset`, test splits
+    evaluated beside "test" during training, and whether its images are named in list files
+    (only then can a listed image be missing, so only then can `check_images` be switched off)."""
 
     default_root: str | None
     classes: tuple | None
     read: Callable
     extra_test_splits: tuple = ()
+    lists_images: bool = True
 
 
 DATASETS = {
     **{name: DatasetEntry(layout.default_root, layout.classes, list_file_reader(layout))
        for name, layout in LIST_LAYOUTS.items()},
-    "FER2013": DatasetEntry("./datas/FER2013", tuple(FER2013_CLASSES), read_fer2013),
-    "folder": DatasetEntry(None, None, read_folder),
+    "FER2013": DatasetEntry("./datas/FER2013", tuple(FER2013_CLASSES), read_fer2013, lists_images=False),
+    "folder": DatasetEntry(None, None, read_folder, lists_images=False),
     "demo": DatasetEntry(DEMO_LAYOUT.default_root, DEMO_LAYOUT.classes, read_demo, ("test_flipped",)),
 }
 DATASET_NAMES = list(DATASETS)
@@ -536,11 +557,16 @@ def build_dataset(name: str, split: str, data_root=None, transform=None, classes
 
     `data_root` defaults to the dataset's documented root (see the module docstring). `classes`
     renames the classes (same count) or, for 'folder', picks the class order. `check_images`
-    verifies at construction that every listed image exists.
+    verifies at construction that every listed image exists; it can be switched off only for the
+    list-file datasets (ValueError for FER2013 and 'folder', whose images are never listed).
     """
     name = canonical_name(name)
+    entry = DATASETS[name]
+    if not check_images and not entry.lists_images:
+        raise ValueError(f"check_images=False applies to list-file datasets only; {name} finds its images "
+                         f"by listing folders (or reads them from fer2013.csv), so none can be missing")
     root = data_root if data_root is not None else default_data_root(name)
-    return DATASETS[name].read(root, str(split), classes, transform, check_images)
+    return entry.read(root, str(split), classes, transform, check_images)
 
 
 def _require_root(data_root, name: str) -> str:

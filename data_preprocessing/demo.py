@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 
 from data_preprocessing.datasets import DEMO_LAYOUT, DEMO_META_NAME
 from data_preprocessing.errors import DataError
+from data_preprocessing.outputs import atomic_write, atomic_write_text
 
 DEMO_CLASSES = list(DEMO_LAYOUT.classes)  # RAF-DB's order
 
@@ -134,10 +135,10 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
     return attrs
 
 
-def face_geometry(attrs: dict, size: int) -> tuple[float, float, float, float]:
-    """Face ellipse (cx, cy, rx, ry) in pixels of a ``size`` x ``size`` image."""
-    rx = size * 0.36 * attrs["face_scale"]
-    return (size * (0.5 + attrs["face_dx"]), size * (0.52 + attrs["face_dy"]), rx, rx * 1.12)
+def face_geometry(attrs: dict, image_size: int) -> tuple[float, float, float, float]:
+    """Face ellipse (cx, cy, rx, ry) in pixels of an ``image_size`` x ``image_size`` image."""
+    rx = image_size * 0.36 * attrs["face_scale"]
+    return (image_size * (0.5 + attrs["face_dx"]), image_size * (0.52 + attrs["face_dy"]), rx, rx * 1.12)
 
 
 # ----------------------------------------------------------------------------
@@ -296,31 +297,31 @@ def _draw_accessory(draw, face: _FaceFrame, kind: str, colour, line_w: int) -> N
 
 def _apply_lighting_and_noise(image: Image.Image, rng: np.random.Generator, attrs: dict) -> Image.Image:
     pixels = np.asarray(image, dtype=np.float32)
-    size = pixels.shape[0]
+    image_size = pixels.shape[0]
     dx, dy = LIGHTING_DIRECTIONS[attrs["lighting"]]
     norm = max(1.0, float(np.hypot(dx, dy)))
-    coords = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    coords = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
     ramp = (dx * coords[None, :] + dy * coords[:, None]) / norm
     pixels *= (1.0 + attrs["light_strength"] * ramp)[:, :, None]
     pixels += rng.normal(0.0, attrs["noise_sigma"], size=pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def draw_face(rng: np.random.Generator, label: int, attrs: dict, size: int = 112) -> Image.Image:
-    """Draw one ``size`` x ``size`` RGB face showing expression ``label`` (index into DEMO_CLASSES).
+def draw_face(rng: np.random.Generator, label: int, attrs: dict, image_size: int = 112) -> Image.Image:
+    """Draw one ``image_size`` x ``image_size`` RGB face showing expression ``label`` (index into DEMO_CLASSES).
 
     ``attrs`` comes from :func:`sample_attributes`; ``rng`` drives the small
     per-image variations (expression intensity, texture phase, noise).
     """
     if label not in EXPRESSIONS:
         raise DemoDataError(f"label must be in 0..{len(DEMO_CLASSES) - 1}, got {label!r}")
-    canvas = size * SUPERSAMPLE
+    canvas = image_size * SUPERSAMPLE
     background = _background_colour(attrs)
     image = Image.new("RGB", (canvas, canvas), background)
     draw = ImageDraw.Draw(image)
     _draw_texture(draw, rng, TEXTURE_NAMES[attrs["texture"]], _shade(background, 0.8), canvas)
 
-    cx, cy, rx, ry = (value * SUPERSAMPLE for value in face_geometry(attrs, size))
+    cx, cy, rx, ry = (value * SUPERSAMPLE for value in face_geometry(attrs, image_size))
     face = _FaceFrame(cx, cy, rx, ry)
     skin = SKIN_TONES[attrs["skin"]]
     ink = _shade(skin, 0.35)
@@ -392,16 +393,10 @@ def _exclusive_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
     """Draw and save one split under ``folder/images/<split>``; return its attribute rows."""
     per_class = params["train_per_class" if split == "train" else "test_per_class"]
-    size = params["image_size"]
+    image_size = params["image_size"]
     (folder / IMAGES_DIR / split).mkdir(parents=True)
     rows = []
     for index in range(per_class * len(DEMO_CLASSES)):
@@ -410,8 +405,8 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
         attrs = sample_attributes(rng, label, params["spurious"], params["spurious_strength"],
                                   tie_to_label=(split == "train"), against_label=(split == "test_flipped"))
         name = f"{split}/{index:05d}.png"
-        draw_face(rng, label, attrs, size).save(folder / IMAGES_DIR / name, compress_level=1)
-        cx, cy, rx, ry = face_geometry(attrs, size)
+        draw_face(rng, label, attrs, image_size).save(folder / IMAGES_DIR / name, compress_level=1)
+        cx, cy, rx, ry = face_geometry(attrs, image_size)
         rows.append({"split": split, "name": name, "label": label,
                      **{key: attrs[key] for key in CATEGORICAL_ATTRIBUTES},
                      "face_cx": f"{cx:.3f}", "face_cy": f"{cy:.3f}", "face_rx": f"{rx:.3f}",
@@ -428,20 +423,23 @@ def _generate(root: Path, params: dict) -> None:
     rows = []
     for split in LIST_NAMES:
         split_rows = _generate_split(split, params, partial)
-        (partial / LIST_NAMES[split]).write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows))
+        atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows), partial / LIST_NAMES[split])
         rows += split_rows
-    with open(partial / ATTRIBUTES_NAME, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ATTRIBUTE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write(partial / ATTRIBUTES_NAME, lambda handle: _write_attribute_rows(handle, rows), mode="w")
     for name in (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME):
         os.replace(partial / name, root / name)
     meta = {**params, "classes": DEMO_CLASSES, "levels": {
         "background_hue": list(BACKGROUND_HUES), "texture": list(TEXTURE_NAMES),
         "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
         "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
-    _write_text_atomic(root / META_NAME, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
     shutil.rmtree(partial)
+
+
+def _write_attribute_rows(handle, rows) -> None:
+    writer = csv.DictWriter(handle, fieldnames=ATTRIBUTE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def _check_existing(root: Path, params: dict) -> None:

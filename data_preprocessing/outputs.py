@@ -20,18 +20,19 @@ def occupied(path):
     return path.exists()
 
 
-def refuse_existing(named_paths, overwrite=False):
+def refuse_existing(named_paths, overwrite=False, overwrite_flag="--overwrite"):
     """Raise `OutputError` for the first `(flag, path)` whose path is occupied, unless `overwrite`.
 
     `flag` is the option that named the path (e.g. `--csv`), so the message says what to change;
-    paths that are None are skipped.
+    paths that are None are skipped. `overwrite_flag` is the command's option that allows
+    replacing outputs (None where it has none).
     """
     if overwrite:
         return
+    hint = f" (use {overwrite_flag} or another path)" if overwrite_flag else ""
     for flag, path in named_paths:
         if path is not None and occupied(path):
-            raise OutputError(f"{flag} {path} already exists; refusing to overwrite it"
-                              + (" (use --overwrite)" if flag else ""))
+            raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
 
 
 def atomic_write(path, write, mode="wb"):
@@ -43,6 +44,7 @@ def atomic_write(path, write, mode="wb"):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             write(handle)
             handle.flush()
@@ -57,3 +59,10 @@ def atomic_write(path, write, mode="wb"):
 def atomic_write_text(text, path):
     """Write `text` to `path` atomically (see `atomic_write`)."""
     atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
+def current_umask():
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -5,6 +5,8 @@ facial_landmarks, expression, valence, arousal (the header row may be absent).
 Expression codes 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust,
 6 Anger, 7 Contempt; 8..10 (None, Uncertain, Non-Face) are not expressions.
 AffectNet-7 keeps codes 0..6 and AffectNet-8 codes 0..7, with the codes as labels.
+As released, AffectNet's validation set is the test split: ``validation.csv`` gives
+``affectnet_validation-cls{7,8}.txt``, the registry's ``test`` list files.
 
 With ``--crop`` every kept face is cut to its box (clamped to the image) and
 saved as ``OUT/Manually_trainval_croped/<subDirectory_filePath>``. Without it
@@ -25,21 +27,24 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from data_preprocessing._prepare_common import (
-    PrepareError, parse_int, read_csv_rows, refuse_existing_outputs,
-    refuse_output_over_inputs, require_dir, require_file, run_main, write_split_list,
+    PrepareError,
+    claim_outputs,
+    layout_list_paths,
+    parse_int,
+    read_csv_rows,
+    require_dir,
+    require_file,
+    run_main,
+    write_layout_lists,
 )
+from data_preprocessing.datasets import LIST_LAYOUTS
+from data_preprocessing.images import clamp_box
 
-from data_preprocessing.datasets import AFFECTNET8_CLASSES
+LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
+CROP_DIR = LIST_LAYOUTS["AffectNet-8"].image_dir  # AffectNet-7 reads the same folder
 AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                     "facial_landmarks", "expression", "valence", "arousal"]
 MAX_EXPRESSION_CODE = 10
-OUTPUT_NAMES = {
-    ("train", 7): "affectnet_training-cls7-v7.txt",
-    ("val", 7): "affectnet_validation-cls7.txt",
-    ("train", 8): "affectnet_training-cls8-v7.txt",
-    ("val", 8): "affectnet_validation-cls8.txt",
-}
-CROP_DIR = "Manually_trainval_croped"
 MAX_MISSING_SHOWN = 5
 
 
@@ -50,37 +55,28 @@ def read_annotations(path: Path, flag: str) -> list[dict]:
         name = row[0].strip()
         relative = PurePosixPath(name.replace("\\", "/"))
         if not name or relative.is_absolute() or ".." in relative.parts or any(c.isspace() for c in name):
-            raise PrepareError(f"{path} line {line_number}: subDirectory_filePath {name!r} must be a relative "
+            raise PrepareError(f"{path}:{line_number}: subDirectory_filePath {name!r} must be a relative "
                                f"path without spaces")
         expression = parse_int(row[6], path, line_number, "expression")
         if not 0 <= expression <= MAX_EXPRESSION_CODE:
-            raise PrepareError(f"{path} line {line_number}: expression {row[6]!r} is outside 0..{MAX_EXPRESSION_CODE}")
+            raise PrepareError(f"{path}:{line_number}: expression {row[6]!r} is outside 0..{MAX_EXPRESSION_CODE}")
         box = [parse_int(row[col], path, line_number, AFFECTNET_HEADER[col]) for col in range(1, 5)]
         if box[2] <= 0 or box[3] <= 0:
-            raise PrepareError(f"{path} line {line_number}: face_width and face_height must be > 0, got {box[2:]}")
-        if expression < len(AFFECTNET8_CLASSES):
+            raise PrepareError(f"{path}:{line_number}: face_width and face_height must be > 0, got {box[2:]}")
+        if expression < len(LIST_LAYOUTS["AffectNet-8"].classes):
             kept.append({"csv": str(path), "line": line_number, "name": relative.as_posix(),
                          "box": tuple(box), "label": expression})
     return kept
 
 
 def check_images_exist(images_dir: Path, rows) -> None:
+    """PrepareError naming the first few listed images that are not under ``images_dir``."""
     missing = [row for row in rows if not (images_dir / row["name"]).is_file()]
     if missing:
-        shown = ", ".join(f"{row['name']} ({Path(row['csv']).name} line {row['line']})"
+        shown = ", ".join(f"{row['name']} ({Path(row['csv']).name}:{row['line']})"
                           for row in missing[:MAX_MISSING_SHOWN])
         more = " ..." if len(missing) > MAX_MISSING_SHOWN else ""
         raise PrepareError(f"--images {images_dir}: {len(missing)} listed image(s) missing: {shown}{more}")
-
-
-def clamped_box(box, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom) of an (x, y, w, h) box clipped to the image, or None when nothing is left."""
-    x, y, w, h = box
-    left, top = max(0, x), max(0, y)
-    right, bottom = min(width, x + w), min(height, y + h)
-    if right <= left or bottom <= top:
-        return None
-    return left, top, right, bottom
 
 
 def crop_one(task) -> str | None:
@@ -88,7 +84,7 @@ def crop_one(task) -> str | None:
     source, target, box, where = task
     try:
         with Image.open(source) as image:
-            region = clamped_box(box, *image.size)
+            region = clamp_box(box, *image.size)
             if region is None:
                 return f"{where}: face box {box} lies outside the {image.size[0]}x{image.size[1]} image {source}"
             face = image.crop(region)
@@ -103,8 +99,9 @@ def crop_one(task) -> str | None:
 
 
 def crop_faces(rows, images_dir: Path, crop_dir: Path, workers: int) -> None:
+    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError on the first failure."""
     unique = {row["name"]: row for row in rows}  # an image listed twice is cropped once
-    tasks = [(str(images_dir / name), str(crop_dir / name), row["box"], f"{row['csv']} line {row['line']}")
+    tasks = [(str(images_dir / name), str(crop_dir / name), row["box"], f"{row['csv']}:{row['line']}")
              for name, row in unique.items()]
     if workers > 1:
         with Pool(workers) as pool:
@@ -137,31 +134,32 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
         raise PrepareError("--crop needs --images (the folder holding the original images)")
     if args.workers < 1:
         raise PrepareError(f"--workers must be >= 1, got {args.workers}")
-    csv_paths = {"train": require_file(args.train_csv, "--train-csv"), "val": require_file(args.val_csv, "--val-csv")}
+    csv_paths = {"train": require_file(args.train_csv, "--train-csv"), "test": require_file(args.val_csv, "--val-csv")}
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
-    outputs = [out_dir / name for name in OUTPUT_NAMES.values()] + ([out_dir / CROP_DIR] if args.crop else [])
-    refuse_output_over_inputs(outputs, [*csv_paths.values(), images_dir])
-    refuse_existing_outputs(outputs, args.overwrite)
+    outputs = [path for layout in LAYOUTS for path in layout_list_paths(out_dir, layout)]
+    claim_outputs(outputs + ([out_dir / CROP_DIR] if args.crop else []), [*csv_paths.values(), images_dir],
+                  args.overwrite)
 
     rows = {"train": read_annotations(csv_paths["train"], "--train-csv"),
-            "val": read_annotations(csv_paths["val"], "--val-csv")}
+            "test": read_annotations(csv_paths["test"], "--val-csv")}
     if images_dir is not None:
-        check_images_exist(images_dir, rows["train"] + rows["val"])
+        check_images_exist(images_dir, rows["train"] + rows["test"])
     if args.crop:
-        crop_faces(rows["train"] + rows["val"], images_dir, out_dir / CROP_DIR, args.workers)
+        crop_faces(rows["train"] + rows["test"], images_dir, out_dir / CROP_DIR, args.workers)
 
     written = {}
-    for (split, num_classes), file_name in OUTPUT_NAMES.items():
-        entries = [(row["name"], row["label"]) for row in rows[split] if row["label"] < num_classes]
-        write_split_list(out_dir / file_name, entries, f"{split} (AffectNet-{num_classes})",
-                         AFFECTNET8_CLASSES[:num_classes])
-        written[(split, num_classes)] = entries
-    print(f"wrote {', '.join(OUTPUT_NAMES.values())} in {out_dir}")
+    for layout in LAYOUTS:
+        num_classes = len(layout.classes)
+        entries = {split: [(row["name"], row["label"]) for row in split_rows if row["label"] < num_classes]
+                   for split, split_rows in rows.items()}
+        write_layout_lists(out_dir, layout, entries)
+        written.update({(split, num_classes): split_entries for split, split_entries in entries.items()})
     return written
 
 
 def main(argv=None) -> int:
+    """The command line; exit status 0, or 2 with a one-line error."""
     return run_main(prepare, argv)
 
 

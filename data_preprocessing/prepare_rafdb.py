@@ -16,12 +16,18 @@ import argparse
 from pathlib import Path
 
 from data_preprocessing._prepare_common import (
-    PrepareError, parse_int, refuse_existing_outputs, refuse_output_over_inputs,
-    require_dir, require_file, run_main, write_split_list,
+    PrepareError,
+    claim_outputs,
+    layout_list_paths,
+    parse_int,
+    require_dir,
+    require_file,
+    run_main,
+    write_layout_lists,
 )
+from data_preprocessing.datasets import LIST_LAYOUTS
 
-from data_preprocessing.datasets import RAF_DB_CLASSES
-OUTPUT_NAMES = {"train": "raf_db_basic_train.txt", "test": "raf_db_basic_test.txt"}
+LAYOUT = LIST_LAYOUTS["RAF-DB"]
 MAX_MISSING_SHOWN = 5
 
 
@@ -35,7 +41,7 @@ def aligned_name(name: str) -> str:
 
 def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
     """Read ``<name> <label 1..7>`` lines into ``{"train": [(aligned name, label 0..6)], "test": [...]}``."""
-    splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    splits: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
     seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -43,17 +49,17 @@ def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
             if not fields:
                 continue
             if len(fields) != 2:
-                raise PrepareError(f"{path} line {line_number}: expected '<image name> <label>', got {line.strip()!r}")
+                raise PrepareError(f"{path}:{line_number}: expected '<image name> <label>', got {line.strip()!r}")
             name, label_text = fields
             split = name.split("_", 1)[0]
             if split not in splits or "/" in name or "\\" in name:
-                raise PrepareError(f"{path} line {line_number}: image name {name!r} must start with "
+                raise PrepareError(f"{path}:{line_number}: image name {name!r} must start with "
                                    f"'train_' or 'test_' and contain no folder")
             label = parse_int(label_text, path, line_number, "label")
-            if not 1 <= label <= len(RAF_DB_CLASSES):
-                raise PrepareError(f"{path} line {line_number}: label {label_text!r} is outside 1..{len(RAF_DB_CLASSES)}")
+            if not 1 <= label <= len(LAYOUT.classes):
+                raise PrepareError(f"{path}:{line_number}: label {label_text!r} is outside 1..{len(LAYOUT.classes)}")
             if name in seen:
-                raise PrepareError(f"{path} line {line_number}: image {name!r} already listed on line {seen[name]}")
+                raise PrepareError(f"{path}:{line_number}: image {name!r} already listed on line {seen[name]}")
             seen[name] = line_number
             splits[split].append((aligned_name(name), label - 1))
     if not seen:
@@ -62,6 +68,7 @@ def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
 
 
 def check_images_exist(images_dir: Path, splits) -> None:
+    """PrepareError naming the first few listed aligned images that are not in ``images_dir``."""
     missing = [name for entries in splits.values() for name, _ in entries if not (images_dir / name).is_file()]
     if missing:
         shown = ", ".join(missing[:MAX_MISSING_SHOWN]) + (" ..." if len(missing) > MAX_MISSING_SHOWN else "")
@@ -84,19 +91,16 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     list_path = require_file(args.list, "--list")
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
-    outputs = [out_dir / name for name in OUTPUT_NAMES.values()]
-    refuse_output_over_inputs(outputs, [list_path])
-    refuse_existing_outputs(outputs, args.overwrite)
+    claim_outputs(layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite)
     splits = parse_partition_list(list_path)
     if images_dir is not None:
         check_images_exist(images_dir, splits)
-    for split, entries in splits.items():
-        write_split_list(out_dir / OUTPUT_NAMES[split], entries, split, RAF_DB_CLASSES)
-    print(f"wrote {', '.join(str(p) for p in outputs)}")
+    write_layout_lists(out_dir, LAYOUT, splits)
     return splits
 
 
 def main(argv=None) -> int:
+    """The command line; exit status 0, or 2 with a one-line error."""
     return run_main(prepare, argv)
 
 

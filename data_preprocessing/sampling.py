@@ -12,7 +12,7 @@ DistributedSampler, gives each rank its own shard of the epoch's anchors, padded
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -110,10 +110,10 @@ class GroupSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.negatives = negatives
         self.epoch = 0
-        size = self.index.labels.size
-        self.num_anchors = size // int(anchor_divisor) if balanced else size
+        num_images = self.index.labels.size
+        self.num_anchors = num_images // int(anchor_divisor) if balanced else num_images
         if self.num_anchors < 1:
-            raise DataError(f"{size} training images give no anchors for the balanced sampler "
+            raise DataError(f"{num_images} training images give no anchors for the balanced sampler "
                             f"(len // {anchor_divisor})")
         self._check_classes()
 
@@ -154,11 +154,11 @@ class GroupSampler(torch.utils.data.Sampler):
 
     def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
         """All anchors of the epoch (before sharding)."""
-        size = self.index.labels.size
+        num_images = self.index.labels.size
         if self.balanced:
             weights = 1.0 / self.index.counts[self.index.labels]
-            return rng.choice(size, size=self.num_anchors, replace=True, p=weights / weights.sum())
-        return rng.permutation(size)
+            return rng.choice(num_images, size=self.num_anchors, replace=True, p=weights / weights.sum())
+        return rng.permutation(num_images)
 
     def epoch_groups(self) -> np.ndarray:
         """This rank's groups [len(self), group_size] for the current epoch."""

@@ -1,13 +1,15 @@
 """Train and test transforms of the released recipes, on RGB PIL images.
 
-- A: Resize((size, size)), RandomHorizontalFlip, ColorJitter(.2, .2, .2, .1), ToTensor, Normalize,
-  RandomErasing(scale=erase_scale).
-- B(s, rot r): Resize((s, s)), RandomHorizontalFlip, RandomRotation(r), RandomCrop(size),
+- A: Resize((image_size, image_size)), RandomHorizontalFlip, ColorJitter(.2, .2, .2, .1), ToTensor,
+  Normalize, RandomErasing(scale=erase_scale).
+- B(s, rot r): Resize((s, s)), RandomHorizontalFlip, RandomRotation(r), RandomCrop(image_size),
   ColorJitter(.2, .2, .2, .1), ToTensor, Normalize, RandomErasing(scale=erase_scale).
-- test: Resize((size, size)), or Resize((s, s)) + CenterCrop(size) where B(s) trains (a square
-  resize, as released: the aspect ratio of a non-square image is not kept); ToTensor, Normalize.
+- test: Resize((image_size, image_size)), or Resize((s, s)) + CenterCrop(image_size) where B(s)
+  trains (a square resize, as released: the aspect ratio of a non-square image is not kept);
+  ToTensor, Normalize.
 
-`size` is 224 in every released recipe; smaller values are for quick CPU runs.
+`image_size` (the side in pixels) is 224 in every released recipe; smaller values are for quick
+CPU runs. (`size` elsewhere in the project is the model preset.)
 """
 from __future__ import annotations
 
@@ -17,29 +19,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for",
+           "describe_transform"]
 
 
-def train_transform(kind: str = "A", resize: int = 224, rotation: float = 0, erase_scale=(0.02, 0.1),
-                    color_jitter: bool = True, size: int = 224) -> T.Compose:
-    """The train augmentation `kind` "A" or "B" (B uses `resize` then a random `size` crop)."""
-    _check_side(size, "size")
+def train_transform(kind: str = "A", resize: int | None = None, rotation: float | None = None,
+                    erase_scale=(0.02, 0.1), color_jitter: bool = True, image_size: int = 224) -> T.Compose:
+    """The train augmentation `kind` "A" or "B" (B: Resize((resize, resize)), then a random
+    `image_size` crop). `resize` and `rotation` belong to B; giving them to A is refused."""
+    _check_side(image_size, "image_size")
     low, high = (float(v) for v in erase_scale)
     if not 0 < low <= high < 1:
         raise ValueError(f"erase_scale must satisfy 0 < low <= high < 1, got {erase_scale}")
-    if rotation < 0:
-        raise ValueError(f"rotation must be >= 0 degrees, got {rotation}")
     kind = str(kind).upper()
     if kind == "A":
-        steps = [T.Resize((size, size)), T.RandomHorizontalFlip()]
+        steps = _kind_a_steps(resize, rotation, image_size)
     elif kind == "B":
-        _check_side(resize, "resize")
-        if resize < size:
-            raise ValueError(f"train_transform B: resize ({resize}) must be >= the crop size ({size})")
-        steps = [T.Resize((resize, resize)), T.RandomHorizontalFlip()]
-        if rotation:
-            steps.append(T.RandomRotation(rotation))
-        steps.append(T.RandomCrop(size))
+        steps = _kind_b_steps(resize, rotation, image_size)
     else:
         raise ValueError(f"train_transform kind must be 'A' or 'B', got {kind!r}")
     if color_jitter:
@@ -48,24 +44,60 @@ def train_transform(kind: str = "A", resize: int = 224, rotation: float = 0, era
     return T.Compose(steps)
 
 
-def test_transform(resize: int | None = None, size: int = 224) -> T.Compose:
-    """Resize((size, size)) -> ToTensor -> Normalize, or Resize((resize, resize)) + CenterCrop(size)."""
-    _check_side(size, "size")
+def _kind_a_steps(resize, rotation, image_size: int) -> list:
+    given = [name for name, value in (("resize", resize), ("rotation", rotation)) if value is not None]
+    if given:
+        raise ValueError(f"train_transform A takes no {' or '.join(given)} (they belong to kind B)")
+    return [T.Resize((image_size, image_size)), T.RandomHorizontalFlip()]
+
+
+def _kind_b_steps(resize, rotation, image_size: int) -> list:
     if resize is None:
-        steps = [T.Resize((size, size))]
+        raise ValueError("train_transform B needs resize (the side before the random crop)")
+    _check_side(resize, "resize")
+    if resize < image_size:
+        raise ValueError(f"train_transform B: resize ({resize}) must be >= the crop size ({image_size})")
+    rotation = 0 if rotation is None else rotation
+    if rotation < 0:
+        raise ValueError(f"rotation must be >= 0 degrees, got {rotation}")
+    steps = [T.Resize((resize, resize)), T.RandomHorizontalFlip()]
+    if rotation:
+        steps.append(T.RandomRotation(rotation))
+    return steps + [T.RandomCrop(image_size)]
+
+
+def test_transform(resize: int | None = None, image_size: int = 224) -> T.Compose:
+    """Resize((image_size, image_size)) -> ToTensor -> Normalize, or with `resize`:
+    Resize((resize, resize)) + CenterCrop(image_size) -> ToTensor -> Normalize."""
+    _check_side(image_size, "image_size")
+    if resize is None:
+        steps = [T.Resize((image_size, image_size))]
     else:
         _check_side(resize, "resize")
-        if resize < size:
-            raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({size})")
-        steps = [T.Resize((resize, resize)), T.CenterCrop(size)]
+        if resize < image_size:
+            raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({image_size})")
+        steps = [T.Resize((resize, resize)), T.CenterCrop(image_size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def test_transform_for(augmentation: dict, size: int = 224) -> T.Compose:
+def test_transform_for(augmentation: dict, image_size: int = 224) -> T.Compose:
     """The test transform that goes with a train augmentation (a `train_transform` kwargs dict):
-    Resize((s, s)) + CenterCrop(size) where B(s) trains, else Resize((size, size))."""
+    Resize((s, s)) + CenterCrop(image_size) where B(s) trains, else Resize((image_size, image_size))."""
     resize = augmentation.get("resize") if augmentation.get("kind", "A").upper() == "B" else None
-    return test_transform(resize=resize, size=size)
+    return test_transform(resize=resize, image_size=image_size)
+
+
+def describe_transform(transform) -> str:
+    """`Resize((234, 234)) → CenterCrop(224) → ToTensor → Normalize` for a torchvision Compose."""
+    return " → ".join(_describe_step(step) for step in transform.transforms)
+
+
+def _describe_step(step) -> str:
+    side = getattr(step, "size", None)
+    side = tuple(side) if isinstance(side, (list, tuple)) else side
+    if "Crop" in type(step).__name__ and isinstance(side, tuple) and len(set(side)) == 1:
+        side = side[0]  # a crop is square: its side
+    return type(step).__name__ + (f"({side})" if side is not None else "")
 
 
 def _check_side(value, flag: str) -> None:

@@ -2,8 +2,7 @@
 from .build import ARCHS, OPTION_CHOICES, build_model, count_parameters, inference_model
 from .losses import group_loss, group_targets
 from .qcs import MODEL_SIZES, BaseBranch, CrossModel
-from .weights import (LoadReport, WeightsError, describe_state_dict, load_backbone, load_weights,
-                      read_checkpoint)
+from .weights import LoadReport, WeightsError, describe_state_dict, load_backbone, load_weights, read_checkpoint
 
 __all__ = ["ARCHS", "OPTION_CHOICES", "MODEL_SIZES", "BaseBranch", "CrossModel", "LoadReport",
            "WeightsError", "build_model", "count_parameters", "describe_state_dict", "group_loss",

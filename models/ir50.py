@@ -2,8 +2,8 @@
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 

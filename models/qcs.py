@@ -85,7 +85,8 @@ class CrossModel(nn.Module):
     """DCS (2 branches) or QCS (4 branches): the base branch plus the cross module.
 
     `model(x)` returns base logits. `model(*group)` with the group's G images returns the
-    base logits of each image, then the cross logits of each (METHOD.md §3 order).
+    base logits of each image, then the cross logits of each (METHOD.md §3 order), from one
+    batched base-network call; `model.forward_per_branch(*group)` gives them with one call per image.
     """
 
     def __init__(self, base, num_branches, num_classes, dim, num_heads, mlp_ratio=4.0,
@@ -109,21 +110,42 @@ class CrossModel(nn.Module):
     def forward(self, *images):
         if len(images) == 1:
             return self.base(images[0])
+        self._check_group(images)
+        return self._group_outputs(*self.base_features(images))
+
+    def forward_per_branch(self, *images):
+        """`model(*group)` with one base-network call per image instead of one batched call.
+
+        Slower and otherwise the same (batch norm normalises each branch on its own either way):
+        the reference that the batched call is tested and benchmarked against.
+        """
+        self._check_group(images)
+        return self._group_outputs(*self.base_features(images, batched=False))
+
+    def _check_group(self, images):
         if len(images) != self.num_branches:
             raise ValueError(f"this model takes 1 or {self.num_branches} images, got {len(images)}")
-        base_logits, base_tokens = self.base_features(images)
-        cross_tokens = self.refine(base_tokens)
-        cross_logits = self.cross_logits(base_tokens, cross_tokens)
+
+    def _group_outputs(self, base_logits, base_tokens):
+        """The G base logits, then the G cross logits (METHOD.md §3 order)."""
+        cross_logits = self.cross_logits(base_tokens, self.refine(base_tokens))
         return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
 
-    def base_features(self, images):
-        """Base logits G×B×K and patch tokens G×B×T×C of the G images, in one batched call."""
+    def base_features(self, images, batched=True):
+        """Base logits G×B×K and patch tokens G×B×T×C of the G images.
+
+        `batched`: one base-network call on the concatenated images (each branch's batch norm
+        statistics kept apart); otherwise one call per image.
+        """
+        if not batched:
+            logits, tokens = zip(*(self.base.forward_features(x) for x in images))
+            return torch.stack(logits), torch.stack(tokens)
         logits, tokens = self.base.forward_features(torch.cat(images), len(images))
         return logits.unflatten(0, (len(images), -1)), tokens.unflatten(0, (len(images), -1))
 
     def refine(self, base_tokens):
         """Cross-block output for every level: G×B×T×C."""
-        levels = base_tokens.chunk(NUM_LEVELS, dim=2)
+        levels = split_levels(base_tokens)
         return torch.cat([block(level) for block, level in zip(self.cross_blocks, levels)], dim=2)
 
     def cross_logits(self, base_tokens, cross_tokens):
@@ -138,8 +160,21 @@ class CrossModel(nn.Module):
         logits = self.cross_head(tokens)
         return logits[0] if isinstance(logits, tuple) else logits
 
-    def csa_maps(self, *images):
-        """Per-level CSA weight vectors (levels × G × B × N) of a group, for visualisation."""
-        _, base_tokens = self.base_features(images)
-        levels = base_tokens.chunk(NUM_LEVELS, dim=2)
+    def csa_maps(self, *images, base_tokens=None):
+        """Per-level CSA weight vectors (levels × G × B × N) of a group, for visualisation.
+
+        Give the G images, or instead their `base_tokens` (G×B×T×C, as from `base_features`)
+        when they are already computed. G may be 2 for a QCS model too: the pair is then
+        weighted as a DCS pair (S term only).
+        """
+        if base_tokens is None:
+            _, base_tokens = self.base_features(images)
+        elif images:
+            raise ValueError("give the images or their base_tokens, not both")
+        levels = split_levels(base_tokens)
         return torch.stack([block.spatial_weights(level) for block, level in zip(self.cross_blocks, levels)])
+
+
+def split_levels(tokens):
+    """The NUM_LEVELS token sets (…×N×C each) of the base branch's …×T×C patch tokens."""
+    return tokens.chunk(NUM_LEVELS, dim=-2)

@@ -59,7 +59,7 @@ def _ir_unit(x, w, prefix, stride):
 
 
 def _units_in_stage(w, stage):
-    pattern = re.compile(r"ir_back\.body%d\.(\d+)\." % stage)
+    pattern = re.compile(rf"ir_back\.body{stage}\.(\d+)\.")
     indices = {int(m.group(1)) for key in w.tensors for m in [pattern.match(key)] if m}
     return max(indices) + 1
 
@@ -72,7 +72,7 @@ def _ir50_stages(x, w):
     outputs = []
     for stage in (1, 2, 3):
         for unit in range(_units_in_stage(w, stage)):
-            x = _ir_unit(x, w, "ir_back.body%d.%d" % (stage, unit), 2 if unit == 0 else 1)
+            x = _ir_unit(x, w, f"ir_back.body{stage}.{unit}", 2 if unit == 0 else 1)
         outputs.append(x)
     return outputs
 
@@ -122,8 +122,8 @@ def _vit(tokens, w, prefix):
     cls = w[prefix + ".cls_token"].expand(batch, -1, -1)
     x = torch.cat([cls, tokens], dim=1) + w[prefix + ".pos_embed"]
     block = 0
-    while (prefix + ".blocks.%d.norm1.weight" % block) in w:
-        bp = prefix + ".blocks.%d" % block
+    while (f"{prefix}.blocks.{block}.norm1.weight") in w:
+        bp = f"{prefix}.blocks.{block}"
         x = x + _self_attention(_layer_norm(x, w, bp + ".norm1", VIT_LN_EPS), w, bp + ".attn")
         x = x + _mlp(_layer_norm(x, w, bp + ".norm2", VIT_LN_EPS), w, bp + ".mlp")
         block += 1
@@ -236,14 +236,13 @@ def reference_forward(state_dict, images, num_classes, block_form="inplace", mat
     [base_1..base_n, cross_1..cross_n].
     """
     if len(images) not in (1, 2, 4):
-        raise ValueError("expected 1, 2 or 4 image batches, got %d" % len(images))
+        raise ValueError(f"expected 1, 2 or 4 image batches, got {len(images)}")
     dtype = images[0].dtype
     w = _Weights(state_dict, dtype)
     for vit in ("VIT_base", "VIT_cross"):
         key = vit + ".head.linear.weight"
         if key in w and w[key].shape[0] != num_classes:
-            raise ValueError("%s has %d rows, expected %d classes"
-                             % (key, w[key].shape[0], num_classes))
+            raise ValueError(f"{key} has {w[key].shape[0]} rows, expected {num_classes} classes")
     base_logits, base_tokens = [], []
     for image in images:
         logits, patches = _vit(_tokens(image, w), w, "VIT_base")
@@ -255,7 +254,7 @@ def reference_forward(state_dict, images, num_classes, block_form="inplace", mat
     for level in range(NUM_LEVELS):
         chunk = slice(level * TOKENS_PER_LEVEL, (level + 1) * TOKENS_PER_LEVEL)
         outs = _cross_block([t[:, chunk] for t in base_tokens], w,
-                            "cross_attention_%d" % (level + 1), block_form, matrix, attention)
+                            f"cross_attention_{level + 1}", block_form, matrix, attention)
         for per_image, out in zip(refined, outs):
             per_image.append(out)
     cross_logits = []

@@ -5,12 +5,12 @@ import statistics
 import pytest
 from PIL import Image
 
-from test_train import folder_dataset
 from utils.compare import main, plot_curves, summarise, write_summary
 
 
-def test_compare_trains_every_model_and_summarises_the_seeds(tmp_path, capsys):
-    data = folder_dataset(tmp_path / "data")
+@pytest.mark.slow  # six training runs: three models, two seeds
+def test_compare_trains_every_model_and_summarises_the_seeds(folder_data, tmp_path, capsys):
+    data = folder_data
     out = tmp_path / "compare"
     training = ["--data-root", str(data), "--size", "tiny", "--image-size", "32", "--workers", "0",
                 "--pretrained", "none", "-b", "4", "--lr", "1e-3", "--epochs", "2"]

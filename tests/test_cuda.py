@@ -3,6 +3,8 @@
 Run on a GPU machine with `python -m pytest -q -s tests/test_cuda.py` (`-s` shows the printed
 peak memory).
 """
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -13,6 +15,10 @@ from utils.sam import SAM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICE = torch.device("cuda")
+# Stated budget for a SAM step of QCS at paper size, batch 24 (96 images; the backbone runs at
+# 112 px), bf16 autocast, channels_last. Not yet measured on a GPU: an estimate from the activation
+# sizes puts it at a few GiB, so half of an 80 GB H100 leaves a wide margin; more means a regression.
+PEAK_MEMORY_BUDGET_GIB = 40
 
 
 def group(batch, side=112, seed=0):
@@ -21,23 +27,27 @@ def group(batch, side=112, seed=0):
     return images, torch.tensor([0] * batch, device=DEVICE), torch.tensor([1] * batch, device=DEVICE)
 
 
-def per_branch_outputs(model, images):
-    """QCS outputs with each branch sent through the base network in its own call."""
-    logits, tokens = zip(*(model.base.forward_features(x) for x in images))
-    base_logits, base_tokens = torch.stack(logits), torch.stack(tokens)
-    cross_logits = model.cross_logits(base_tokens, model.refine(base_tokens))
-    return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
-
-
-def test_batched_branches_equal_separate_calls_in_float32():
+@pytest.fixture
+def exact_float32():
+    """TF32 off for the test, restored afterwards (the switches are global)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_batched_branches_equal_separate_calls_in_float32(exact_float32, monkeypatch):
     torch.manual_seed(0)
     model = build_model("qcs", 7, size="small").to(DEVICE).train()
     images, _, _ = group(4)
     batched = model(*images)
-    separate = per_branch_outputs(model, images)
+    separate = model.forward_per_branch(*images)
     for a, b in zip(batched, separate):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the check can fail: one batch norm over all branches (about 1e-3 on the CPU) must not pass it
+    monkeypatch.setattr(model.base.backbone, "branch_groups", lambda num_groups: nullcontext())
+    mixed = model(*images)
+    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(mixed, separate))
 
 
 def test_amp_step_is_finite_and_amp_logits_are_close_to_float32():
@@ -95,5 +105,6 @@ def test_peak_memory_of_qcs_at_batch_24_with_amp():
     _, loss, _ = sam_step(model, optimizer, images, y, y_n, amp=True)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     print(f"\nQCS paper size, batch 24 (96 images), --amp: peak {peak:.2f} GiB on "
-          f"{torch.cuda.get_device_name()}")
-    assert torch.isfinite(loss) and peak < torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+          f"{torch.cuda.get_device_name()} (budget {PEAK_MEMORY_BUDGET_GIB} GiB)")
+    assert torch.isfinite(loss)
+    assert peak < PEAK_MEMORY_BUDGET_GIB

@@ -7,7 +7,12 @@ import torch
 from PIL import Image
 
 from data_preprocessing import (
-    DATASET_NAMES, DataError, ImageListDataset, build_dataset, dataset_classes, train_transform,
+    DATASET_NAMES,
+    DataError,
+    ImageListDataset,
+    build_dataset,
+    dataset_classes,
+    train_transform,
 )
 from data_preprocessing import test_transform as make_test_transform  # keep pytest from collecting it
 
@@ -64,7 +69,7 @@ def test_released_layout_parses_every_split(tmp_path, name):
     for list_file in list_files.values():
         (tmp_path / list_file).write_text(text)
     for split in list_files:
-        dataset = build_dataset(name, split, tmp_path, transform=make_test_transform(size=8))
+        dataset = build_dataset(name, split, tmp_path, transform=make_test_transform(image_size=8))
         assert dataset.image_names == images
         assert dataset.labels.tolist() == [0, last, 2]
         assert dataset.labels.dtype == np.int64
@@ -197,7 +202,7 @@ def test_other_modes_become_rgb(tmp_path, mode, value, expected):
 def test_data_folder_is_left_untouched(tmp_path):
     make_list_dataset(tmp_path, list_name="raf_db_basic_train.txt", lines=["a.png 0"])
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-    build_dataset("RAF-DB", "train", tmp_path, transform=train_transform("A", size=8))[0]
+    build_dataset("RAF-DB", "train", tmp_path, transform=train_transform("A", image_size=8))[0]
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
@@ -220,7 +225,7 @@ def test_fer2013_csv_splits_and_names(tmp_path):
     val = build_dataset("FER2013", "val", tmp_path / "fer2013.csv")  # the csv itself as data root
     assert val.labels.tolist() == [6] and val.image_names == ["fer2013_1"]
     assert val.load_image(0).getpixel((0, 0)) == (200, 200, 200)
-    test = build_dataset("FER2013", "test", tmp_path, transform=make_test_transform(size=8))
+    test = build_dataset("FER2013", "test", tmp_path, transform=make_test_transform(image_size=8))
     tensor, label = test[0]
     assert label == 0 and tensor.shape == (3, 8, 8)
 
@@ -241,6 +246,36 @@ def test_fer2013_csv_bad_row(tmp_path):
         build_dataset("FER2013", "train", tmp_path)
 
 
+def test_fer2013_pixel_parser_hand_worked():
+    from data_preprocessing.datasets import parse_fer2013_pixels
+
+    values = np.arange(48 * 48) % 256
+    pixels = parse_fer2013_pixels(" ".join(map(str, values)), "f.csv:7")
+    assert pixels.dtype == np.uint8 and pixels.shape == (48, 48)
+    assert pixels[0, 1] == 1 and pixels[1, 0] == 48 and pixels[5, 40] == (5 * 48 + 40) % 256  # row-major
+    for bad, message in [("1 2 x", "not space-separated integers"), ("1 2 3", "got 3 values"),
+                         (" ".join(["256"] * 2304), "values 0..255"),
+                         (" ".join(["4294967301"] * 2304), "values 0..255")]:  # 2**32 + 5: no wrap to 5
+        with pytest.raises(DataError, match=f"^f.csv:7: .*{message}"):
+            parse_fer2013_pixels(bad, "f.csv:7")
+
+
+def test_fer2013_csv_header_names_are_case_insensitive_and_blank_rows_skipped(tmp_path):
+    text = "Emotion,Pixels,usage\n" + fer2013_row(4, 3, "Training") + ",,\n" + fer2013_row(2, 9, "Training")
+    (tmp_path / "fer2013.csv").write_text(text)
+    train = build_dataset("FER2013", "train", tmp_path)
+    assert train.labels.tolist() == [4, 2] and train.image_names == ["fer2013_0", "fer2013_1"]
+
+
+@pytest.mark.parametrize("name", ["FER2013", "folder"])
+def test_check_images_off_is_refused_where_images_are_never_listed(tmp_path, name):
+    for folder in PUBLISHED_CLASSES["FER2013"]:
+        write_image(tmp_path / "train" / folder / "0.png")
+    assert len(build_dataset(name, "train", tmp_path)) == 7
+    with pytest.raises(ValueError, match="check_images=False applies to list-file datasets only"):
+        build_dataset(name, "train", tmp_path, check_images=False)
+
+
 def test_fer2013_class_folders_map_to_fer2013_order(tmp_path):
     # Case-insensitive folder names, FER2013 label order regardless of alphabetical order.
     for folder, count in [("ANGRY", 1), ("Disgust", 1), ("fear", 1), ("happy", 2), ("sad", 1),
@@ -259,7 +294,7 @@ def test_fer2013_mini_class_folders():
     if not FER2013_MINI.is_dir():
         pytest.skip(f"{FER2013_MINI} not present")
     train = build_dataset("FER2013", "train", FER2013_MINI)
-    test = build_dataset("FER2013", "test", FER2013_MINI, transform=make_test_transform(size=16))
+    test = build_dataset("FER2013", "test", FER2013_MINI, transform=make_test_transform(image_size=16))
     assert len(train) == 2800 and train.class_counts().tolist() == [400] * 7
     assert len(test) == 655
     assert test.class_counts()[1] == 55  # disgust is label 1 in FER2013 order
@@ -318,11 +353,11 @@ STD = np.array([0.229, 0.224, 0.225])
 
 def test_test_transform_normalises_with_imagenet_statistics():
     image = Image.new("RGB", (30, 20), (51, 102, 204))
-    tensor = make_test_transform(size=12)(image)
+    tensor = make_test_transform(image_size=12)(image)
     expected = (np.array([51, 102, 204]) / 255 - MEAN) / STD
     assert tensor.shape == (3, 12, 12)
     assert np.allclose(tensor.mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
-    cropped = make_test_transform(resize=16, size=12)(Image.new("RGB", (40, 20), (0, 0, 0)))
+    cropped = make_test_transform(resize=16, image_size=12)(Image.new("RGB", (40, 20), (0, 0, 0)))
     assert cropped.shape == (3, 12, 12)
 
 
@@ -330,8 +365,8 @@ def test_train_transforms_shapes_and_randomness():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     torch.manual_seed(0)
-    a = train_transform("A", size=16)
-    b = train_transform("B", resize=20, rotation=10, erase_scale=(0.03, 0.1), size=16)
+    a = train_transform("A", image_size=16)
+    b = train_transform("B", resize=20, rotation=10, erase_scale=(0.03, 0.1), image_size=16)
     assert a(image).shape == (3, 16, 16) and b(image).shape == (3, 16, 16)
     assert not torch.equal(a(image), a(image))
     names = [type(t).__name__ for t in b.transforms]
@@ -346,6 +381,53 @@ def test_train_transforms_shapes_and_randomness():
         train_transform("B", resize=200)
 
 
+def test_transform_options_that_do_not_apply_are_refused():
+    with pytest.raises(ValueError, match="A takes no resize or rotation"):
+        train_transform("A", resize=256, rotation=10)
+    with pytest.raises(ValueError, match="A takes no rotation"):
+        train_transform("A", rotation=0)
+    with pytest.raises(ValueError, match="B needs resize"):
+        train_transform("B", rotation=10)
+    with pytest.raises(TypeError):  # `size` is the model preset; the pixel side is image_size
+        make_test_transform(size=8)
+    with pytest.raises(TypeError):
+        train_transform("A", size=8)
+
+
+def test_describe_transform_hand_written():
+    from data_preprocessing import describe_transform
+
+    assert describe_transform(make_test_transform(resize=234, image_size=224)) == (
+        "Resize((234, 234)) → CenterCrop(224) → ToTensor → Normalize")
+    assert describe_transform(make_test_transform(image_size=56)) == "Resize((56, 56)) → ToTensor → Normalize"
+    assert describe_transform(train_transform("B", resize=20, rotation=10, image_size=16)) == (
+        "Resize((20, 20)) → RandomHorizontalFlip → RandomRotation → RandomCrop(16) → ColorJitter → ToTensor"
+        " → Normalize → RandomErasing")
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("a.JPG", True), ("./faces/a.png", True), ("../x/b.webp", True), (Path("x") / "y.tiff", True),
+    (".hidden.png", False), ("faces/.hidden.jpg", False), ("notes.txt", False), ("png", False),
+])
+def test_is_image_file_takes_names_and_paths(path, expected):
+    from data_preprocessing import is_image_file
+
+    assert is_image_file(path) is expected
+
+
+@pytest.mark.parametrize("box, expected", [
+    ((5, 4, 10, 8), (5, 4, 15, 12)),      # inside: (x, y, x + w, y + h)
+    ((-3, -2, 10, 10), (0, 0, 7, 8)),     # clipped at the top-left corner
+    ((30, 20, 20, 20), (30, 20, 40, 30)),  # clipped at the bottom-right corner of 40x30
+    ((100, 0, 10, 10), None),             # right of the image
+    ((0, -10, 5, 10), None),              # ends exactly at the top edge: nothing left
+])
+def test_clamp_box_hand_worked(box, expected):
+    from data_preprocessing import clamp_box
+
+    assert clamp_box(box, 40, 30) == expected
+
+
 def test_test_transform_b_is_a_square_resize_then_a_centre_crop():
     # 40×20 image, black left quarter: squashed to 16×16 the edge sits at column 4, so the centred
     # 12×12 crop (columns 2..13) starts with dark columns; an aspect-keeping resize (32×16) would
@@ -355,7 +437,7 @@ def test_test_transform_b_is_a_square_resize_then_a_centre_crop():
     image = Image.fromarray(pixels)
     expected = image.resize((16, 16), Image.BILINEAR).crop((2, 2, 14, 14))
     expected = (np.asarray(expected, dtype=np.float64) / 255 - MEAN) / STD
-    got = make_test_transform(resize=16, size=12)(image).permute(1, 2, 0).numpy()
+    got = make_test_transform(resize=16, image_size=12)(image).permute(1, 2, 0).numpy()
     assert np.allclose(got, expected, atol=1e-5)
     white = (1.0 - MEAN) / STD
     assert got[:, 0].mean() < 0 < white[0] and np.allclose(got[:, -1], white, atol=1e-5)

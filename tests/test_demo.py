@@ -3,7 +3,6 @@
 import colorsys
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,13 +13,10 @@ from data_preprocessing import demo
 NUM_CLASSES = 7
 
 
-@pytest.fixture(scope="module")
-def default_demo(tmp_path_factory):
-    """The default demo dataset, generated once for this module, with its generation time."""
-    root = tmp_path_factory.mktemp("demo_default")
-    start = time.perf_counter()
-    info = demo.ensure_demo_dataset(root)
-    return root, info, time.perf_counter() - start
+@pytest.fixture
+def default_demo(demo_dataset):
+    """The session's default demo dataset (tests/conftest.py), generated once: (root, first call's info)."""
+    return demo_dataset
 
 
 def read_list(path):
@@ -46,9 +42,9 @@ def test_classes_in_rafdb_order():
     assert demo.DEMO_CLASSES == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 
 
-def test_default_layout_and_generation_time(default_demo):
-    root, info, seconds = default_demo
-    assert info["generated"] and seconds < 20  # a few seconds on 2 cores; generous for loaded machines
+def test_default_layout(default_demo):
+    root, info = default_demo
+    assert info["generated"] and (info["num_train"], info["num_test"]) == (7 * 60, 7 * 20)
     for split, per_class in (("train", 60), ("test", 20)):
         entries = read_list(root / f"demo_{split}.txt")
         labels = np.array([label for _, label in entries])
@@ -63,12 +59,25 @@ def test_default_layout_and_generation_time(default_demo):
     assert meta["classes"] == demo.DEMO_CLASSES
 
 
-def test_same_parameters_is_a_no_op(default_demo):
-    root, _, _ = default_demo
-    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != ".demo.lock"}
+def file_stamps(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != ".demo.lock"}
+
+
+def test_same_parameters_is_a_no_op(default_demo, tmp_path, monkeypatch):
+    root, _ = default_demo
+    stamps = file_stamps(root)
+    drawn, real_draw_face = [], demo.draw_face
+
+    def counting_draw_face(*args, **kwargs):
+        drawn.append(args)
+        return real_draw_face(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "draw_face", counting_draw_face)
     info = demo.ensure_demo_dataset(root)
-    assert not info["generated"]
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert not info["generated"] and drawn == []  # the folder is reused: not one face drawn again
+    assert file_stamps(root) == stamps  # no file rewritten, added or removed
+    small(tmp_path)  # the spy sees a real generation, so the empty list above means something
+    assert len(drawn) == NUM_CLASSES * (2 + 1 + 1)  # train, test and test_flipped of `small`
 
 
 @pytest.mark.parametrize("change, mentioned", [
@@ -78,7 +87,7 @@ def test_same_parameters_is_a_no_op(default_demo):
     (dict(train_per_class=10), "train_per_class"),
 ])
 def test_different_parameters_refused(default_demo, change, mentioned):
-    root, _, _ = default_demo
+    root, _ = default_demo
     with pytest.raises(ValueError, match=f"different parameters: .*{mentioned}="):
         demo.ensure_demo_dataset(root, **change)
 
@@ -118,7 +127,7 @@ def test_bad_parameters_refused(tmp_path):
 
 
 def test_spurious_background_measured(default_demo):
-    root, _, _ = default_demo
+    root, _ = default_demo
     train, test = read_attributes(root, "train"), read_attributes(root, "test")
     assert len(train) == 420 and len(test) == 140
     agree_train = np.mean([int(r["background"]) == int(r["label"]) for r in train])
@@ -131,7 +140,7 @@ def test_spurious_background_measured(default_demo):
 
 def test_recorded_background_is_the_drawn_one(default_demo):
     """The hue of the left/right image borders (beside the face) matches the recorded background level."""
-    root, _, _ = default_demo
+    root, _ = default_demo
     rows = read_attributes(root, "test")
     matches = 0
     for row in rows:
@@ -162,7 +171,7 @@ def mouth_crop(root, row):
 
 
 def test_expressions_distinguishable_from_mouth_region(default_demo):
-    root, _, _ = default_demo
+    root, _ = default_demo
     crops, labels = {}, {}
     for split in ("train", "test"):
         rows = read_attributes(root, split)
@@ -198,7 +207,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_flipped_test_split_sets_the_nuisance_against_the_label(default_demo):
-    root, _, _ = default_demo
+    root, _ = default_demo
     test, flipped = read_attributes(root, "test"), read_attributes(root, "test_flipped")
     assert len(flipped) == len(test) == 140
     # every flipped image carries the background tied to the class three steps on, never its own

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from utils.engine import EpochMeter, NonFiniteLoss, accuracy_metrics, agree_finite, classification_summary
+from utils.engine import NonFiniteLoss, agree_finite
+from utils.metrics import EpochMeter, accuracy_metrics, classification_summary
 from utils.sam import SAM
 
 
@@ -82,14 +83,10 @@ def _agree_finite_worker(rank, port, results):
     dist.destroy_process_group()
 
 
-def test_a_non_finite_loss_on_one_rank_stops_every_rank():
-    import socket
-
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(free_port):
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_agree_finite_worker, args=(port, results), nprocs=2, join=True)
+    mp.spawn(_agree_finite_worker, args=(free_port, results), nprocs=2, join=True)
     assert "loss is nan at step 3" in results[1]
     assert "another rank" in results[0] and "at step 3" in results[0]

@@ -66,6 +66,7 @@ def test_backbone_recomputation_matches_eager_and_counts_batch_norm_once(initial
     assert all(weights[k].item() == eager[1][k].item() == 8 for k in tracked)
 
 
+@pytest.mark.slow  # torch.compile of a training step
 def test_compiled_step_matches_eager(initial_state, group, eager):
     loss, weights = one_step(initial_state, group, compile_backend="aot_eager")
     assert loss == pytest.approx(eager[0], rel=1e-5)
@@ -103,7 +104,7 @@ def test_distance_matrix_under_bf16_autocast_keeps_float32_and_the_whole_batch_m
 
 
 def test_training_cli_runs_the_gpu_options_on_the_cpu(tmp_path):
-    from test_train import args, folder_dataset
+    from test_train import args, eval_args, folder_dataset
     from utils.train import main
 
     data = folder_dataset(tmp_path / "data")
@@ -112,4 +113,4 @@ def test_training_cli_runs_the_gpu_options_on_the_cpu(tmp_path):
                             "--output-dir", str(run))) == 0
     config = (run / "config.json").read_text()
     assert '"amp": true' in config and '"channels_last": true' in config
-    assert main("qcs", args(data, "--evaluate", str(run / "last.pth"), "--amp", "--channels-last")) == 0
+    assert main("qcs", eval_args(data, "--evaluate", str(run / "last.pth"), "--amp", "--channels-last")) == 0

@@ -1,13 +1,22 @@
 """Model structure, CSA math, invariants and weight loading (models/METHOD.md)."""
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 import models.csa as csa
 from authors_format import as_authors, write_authors_checkpoint
-from models import (MODEL_SIZES, WeightsError, build_model, count_parameters, group_loss,
-                    inference_model, load_weights)
+from models import (
+    ARCHS,
+    MODEL_SIZES,
+    WeightsError,
+    build_model,
+    count_parameters,
+    group_loss,
+    inference_model,
+    load_weights,
+)
 
 
 def tiny(arch, num_classes=7, **options):
@@ -28,7 +37,7 @@ OPTION_GRID = [dict(attention=a, matrix=m, connection=c)
 @pytest.mark.parametrize("arch,num_classes", [("dcs", 7), ("qcs", 8)])
 def test_output_shapes_every_option(arch, num_classes, options):
     model = tiny(arch, num_classes, **options)
-    group = images(4 if arch == "qcs" else 2)
+    group = images(ARCHS[arch])
     for train in (True, False):
         model.train(train)
         outputs = model(*group)
@@ -42,6 +51,13 @@ def test_base_arch_and_sizes():
     assert base(images(1)[0]).shape == (2, 7)
     assert set(MODEL_SIZES) >= {"paper", "small", "tiny"}
     assert count_parameters(base) < 1e6
+
+
+def test_branches_per_architecture():
+    assert ARCHS == {"base": 1, "dcs": 2, "qcs": 4}
+    assert (tiny("dcs").num_branches, tiny("qcs").num_branches) == (2, 4)
+    with pytest.raises(ValueError, match="takes 1 or 4 images, got 2"):
+        tiny("qcs").forward_per_branch(*images(2))
 
 
 def test_dcs_swapping_anchor_and_positive_swaps_outputs():
@@ -79,10 +95,19 @@ def test_qcs_asymmetric_swap_changes_outputs():
 @pytest.mark.parametrize("arch", ["dcs", "qcs"])
 def test_spatial_weights_sum_to_one(arch):
     model = tiny(arch, attention="csa").eval()
-    maps = model.csa_maps(*images(4 if arch == "qcs" else 2))
-    assert maps.shape[:2] == (3, 4 if arch == "qcs" else 2)
+    maps = model.csa_maps(*images(ARCHS[arch]))
+    assert maps.shape[:2] == (3, ARCHS[arch])
     torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
     assert (maps >= 0).all()
+
+
+def test_weight_maps_from_tokens_equal_those_from_images():
+    model = tiny("qcs").eval()
+    group = images(4)
+    tokens = torch.stack([model.base.forward_features(x)[1] for x in group])  # G×B×T×C, image by image
+    torch.testing.assert_close(model.csa_maps(base_tokens=tokens), model.csa_maps(*group), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        model.csa_maps(*group, base_tokens=tokens)
 
 
 def test_csa_fusion_hand_worked_2x2():
@@ -123,7 +148,7 @@ def test_one_distance_matrix_per_pair(monkeypatch, arch, expected):
     real = torch.cdist
     monkeypatch.setattr(csa.torch, "cdist", lambda a, b: calls.append(a.shape) or real(a, b))
     model = tiny(arch).eval()
-    model(*images(4 if arch == "qcs" else 2))
+    model(*images(ARCHS[arch]))
     assert len(calls) == 3 * expected  # per level
     assert all(len(shape) == 3 for shape in calls)  # B×N×C: no B×N×N×C intermediate
 
@@ -153,25 +178,30 @@ def test_group_loss_is_mean_of_eight_cross_entropies():
     torch.testing.assert_close(loss, torch.stack(by_hand).mean())
 
 
-def per_branch_outputs(model, group):
-    """The training outputs with each branch sent through the base network in its own call."""
-    logits, tokens = zip(*(model.base.forward_features(x) for x in group))
-    base_logits, base_tokens = torch.stack(logits), torch.stack(tokens)
-    cross_logits = model.cross_logits(base_tokens, model.refine(base_tokens))
-    return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
-
-
 @pytest.mark.parametrize("arch", ["dcs", "qcs"])
 def test_batched_branches_equal_per_branch(arch):
     """Train mode: one batched backbone call gives the per-branch results and BN statistics."""
-    n = 4 if arch == "qcs" else 2
-    batched, reference = tiny(arch).double(), tiny(arch).double()
-    group = images(n, batch=3, dtype=torch.float64)
-    out_batched, out_ref = batched(*group), per_branch_outputs(reference, group)
-    for a, b in zip(out_batched, out_ref):
+    batched, per_branch, by_hand = tiny(arch).double(), tiny(arch).double(), tiny(arch).double()
+    group = images(ARCHS[arch], batch=3, dtype=torch.float64)
+    out_batched, out_per_branch = batched(*group), per_branch.forward_per_branch(*group)
+    for a, b in zip(out_batched, out_per_branch):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    for (name, a), b in zip(batched.state_dict().items(), reference.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+    # the per-branch reference is what it says: the base network called on each image in turn
+    for a, x in zip(out_per_branch, group):
+        torch.testing.assert_close(a, by_hand.base(x), rtol=0, atol=0)
+    for reference in (per_branch, by_hand):
+        for (name, a), b in zip(batched.state_dict().items(), reference.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+
+
+def test_batching_without_per_branch_batch_norm_would_show(monkeypatch):
+    """The comparison above can fail: one batch norm over all branches changes every output."""
+    model = tiny("qcs").double()
+    group = images(4, batch=3, dtype=torch.float64)
+    monkeypatch.setattr(model.base.backbone, "branch_groups", lambda num_groups: nullcontext())
+    differences = [(a - b).abs().max().item()
+                   for a, b in zip(model(*group), model.forward_per_branch(*group))]
+    assert min(differences) > 1e-4
 
 
 def test_backbone_checkpointing_changes_nothing():
@@ -210,7 +240,8 @@ def test_bad_options_are_named(kwargs, message):
 
 
 def test_proj_drop_rule_follows_class_count():
-    seven, eight = build_model("dcs", 7, size="tiny", cross_drop=0.2), build_model("dcs", 8, size="tiny", cross_drop=0.2)
+    seven = build_model("dcs", 7, size="tiny", cross_drop=0.2)
+    eight = build_model("dcs", 8, size="tiny", cross_drop=0.2)
     assert seven.cross_head.blocks[0].attn.proj_drop.p == 0.0
     assert eight.cross_head.blocks[0].attn.proj_drop.p == 0.2
     assert eight.cross_head.blocks[0].mlp.drop.p == seven.cross_head.blocks[0].mlp.drop.p == 0.2
@@ -222,7 +253,7 @@ def test_authors_checkpoint_with_main_pickles_loads(tmp_path, monkeypatch):
     source = tiny("qcs").eval()
     path = tmp_path / "authors.pth"
     write_authors_checkpoint(path, as_authors(source), monkeypatch)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError, match="RecorderMeter_loss"):
         torch.load(path, weights_only=False)  # plain torch.load cannot unpickle the recorders
     target = build_model("qcs", 7, size="tiny").eval()
     report = load_weights(target, path)

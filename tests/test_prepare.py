@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_preprocessing import prepare_affectnet, prepare_ferplus, prepare_rafdb
+from data_preprocessing import build_dataset, prepare_affectnet, prepare_ferplus, prepare_rafdb
 from data_preprocessing._prepare_common import PrepareError
+from data_preprocessing.datasets import DataError
+from data_preprocessing.outputs import OutputError
 
 
 def read_lines(path):
@@ -28,7 +30,7 @@ def test_rafdb_lists_are_zero_based_with_aligned_names(tmp_path, capsys):
         "train_00001_aligned.jpg 4", "train_00002_aligned.jpg 0", "train_00003_aligned.jpg 1"]
     assert read_lines(out / "raf_db_basic_test.txt") == ["test_0001_aligned.jpg 6", "test_0002_aligned.jpg 3"]
     printed = capsys.readouterr().out
-    assert "train: 3 images" in printed and "test: 2 images" in printed
+    assert "RAF-DB train: 3 images" in printed and "RAF-DB test: 2 images" in printed
     assert raw.read_text() == RAF_LIST  # input untouched
 
 
@@ -45,7 +47,7 @@ def test_rafdb_bad_line_names_file_and_line(tmp_path, bad_line, message):
     raw.write_text(f"train_00001.jpg 5\n{bad_line}\n")
     with pytest.raises(PrepareError) as error:
         prepare_rafdb.prepare(["--list", str(raw), "--out", str(tmp_path / "out")])
-    assert "labels.txt line 2" in str(error.value) and message in str(error.value)
+    assert "labels.txt:2: " in str(error.value) and message in str(error.value)
     assert not (tmp_path / "out" / "raf_db_basic_train.txt").exists()
 
 
@@ -89,7 +91,7 @@ FERPLUS_ROWS = [
 ]
 FERPLUS_EXPECTED = {
     "ferplus_training.txt": ["fer0000000.png 1", "fer0000001.png 0", "fer0000005.png 7"],
-    "ferplus_valid.txt": ["fer0000007.png 6"],
+    "ferplus_valid.txt": ["fer0000007.png 6"],  # the registry's split "val"
     "ferplus_test.txt": ["fer0000008.png 5", "fer0000010.png 3", "fer0000012.png 4"],
 }
 
@@ -144,7 +146,8 @@ def test_ferplus_lists_and_images(tmp_path, capsys):
     assert image.mode == "L" and image.size == (48, 48)
     assert np.array_equal(np.asarray(image).ravel(), face_pixels(5))
     printed = capsys.readouterr().out
-    assert "train: 3 images" in printed and "valid: 1 images" in printed and "test: 3 images" in printed
+    assert ("FERPlus train: 3 images" in printed and "FERPlus val: 1 images" in printed
+            and "FERPlus test: 3 images" in printed)
     assert "7 Contempt: 1" in printed
     assert fer_path.read_bytes() == fer_before and plus_path.read_bytes() == plus_before
 
@@ -154,7 +157,7 @@ def test_ferplus_refuses_overwrite(tmp_path):
     out = tmp_path / "out"
     args = ["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(out)]
     prepare_ferplus.prepare(args)
-    with pytest.raises(PrepareError, match="--overwrite"):
+    with pytest.raises(OutputError, match="refusing to overwrite.*--overwrite"):
         prepare_ferplus.prepare(args)
     prepare_ferplus.prepare(args + ["--overwrite"])
 
@@ -173,17 +176,18 @@ def test_ferplus_usage_mismatch_names_lines(tmp_path):
     usages = [row[0] for row in FERPLUS_ROWS]
     usages[7] = "Training"
     fer_path, plus_path = write_ferplus_inputs(tmp_path, fer_usages=usages)
-    with pytest.raises(PrepareError, match="fer2013new.csv line 9 .*fer2013.csv line 9"):
+    with pytest.raises(PrepareError, match="fer2013new.csv:9 .*fer2013.csv:9"):
         prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
                                  "--out", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize("row, message", [
-    (("Training", "fer0000099.png", [0, "x", 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv line 3: vote count 'happiness'"),
-    (("Training", "fer0000099.png", [0, -2, 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv line 3: vote counts must be >= 0"),
-    (("Validation", "fer0000099.png", [0] * 10), "fer2013new.csv line 3: Usage 'Validation'"),
-    (("Training", "fer0000000.png", [0] * 10), "fer2013new.csv line 3: image name 'fer0000000.png' already used"),
-    (("Training", "../x.png", [0] * 10), "fer2013new.csv line 3: image name '../x.png' must be a plain"),
+    (("Training", "fer0000099.png", [0, "x", 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv:3: vote count 'happiness'"),
+    (("Training", "fer0000099.png", [0, "inf", 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv:3: vote count 'happiness'"),
+    (("Training", "fer0000099.png", [0, -2, 0, 0, 0, 0, 0, 0, 0, 0]), "fer2013new.csv:3: vote counts must be >= 0"),
+    (("Validation", "fer0000099.png", [0] * 10), "fer2013new.csv:3: Usage 'Validation'"),
+    (("Training", "fer0000000.png", [0] * 10), "fer2013new.csv:3: image name 'fer0000000.png' already used"),
+    (("Training", "../x.png", [0] * 10), "fer2013new.csv:3: image name '../x.png' must be a plain"),
 ])
 def test_ferplus_bad_row_names_file_and_line(tmp_path, row, message):
     fer_path, plus_path = write_ferplus_inputs(tmp_path, [FERPLUS_ROWS[0], row])
@@ -198,7 +202,7 @@ def test_ferplus_bad_pixels_names_line(tmp_path):
     lines = fer_path.read_text().splitlines()
     lines[2] = '1,"1 2 3",Training'
     fer_path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(PrepareError, match="fer2013.csv line 3: expected 2304 pixel values, got 3"):
+    with pytest.raises(DataError, match="fer2013.csv:3: pixels must be 2304 values 0..255 .*got 3 values"):
         prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
                                  "--out", str(tmp_path / "out")])
 
@@ -275,7 +279,8 @@ def test_affectnet_lists_and_crops(tmp_path, capsys, workers):
     for name, pixels in expected_crops.items():
         assert np.array_equal(np.asarray(Image.open(crops / name)), pixels), name
     printed = capsys.readouterr().out
-    assert "train (AffectNet-8): 4 images" in printed and "7 Contempt: 1" in printed
+    assert "AffectNet-8 train: 4 images" in printed and "7 Contempt: 1" in printed
+    assert "AffectNet-7 test: 1 images" in printed
     assert {p: p.read_bytes() for p in images.rglob("*.png")} == source_bytes
 
 
@@ -286,7 +291,7 @@ def test_affectnet_without_crop_keeps_relative_paths(tmp_path):
     for list_name, expected in AFFECTNET_EXPECTED.items():
         assert read_lines(out / list_name) == expected
     assert not (out / "Manually_trainval_croped").exists()
-    with pytest.raises(PrepareError, match="--overwrite"):
+    with pytest.raises(OutputError, match="refusing to overwrite.*--overwrite"):
         prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out))
     prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out, "--overwrite"))
 
@@ -300,14 +305,14 @@ def test_affectnet_errors(tmp_path):
     with pytest.raises(PrepareError, match="overlaps the input"):
         prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, images, "--crop"))
     (images / "2/c.png").unlink()
-    with pytest.raises(PrepareError, match=r"1 listed image\(s\) missing: 2/c.png \(training.csv line 4\)"):
+    with pytest.raises(PrepareError, match=r"1 listed image\(s\) missing: 2/c.png \(training.csv:4\)"):
         prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out))
 
 
 @pytest.mark.parametrize("row, message", [
-    (("4/x.png", (0, 0, 10, 10), 11), "validation.csv line 2: expression '11' is outside 0..10"),
-    (("4/x.png", (0, 0, 0, 10), 1), "validation.csv line 2: face_width and face_height must be > 0"),
-    (("../x.png", (0, 0, 10, 10), 1), "validation.csv line 2: subDirectory_filePath '../x.png'"),
+    (("4/x.png", (0, 0, 10, 10), 11), "validation.csv:2: expression '11' is outside 0..10"),
+    (("4/x.png", (0, 0, 0, 10), 1), "validation.csv:2: face_width and face_height must be > 0"),
+    (("../x.png", (0, 0, 10, 10), 1), "validation.csv:2: subDirectory_filePath '../x.png'"),
 ])
 def test_affectnet_bad_row_names_file_and_line(tmp_path, row, message):
     train_csv, val_csv, images = write_affectnet_inputs(tmp_path, val=[AFFECTNET_VAL[0], row])
@@ -320,5 +325,97 @@ def test_affectnet_bad_row_names_file_and_line(tmp_path, row, message):
 def test_affectnet_box_outside_image_names_line(tmp_path):
     train_csv, val_csv, images = write_affectnet_inputs(tmp_path, train=[("1/a.png", (100, 0, 10, 10), 2)],
                                                       val=AFFECTNET_VAL[:1])
-    with pytest.raises(PrepareError, match="training.csv line 2: face box"):
+    with pytest.raises(PrepareError, match="training.csv:2: face box"):
         prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, tmp_path / "out", "--crop"))
+
+
+# ----------------------------------------------------------------------------- shared by the scripts
+
+# The released split -> list file names (restated here, not read from the registry).
+FERPLUS_SPLIT_FILES = {"train": "ferplus_training.txt", "val": "ferplus_valid.txt", "test": "ferplus_test.txt"}
+AFFECTNET_SPLIT_FILES = {
+    ("train", 7): "affectnet_training-cls7-v7.txt", ("test", 7): "affectnet_validation-cls7.txt",
+    ("train", 8): "affectnet_training-cls8-v7.txt", ("test", 8): "affectnet_validation-cls8.txt",
+}
+
+
+def names_and_labels(lines):
+    return [line.split()[0] for line in lines], [int(line.split()[1]) for line in lines]
+
+
+def test_prepared_ferplus_loads_under_every_registry_split(tmp_path):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path)
+    out = tmp_path / "FERPlus"
+    entries = prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(out)])
+    assert sorted(entries) == sorted(FERPLUS_SPLIT_FILES)  # "val", not "valid"
+    for split, list_name in FERPLUS_SPLIT_FILES.items():
+        dataset = build_dataset("FERPlus", split, out)
+        names, labels = names_and_labels(FERPLUS_EXPECTED[list_name])
+        assert dataset.image_names == names and dataset.labels.tolist() == labels, split
+        assert dataset.load_image(0).size == (48, 48)
+
+
+def test_prepared_affectnet_loads_under_every_registry_split(tmp_path):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    out = tmp_path / "AffectNet"
+    written = prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, out, "--crop"))
+    assert sorted(written) == sorted(AFFECTNET_SPLIT_FILES)  # validation.csv is the test split
+    first_crop_size = {"train": (10, 8), "test": (20, 20)}  # the boxes of 1/a.png and 3/g.png
+    for (split, num_classes), list_name in AFFECTNET_SPLIT_FILES.items():
+        dataset = build_dataset(f"AffectNet-{num_classes}", split, out)
+        assert (dataset.image_names, dataset.labels.tolist()) == names_and_labels(AFFECTNET_EXPECTED[list_name])
+        assert dataset.load_image(0).size == first_crop_size[split]
+
+
+def test_prepared_rafdb_loads_under_every_registry_split(tmp_path):
+    raw = tmp_path / "list_patition_label.txt"
+    raw.write_text(RAF_LIST)
+    out = tmp_path / "RAF-DB"
+    assert sorted(prepare_rafdb.prepare(["--list", str(raw), "--out", str(out)])) == ["test", "train"]
+    (out / "basic").mkdir()  # the aligned images are placed there by hand
+    train = build_dataset("RAF-DB", "train", out, check_images=False)
+    assert train.image_names[0] == "train_00001_aligned.jpg" and train.labels.tolist() == [4, 0, 1]
+
+
+def test_refused_output_is_one_stderr_line_naming_the_path(tmp_path, capsys):
+    raw = tmp_path / "list.txt"
+    raw.write_text(RAF_LIST)
+    out = tmp_path / "out"
+    prepare_rafdb.prepare(["--list", str(raw), "--out", str(out)])
+    capsys.readouterr()
+    with pytest.raises(OutputError):
+        prepare_rafdb.prepare(["--list", str(raw), "--out", str(out)])
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: --out ")
+    assert "raf_db_basic_train.txt" in error and "refusing to overwrite" in error and "--overwrite" in error
+
+
+def test_fer2013_csv_errors_read_the_same_in_the_loader_and_the_ferplus_script(tmp_path, capsys):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path, FERPLUS_ROWS[:2])
+    lines = fer_path.read_text().splitlines()
+    lines[2] = '1,"' + " ".join(["7"] * 2303) + ' 4294967301",Training'  # 2**32 + 5 must not wrap to 5
+    fer_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as loader_error:
+        build_dataset("FER2013", "train", fer_path)
+    assert prepare_ferplus.main(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
+                                 "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {loader_error.value}\n"
+    assert f"{fer_path}:3: pixels must be 2304 values 0..255" in str(loader_error.value)
+
+
+def test_list_files_are_written_atomically(tmp_path):
+    from data_preprocessing._prepare_common import write_list_file
+
+    path = tmp_path / "lists" / "train.txt"
+    write_list_file(path, [("a.png", 0), ("b.png", 1)])
+    assert read_lines(path) == ["a.png 0", "b.png 1"]
+
+    def entries_then_crash():
+        yield "c.png", 2
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_list_file(path, entries_then_crash())
+    assert read_lines(path) == ["a.png 0", "b.png 1"]
+    assert [p.name for p in path.parent.iterdir()] == ["train.txt"]  # no temporary file left

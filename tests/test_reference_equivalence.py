@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from functional_reference import reference_forward
-from models import build_model, load_weights
+from models import ARCHS, build_model, load_weights
 from stand_in_weights import FIXTURES, authors_state_dict, branch_inputs
 
 ATOL = 1e-9
@@ -39,7 +39,7 @@ def max_differences(outputs, expected):
 def compare(arch, num_classes, images, state_dict=None, reference_options=None, **options):
     """Max |difference| between our model and the reference, and the load report."""
     state_dict = state_dict or authors_state_dict(arch.upper(), num_classes)
-    group = images[:4 if arch == "qcs" else 2]
+    group = images[:ARCHS[arch]]
     with torch.no_grad():
         expected = reference_forward(state_dict, group, num_classes, **(reference_options or {}))
         model, report = project_model(arch, num_classes, state_dict, **options)
@@ -55,13 +55,18 @@ def test_reference_matches_authors_dcs_logits():
     assert max(max_differences(outputs, expected)) < ATOL
 
 
+SLOW = pytest.mark.slow  # a paper-size float64 forward pass: seconds each on 2 cores
+
+
 @pytest.mark.parametrize("arch, num_classes, block_form", [
-    ("qcs", 7, "inplace"), ("qcs", 8, "inplace"), ("dcs", 7, "inplace"), ("dcs", 8, "prenorm")])
+    ("qcs", 7, "inplace"), pytest.param("qcs", 8, "inplace", marks=SLOW),
+    pytest.param("dcs", 7, "inplace", marks=SLOW), pytest.param("dcs", 8, "prenorm", marks=SLOW)])
 def test_released_variants_match_the_reference(arch, num_classes, block_form, images):
     difference, report = compare(arch, num_classes, images, reference_options=dict(block_form=block_form))
     assert difference < ATOL and report.source_format == "authors"
 
 
+@SLOW
 def test_the_two_block_forms_differ(images):
     # so the check above can tell the 8-class DCS form from the other one
     state_dict = authors_state_dict("DCS", 8)
@@ -82,6 +87,7 @@ def test_base_branch_alone_matches_reference():
     assert (output - expected).abs().max().item() < ATOL
 
 
+@SLOW
 @pytest.mark.parametrize("matrix", ["s", "d"])
 def test_s_only_and_d_only_have_no_k(matrix, images):
     difference, report = compare("qcs", 7, images, matrix=matrix, reference_options=dict(matrix=matrix))
@@ -90,6 +96,7 @@ def test_s_only_and_d_only_have_no_k(matrix, images):
         f"cross_blocks.{i}.theta" for i in range(3)]
 
 
+@SLOW
 def test_sdpa_ablation_is_plain_cross_attention(images):
     difference, _ = compare("dcs", 7, images, attention="sdpa", reference_options=dict(attention="sdpa"))
     assert difference < ATOL

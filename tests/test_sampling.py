@@ -151,7 +151,7 @@ def noise_dataset(tmp_path, labels):
         Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "basic" / f"{i}.png")
         lines.append(f"{i}.png {label}\n")
     (tmp_path / "raf_db_basic_train.txt").write_text("".join(lines))
-    return build_dataset("RAF-DB", "train", tmp_path, transform=train_transform("A", size=16))
+    return build_dataset("RAF-DB", "train", tmp_path, transform=train_transform("A", image_size=16))
 
 
 def test_group_dataset_items_and_independent_augmentation(tmp_path):

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from authors_format import as_authors, write_authors_checkpoint
-from data_preprocessing.demo import DEMO_CLASSES, ensure_demo_dataset
+from data_preprocessing.demo import DEMO_CLASSES
 from models import build_model
-from utils.tools import cli as tools, heatmaps, predict
+from utils.tools import cli as tools
+from utils.tools import heatmaps, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -33,13 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    ensure_demo_dataset(root)  # default parameters: what build_dataset("demo", ...) reads
-    return root
 
 
 def our_checkpoint(model, classes=DEMO_CLASSES):
@@ -137,6 +131,7 @@ def test_predict_probabilities_match_the_model_and_bad_files_are_skipped(trained
     before = out_json.read_text()
     code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--json", out_json, folder)
     assert code == 2 and "refusing to overwrite" in err and out_json.read_text() == before
+    assert "--overwrite" not in err  # predict has no such option
 
 
 def test_predict_authors_checkpoint_needs_class_names(trained, demo_root, tmp_path, capsys, monkeypatch):
@@ -248,12 +243,13 @@ def test_heatmaps_png_grids_for_qcs_and_dcs(arch, trained, demo_root, tmp_path, 
     assert "anchor #3: " in out
     code, _, err = run_tool(capsys, "heatmaps", "--checkpoint", checkpoint, "--dataset", "demo",
                             "--data-root", demo_root, "--out", group_png)
-    assert code == 2 and "refusing to overwrite" in err
+    assert code == 2 and "refusing to overwrite" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def demo_test_split(demo_root):
     from data_preprocessing import build_dataset, test_transform
-    return build_dataset("demo", "test", demo_root, transform=test_transform(size=IMAGE_SIZE))
+    return build_dataset("demo", "test", demo_root, transform=test_transform(image_size=IMAGE_SIZE))
 
 
 def test_groups_follow_the_sampling_rules(demo_root):

@@ -13,35 +13,27 @@ import pytest
 import torch
 from PIL import Image
 
+import utils.checkpointing
 import utils.engine
+from conftest import FOLDER_CLASSES as CLASSES
+from conftest import folder_dataset
+from conftest import tiny_training_args as args
 from models import build_model, load_weights, read_checkpoint
 from utils.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ("calm", "joy", "rage")
-
-
-def folder_dataset(root, train_per_class=4, test_per_class=2, side=32):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-                pixels[..., label] = 255  # a learnable colour cue
-                Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
-    return root
 
 
 @pytest.fixture
-def data(tmp_path):
-    return folder_dataset(tmp_path / "data")
+def data(folder_data):
+    """The session's 3-class folder dataset (4 train, 2 test images a class); read only."""
+    return folder_data
 
 
-def args(data, *extra):
+def eval_args(data, *extra):
+    """The data options of `args` without the training ones, which `--evaluate` refuses."""
     return ["--dataset", "folder", "--data-root", str(data), "--size", "tiny", "--image-size", "32",
-            "--workers", "0", "--pretrained", "none", "-b", "4", "--lr", "1e-3", *extra]
+            "--workers", "0", "-b", "4", *extra]
 
 
 def test_training_leaves_a_complete_run_folder(data, tmp_path):
@@ -63,6 +55,7 @@ def test_training_leaves_a_complete_run_folder(data, tmp_path):
     assert load_weights(model, run / "last.pth").source_format == "ours"
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_for_bit(data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main("qcs", args(data, "--epochs", "2", "--output-dir", str(straight))) == 0
@@ -76,6 +69,7 @@ def test_resume_continues_bit_for_bit(data, tmp_path):
     assert drop_time == [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in b["history"]]
 
 
+@pytest.mark.slow
 def test_interrupt_mid_epoch_writes_resumable_checkpoint(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     real_loss, calls = utils.engine.group_loss, []
@@ -96,6 +90,7 @@ def test_interrupt_mid_epoch_writes_resumable_checkpoint(data, tmp_path, monkeyp
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
 
 
+@pytest.mark.slow
 def test_killed_run_keeps_a_loadable_checkpoint_and_resumes(tmp_path):
     data = folder_dataset(tmp_path / "data", train_per_class=12)
     run = tmp_path / "run"
@@ -127,27 +122,30 @@ def test_non_finite_loss_stops_with_step_images_and_checkpoint(data, tmp_path, m
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-def test_evaluate_writes_predictions_of_our_checkpoint(data, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main("qcs", args(data, "--epochs", "1", "--output-dir", str(run))) == 0
+def test_evaluate_writes_predictions_of_our_checkpoint(data, trained_run, tmp_path, capsys):
+    run = trained_run
     predictions = tmp_path / "pred.csv"
-    assert main("qcs", args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 0
+    assert main("qcs", eval_args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "mean class accuracy" in out and "rage" in out
     rows = list(csv.reader(open(predictions)))
     assert rows[0] == ["image", "label", "pred", "logit_0", "logit_1", "logit_2"]
     assert len(rows) == 1 + 3 * 2
+    # one row per file on disk, named relative to the split folder, in the dataset's order
+    on_disk = sorted(str(p.relative_to(data / "test")) for p in (data / "test").rglob("*.png"))
+    assert sorted(row[0] for row in rows[1:]) == on_disk
+    from data_preprocessing import build_dataset
+    assert [row[0] for row in rows[1:]] == build_dataset("folder", "test", data_root=str(data)).image_names
     model = build_model("base", 3, size="tiny")
     load_weights(model, run / "best.pth")
     model.eval()
-    from data_preprocessing import build_dataset, test_transform
-    test_set = build_dataset("folder", "test", data_root=str(data), transform=test_transform(size=32))
-    for row, (image, label) in zip(rows[1:], test_set):
-        logits = model(image[None])[0]
-        assert row[0] == test_set.image_names[test_set.image_names.index(row[0])]
-        assert int(row[1]) == label and int(row[2]) == int(logits.argmax())
+    for row in rows[1:]:
+        with torch.no_grad():  # the 32 px file itself, normalised by hand (no resize at 32 px)
+            logits = model(normalised(Image.open(data / "test" / row[0]).convert("RGB"))[None])[0]
+        assert int(row[1]) == CLASSES.index(Path(row[0]).parent.name)  # the label is the class folder
+        assert int(row[2]) == int(logits.argmax())
         assert np.allclose([float(v) for v in row[3:]], logits.tolist(), atol=1e-5)
-    assert main("qcs", args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 2
+    assert main("qcs", eval_args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 2
 
 
 def released_test_split(root, image_dir, list_file, names, shape, num_classes, seed=1):
@@ -227,23 +225,31 @@ def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["resume+evaluate", "missing data", "busy output", "wrong classes",
                                   "wrong arch", "cuda"])
-def test_clear_errors_before_training(case, data, tmp_path, capsys):
-    run = tmp_path / "run"
-    if case in ("wrong classes", "wrong arch", "busy output"):
-        assert main("dcs", args(data, "--epochs", "1", "--output-dir", str(run))) == 0
-    argv, expected = {
-        "resume+evaluate": (["--resume", "a.pth", "--evaluate", "b.pth"], "cannot be used together"),
-        "missing data": (args(tmp_path / "nowhere", "--epochs", "1"), "nowhere"),
-        "busy output": (args(data, "--output-dir", str(run)), "already holds files of another run"),
-        "wrong classes": (["--dataset", "demo", "--data-root", str(tmp_path / "demo"), "--workers", "0",
-                           "--evaluate", str(run / "last.pth"), "--size", "tiny"], "3 classes"),
-        "wrong arch": (["--resume", str(run / "last.pth")], "DCS run"),
-        "cuda": (args(data, "--device", "cuda"), "CUDA is not available"),
-    }[case]
+def test_clear_errors_before_training(case, data, tmp_path, capsys, request):
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert main("qcs", argv) == 2
+    # the finished run these cases need: a private copy of the session's one-epoch QCS run
+    run = request.getfixturevalue("trained_run_copy") if case in ("busy output", "wrong arch") else None
+    script = "qcs"
+    if case == "resume+evaluate":
+        argv, expected = ["--resume", "a.pth", "--evaluate", "b.pth"], "cannot be used together"
+    elif case == "missing data":
+        argv, expected = args(tmp_path / "nowhere", "--epochs", "1"), "nowhere"
+    elif case == "busy output":
+        argv, expected = args(data, "--output-dir", str(run)), "already holds files of another run"
+    elif case == "wrong classes":
+        argv = ["--dataset", "demo", "--data-root", str(request.getfixturevalue("demo_root")), "--workers", "0",
+                "--size", "tiny", "--evaluate", str(request.getfixturevalue("trained_run") / "last.pth")]
+        expected = "3-class head"  # "--dataset demo gives 7 classes but <checkpoint> has a 3-class head"
+    elif case == "wrong arch":
+        script, argv, expected = "dcs", ["--resume", str(run / "last.pth")], "QCS run"
+    else:
+        argv, expected = args(data, "--device", "cuda"), "CUDA is not available"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} if run else None
+    assert main(script, argv) == 2
     assert expected in capsys.readouterr().out
+    if run:  # refused before anything was written into the finished run
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_unknown_dataset_is_rejected_by_the_parser(capsys):
@@ -252,13 +258,13 @@ def test_unknown_dataset_is_rejected_by_the_parser(capsys):
     assert exit_info.value.code == 2 and "CK+" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, extra", [("main_DCS.py", ()), ("main_QCS.py", ("--matrix", "s"))])
-def test_two_process_ddp_on_cpu_stays_in_sync(script, extra, tmp_path):
+def test_two_process_ddp_on_cpu_stays_in_sync(script, extra, data, tmp_path, free_port):
     # "S only" QCS has no k: a parameter without gradient would make DDP fail
-    data = folder_dataset(tmp_path / "data")
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               "29517", str(ROOT / script), *args(data, "--epochs", "2", "--output-dir", str(run), *extra)]
+               str(free_port), str(ROOT / script), *args(data, "--epochs", "2", "--output-dir", str(run), *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -267,6 +273,7 @@ def test_two_process_ddp_on_cpu_stays_in_sync(script, extra, tmp_path):
     assert len(read_checkpoint(run / "last.pth")["history"]) == 2
 
 
+@pytest.mark.slow
 def test_baseline_trains_the_base_branch_on_single_images(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main("qcs", args(data, "--baseline", "--epochs", "2", "--output-dir", str(run))) == 0
@@ -280,10 +287,11 @@ def test_baseline_trains_the_base_branch_on_single_images(data, tmp_path, capsys
     assert checkpoint["optimizer"]["state"][0]["step"].item() == 2 * 3
     assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "3"]) == 0
     assert len(read_checkpoint(run / "last.pth")["history"]) == 3
-    assert main("dcs", args(data, "--evaluate", str(run / "best.pth"))) == 0
+    assert main("dcs", eval_args(data, "--evaluate", str(run / "best.pth"))) == 0
     assert "test accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_baseline_resume_is_bit_exact(data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main("dcs", args(data, "--baseline", "--epochs", "2", "--output-dir", str(straight))) == 0
@@ -294,9 +302,8 @@ def test_baseline_resume_is_bit_exact(data, tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
-def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, tmp_path, capsys):
-    source = tmp_path / "source"
-    assert main("qcs", args(data, "--epochs", "1", "--output-dir", str(source))) == 0
+def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, trained_run, tmp_path, capsys):
+    source = trained_run  # a QCS trained one epoch
     saved = read_checkpoint(source / "best.pth")["model"]
     backbone = {k: v for k, v in saved.items() if k.startswith("base.backbone.")}
     from models import load_backbone
@@ -321,6 +328,7 @@ def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, tmp_path, ca
     assert not refused.exists()  # refused before any run folder is made
 
 
+@pytest.mark.slow
 def test_resume_from_an_absolute_path_and_another_directory(data, tmp_path, monkeypatch):
     run = tmp_path / "runs" / "first"
     monkeypatch.chdir(tmp_path)
@@ -360,8 +368,8 @@ def test_numeric_options_are_checked_before_anything_starts(flag, value, data, t
 def test_a_file_that_is_not_a_checkpoint_gets_one_line(data, tmp_path, capsys):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("these are not weights")
-    for option in ("--resume", "--evaluate"):
-        assert main("qcs", args(data, option, str(bogus))) == 2
+    for option, options in (("--resume", args), ("--evaluate", eval_args)):
+        assert main("qcs", options(data, option, str(bogus))) == 2
         out = capsys.readouterr().out.strip().splitlines()
         assert len(out) == 1 and "is not a PyTorch checkpoint" in out[0] and "weights_only" not in out[0]
 
@@ -377,10 +385,11 @@ def test_progress_lines_go_to_the_log_file(data, tmp_path):
     assert "epoch 2/2  step 3/3" in lines[-1] and "eta epoch 0s, run 0s" in lines[-1]
 
 
+@pytest.mark.slow
 def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_path, monkeypatch):
     straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
     assert main("qcs", args(data, "--epochs", "2", "--output-dir", str(straight))) == 0
-    real_save, copies = utils.train.atomic_save, []
+    real_save, copies = utils.checkpointing.atomic_save, []
 
     def save_and_keep_mid_epoch(checkpoint, path):
         real_save(checkpoint, path)
@@ -389,10 +398,10 @@ def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_pat
             real_save(checkpoint, copy / "last.pth")
             copies.append(path)
 
-    monkeypatch.setattr(utils.train, "atomic_save", save_and_keep_mid_epoch)
+    monkeypatch.setattr(utils.checkpointing, "atomic_save", save_and_keep_mid_epoch)
     assert main("qcs", args(data, "--epochs", "2", "--save-every", "1e-9", "--output-dir", str(saving))) == 0
     assert copies, "no mid-epoch checkpoint was written"
-    monkeypatch.setattr(utils.train, "atomic_save", real_save)
+    monkeypatch.setattr(utils.checkpointing, "atomic_save", real_save)
     assert main("qcs", ["--resume", str(copy / "last.pth")]) == 0
     expected = read_checkpoint(straight / "last.pth")
     for run in (saving, copy):
@@ -405,6 +414,29 @@ def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_pat
             assert row == row_expected, run
 
 
+def macro_f1_by_hand(labels, preds):
+    """Macro-F1 in % over the classes that occur as a label or a prediction (an undefined
+    precision or recall counts 0), from the per-image labels and predictions."""
+    scores = []
+    for k in sorted(set(labels.tolist()) | set(preds.tolist())):
+        hits = np.sum((labels == k) & (preds == k))
+        precision = hits / np.sum(preds == k) if np.any(preds == k) else 0.0
+        recall = hits / np.sum(labels == k) if np.any(labels == k) else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return 100 * np.mean(scores)
+
+
+def test_macro_f1_by_hand_on_a_worked_example():
+    # a: 2 of 3 found, 1 false alarm → P 2/3, R 2/3, F1 2/3; b: 1 of 1, P 1/2 → F1 2/3; c: never hit → 0
+    labels, preds = np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0])
+    assert macro_f1_by_hand(labels, preds) == pytest.approx(100 * (2 / 3 + 2 / 3 + 0) / 3)
+
+
+def predictions_of(path):
+    rows = list(csv.DictReader(open(path)))
+    return np.array([int(r["label"]) for r in rows]), np.array([int(r["pred"]) for r in rows])
+
+
 def test_logged_loss_includes_the_distillation_term(data, tmp_path):
     run = tmp_path / "run"
     assert main("dcs", args(data, "--epochs", "1", "--distill", "mse", "--distill-weight", "5",
@@ -412,21 +444,24 @@ def test_logged_loss_includes_the_distillation_term(data, tmp_path):
     row = next(csv.DictReader(open(run / "metrics.csv")))
     cross_entropy = np.mean([float(row[k]) for k in row if k.startswith("loss_")])
     assert float(row["loss"]) > cross_entropy + 1e-6
-    assert 0.0 <= float(row["macro_f1"]) <= 100.0
-
-
-def test_evaluate_prints_the_report_and_writes_a_json_summary(data, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main("dcs", args(data, "--epochs", "1", "--output-dir", str(run))) == 0
+    # the logged test scores are those of the epoch's weights: recomputed from their predictions
     predictions = tmp_path / "pred.csv"
-    assert main("dcs", args(data, "--evaluate", str(run / "best.pth"), "--predictions", str(predictions))) == 0
+    assert main("dcs", eval_args(data, "--evaluate", str(run / "last.pth"), "--predictions", str(predictions))) == 0
+    labels, preds = predictions_of(predictions)
+    assert float(row["test_acc"]) == pytest.approx(100 * np.mean(labels == preds))
+    assert float(row["macro_f1"]) == pytest.approx(macro_f1_by_hand(labels, preds))
+
+
+def test_evaluate_prints_the_report_and_writes_a_json_summary(data, trained_run, tmp_path, capsys):
+    predictions = tmp_path / "pred.csv"
+    assert main("qcs", eval_args(data, "--evaluate", str(trained_run / "best.pth"),
+                                 "--predictions", str(predictions))) == 0
     out = capsys.readouterr().out
     assert "macro-F1" in out and "precision" in out and "test transform: Resize((32, 32))" in out
     summary = json.loads(predictions.with_suffix(".json").read_text())
-    rows = list(csv.DictReader(open(predictions)))
-    labels = np.array([int(r["label"]) for r in rows])
-    preds = np.array([int(r["pred"]) for r in rows])
+    labels, preds = predictions_of(predictions)
     assert summary["accuracy"] == pytest.approx(100 * np.mean(labels == preds))
+    assert summary["macro_f1"] == pytest.approx(macro_f1_by_hand(labels, preds))
     for k, name in enumerate(CLASSES):
         hits = np.sum((labels == k) & (preds == k))
         recall = hits / max(np.sum(labels == k), 1)
@@ -454,11 +489,12 @@ def _rank_of(pid):
     return int(ranks[0]) if ranks else None
 
 
-def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path, free_port):
     data = folder_dataset(tmp_path / "data", train_per_class=12)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               "29518", str(ROOT / "main_DCS.py"),
+               str(free_port), str(ROOT / "main_DCS.py"),
                *args(data, "--epochs", "50", "--print-freq", "1", "--output-dir", str(run))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -474,7 +510,7 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
         output, _ = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError("the ranks hung after SIGTERM")
+        raise AssertionError("the ranks hung after SIGTERM") from None
     checkpoint = read_checkpoint(run / "last.pth")
     log = (run / "log.txt").read_text()
     assert f"interrupted at epoch {checkpoint['epoch'] + 1}, step {checkpoint['step']}/" in log, output[-2000:]
@@ -482,6 +518,7 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path):
     assert checkpoint["epoch"] < 50 and checkpoint["partial"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_writes_last_pth(tmp_path):
     # what a cluster scheduler does: SIGTERM to every process of the job, DataLoader workers included
     data = folder_dataset(tmp_path / "data", train_per_class=12)

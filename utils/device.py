@@ -3,6 +3,8 @@ from contextlib import nullcontext
 
 import torch
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # the `--device` option of every command
+
 
 class DeviceUnavailable(ValueError):
     """`--device cuda` on a machine without CUDA."""

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from data_preprocessing.outputs import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -39,15 +41,34 @@ def metrics_columns(num_branches):
             "macro_f1", "best_acc", "epoch_time_s"]
 
 
+def epoch_row(epoch, lr, metrics, result, state, seconds, num_branches):
+    """One `metrics.csv` row: epoch (1-based), training sums, test scores and per-output losses."""
+    losses = metrics["output_losses"]
+    row = dict(epoch=epoch + 1, lr=lr, loss=metrics["loss"], train_acc=metrics["train_acc"],
+               test_acc=result["acc"], mean_class_acc=result["mean_class_acc"],
+               macro_f1=result["macro_f1"], best_acc=state["best_acc"], epoch_time_s=round(seconds, 2))
+    for i, name in enumerate(loss_columns(num_branches)):
+        row[name] = losses[i] if losses else float("nan")
+    return row
+
+
 def write_metrics(path, history, num_branches):
     """Rewrite the metrics CSV from the run history (one row per epoch)."""
     columns = metrics_columns(num_branches)
     columns += [k for k in (history[0] if history else {}) if k not in columns]  # extra test splits
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+
+    def write(handle):
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row in history:
-            writer.writerow(row)
+        writer.writerows(history)
+
+    atomic_write(path, write, mode="w")
+
+
+def save_figure(fig, path):
+    """Write `fig` as a PNG atomically and close it."""
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
 
 
 def plot_losses(path, history, num_branches):
@@ -65,8 +86,7 @@ def plot_losses(path, history, num_branches):
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(path, confusion, class_names, title):
@@ -81,8 +101,7 @@ def plot_confusion(path, confusion, class_names, title):
                 xticklabels=class_names, yticklabels=class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_confusion(confusion, class_names):

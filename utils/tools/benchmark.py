@@ -6,8 +6,9 @@
 
 - train: anchors/s of a full SAM step (`utils.engine.sam_step`: two forward+backward passes and
   the Adam step) with the branches of a group batched through the base network, and, for DCS/QCS,
-  with one base-network call per branch (`PerBranch`), timed alternately on the same weights, plus
-  the largest difference of their first-pass losses; epoch-time estimates from the batched rate.
+  with one base-network call per branch (`CrossModel.forward_per_branch`), timed alternately on
+  the same weights, plus the largest difference of their first-pass losses; epoch-time
+  estimates from the batched rate.
 - inference: ms/image of the inference model (the base branch) at batch 8 and 1.
 - cost: parameters and inference GFLOPs.
 - sampling: QCS groups/s drawn from an AffectNet-sized label list.
@@ -29,8 +30,9 @@ from data_preprocessing import GroupSampler
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
 from models.summary import model_summary
 
-from ..device import DeviceUnavailable, autocast, resolve_device
+from ..device import DEVICE_CHOICES, DeviceUnavailable, autocast, resolve_device, to_device
 from ..engine import model_outputs, sam_step
+from ..inference import DEFAULT_IMAGE_SIZE
 from ..recipes import recipe
 from ..sam import SAM
 
@@ -38,20 +40,6 @@ PARTS = ("train", "inference", "cost", "sampling", "memory")
 # Anchors per epoch: RAF-DB basic, FERPlus after the majority vote (about), AffectNet-8 balanced.
 EPOCH_ANCHORS = {"RAF-DB": 12271, "FERPlus": 28500, "AffectNet-8": 287651}
 AFFECTNET_COUNTS = (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750)  # AffectNet-8 train
-
-
-class PerBranch(torch.nn.Module):
-    """A DCS/QCS model run with one base-network call per branch: the reference for batching."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *images):
-        logits, tokens = zip(*(self.model.base.forward_features(x) for x in images))
-        base_logits, base_tokens = torch.stack(logits), torch.stack(tokens)
-        cross_logits = self.model.cross_logits(base_tokens, self.model.refine(base_tokens))
-        return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
 
 
 def synchronize(device):
@@ -77,10 +65,14 @@ def alternating_times(runs, repeats, warmup, device):
 
 
 def make_group(arch, batch, size, device, seed=1):
-    """Random images of one batch of groups, with labels, for `arch`."""
+    """Random images of one batch of groups, with labels, for `arch` at model size `size`.
+
+    The paper size gets the released input side; the small presets their own internal side.
+    """
     generator = torch.Generator().manual_seed(seed)
-    side = 224 if size == "paper" else MODEL_SIZES[size]["input_size"]
-    images = [torch.randn(batch, 3, side, side, generator=generator).to(device) for _ in range(ARCHS[arch])]
+    image_size = DEFAULT_IMAGE_SIZE if size == "paper" else MODEL_SIZES[size]["input_size"]
+    images = [torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
+              for _ in range(ARCHS[arch])]
     y = torch.arange(batch, device=device) % 7
     return images, y, (y + 1) % 7
 
@@ -90,15 +82,14 @@ def prepared(model, images, args):
     model.to(args.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-        images = [x.contiguous(memory_format=torch.channels_last) for x in images]
-    return model, images
+    return model, to_device(images, args.device, args.channels_last)
 
 
 def first_pass_difference(model, images, y, y_n):
     """Largest |difference| of the loss and each output's cross-entropy, batched vs per branch."""
     with torch.no_grad():
         losses = [torch.cat([loss.reshape(1), per_output]) for loss, per_output in
-                  (group_loss(model_outputs(m, images), y, y_n) for m in (model, PerBranch(model)))]
+                  (group_loss(model_outputs(m, images), y, y_n) for m in (model, model.forward_per_branch))]
     return (losses[0] - losses[1]).abs().max().item()
 
 
@@ -111,7 +102,7 @@ def train_row(arch, args):
     runs = {"batched": torch.compile(model) if args.compile else model}
     row = dict(arch=arch, batch=args.batch)
     if arch != "base":
-        runs["per-branch"] = PerBranch(model)
+        runs["per-branch"] = model.forward_per_branch
         row["loss_max_abs_diff"] = first_pass_difference(model, images, y, y_n)
     times = alternating_times({name: (lambda m=m: sam_step(m, optimizer, images, y, y_n, amp=args.amp))
                                for name, m in runs.items()}, args.repeats, args.warmup, args.device)
@@ -146,7 +137,7 @@ def inference_rows(args):
         images, _, _ = make_group("base", batch, args.size, args.device)
         model, images = prepared(model, images, args)
         with torch.inference_mode(), autocast(args.device, args.amp):
-            seconds = statistics.median(alternating_times({"x": lambda: model(images[0])}, args.repeats,
+            seconds = statistics.median(alternating_times({"x": lambda m=model, x=images[0]: m(x)}, args.repeats,
                                                           args.warmup, args.device)["x"])
         rows.append(dict(batch=batch, ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds))
     return rows
@@ -253,7 +244,7 @@ def build_parser():
     parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--size", default="paper", choices=list(MODEL_SIZES))
     parser.add_argument("--batch", type=positive, default=4, help="anchors per training step")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the batched model")
     parser.add_argument("--channels-last", action="store_true")

@@ -12,11 +12,12 @@ import json
 import sys
 
 from data_preprocessing import DATASET_NAMES
+from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
-from ..device import DeviceUnavailable
+from ..device import DEVICE_CHOICES, DeviceUnavailable
+from ..inference import DEFAULT_IMAGE_SIZE, CheckpointError, load_checkpoint
 from . import ToolError
-from ..inference import CheckpointError, load_checkpoint
 
 EXIT_USAGE = 2
 
@@ -38,7 +39,11 @@ def _model_options(parser):
     parser.add_argument("--size", choices=tuple(MODEL_SIZES),
                         help="model size (default: from the checkpoint)")
     parser.add_argument("--image-size", type=int,
-                        help="input side in pixels (default: from the checkpoint, else 224)")
+                        help=f"input side in pixels (default: from the checkpoint, else {DEFAULT_IMAGE_SIZE})")
+
+
+def _device_option(parser):
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
 
 def _class_options(parser):
@@ -50,16 +55,23 @@ def _class_options(parser):
                         help="with --dataset folder: the folder whose class folders name the classes")
 
 
+def _model_command(commands, name, summary, description, class_names=True):
+    """A subcommand that loads a checkpoint: its model options and, with `class_names`, the class-name ones."""
+    parser = commands.add_parser(name, help=summary, description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _model_options(parser)
+    if class_names:
+        _class_options(parser)
+    return parser
+
+
 def _add_predict(commands):
-    p = commands.add_parser("predict", help="top-k expressions of face images",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                            description="Classify face images with the base branch. Folders are searched "
-                                        "recursively; unreadable and non-image files are reported and skipped.")
-    _model_options(p)
-    _class_options(p)
+    p = _model_command(commands, "predict", "top-k expressions of face images",
+                       "Classify face images with the base branch. Folders are searched recursively; "
+                       "unreadable and non-image files are reported and skipped.")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     p.add_argument("--detect-faces", action="store_true",
                    help="find faces with OpenCV's Haar cascade and classify each (needs opencv-python-headless)")
     p.add_argument("--csv", metavar="OUT.csv", help="write one row per face/image (refuses to overwrite)")
@@ -68,12 +80,10 @@ def _add_predict(commands):
 
 
 def _add_heatmaps(commands):
-    p = commands.add_parser("heatmaps", help="CSA weight maps of a DCS/QCS model (paper Fig. 5/7)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                            description="Render the cross similarity attention weights of an anchor and its "
-                                        "partners at the 3 feature levels and fused, and optionally a "
-                                        "class-by-class grid of fused anchor maps.")
-    _model_options(p)
+    p = _model_command(commands, "heatmaps", "CSA weight maps of a DCS/QCS model (paper Fig. 5/7)",
+                       "Render the cross similarity attention weights of an anchor and its partners at "
+                       "the 3 feature levels and fused, and optionally a class-by-class grid of fused "
+                       "anchor maps.", class_names=False)
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--data-root", help="dataset folder (default: the dataset's usual ./datas/... folder)")
     p.add_argument("--split", default="test")
@@ -82,17 +92,14 @@ def _add_heatmaps(commands):
     p.add_argument("--out", default="csa_heatmaps.png", help="PNG of the group")
     p.add_argument("--class-grid", metavar="OUT_GRID.png", help="also write the K×K class-pair grid")
     p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _device_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
 
 
 def _add_export(commands):
-    p = commands.add_parser("export", help="inference network as TorchScript / torch.export",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                            description="Export the base branch, reload every artifact and check it gives "
-                                        "the checkpoint's logits.")
-    _model_options(p)
-    _class_options(p)
+    p = _model_command(commands, "export", "inference network as TorchScript / torch.export",
+                       "Export the base branch, reload every artifact and check it gives the "
+                       "checkpoint's logits.")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--format", default="both", choices=("torchscript", "export", "both"))
     p.add_argument("--overwrite", action="store_true", help="replace files already in DIR")
@@ -164,7 +171,7 @@ def main(argv=None):
             from . import export
             return export.run(args)
         return run_inspect(args)
-    except (ToolError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
+    except (ToolError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from data_preprocessing.outputs import atomic_write, atomic_write_text, refuse_existing
 from models import build_model, count_parameters
 
-from . import ToolError
+from ..checkpointing import atomic_save
 from ..inference import load_trained_model
+from . import ToolError
 
 MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2"}
 STATE_DICT_FILE = "base_state_dict.pth"
@@ -37,7 +39,7 @@ def export_torchscript(model, image_size, path):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent PyTorch
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        atomic_write(path, lambda handle: torch.jit.save(traced, handle))
 
 
 def load_torchscript(path):
@@ -51,7 +53,7 @@ def export_program(model, image_size, path):
     example = torch.randn(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
-    torch.export.save(program, str(path))
+    atomic_write(path, lambda handle: torch.export.save(program, handle))
 
 
 def load_program(path):
@@ -69,7 +71,7 @@ def max_abs_diff(reference_model, reloaded, images):
     return float((reloaded(images) - reference_model(images)).abs().max())
 
 
-def model_info(trained, checkpoint, formats, parameters, sizes, diffs):
+def model_info(trained, checkpoint, formats, parameters, file_bytes, diffs):
     side = trained.image_size
     crop = next((t.size for t in trained.transform().transforms if type(t).__name__ == "CenterCrop"), None)
     first_resize = list(trained.transform().transforms[0].size)
@@ -82,7 +84,7 @@ def model_info(trained, checkpoint, formats, parameters, sizes, diffs):
         "output": "logits over the classes, in this order",
         "source_checkpoint": str(checkpoint), "source_format": trained.info.format,
         "source_arch": trained.info.arch, "parameters": parameters,
-        "files": sizes, "max_abs_diff": diffs, "formats": formats, "torch_version": torch.__version__,
+        "files": file_bytes, "max_abs_diff": diffs, "formats": formats, "torch_version": torch.__version__,
     }
 
 
@@ -92,13 +94,10 @@ def run(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ToolError(f"--out {out} exists and is not a folder")
-    existing = [name for name in planned_files(formats) if (out / name).exists()]
-    if existing and not args.overwrite:
-        raise ToolError(f"--out {out} already holds {', '.join(existing)}; refusing to overwrite "
-                        f"(use --overwrite or another folder)")
+    refuse_existing([("--out", out / name) for name in planned_files(formats)], args.overwrite)
     trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
                                  data_root=args.data_root, size=args.size, image_size=args.image_size)
-    model, size = trained.model.cpu(), trained.image_size
+    model, image_size = trained.model.cpu(), trained.image_size
     out.mkdir(parents=True, exist_ok=True)
 
     writers = {"torchscript": (export_torchscript, load_torchscript),
@@ -108,26 +107,26 @@ def run(args):
         write, load = writers[name]
         path = out / MODEL_FILES[name]
         try:
-            write(model, size, path)
+            write(model, image_size, path)
         except Exception as error:  # report which format failed and why, keep the others
             raise ToolError(f"{name} export failed: {type(error).__name__}: {error}") from error
         reloaders[name] = (path, load)
-    torch.save(model.state_dict(), out / STATE_DICT_FILE)
+    atomic_save(model.state_dict(), out / STATE_DICT_FILE)
     reloaders["state_dict"] = (out / STATE_DICT_FILE,
                                lambda p: load_state_dict_model(p, len(trained.classes), trained.size))
 
-    images = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(CHECK_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     diffs = {name: max_abs_diff(model, load(path), images) for name, (path, load) in reloaders.items()}
-    sizes = {path.name: path.stat().st_size for path, _ in reloaders.values()}
+    file_bytes = {path.name: path.stat().st_size for path, _ in reloaders.values()}
     parameters = count_parameters(model)
-    info = model_info(trained, args.checkpoint, formats, parameters, sizes, diffs)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    info = model_info(trained, args.checkpoint, formats, parameters, file_bytes, diffs)
+    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE)
 
     print(f"base branch of {args.checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
-          f"{trained.size} model, {size}×{size} input")
+          f"{trained.size} model, {image_size}×{image_size} input")
     for name, (path, _) in reloaders.items():
         verdict = "ok" if diffs[name] < TOLERANCE else f"FAILED (must be < {TOLERANCE:g})"
-        print(f"  {path}  {_megabytes(sizes[path.name])}  reloaded max abs diff {diffs[name]:.3g}  {verdict}")
+        print(f"  {path}  {_megabytes(file_bytes[path.name])}  reloaded max abs diff {diffs[name]:.3g}  {verdict}")
     print(f"  {out / INFO_FILE}  classes, image size and preprocessing")
     return 0 if all(d < TOLERANCE for d in diffs.values()) else 1
 

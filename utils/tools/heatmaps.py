@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from data_preprocessing.outputs import atomic_write, refuse_existing
 
 from ..device import resolve_device
-from . import ToolError
 from ..inference import load_trained_model
+from . import ToolError
 
 ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
@@ -84,9 +85,7 @@ def as_grids(weights):
 @torch.no_grad()
 def pair_weights_from_tokens(model, anchor_tokens, partner_tokens):
     """`model.csa_maps(anchor, partner)` from already computed base tokens (T×C each): L×2×1×N."""
-    tokens = torch.stack([anchor_tokens, partner_tokens])[:, None]  # G=2 × B=1 × T × C
-    levels = tokens.chunk(len(model.cross_blocks), dim=2)
-    return torch.stack([block.spatial_weights(level) for block, level in zip(model.cross_blocks, levels)])
+    return model.csa_maps(base_tokens=torch.stack([anchor_tokens, partner_tokens])[:, None])  # G=2, B=1
 
 
 def upsample(grid, height, width):
@@ -250,12 +249,6 @@ def load_split(args, trained):
     return dataset
 
 
-def refuse_existing(paths, overwrite):
-    for flag, path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
-            raise ToolError(f"{flag} {path} already exists; refusing to overwrite it (use --overwrite)")
-
-
 def run(args):
     """The `heatmaps` command."""
     refuse_existing([("--out", args.out), ("--class-grid", args.class_grid)], args.overwrite)
@@ -289,4 +282,4 @@ def run(args):
 def save(figure, path):
     """Write the figure as a PNG (existing files were refused before any work unless --overwrite)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png"))

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_preprocessing import DataError, ImageListDataset
-from data_preprocessing.datasets import IMAGE_EXTENSIONS
+from data_preprocessing import DataError, ImageListDataset, clamp_box, is_image_file
+from data_preprocessing.outputs import atomic_write, refuse_existing
 
 from ..device import resolve_device
-from . import ToolError
 from ..inference import load_trained_model
+from . import ToolError
 
 OPENCV_HINT = "pip install opencv-python-headless"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
@@ -62,10 +62,6 @@ def expand_inputs(paths):
     return files
 
 
-def is_image_name(path):
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
 # ------------------------------------------------------------------------------ face detection
 
 _cascade = None
@@ -100,12 +96,10 @@ def _face_cascade():
 
 def crop_box(image, box):
     """The part of `image` inside `box` (x, y, w, h), clipped to the image."""
-    x, y, w, h = box
-    left, top = max(0, x), max(0, y)
-    right, bottom = min(image.width, x + w), min(image.height, y + h)
-    if right <= left or bottom <= top:
+    corners = clamp_box(box, image.width, image.height)
+    if corners is None:
         raise ToolError(f"face box {box} lies outside the {image.width}×{image.height} image")
-    return image.crop((left, top, right, bottom))
+    return image.crop(corners)
 
 
 # ------------------------------------------------------------------------------ prediction
@@ -134,7 +128,7 @@ def predict_files(trained, files, device, batch_size=32, detect=False, warn=None
 
 def faces_of(reader, index, path, detect):
     """`(row, face image)` pairs of one file; an error row (face None) when nothing can be classified."""
-    if not is_image_name(path):
+    if not is_image_file(path):
         return [(PredictionRow(str(path), error=f"not an image file (extension {path.suffix or 'none'})"),
                  None)]
     try:
@@ -202,10 +196,11 @@ def csv_record(row, classes, k):
 
 
 def write_csv(path, rows, classes, k):
-    with open(path, "x", newline="") as handle:
+    def write(handle):
         writer = csv.writer(handle)
         writer.writerow(csv_header(k))
         writer.writerows(csv_record(row, classes, k) for row in rows)
+    atomic_write(path, write, mode="w")
 
 
 def json_record(row, classes, k):
@@ -221,19 +216,12 @@ def write_json(path, rows, trained, k, checkpoint):
     document = {"checkpoint": str(checkpoint), "classes": trained.classes,
                 "image_size": trained.image_size, "size": trained.size, "top_k": k,
                 "predictions": [json_record(row, trained.classes, k) for row in rows]}
-    with open(path, "x") as handle:
-        json.dump(document, handle, indent=2)
-
-
-def refuse_existing(*paths):
-    for flag, path in paths:
-        if path is not None and Path(path).exists():
-            raise ToolError(f"{flag} {path} already exists; refusing to overwrite it")
+    atomic_write(path, lambda handle: json.dump(document, handle, indent=2), mode="w")
 
 
 def run(args):
     """The `predict` command; returns the exit status (1 when nothing could be classified)."""
-    refuse_existing(("--csv", args.csv), ("--json", args.json))
+    refuse_existing([("--csv", args.csv), ("--json", args.json)], overwrite_flag=None)  # predict never overwrites
     if args.csv and args.json and Path(args.csv).resolve() == Path(args.json).resolve():
         raise ToolError("--csv and --json name the same file")
     files = expand_inputs(args.inputs)

@@ -1,0 +1,248 @@
+"""The command line of `main_DCS.py` / `main_QCS.py` and the run configuration it resolves to.
+
+One place decides what a run's settings are: the parser, the dataset recipe filling what the
+command line leaves unset, range checks, options that cannot apply, and the settings a resumed
+run takes from its checkpoint.
+"""
+import argparse
+import os
+from pathlib import Path
+
+from data_preprocessing import DATASET_NAMES
+from models import OPTION_CHOICES
+
+from .device import DEVICE_CHOICES
+from .recipes import recipe
+
+DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
+DEFAULT_DATASET = "RAF-DB"
+# Options a resumed run may change; everything else comes from the checkpoint.
+RESUME_OVERRIDABLE = {"epochs", "workers", "device", "amp", "compile", "compile_backend", "channels_last",
+                      "print_freq", "save_every", "resume", "output_dir"}
+# Options that only shape training; `--evaluate` follows the checkpoint and refuses them.
+TRAINING_ONLY = ("epochs", "lr", "rho", "gamma", "seed", "pretrained", "baseline", "balanced_sampler",
+                 "attention", "matrix", "connection", "drop", "cross_drop", "proj_drop_rule", "cross_block",
+                 "distill", "distill_weight", "temperature", "output_dir", "print_freq", "save_every",
+                 "checkpoint_backbone")
+CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_block", "distill",
+                     "distill_weight", "temperature")
+# option → (lowest, highest, whether the bounds themselves are allowed)
+OPTION_RANGES = {
+    "epochs": (1, None, True), "batch_size": (1, None, True), "workers": (0, None, True),
+    "image_size": (16, None, True), "lr": (0, None, False), "rho": (0, None, True),
+    "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
+    "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
+    "save_every": (0, None, True),
+}
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs, reported before any training starts."""
+
+
+def flag(key):
+    """`batch_size` → `--batch-size`."""
+    return "--" + key.replace("_", "-")
+
+
+def build_parser(arch):
+    """The parser of `main_<ARCH>.py` (`arch` "dcs" or "qcs")."""
+    parser = argparse.ArgumentParser(
+        prog=f"main_{arch.upper()}.py",
+        description=f"Train or evaluate {arch.upper()} (IR50+ViT base branch with the "
+                    f"{'two' if arch == 'dcs' else 'four'}-branch cross module). Defaults per dataset "
+                    "reproduce the authors' released scripts; every one can be overridden.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_options(parser.add_argument_group("data"))
+    _add_training_options(parser.add_argument_group("training (defaults: the dataset's released recipe)"))
+    _add_model_options(parser.add_argument_group("model (ablations of the paper)"))
+    _add_run_options(parser.add_argument_group("run"))
+    return parser
+
+
+def _add_data_options(data):
+    data.add_argument("--dataset", choices=DATASET_NAMES,
+                      help="default RAF-DB; with --evaluate of our checkpoint, the dataset it was trained on")
+    data.add_argument("--data-root", help="dataset folder (default: ./datas/<dataset>)")
+    data.add_argument("--classes", help="comma-separated class names in label order (folder datasets)")
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    data.add_argument("--balanced-sampler", action=argparse.BooleanOptionalAction, default=None,
+                      help="class-balanced anchors (default: on for AffectNet only)")
+    data.add_argument("--image-size", type=int, help="final image side in pixels (default 224; 56 for demo)")
+
+
+def _add_training_options(train):
+    train.add_argument("--epochs", type=int)
+    train.add_argument("-b", "--batch-size", type=int, help="anchors per step and per process")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--rho", type=float, default=0.05, help="SAM neighbourhood size")
+    train.add_argument("--gamma", type=float, default=0.98, help="ExponentialLR decay per epoch")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED),
+                       help="initialise the IR50 backbone from this file: face-recognition IR50 weights "
+                            "(either naming) or any checkpoint (ours, the authors', a state dict), of "
+                            "which only the backbone is taken ('none' to skip)")
+    train.add_argument("--baseline", action="store_true",
+                       help="train the base branch alone (IR50+ViT, no cross module) on single images, "
+                            "with this script's recipe: the paper's baseline")
+
+
+def _add_model_options(model):
+    model.add_argument("--size", choices=OPTION_CHOICES["size"],
+                       help="model size preset (default paper; tiny for demo)")
+    model.add_argument("--attention", default="csa", choices=OPTION_CHOICES["attention"],
+                       help="csa, or the scaled dot-product ablation sdpa (as released for DCS; "
+                            "for QCS an extension of this repository: the release has none)")
+    model.add_argument("--matrix", default="sd", choices=OPTION_CHOICES["matrix"],
+                       help="QCS similarity terms: sd = S + k·D, s = S only, d = D only (no k)")
+    model.add_argument("--connection", default="vit", choices=OPTION_CHOICES["connection"])
+    model.add_argument("--drop", type=float, help="base ViT dropout")
+    model.add_argument("--cross-drop", type=float, help="cross ViT dropout")
+    model.add_argument("--proj-drop-rule", default="auto", choices=OPTION_CHOICES["proj_drop_rule"],
+                       help="dropout on the attention projection: auto = as released (none for 7 "
+                            "classes, the ViT's dropout for 8)")
+    model.add_argument("--cross-block", default="auto", choices=OPTION_CHOICES["cross_block"],
+                       help="cross-block form: auto = as released (pre-norm for 8-class DCS, "
+                            "in-place otherwise)")
+    model.add_argument("--distill", default="none", choices=("none", "kl", "mse"),
+                       help="extra base-vs-cross logit loss")
+    model.add_argument("--distill-weight", type=float, default=1.0, help="with --distill: its weight")
+    model.add_argument("--temperature", type=float, default=1.0, help="with --distill kl: its temperature")
+
+
+def _add_run_options(run):
+    run.add_argument("--output-dir", help="run folder (default: log/<dataset>-<arch>-<time>); must be new")
+    run.add_argument("--print-freq", type=int, default=50,
+                     help="log a progress line every N steps, also into log.txt (0: only epoch lines)")
+    run.add_argument("--save-every", type=float, default=30.0, metavar="MINUTES",
+                     help="also write a resumable last.pth within an epoch this often (0: at epoch ends only)")
+    run.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its last.pth)")
+    run.add_argument("--evaluate", metavar="CKPT",
+                     help="evaluate CKPT (ours or the authors') on the test split and exit")
+    run.add_argument("--predictions", metavar="FILE.csv", help="with --evaluate: per-image logits")
+    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    run.add_argument("--amp", action="store_true",
+                     help="bf16 autocast (CUDA or CPU): faster, results differ slightly from float32")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="channels_last memory format for the convolutions (default: on with CUDA)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--compile-backend", default="inductor",
+                     help="with --compile: the torch.compile backend (e.g. aot_eager, which compiles "
+                          "much faster on the CPU but generates no fused kernels)")
+    run.add_argument("--checkpoint-backbone", action="store_true",
+                     help="recompute backbone activations in backward (less memory)")
+
+
+def parse_args(arch, argv=None):
+    """Parsed options, with `given`: the names of those given on the command line."""
+    args = build_parser(arch).parse_args(argv)
+    args.given = given_options(arch, argv)
+    return args
+
+
+def given_options(arch, argv):
+    """Names of the options given on the command line, whatever their values."""
+    probe = build_parser(arch)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def resolve_config(arch, args):
+    """Command-line values, with the dataset's recipe filling everything left unset."""
+    given = getattr(args, "given", set())
+    refuse_mode_conflicts(args, given)
+    config = {k: v for k, v in vars(args).items() if k != "given"}
+    config["dataset"] = config["dataset"] or DEFAULT_DATASET
+    defaults = recipe(arch, config["dataset"])
+    for key in ("epochs", "batch_size", "lr", "drop", "cross_drop", "size", "image_size", "balanced_sampler"):
+        if config[key] is None:
+            config[key] = defaults[key]
+    for key in ("augmentation", "negatives", "anchor_divisor"):
+        config[key] = defaults[key]
+    config["arch"] = "base" if config["baseline"] else arch
+    config["recipe_arch"] = arch
+    check_ranges(config)
+    if not args.evaluate:
+        refuse_inapplicable(config, given)
+    return config
+
+
+def refuse_mode_conflicts(args, given):
+    """Options that belong to another mode (training, resuming, evaluating) than the one asked for."""
+    if args.resume and args.evaluate:
+        raise UsageError("--resume and --evaluate cannot be used together")
+    if args.predictions and not args.evaluate:
+        raise UsageError("--predictions is only used with --evaluate")
+    if "compile_backend" in given and not args.compile:
+        raise UsageError("--compile-backend is only used with --compile")
+    if args.evaluate:
+        training = [flag(key) for key in TRAINING_ONLY if key in given]
+        if training:
+            raise UsageError(f"{', '.join(training)} only appl{'ies' if len(training) == 1 else 'y'} to "
+                             "training; --evaluate follows the checkpoint")
+
+
+def refuse_inapplicable(config, given):
+    """Refuse, naming both options, a given option that the rest of the configuration ignores."""
+    for key, reason in inapplicable_options(config):
+        if key in given:
+            raise UsageError(f"{flag(key)} has no effect {reason}")
+
+
+def inapplicable_options(config):
+    """`(option, why it has no effect)` for every option this configuration ignores."""
+    ignored = []
+    if config["arch"] == "base":
+        ignored += [(key, "with --baseline (no cross module)") for key in CROSS_MODULE_ONLY]
+    elif config["arch"] == "dcs":
+        ignored.append(("matrix", "with main_DCS.py (the S/D terms are QCS's)"))
+    if config["connection"] != "vit":
+        ignored.append(("cross_drop", f"with --connection {config['connection']} (no cross ViT)"))
+    if config["distill"] == "none":
+        ignored += [(key, "without --distill") for key in ("distill_weight", "temperature")]
+    elif config["distill"] == "mse":
+        ignored.append(("temperature", "with --distill mse (only kl has a temperature)"))
+    cross_vit_drop = config["arch"] != "base" and config["connection"] == "vit" and config["cross_drop"] > 0
+    if config["drop"] == 0 and not cross_vit_drop:
+        ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
+                                          "cross ViT): both rules give no projection dropout"))
+    return ignored
+
+
+def check_ranges(config):
+    """One clear line, naming the flag, for the first numeric option out of its range."""
+    for key, (low, high, inclusive) in OPTION_RANGES.items():
+        value = config[key]
+        if value is None:
+            continue
+        if inclusive is None:  # a rate: [low, high)
+            ok, allowed = low <= value < high, f"in [{low}, {high})"
+        elif inclusive:
+            ok, allowed = value >= low, f"at least {low}"
+        else:
+            ok = value > low and (high is None or value <= high)
+            allowed = f"> {low}" + (f" and ≤ {high}" if high is not None else "")
+        if not ok:  # NaN fails every comparison too
+            raise UsageError(f"{flag(key)} must be {allowed}, got {value}")
+
+
+def merge_resumed_config(config, checkpoint, given):
+    """The checkpoint's settings, with the options a resumed run may change taken from `config`."""
+    saved = checkpoint.get("run_config") if isinstance(checkpoint, dict) else None
+    if not saved or checkpoint.get("format") != "qcs-fer-checkpoint":
+        raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
+                         "(an authors' checkpoint can be evaluated with --evaluate)")
+    script_arch = saved.get("recipe_arch", saved["arch"])
+    if script_arch != config["recipe_arch"]:
+        raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
+                         f"continue it with main_{script_arch.upper()}.py")
+    conflicts = sorted(k for k in given - RESUME_OVERRIDABLE if saved.get(k) != config[k])
+    if conflicts:
+        raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
+                         + ", ".join(f"{flag(k)} {config[k]} (saved: {saved.get(k)})" for k in conflicts))
+    merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
+    for key in RESUME_OVERRIDABLE:
+        merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
+    merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
+    return merged
