@@ -20,6 +20,7 @@ from .sampling import GroupDataset, GroupSampler
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MAX_IMAGE_SIDE,
     describe_transform,
     test_transform,
     test_transform_for,
@@ -31,7 +32,7 @@ __all__ = [
     "GroupDataset", "GroupSampler",
     "train_transform", "test_transform", "test_transform_for", "describe_transform", "DataError",
     # extras
-    "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_SIDE",
     "IMAGE_EXTENSIONS", "is_image_file", "clamp_box",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
 ]

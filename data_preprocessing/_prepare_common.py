@@ -13,7 +13,14 @@ from pathlib import Path
 
 from data_preprocessing.datasets import ListLayout
 from data_preprocessing.errors import DataError
-from data_preprocessing.outputs import OutputError, atomic_write, refuse_existing
+from data_preprocessing.outputs import (
+    OutputError,
+    atomic_write,
+    check_output_dir,
+    make_output_dir,
+    refuse_existing,
+    remove_stale_temporaries,
+)
 
 
 class PrepareError(DataError):
@@ -36,11 +43,19 @@ def require_dir(path, flag: str) -> Path:
     return path
 
 
-def claim_outputs(outputs, inputs, overwrite: bool) -> None:
-    """Check before any work that the ``--out`` paths may be written: none overlaps an input, and
-    none exists (a folder counts when non-empty) unless ``overwrite`` (OutputError otherwise)."""
-    refuse_output_over_inputs(outputs, inputs)
-    refuse_existing([("--out", path) for path in outputs], overwrite)
+def claim_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> None:
+    """Check before any work that the ``--out`` paths may be written: none overlaps an input, none
+    exists (a folder counts when non-empty) unless ``overwrite``, ``out_dir`` is a writable folder
+    or can be created, and no file output is a folder nor folder output a file (OutputError)."""
+    refuse_output_over_inputs([*files, *folders], inputs)
+    refuse_existing([("--out", path) for path in [*files, *folders]], overwrite)
+    check_output_dir(out_dir, "--out", create=True)
+    for path in map(Path, files):
+        if path.is_dir():
+            raise OutputError(f"--out {path}: is a folder, not a file")
+    for path in map(Path, folders):
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path}: is a file, not a folder")
 
 
 def refuse_output_over_inputs(outputs, inputs) -> None:
@@ -59,8 +74,10 @@ def layout_list_paths(out_dir: Path, layout: ListLayout) -> list[Path]:
 
 def write_list_file(path: Path, entries) -> None:
     """Write ``<name> <label>`` lines atomically, so a crash never leaves half a list."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: handle.writelines(f"{name} {label}\n" for name, label in entries), mode="w")
+    folder = make_output_dir(Path(path).parent, "--out")
+    remove_stale_temporaries(folder, Path(path).name)
+    atomic_write(path, lambda handle: handle.writelines(f"{name} {label}\n" for name, label in entries),
+                 mode="w", flag="--out")
 
 
 def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict, class_names=None) -> list[Path]:

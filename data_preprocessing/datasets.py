@@ -181,7 +181,8 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
     """Parse `<image name> <label>` lines -> (names, labels int64, line numbers).
 
     Blank lines and extra whitespace are ignored; the label is the last field, so names may contain
-    sub-folders (and spaces). Malformed lines and out-of-range labels raise DataError with file:line.
+    sub-folders (and spaces), but never lead outside the image folder (no absolute path, no `..`).
+    Malformed lines, such names and out-of-range labels raise DataError with file:line.
     """
     list_file = str(list_file)
     if not os.path.isfile(list_file):
@@ -199,7 +200,7 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
         fields = text.rsplit(None, 1)
         if len(fields) != 2 or not _is_int(fields[1]):
             raise DataError(f"{list_file}:{line_number}: expected '<image name> <label>', got {text!r}")
-        names.append(fields[0].strip())
+        names.append(_inside_image_folder(fields[0].strip(), list_file, line_number))
         labels.append(int(fields[1]))
         line_numbers.append(line_number)
     if not names:
@@ -208,6 +209,15 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
     line_numbers = np.asarray(line_numbers, dtype=np.int64)
     check_label_range(labels, num_classes, list_file, line_numbers)
     return names, labels, line_numbers
+
+
+def _inside_image_folder(name: str, list_file: str, line_number: int) -> str:
+    """`name` if it stays inside the image folder; DataError for an absolute path or a `..` part."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        raise DataError(f"{list_file}:{line_number}: image name {name!r} points outside the image folder; "
+                        f"list names must be relative to it, without '..'")
+    return name
 
 
 def _is_int(text: str) -> bool:

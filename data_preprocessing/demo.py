@@ -38,7 +38,16 @@ from PIL import Image, ImageDraw
 
 from data_preprocessing.datasets import DEMO_LAYOUT, DEMO_META_NAME
 from data_preprocessing.errors import DataError
-from data_preprocessing.outputs import atomic_write, atomic_write_text
+from data_preprocessing.outputs import (
+    OutputError,
+    atomic_write,
+    atomic_write_text,
+    check_output_dir,
+    make_output_dir,
+    output_errors,
+    remove_stale_temporaries,
+    temporary_pattern,
+)
 
 DEMO_CLASSES = list(DEMO_LAYOUT.classes)  # RAF-DB's order
 
@@ -415,10 +424,21 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
     return rows
 
 
-def _generate(root: Path, params: dict) -> None:
+def _generate(root: Path, params: dict, flag: str) -> None:
+    """Draw everything into a partial folder, move it into place, then write the metadata; a
+    failed write (disk full, ...) is one OutputError line and removes the partial folder."""
     partial = root / PARTIAL_DIR
     if partial.exists():  # left by an interrupted generation; only this module writes it
         shutil.rmtree(partial)
+    remove_stale_temporaries(root, META_NAME)
+    try:
+        with output_errors(root, flag, "generating the demo data"):
+            _generate_into(root, partial, params)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _generate_into(root: Path, partial: Path, params: dict) -> None:
     partial.mkdir()
     rows = []
     for split in LIST_NAMES:
@@ -433,7 +453,6 @@ def _generate(root: Path, params: dict) -> None:
         "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
         "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
     atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
-    shutil.rmtree(partial)
 
 
 def _write_attribute_rows(handle, rows) -> None:
@@ -461,6 +480,18 @@ def _check_existing(root: Path, params: dict) -> None:
                             f"delete the folder to regenerate it")
 
 
+def _refuse_foreign_folder(root: Path, flag: str) -> None:
+    """A folder without demo metadata that holds anything the demo does not write is someone's data:
+    never generate into it."""
+    ours = {IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME, META_NAME, PARTIAL_DIR, LOCK_NAME}
+    temporary = temporary_pattern()  # the metadata's, or another rank's writability probe
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not temporary.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DemoDataError(f"{flag} {root} is not a demo folder (no {META_NAME}) and holds other files "
+                            f"({shown}); give an empty or new folder for the demo data")
+
+
 def _describe(root: Path, params: dict, generated: bool) -> dict:
     return {
         "data_root": str(root),
@@ -479,19 +510,26 @@ def _describe(root: Path, params: dict, generated: bool) -> dict:
 
 def ensure_demo_dataset(data_root, seed: int = 0, train_per_class: int = 60, test_per_class: int = 20,
                         image_size: int = 112, spurious: str = "background",
-                        spurious_strength: float = 0.8) -> dict:
+                        spurious_strength: float = 0.8, flag: str = "--data-root") -> dict:
     """Generate the demo dataset into ``data_root`` unless it is already there.
 
-    Same parameters on an existing folder: no-op. Different parameters, or a
-    folder left incomplete by an interrupted run, raise DemoDataError (a
-    ValueError). Returns paths, classes, sizes, the parameters and whether
-    anything was generated.
+    Same parameters on an existing folder: no-op (nothing is written). Different
+    parameters, a folder left incomplete by an interrupted run, or a folder holding
+    other data raise DemoDataError (a ValueError); a folder that cannot be written
+    raises OutputError, before anything is drawn. ``flag`` is the option that named
+    ``data_root``, for the messages. Returns paths, classes, sizes, the parameters
+    and whether anything was generated.
     """
     params = demo_parameters(seed, train_per_class, test_per_class, image_size, spurious, spurious_strength)
     root = Path(data_root)
     if root.exists() and not root.is_dir():
         raise DemoDataError(f"demo data_root {root} exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    if (root / META_NAME).exists():  # complete (the metadata is written last): read-only use
+        _check_existing(root, params)
+        return _describe(root, params, generated=False)
+    if root.is_dir():
+        _refuse_foreign_folder(root, flag)
+    make_output_dir(check_output_dir(root, flag, create=True), flag)
     with _exclusive_lock(root / LOCK_NAME):
         if (root / META_NAME).exists():
             _check_existing(root, params)
@@ -501,7 +539,7 @@ def ensure_demo_dataset(data_root, seed: int = 0, train_per_class: int = 60, tes
             raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {META_NAME}: an earlier demo "
                                 f"generation was interrupted or the folder holds other data; delete it "
                                 f"(or choose another data_root) and retry")
-        _generate(root, params)
+        _generate(root, params, flag)
     return _describe(root, params, generated=True)
 
 
@@ -520,8 +558,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         info = ensure_demo_dataset(args.out, args.seed, args.train_per_class, args.test_per_class,
-                                   args.image_size, args.spurious, args.spurious_strength)
-    except DemoDataError as error:
+                                   args.image_size, args.spurious, args.spurious_strength, flag="--out")
+    except (DemoDataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = "generated" if info["generated"] else "already present (same parameters)"

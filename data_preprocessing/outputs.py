@@ -1,16 +1,50 @@
-"""Every file the project writes goes through here: existing outputs are refused, writes are atomic.
+"""Every file the project writes goes through here: destinations are checked before the work,
+existing outputs are refused, writes are atomic and a failed write is one plain sentence.
 
 It is the lowest layer that writes files, so the data scripts, the training system and the
 tools share it (nothing here knows about models or options beyond the flag names it is given).
+
+- `check_output_file` / `check_output_dir`: before any work, the folder exists (or can be
+  created where the command creates it), is a folder and is writable (checked with a real
+  temporary file, since root passes `os.access` everywhere), and the path is of the right kind.
+- `atomic_write` (and `atomic_write_text`, `make_output_dir`, `output_errors`): an `OSError`
+  saying the disk is full, the file too large, the folder read-only or not writable, or a path
+  part missing or of the wrong kind becomes `OutputError("<path>: <cause> (<ERRNO> while ...)")`.
+- `remove_stale_temporaries`: the temporary files of writers that were killed.
 """
+import contextlib
+import errno
+import io
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 
 
 class OutputError(Exception):
     """An output that must not or cannot be written; the message names the flag and the path."""
 
+
+TEMPORARY_SUFFIX = ".tmp"
+PROBE_NAME = "write-check"  # the writability probe's temporary file: `.write-check.XXXXXXXX.tmp`
+# `.NAME.` + 8 random characters (hex here, [a-z0-9_] from the tempfile-based writer before) + `.tmp`
+_RANDOM_PART = r"\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX)
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EFBIG: "file too large for the limit set on this process (ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+}
+if hasattr(errno, "EDQUOT"):  # not on every platform
+    _CAUSES[errno.EDQUOT] = "disk quota exceeded"
+MAPPED_ERRNOS = frozenset(_CAUSES) | {errno.ENOENT}
+
+
+# ------------------------------------------------------------------------------ refusing to overwrite
 
 def occupied(path):
     """Whether `path` holds something a write would replace: a file, or a non-empty folder."""
@@ -35,30 +69,207 @@ def refuse_existing(named_paths, overwrite=False, overwrite_flag="--overwrite"):
             raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
 
 
-def atomic_write(path, write, mode="wb"):
+# ------------------------------------------------------------------------------ destination checks
+
+def check_output_file(path, flag, create_parent=False):
+    """Check, before any work, that a file can be written at `path`; returns it as a Path.
+
+    Its folder must exist (with `create_parent`: it or its nearest existing ancestor), be a
+    folder and be writable; `path` must not be a folder. `OutputError` otherwise, one line
+    naming `flag`, the path and the cause.
+    """
+    path = Path(path)
+    label = _label(flag, path)
+    if path.is_dir():
+        raise OutputError(f"{label}: is a folder, not a file")
+    _check_folder(path.parent, label, create_parent)
+    return path
+
+
+def check_output_dir(path, flag, create=False):
+    """Check, before any work, that files can be written into the folder `path`; returns it as a Path.
+
+    `path` must be a writable folder, or with `create` not exist yet and have a writable folder as
+    its nearest existing ancestor (nothing is created here). `OutputError` otherwise.
+    """
+    path = Path(path)
+    label = _label(flag, path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputError(f"{label}: is a file, not a folder")
+    if path.is_dir():
+        _require_writable(path, label)
+    elif not create:
+        raise OutputError(f"{label}: folder {path} does not exist")
+    else:
+        _check_folder(path, label, create=True)
+    return path
+
+
+def _check_folder(folder, label, create):
+    if folder.is_dir():
+        _require_writable(folder, label)
+        return
+    if os.path.lexists(folder):
+        raise OutputError(f"{label}: {folder} is not a folder")
+    if not create:
+        raise OutputError(f"{label}: folder {folder} does not exist")
+    ancestor = next((parent for parent in folder.parents if os.path.lexists(parent)), Path("."))
+    if not ancestor.is_dir():
+        raise OutputError(f"{label}: {ancestor} is not a folder")
+    _require_writable(ancestor, label, f"cannot create folder {folder} in {ancestor}")
+
+
+def _require_writable(folder, label, what=None):
+    what = what or f"cannot write in folder {folder}"
+    try:
+        _probe(folder)
+    except OSError as error:
+        raise OutputError(f"{label}: {what} ({_CAUSES.get(error.errno, error.strerror)})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{label}: {what} (permission denied)")
+
+
+def _probe(folder):
+    """Create and delete a temporary file in `folder`: the real test, as root passes `os.access` whatever the mode."""
+    path, fd = _create_temporary(Path(folder), PROBE_NAME)
+    os.close(fd)
+    os.remove(path)
+
+
+def _label(flag, path):
+    return f"{flag} {path}" if flag else str(path)
+
+
+# ------------------------------------------------------------------------------ writing
+
+def atomic_write(path, write, mode="wb", flag=None, buffered=False):
     """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
     A crash or an error leaves either the old file or the new one, never half of one, and no
-    temporary file.
+    temporary file. The file's mode follows the umask. A disk-full, too-large, permission,
+    read-only or missing-folder `OSError` becomes `OutputError` naming `flag` and `path`.
+    `buffered` (binary modes) runs `write` on an in-memory buffer first, for serialisers that
+    turn a failed write into an opaque RuntimeError or an abort (torch.save, torch.export.save).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if buffered:
+        buffer = io.BytesIO()
+        write(buffer)
+        write = _writer_of(buffer)
+    with output_errors(path, flag, "creating a temporary file"):
+        tmp, fd = _create_temporary(path.parent, path.name)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with output_errors(path, flag, "writing"):
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        with output_errors(path, flag, f"renaming {tmp.name} to {path.name}"):
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
 
 
-def atomic_write_text(text, path):
+def _writer_of(buffer):
+    def write(handle):
+        with buffer.getbuffer() as view:
+            handle.write(view)
+    return write
+
+
+def atomic_write_text(text, path, flag=None):
     """Write `text` to `path` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda handle: handle.write(text), mode="w")
+    atomic_write(path, lambda handle: handle.write(text), mode="w", flag=flag)
+
+
+def make_output_dir(path, flag=None):
+    """`mkdir -p path`; an `OSError` of the kinds `atomic_write` maps becomes `OutputError`. Returns the Path."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
+    with output_errors(path, flag, "creating the folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def output_errors(path, flag=None, doing=None):
+    """Turn an `OSError` about writing `path` (disk full, no permission, ...) into one-line `OutputError`.
+
+    Other errors, and errors naming a file that is not `path`, a folder above it or a file beside
+    it (an input read while writing), pass through unchanged. Also for writers that cannot go
+    through `atomic_write` (images saved into a checked folder).
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in MAPPED_ERRNOS or not _about(error, Path(path)):
+            raise
+        raise OutputError(describe_output_error(error, path, flag, doing)) from None
+
+
+def _about(error, path):
+    """Whether `error` concerns `path`: it names no file, or `path`, a folder above it, a file beside
+    it (its temporary file) or, when `path` is a folder being filled, a file in it."""
+    if error.filename is None:
+        return True
+    named = Path(os.fsdecode(error.filename))
+    return named == path or named in path.parents or named.parent == path.parent or path in named.parents
+
+
+def describe_output_error(error, path, flag=None, doing=None):
+    """`<flag> <path>: <plain cause> (<ERRNO> while <doing>)` for an `OSError` met writing `path`."""
+    path = Path(path)
+    blocking = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    if error.errno == errno.ENOENT:
+        cause = f"folder {path.parent} does not exist"
+    elif error.errno == errno.ENOTDIR and blocking is not None:
+        cause = f"{blocking} is not a folder"
+    else:
+        cause = _CAUSES.get(error.errno, (error.strerror or str(error)).lower())
+    code = errno.errorcode.get(error.errno, str(error.errno))
+    return f"{_label(flag, path)}: {cause} ({code}{f' while {doing}' if doing else ''})"
+
+
+# ------------------------------------------------------------------------------ temporary files
+
+def _create_temporary(folder, name):
+    """`(path, fd)` of a new `.NAME.XXXXXXXX.tmp` in `folder`, created exclusively, mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:  # 1 in 4 billion: draw another name
+            continue
+
+
+def temporary_pattern(name=None):
+    """The compiled pattern of the temporary files `atomic_write` makes (for `name`, or any name)."""
+    stem = re.escape(name) if name is not None else ".+"
+    return re.compile(rf"\.{stem}{_RANDOM_PART}")
+
+
+def remove_stale_temporaries(folder, name=None):
+    """Delete the temporary files a killed `atomic_write` left in `folder` (those for `name`, or all).
+
+    Only files matching this layer's own pattern (`.NAME.XXXXXXXX.tmp`) are touched; call it
+    only where no other process is writing the same outputs. Returns the paths removed.
+    """
+    pattern = temporary_pattern(name)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no folder, nothing to clean
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def current_umask():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -39,6 +40,7 @@ from data_preprocessing._prepare_common import (
 )
 from data_preprocessing.datasets import LIST_LAYOUTS
 from data_preprocessing.images import clamp_box
+from data_preprocessing.outputs import OutputError, output_errors
 
 LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
 CROP_DIR = LIST_LAYOUTS["AffectNet-8"].image_dir  # AffectNet-7 reads the same folder
@@ -79,37 +81,60 @@ def check_images_exist(images_dir: Path, rows) -> None:
         raise PrepareError(f"--images {images_dir}: {len(missing)} listed image(s) missing: {shown}{more}")
 
 
-def crop_one(task) -> str | None:
-    """Crop one face; returns an error message instead of raising (runs in worker processes)."""
+class CropFailure(NamedTuple):
+    """Why one face was not cropped; ``output`` when writing it failed (disk full, no permission)."""
+    message: str
+    output: bool = False
+
+
+def crop_one(task) -> CropFailure | None:
+    """Crop one face; returns a CropFailure instead of raising (runs in worker processes)."""
     source, target, box, where = task
     try:
         with Image.open(source) as image:
             region = clamp_box(box, *image.size)
             if region is None:
-                return f"{where}: face box {box} lies outside the {image.size[0]}x{image.size[1]} image {source}"
+                return CropFailure(f"{where}: face box {box} lies outside the {image.size[0]}x{image.size[1]} "
+                                   f"image {source}")
             face = image.crop(region)
             is_jpeg = Path(target).suffix.lower() in (".jpg", ".jpeg")
             if is_jpeg and face.mode not in ("RGB", "L"):
                 face = face.convert("RGB")
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            face.save(target, **({"quality": 95} if is_jpeg else {}))
+            with output_errors(target, "--out", "saving the face"):
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                face.save(target, **({"quality": 95} if is_jpeg else {}))
+    except OutputError as error:
+        return CropFailure(str(error), output=True)
     except (OSError, ValueError) as error:
-        return f"{where}: cannot crop {source}: {error}"
+        return CropFailure(f"{where}: cannot crop {source}: {error}")
     return None
 
 
 def crop_faces(rows, images_dir: Path, crop_dir: Path, workers: int) -> None:
-    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError on the first failure."""
+    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError naming the
+    first bad input after all were tried, OutputError at the first face that cannot be written."""
     unique = {row["name"]: row for row in rows}  # an image listed twice is cropped once
     tasks = [(str(images_dir / name), str(crop_dir / name), row["box"], f"{row['csv']}:{row['line']}")
              for name, row in unique.items()]
     if workers > 1:
-        with Pool(workers) as pool:
-            errors = [e for e in pool.imap(crop_one, tasks, chunksize=64) if e]
+        with Pool(workers) as pool:  # leaving the block terminates the workers, also on OutputError
+            errors = _input_failures(pool.imap(crop_one, tasks, chunksize=64))
     else:
-        errors = [e for e in map(crop_one, tasks) if e]
+        errors = _input_failures(map(crop_one, tasks))
     if errors:
-        raise PrepareError(f"{len(errors)} face(s) could not be cropped; first: {errors[0]}")
+        raise PrepareError(f"{len(errors)} face(s) could not be cropped; first: {errors[0].message}")
+
+
+def _input_failures(results) -> list[CropFailure]:
+    """The failures among ``results``; stops with OutputError at the first failed write (a full
+    disk fails every later face too)."""
+    failures = []
+    for failure in results:
+        if failure is not None and failure.output:
+            raise OutputError(failure.message)
+        if failure is not None:
+            failures.append(failure)
+    return failures
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +163,8 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
     outputs = [path for layout in LAYOUTS for path in layout_list_paths(out_dir, layout)]
-    claim_outputs(outputs + ([out_dir / CROP_DIR] if args.crop else []), [*csv_paths.values(), images_dir],
-                  args.overwrite)
+    claim_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
+                  folders=[out_dir / CROP_DIR] if args.crop else [])
 
     rows = {"train": read_annotations(csv_paths["train"], "--train-csv"),
             "test": read_annotations(csv_paths["test"], "--val-csv")}

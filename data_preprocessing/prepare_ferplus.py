@@ -36,6 +36,7 @@ from data_preprocessing.datasets import (
     parse_fer2013_pixels,
     read_fer2013_rows,
 )
+from data_preprocessing.outputs import make_output_dir, output_errors
 
 LAYOUT = LIST_LAYOUTS["FERPlus"]
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
@@ -103,8 +104,7 @@ def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> dict[str, 
     if fer_count != len(plus_rows):
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
                            f"has {len(plus_rows)}; the rows must correspond one to one")
-    image_dir = out_dir / LAYOUT.image_dir
-    image_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = make_output_dir(out_dir / LAYOUT.image_dir, "--out")
     entries: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
     for fer_row, (plus_line, usage, name, votes) in zip(read_fer2013_rows(fer2013_path), plus_rows):
         if fer_row.usage != usage:
@@ -113,7 +113,8 @@ def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> dict[str, 
         if not name:
             continue  # no FERPlus image for this FER2013 face
         pixels = parse_fer2013_pixels(fer_row.pixels, fer_row.where)
-        Image.fromarray(pixels, "L").save(image_dir / name)
+        with output_errors(image_dir / name, "--out", "saving the image"):
+            Image.fromarray(pixels, "L").save(image_dir / name)
         label = majority_vote(votes)
         if label is not None:
             entries[FER2013_USAGE_TO_SPLIT[usage]].append((name, label))
@@ -137,8 +138,8 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     fer2013_path = require_file(args.fer2013, "--fer2013")
     ferplus_path = require_file(args.ferplus, "--ferplus")
     out_dir = Path(args.out)
-    claim_outputs([out_dir / LAYOUT.image_dir, *layout_list_paths(out_dir, LAYOUT)],
-                  [fer2013_path, ferplus_path], args.overwrite)
+    claim_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path], args.overwrite,
+                  folders=[out_dir / LAYOUT.image_dir])
     entries = convert(fer2013_path, ferplus_path, out_dir)
     write_layout_lists(out_dir, LAYOUT, entries)
     return entries

@@ -17,6 +17,9 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The largest image side any transform accepts: far above the released 224 and 236, and a bound on
+# the memory a mistyped or hostile saved setting can ask for (an N×N RGB float image is 12·N² bytes).
+MAX_IMAGE_SIDE = 1024
 COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for",
@@ -101,5 +104,5 @@ def _describe_step(step) -> str:
 
 
 def _check_side(value, flag: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{flag} must be a positive int (pixels), got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_IMAGE_SIDE:
+        raise ValueError(f"{flag} must be a whole number of pixels in 1..{MAX_IMAGE_SIDE}, got {value!r}")

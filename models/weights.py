@@ -1,6 +1,7 @@
 """Load weights from this project's checkpoints, the authors' releases, bare state dicts
 and face-recognition IR50 files (layouts in METHOD.md §7), with a report of what went where."""
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 
@@ -61,8 +62,14 @@ def read_checkpoint(path):
     except Exception as error:  # not a zip checkpoint, or corrupt
         return _load_legacy(path, error)
     stubs = [_stub_class(name) for name in unsafe]
-    with torch.serialization.safe_globals(stubs):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(stubs):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch refuses globals of modules such as os or subprocess even as stubs: calling them
+        # is how a pickle runs code
+        raise WeightsError(f"{path} holds code references ({', '.join(unsafe) or 'unknown'}) that "
+                           "loading would call; it was not loaded") from None
 
 
 def _load_legacy(path, zip_error):

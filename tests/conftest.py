@@ -4,8 +4,10 @@ Session fixtures are built once per pytest run, in a `tmp_path_factory` folder, 
 tests read them and must not write into them (copy a run folder before resuming it or writing
 beside its files).
 """
+import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +23,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 FOLDER_CLASSES = ("calm", "joy", "rage")
 
-# Slow tests of modules whose owners have not marked them yet: file name → test names, either a
-# function (all its parametrisations) or one parametrisation ("name[id]"). Once a module carries its
-# own `@pytest.mark.slow`, drop its entry here.
 def free_port():
     """A TCP port free on 127.0.0.1 right now: bind to port 0, read what the OS chose, close."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -104,3 +103,16 @@ def demo_dataset(tmp_path_factory):
 def demo_root(demo_dataset):
     """The folder of the session's default demo dataset."""
     return demo_dataset[0]
+
+
+def unprivileged_prefix():
+    """A command prefix under which a read-only folder really is read-only: nothing for a normal user;
+    for root, setpriv dropping every capability (the test skips cleanly without it)."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    return prefix

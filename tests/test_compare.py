@@ -5,6 +5,8 @@ import statistics
 import pytest
 from PIL import Image
 
+import utils.compare
+from data_preprocessing.outputs import OutputError
 from utils.compare import main, plot_curves, summarise, write_summary
 
 
@@ -63,3 +65,24 @@ def test_a_single_seed_has_no_spread(tmp_path):
     assert "| QCS | 60.00 | 60.00 | 40.00 | 40.00 | 60.00 | 60.00 | 70.00 |" in text and "±" not in text
     row = list(csv.DictReader(open(tmp_path / "summary.csv")))[0]
     assert row["best test_acc mean"] == "60.0000" and row["best test_acc std"] == ""
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    def no_training(*args):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(utils.compare, "train_main", no_training)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    for out, cause in ((blocker, "is a file, not a folder"), (blocker / "compare", f"{blocker} is not a folder")):
+        assert main(["--dataset", "folder", "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"error: --out {out}: {cause}\n"
+
+
+def test_summary_and_plot_go_through_the_output_layer(tmp_path):
+    summary = summarise({"QCS": [rows([50, 60], [30, 40], [50, 60])]})
+    missing = tmp_path / "missing"
+    with pytest.raises(OutputError, match=f"--out {missing / 'summary.csv'}: folder {missing} does not exist"):
+        write_summary(missing, summary, seeds=1)
+    with pytest.raises(OutputError, match=f"--out {missing / 'accuracy.png'}: folder {missing} does not exist"):
+        plot_curves(missing / "accuracy.png", {"QCS": [rows([50, 60], [30, 40], [50, 60])]}, "demo")

@@ -142,6 +142,15 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line):
         build_dataset("RAF-DB", "train", tmp_path)
 
 
+@pytest.mark.parametrize("escaping", ["../secret.png", "sub/../../secret.png", "/etc/hostname"])
+def test_list_lines_leading_outside_the_image_folder_are_refused(tmp_path, escaping):
+    root = tmp_path / "RAF-DB"
+    make_list_dataset(root, list_name="raf_db_basic_train.txt", lines=["a.png 0", f"{escaping} 1"])
+    write_image(root / "secret.png")  # the file exists: only the name is wrong
+    with pytest.raises(DataError, match=r"raf_db_basic_train.txt:2: image name .* points outside the image folder"):
+        build_dataset("RAF-DB", "train", root, check_images=False)
+
+
 def test_label_out_of_range(tmp_path):
     make_list_dataset(tmp_path, list_name="raf_db_basic_train.txt", lines=["a.png 0", "a.png 9", "a.png -1"])
     with pytest.raises(DataError, match=r"raf_db_basic_train.txt:2: label 9 outside 0..6") as caught:

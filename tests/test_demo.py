@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_preprocessing import demo
+from data_preprocessing import DataError, build_dataset, demo
 
 NUM_CLASSES = 7
 
@@ -114,6 +114,25 @@ def test_interrupted_generation_detected(tmp_path):
     (other / "images").mkdir(parents=True)
     with pytest.raises(ValueError, match="delete"):
         small(other)
+
+
+def test_a_folder_holding_other_data_is_never_filled(tmp_path):
+    root = tmp_path / "RAF-DB"
+    (root / "basic").mkdir(parents=True)
+    (root / "raf_db_basic_train.txt").write_text("train_00001_aligned.jpg 0\n")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(ValueError, match=f"--data-root {root} is not a demo folder .*basic, raf_db_basic_train.txt"):
+        small(root)
+    with pytest.raises(DataError, match="is not a demo folder"):  # what `--dataset demo --data-root X` reads
+        build_dataset("demo", "train", root)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # not even a lock file
+
+
+def test_cli_out_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    assert demo.main(["--out", str(blocker / "demo"), "--train-per-class", "1"]) == 2
+    assert capsys.readouterr().err == f"error: --out {blocker / 'demo'}: {blocker} is not a folder\n"
 
 
 def test_bad_parameters_refused(tmp_path):

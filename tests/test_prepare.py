@@ -1,6 +1,7 @@
 """The prepare_* scripts on tiny raw files whose expected lists are worked out by hand."""
 
 import csv
+import errno
 
 import numpy as np
 import pytest
@@ -389,6 +390,43 @@ def test_refused_output_is_one_stderr_line_naming_the_path(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: --out ")
     assert "raf_db_basic_train.txt" in error and "refusing to overwrite" in error and "--overwrite" in error
+
+
+def test_an_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys):
+    raw = tmp_path / "list.txt"
+    raw.write_text(RAF_LIST)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(blocker / "RAF-DB")]) == 2
+    assert capsys.readouterr().err == f"error: --out {blocker / 'RAF-DB'}: {blocker} is not a folder\n"
+    lists = tmp_path / "lists"
+    (lists / "raf_db_basic_train.txt").mkdir(parents=True)  # a folder where a list file goes
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(lists), "--overwrite"]) == 2
+    assert capsys.readouterr().err == f"error: --out {lists / 'raf_db_basic_train.txt'}: is a folder, not a file\n"
+
+    fer_path, plus_path = write_ferplus_inputs(tmp_path)
+    out = tmp_path / "FERPlus"
+    out.mkdir()
+    (out / "img").write_text("a file where the image folder goes")
+    argv = ["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(out), "--overwrite"]
+    assert prepare_ferplus.main(argv) == 2
+    assert capsys.readouterr().err == f"error: --out {out / 'img'}: is a file, not a folder\n"
+    assert sorted(p.name for p in out.iterdir()) == ["img"]
+
+
+def test_a_crop_that_cannot_be_written_stops_with_one_output_line(tmp_path, capsys, monkeypatch):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    out = tmp_path / "AffectNet"
+
+    def disk_full(image, target, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    assert prepare_affectnet.main(affectnet_args(train_csv, val_csv, images, out, "--crop")) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: --out {out / 'Manually_trainval_croped'}/")
+    assert error.rstrip().endswith(": no space left on device (ENOSPC while saving the face)")
+    assert not any(p.suffix == ".txt" for p in out.iterdir())  # no list written after the failure
 
 
 def test_fer2013_csv_errors_read_the_same_in_the_loader_and_the_ferplus_script(tmp_path, capsys):

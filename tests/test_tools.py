@@ -19,7 +19,7 @@ from authors_format import as_authors, write_authors_checkpoint
 from data_preprocessing.demo import DEMO_CLASSES
 from models import build_model
 from utils.tools import cli as tools
-from utils.tools import heatmaps, predict
+from utils.tools import heatmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -101,7 +101,7 @@ def test_predict_probabilities_match_the_model_and_bad_files_are_skipped(trained
     folder = image_folder(demo_root, tmp_path)
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
     code, out, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--top-k", 7, "--batch-size", 2,
-                              "--device", "cpu", "--json", out_json, "--csv", out_csv, folder)
+                              "--device", "cpu", "--no-detect", "--json", out_json, "--csv", out_csv, folder)
     assert code == 0
     assert "broken.png" in err and "notes.txt" in err
     document = json.loads(out_json.read_text())
@@ -144,7 +144,7 @@ def test_predict_authors_checkpoint_needs_class_names(trained, demo_root, tmp_pa
     code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--classes", "a,b,c", image)
     assert code == 2 and "3 classes" in err and "7-class head" in err
     out_json = tmp_path / "p.json"
-    code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--dataset", "RAF-DB",
+    code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--dataset", "RAF-DB", "--no-detect",
                           "--image-size", IMAGE_SIZE, "--json", out_json, image)
     assert code == 0
     row = json.loads(out_json.read_text())["predictions"][0]
@@ -162,7 +162,7 @@ def test_predict_on_fer2013_images(trained, tmp_path, capsys):
     model, checkpoint = trained["dcs"]
     out_json = tmp_path / "fer.json"
     fer_classes = "angry,disgust,fear,happy,sad,surprise,neutral"
-    code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--classes", fer_classes,
+    code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--classes", fer_classes, "--no-detect",
                           "--top-k", 2, "--json", out_json, *images)
     assert code == 0
     rows = json.loads(out_json.read_text())["predictions"]
@@ -176,53 +176,19 @@ def test_predict_on_fer2013_images(trained, tmp_path, capsys):
         assert len(row["top_k"]) == 2
 
 
-def test_detect_faces_without_opencv_names_the_package(trained, demo_root, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
-    monkeypatch.setattr(predict, "_cascade", None)
+def test_predict_checks_its_outputs_before_loading_the_model(trained, demo_root, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr("utils.tools.predict.load_trained_model", no_model)
     image = sorted((demo_root / "images" / "test").glob("*.png"))[0]
-    code, _, err = run_tool(capsys, "predict", "--checkpoint", trained["qcs"][1], "--detect-faces", image)
-    assert code == 2
-    assert "pip install opencv-python-headless" in err
-
-
-def test_detected_faces_are_cropped_and_reported_with_their_boxes(trained, demo_root, tmp_path, capsys,
-                                                                  monkeypatch):
-    model, checkpoint = trained["qcs"]
-    with_faces, without = sorted((demo_root / "images" / "test").glob("*.png"))[:2]
-    boxes = [(4, 6, 40, 50), (50, 20, 45, 60)]
-
-    calls = []
-
-    def fake_detector(image):  # files are read in the order given: two faces, then none
-        assert image.mode == "RGB"
-        calls.append(image.size)
-        return boxes if len(calls) == 1 else []
-
-    monkeypatch.setattr(predict, "detect_faces", fake_detector)
-    out_csv, out_json = tmp_path / "faces.csv", tmp_path / "faces.json"
-    code, out, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--detect-faces",
-                              "--csv", out_csv, "--json", out_json, with_faces, without)
-    assert code == 0
-    with open(out_csv, newline="") as handle:
-        records = list(csv.DictReader(handle))
-    assert len(records) == 3
-    faces = [r for r in records if r["image"] == str(with_faces)]
-    assert [r["face"] for r in faces] == ["1", "2"]
-    assert [tuple(int(r[k]) for k in ("box_x", "box_y", "box_w", "box_h")) for r in faces] == boxes
-    source = Image.open(with_faces).convert("RGB")
-    crops = [source.crop((x, y, x + w, y + h)) for x, y, w, h in boxes]
-    expected = probabilities_of(model, crops)
-    for record, reference in zip(faces, expected):
-        assert record["class_1"] == DEMO_CLASSES[int(reference.argmax())]
-        assert float(record["prob_1"]) == pytest.approx(float(reference.max()), abs=1e-5)
-    predicted = json.loads(out_json.read_text())["predictions"]
-    assert [(r["face"], r["box"]) for r in predicted[:2]] == [(1, list(boxes[0])), (2, list(boxes[1]))]
-    for row, reference in zip(predicted, expected):
-        torch.testing.assert_close(torch.tensor(list(row["probabilities"].values())), reference,
-                                   atol=1e-6, rtol=0)
-    missing = [r for r in records if r["image"] == str(without)]
-    assert len(missing) == 1 and missing[0]["error"] == "no face detected"
-    assert "no face detected" in err and "face 2 at x=50 y=20 w=45 h=60" in out
+    checkpoint = trained["qcs"][1]
+    missing = tmp_path / "missing" / "p.csv"
+    code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--csv", missing, image)
+    assert code == 2 and err == f"error: --csv {missing}: folder {missing.parent} does not exist\n"
+    code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--json", tmp_path, image)
+    assert code == 2 and err == f"error: --json {tmp_path}: is a folder, not a file\n"
+    assert sorted(tmp_path.iterdir()) == []
 
 
 # -------------------------------------------------------------------- heatmaps
@@ -297,6 +263,23 @@ def test_heatmaps_refuse_a_model_without_cross_module(trained, demo_root, tmp_pa
     assert code == 2 and "without a cross module" in err
 
 
+def test_heatmaps_refuse_outputs_that_clash_or_cannot_be_written_before_working(trained, demo_root, tmp_path,
+                                                                                capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(heatmaps, "load_trained_model", no_model)
+    common = ["heatmaps", "--checkpoint", trained["qcs"][1], "--dataset", "demo", "--data-root", demo_root]
+    same = tmp_path / "figure.png"
+    code, _, err = run_tool(capsys, *common, "--out", same, "--class-grid", tmp_path / "." / "figure.png")
+    assert code == 2 and err.count("\n") == 1 and "--out and --class-grid both name" in err
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    code, _, err = run_tool(capsys, *common, "--out", tmp_path / "ok.png", "--class-grid", blocker / "grid.png")
+    assert code == 2 and err == f"error: --class-grid {blocker / 'grid.png'}: {blocker} is not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 # -------------------------------------------------------------------- export
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -322,6 +305,32 @@ def test_export_round_trip_gives_the_checkpoint_logits(trained, tmp_path, capsys
     assert "max abs diff" in stdout and "parameters" in stdout
     code, _, err = run_tool(capsys, "export", "--checkpoint", checkpoint, "--out", out, "--format", "torchscript")
     assert code == 2 and "refusing to overwrite" in err
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_export_overwrite_with_a_narrower_format_leaves_only_what_model_info_lists(trained, tmp_path, capsys):
+    checkpoint = trained["dcs"][1]
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model_exported.pt2").write_bytes(b"an earlier export")  # an earlier --format export run
+    code, _, err = run_tool(capsys, "export", "--checkpoint", checkpoint, "--out", out, "--format", "torchscript")
+    assert code == 2 and f"--out {out / 'model_exported.pt2'} already exists" in err  # ours: never kept silently
+    code, _, err = run_tool(capsys, "export", "--checkpoint", checkpoint, "--out", out, "--format", "torchscript",
+                            "--overwrite")
+    assert code == 0, err
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["formats"] == ["torchscript"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*info["files"], "model_info.json"])
+    assert sorted(info["files"]) == ["base_state_dict.pth", "model_torchscript.pt"]
+
+
+def test_export_refuses_an_out_that_is_a_file_before_loading(trained, tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    code, _, err = run_tool(capsys, "export", "--checkpoint", tmp_path / "absent.pth", "--out", blocker)
+    assert code == 2 and err == f"error: --out {blocker}: is a file, not a folder\n"
+    code, _, err = run_tool(capsys, "export", "--checkpoint", tmp_path / "absent.pth", "--out", blocker / "sub")
+    assert code == 2 and err == f"error: --out {blocker / 'sub'}: {blocker} is not a folder\n"
 
 
 # -------------------------------------------------------------------- inspect

@@ -118,8 +118,9 @@ def test_non_finite_loss_stops_with_step_images_and_checkpoint(data, tmp_path, m
     monkeypatch.setattr(utils.engine, "group_loss", nan_loss)
     assert main("dcs", args(data, "--epochs", "1", "--output-dir", str(tmp_path / "run"))) == 1
     out = capsys.readouterr().out
-    assert "at step 0" in out and ".png" in out and "last.pth" in out
-    assert not (tmp_path / "run" / "last.pth").exists()
+    assert "at step 0" in out and ".png" in out and "No checkpoint had been saved yet" in out
+    # nothing was trained: the failed start leaves no folder that would block --output-dir
+    assert "removed the run folder" in out and not (tmp_path / "run").exists()
 
 
 def test_evaluate_writes_predictions_of_our_checkpoint(data, trained_run, tmp_path, capsys):
@@ -402,9 +403,11 @@ def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_pat
     assert main("qcs", args(data, "--epochs", "2", "--save-every", "1e-9", "--output-dir", str(saving))) == 0
     assert copies, "no mid-epoch checkpoint was written"
     monkeypatch.setattr(utils.checkpointing, "atomic_save", real_save)
-    assert main("qcs", ["--resume", str(copy / "last.pth")]) == 0
+    # the copy is not a run folder: it continues in a new one
+    branch = tmp_path / "branch"
+    assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(branch)]) == 0
     expected = read_checkpoint(straight / "last.pth")
-    for run in (saving, copy):
+    for run in (saving, branch):
         got = read_checkpoint(run / "last.pth")
         for key, value in expected["model"].items():
             assert torch.equal(value, got["model"][key]), (run, key)

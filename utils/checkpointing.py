@@ -1,13 +1,11 @@
 """Run folders and checkpoints that an interrupted process cannot corrupt."""
-import json
 import random
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_preprocessing.outputs import atomic_write, atomic_write_text
+from data_preprocessing.outputs import atomic_write
 from models import WeightsError, load_backbone, load_weights
 
 from . import distributed as ddp
@@ -15,30 +13,15 @@ from .config import DEFAULT_PRETRAINED
 from .reporting import plot_confusion, plot_losses, write_metrics
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
-RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
 
 
 def atomic_save(obj, path):
-    """`torch.save` that leaves either the old file or the complete new one (see `atomic_write`)."""
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    """`torch.save` that leaves either the old file or the complete new one (see `atomic_write`).
 
-
-def new_run_dir(output_dir, run_name):
-    """Create the run folder; never reuse one that holds another run's files."""
-    if output_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output_dir = Path("log") / f"{run_name}-{stamp}"
-        suffix = 1
-        while output_dir.exists():
-            output_dir = Path("log") / f"{run_name}-{stamp}-{suffix}"
-            suffix += 1
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(
-            f"--output-dir {output_dir} already holds files of another run; choose a new folder, "
-            f"or continue that run with --resume {output_dir / 'last.pth'}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
+    Serialised in memory first: torch.save turns a failed file write into an opaque RuntimeError,
+    while writing the bytes lets a full disk or a file-size limit reach the caller as OutputError.
+    """
+    atomic_write(path, lambda handle: torch.save(obj, handle), buffered=True)
 
 
 def rng_states():
@@ -75,6 +58,20 @@ def training_checkpoint(model, optimizer, scheduler, state, config, classes):
     }
 
 
+def check_training_state(checkpoint, path):
+    """The counters a resumed run continues from must be what this project writes."""
+    def whole(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    ok = (whole(checkpoint.get("epoch")) and whole(checkpoint.get("step"))
+          and whole(checkpoint.get("best_epoch")) and isinstance(checkpoint.get("best_acc"), (int, float))
+          and isinstance(checkpoint.get("history"), list)
+          and all(key in checkpoint for key in ("optimizer", "scheduler", "rng")))
+    if not ok:
+        raise WeightsError(f"--resume {path}: its training state (epoch, step, best, history, optimizer, "
+                           "scheduler, RNG) is missing or malformed; it cannot be continued")
+
+
 def restore_training(checkpoint, model, optimizer, scheduler):
     """Load a training checkpoint into the run's objects; returns the run's counters."""
     load_weights(model, checkpoint)
@@ -104,22 +101,6 @@ def load_pretrained(model, path):
         raise WeightsError(f"--pretrained {error}") from None
     return (f"backbone initialised from {path} ({source_format} weights): {filled} backbone "
             f"tensors filled; the rest of the network keeps its initialisation")
-
-
-def prepare_run_dir(config, resuming):
-    """Rank 0 creates (or, when resuming, reuses) the run folder and writes `config.json` there;
-    every rank learns its path."""
-    run_dir = None
-    if ddp.is_main_process():
-        if resuming:  # continue in the folder that holds the checkpoint, wherever it is now
-            run_dir = Path(config["resume"]).resolve().parent
-            if config["output_dir"] and Path(config["output_dir"]).resolve() != run_dir:
-                run_dir = new_run_dir(config["output_dir"], "")
-        else:
-            run_dir = new_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
-        config["output_dir"] = str(run_dir)
-        atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
-    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None))
 
 
 class Saver:

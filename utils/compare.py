@@ -24,6 +24,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data_preprocessing import DATASET_NAMES  # noqa: E402
+from data_preprocessing.outputs import (  # noqa: E402
+    OutputError,
+    atomic_write,
+    atomic_write_text,
+    check_output_dir,
+    make_output_dir,
+)
 
 from .train import main as train_main  # noqa: E402
 
@@ -72,13 +79,17 @@ def summarise(histories):
 
 
 def write_summary(out, summary, seeds):
+    """Write `summary.csv` and `summary.md` into `out` (atomically); returns the Markdown table."""
     measures = list(next(iter(summary.values())))
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
+
+    def write_csv(handle):
+        writer = csv.writer(handle)
         writer.writerow(["model", "seeds"] + [f"{m} {part}" for m in measures for part in ("mean", "std")])
         for model, values in summary.items():
             cells = ("" if v is None else f"{v:.4f}" for m in measures for v in values[m])
             writer.writerow([model, seeds, *cells])
+
+    atomic_write(out / "summary.csv", write_csv, mode="w", flag="--out")
     lines = ["| model | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
     for model, values in summary.items():
         cells = (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
@@ -86,7 +97,7 @@ def write_summary(out, summary, seeds):
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     spread = "one seed" if seeds == 1 else f"mean ± std over {seeds} seeds"
     text = "\n".join(lines) + f"\n\n(accuracies in %, s/epoch in seconds; {spread})\n"
-    (out / "summary.md").write_text(text)
+    atomic_write_text(text, out / "summary.md", flag="--out")
     return text
 
 
@@ -112,11 +123,14 @@ def plot_curves(path, histories, title, num_classes=None):
                title=f"{title}: {column.replace('_acc', '')}")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100), flag="--out")
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None):
+    """The command line; exit status 0, 2 for a usage or output error, else a failed training run's."""
     argv = list(sys.argv[1:] if argv is None else argv)
     passed = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -124,10 +138,19 @@ def main(argv=None):
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 2
     out = Path(args.out or f"log/compare-{args.dataset}")
-    if out.exists() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()):
         print(f"error: --out {out} already holds files; choose a new folder", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_output_dir(check_output_dir(out, "--out", create=True), "--out")
+        return compare(args, out, passed)
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def compare(args, out, passed):
+    """Train every model and seed into `out`, then write the summary and the plot there."""
     histories = {}
     for model in args.models:
         script, extra = MODELS[model]

@@ -8,8 +8,8 @@ import argparse
 import os
 from pathlib import Path
 
-from data_preprocessing import DATASET_NAMES
-from models import OPTION_CHOICES
+from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE, test_transform_for, train_transform
+from models import ARCHS, OPTION_CHOICES
 
 from .device import DEVICE_CHOICES
 from .recipes import recipe
@@ -29,11 +29,17 @@ CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_b
 # option → (lowest, highest, whether the bounds themselves are allowed)
 OPTION_RANGES = {
     "epochs": (1, None, True), "batch_size": (1, None, True), "workers": (0, None, True),
-    "image_size": (16, None, True), "lr": (0, None, False), "rho": (0, None, True),
+    "image_size": (16, MAX_IMAGE_SIDE, True), "lr": (0, None, False), "rho": (0, None, True),
     "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
     "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
-    "save_every": (0, None, True),
+    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True),
 }
+DISTILL_CHOICES = ("none", "kl", "mse")
+# Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
+SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "dataset": DATASET_NAMES,
+                   "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
+                   "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class")}
+FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone")
 
 
 class UsageError(Exception):
@@ -104,7 +110,7 @@ def _add_model_options(model):
     model.add_argument("--cross-block", default="auto", choices=OPTION_CHOICES["cross_block"],
                        help="cross-block form: auto = as released (pre-norm for 8-class DCS, "
                             "in-place otherwise)")
-    model.add_argument("--distill", default="none", choices=("none", "kl", "mse"),
+    model.add_argument("--distill", default="none", choices=DISTILL_CHOICES,
                        help="extra base-vs-cross logit loss")
     model.add_argument("--distill-weight", type=float, default=1.0, help="with --distill: its weight")
     model.add_argument("--temperature", type=float, default=1.0, help="with --distill kl: its temperature")
@@ -213,13 +219,16 @@ def inapplicable_options(config):
 def check_ranges(config):
     """One clear line, naming the flag, for the first numeric option out of its range."""
     for key, (low, high, inclusive) in OPTION_RANGES.items():
-        value = config[key]
+        value = config.get(key)
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{flag(key)} must be a number, got {value!r}")
         if inclusive is None:  # a rate: [low, high)
             ok, allowed = low <= value < high, f"in [{low}, {high})"
         elif inclusive:
-            ok, allowed = value >= low, f"at least {low}"
+            ok = value >= low and (high is None or value <= high)
+            allowed = f"at least {low}" + (f" and at most {high}" if high is not None else "")
         else:
             ok = value > low and (high is None or value <= high)
             allowed = f"> {low}" + (f" and ≤ {high}" if high is not None else "")
@@ -227,13 +236,42 @@ def check_ranges(config):
             raise UsageError(f"{flag(key)} must be {allowed}, got {value}")
 
 
+def check_saved_config(config):
+    """A configuration read from a file (a checkpoint's, or `config.json`) passes the same checks
+    as the command line's, plus the types the command line enforces by parsing."""
+    check_ranges(config)
+    for key, choices in SETTING_CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise UsageError(f"{flag(key)} {config[key]!r} is not one of {', '.join(map(str, choices))}")
+    for key in FLAGS:
+        if not isinstance(config.get(key, False), bool):
+            raise UsageError(f"{flag(key)} must be true or false, got {config[key]!r}")
+    for key in ("epochs", "batch_size", "workers", "image_size", "seed", "print_freq", "anchor_divisor"):
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int)):
+            raise UsageError(f"{flag(key)} must be a whole number, got {config[key]!r}")
+    check_augmentation(config.get("augmentation"), config.get("image_size"))
+
+
+def check_augmentation(augmentation, image_size):
+    """The saved train augmentation must build, with its test transform, at the saved image size."""
+    if augmentation is None:
+        return
+    if not isinstance(augmentation, dict):
+        raise UsageError(f"augmentation must be a mapping, got {augmentation!r}")
+    try:
+        train_transform(**augmentation, image_size=image_size)
+        test_transform_for(augmentation, image_size=image_size)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"augmentation {augmentation!r} is invalid: {error}") from None
+
+
 def merge_resumed_config(config, checkpoint, given):
     """The checkpoint's settings, with the options a resumed run may change taken from `config`."""
     saved = checkpoint.get("run_config") if isinstance(checkpoint, dict) else None
-    if not saved or checkpoint.get("format") != "qcs-fer-checkpoint":
+    if not isinstance(saved, dict) or not saved or checkpoint.get("format") != "qcs-fer-checkpoint":
         raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
                          "(an authors' checkpoint can be evaluated with --evaluate)")
-    script_arch = saved.get("recipe_arch", saved["arch"])
+    script_arch = saved.get("recipe_arch", saved.get("arch"))
     if script_arch != config["recipe_arch"]:
         raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
                          f"continue it with main_{script_arch.upper()}.py")
@@ -245,4 +283,8 @@ def merge_resumed_config(config, checkpoint, given):
     for key in RESUME_OVERRIDABLE:
         merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
     merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
+    try:
+        check_saved_config(merged)
+    except UsageError as error:
+        raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
     return merged

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from data_preprocessing import build_dataset, describe_transform
-from data_preprocessing.outputs import atomic_write, refuse_existing
+from data_preprocessing.outputs import atomic_write, check_output_file, refuse_existing
 
 from . import distributed as ddp
 from .config import UsageError, resolve_config
@@ -61,6 +61,8 @@ def run_evaluation(arch, args, logger):
     rank, world_size, _ = ddp.init_distributed(device.type)
     outputs = prediction_files(config["predictions"])
     refuse_existing([("--predictions", path) for path in outputs], overwrite_flag=None)
+    for path in outputs:
+        check_output_file(path, "--predictions")
     trained, dataset = load_evaluation_inputs(config, args, arch)
     logger.info(f"loaded {config['evaluate']}: {trained.info.format_title}, "
                 f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes")
@@ -114,6 +116,9 @@ def prediction_files(predictions):
     if not predictions:
         return ()
     path = Path(predictions)
+    if path.suffix.lower() == ".json":
+        raise UsageError(f"--predictions {path}: give the CSV's name (e.g. {path.with_suffix('.csv')}); "
+                         "the JSON summary is written beside it")
     return path, path.with_suffix(".json")
 
 

@@ -14,6 +14,7 @@ from models.qcs import NUM_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, ForeignObject, checkpoint_state_dict, to_our_names
 
 from .checkpointing import CHECKPOINT_FORMAT
+from .config import UsageError, check_saved_config
 from .recipes import recipe
 
 DEFAULT_IMAGE_SIZE = 224  # every released recipe
@@ -71,7 +72,8 @@ def load_checkpoint(path):
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except ValueError as error:  # WeightsError: unreadable or not a checkpoint
-        raise CheckpointError(f"{path}: {error}") from None
+        message = str(error)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
 
 
 def describe_checkpoint(checkpoint, path=""):
@@ -91,13 +93,14 @@ def describe_checkpoint(checkpoint, path=""):
     elif container == "authors":
         info.epoch = _as_int(checkpoint.get("epoch"))
         info.best_acc = _as_float(checkpoint.get("best_acc"))
-        info.foreign_objects = foreign_classes(checkpoint)
+    info.foreign_objects = foreign_classes(checkpoint)
     return info
 
 
 def _add_our_metadata(info, checkpoint):
     run_config = checkpoint.get("run_config") or {}
     config = checkpoint.get("config") or {}
+    _check_our_metadata(info.path, checkpoint, run_config, config)
     info.classes = list(checkpoint["classes"]) if checkpoint.get("classes") is not None else None
     info.dataset = run_config.get("dataset")
     info.image_size = run_config.get("image_size")
@@ -112,6 +115,21 @@ def _add_our_metadata(info, checkpoint):
         raise CheckpointError(f"{info.path}: unknown checkpoint format {checkpoint.get('format')!r}")
 
 
+def _check_our_metadata(path, checkpoint, run_config, config):
+    """Saved settings are untrusted input: the same checks as the command line's, before any use."""
+    if not isinstance(run_config, dict) or not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its saved settings are not mappings; the file is damaged or not ours")
+    classes = checkpoint.get("classes")
+    if classes is not None and (not isinstance(classes, (list, tuple)) or not classes
+                                or not all(isinstance(name, str) for name in classes)):
+        raise CheckpointError(f"{path}: its saved class names are malformed ({classes!r:.80})")
+    try:
+        check_saved_config(run_config)
+        check_saved_config(config)
+    except UsageError as error:
+        raise CheckpointError(f"{path}: its saved settings are invalid: {error}") from None
+
+
 def _as_float(value):
     if isinstance(value, torch.Tensor):
         return float(value.item()) if value.numel() == 1 else None
@@ -122,14 +140,20 @@ def _as_int(value):
     return int(value) if isinstance(value, (int, torch.Tensor)) and not isinstance(value, bool) else None
 
 
-def foreign_classes(checkpoint):
-    """Qualified names of the classes pickled from outside this project (e.g. the authors' `__main__`)."""
-    found = []
-    for value in checkpoint.values():
-        if isinstance(value, ForeignObject):
-            name = f"{type(value).__module__}.{type(value).__qualname__}"
-            if name not in found:
-                found.append(name)
+def foreign_classes(obj, found=None):
+    """Qualified names of the classes pickled from outside this project (e.g. the authors'
+    `__main__`), wherever they sit in the checkpoint; they were read as inert stand-ins."""
+    found = [] if found is None else found
+    if isinstance(obj, ForeignObject):
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if name not in found:
+            found.append(name)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            foreign_classes(value, found)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            foreign_classes(value, found)
     return found
 
 

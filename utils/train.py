@@ -19,17 +19,18 @@ from data_preprocessing import (
     train_transform,
 )
 from data_preprocessing.outputs import OutputError
-from models import ARCHS, WeightsError, build_model, read_checkpoint
+from models import ARCHS, WeightsError, build_model
 
 from . import distributed as ddp
-from .checkpointing import Saver, load_pretrained, prepare_run_dir, restore_training
-from .config import UsageError, merge_resumed_config, parse_args, resolve_config
+from .checkpointing import Saver, load_pretrained, restore_training
+from .config import UsageError, parse_args, resolve_config
 from .device import DeviceUnavailable, resolve_device, use_channels_last
 from .engine import NonFiniteLoss, ProgressLog, evaluate, train_one_epoch
 from .evaluation import load_split, run_evaluation, test_loader
 from .inference import CheckpointError
 from .metrics import EpochMeter
 from .reporting import epoch_row, make_logger
+from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
 from .runtime import MidEpochSaver, RunControl, SkipFirst, leave_signals_to_main, signals_handled_by
 from .sam import SAM
 
@@ -52,7 +53,11 @@ def main(arch, argv=None):
     except NonFiniteLoss as error:
         logger.error(f"stopped: {error}")
         return 1
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
     finally:
+        release_run_dirs()
         ddp.cleanup()
 
 
@@ -71,6 +76,7 @@ class Run:
     logger: object
     state: dict  # epoch, step, best_acc, best_epoch, history, partial (a mid-epoch save's sums)
     channels_last: bool
+    created: bool  # this process created the run folder (and removes it if nothing gets saved)
 
     @property
     def num_branches(self):
@@ -80,6 +86,16 @@ class Run:
 def run_training(arch, args):
     """Train (or continue) a run; returns the exit status (130 when stopped by a signal)."""
     run = set_up_run(arch, args)
+    try:
+        return train_epochs(run)
+    except BaseException:
+        if discard_failed_start(run.saver.run_dir, run.created):
+            run.logger.info(f"removed the run folder {run.saver.run_dir}: nothing had been saved in it")
+        raise
+
+
+def train_epochs(run):
+    """The loop over the run's remaining epochs."""
     control = RunControl(run.config["save_every"], run.device)
     step_saver = MidEpochSaver(control, run.saver, run.logger, run.device)
     with signals_handled_by(control):
@@ -96,9 +112,7 @@ def run_training(arch, args):
 def set_up_run(arch, args):
     """Resolve the settings, load the data, build or restore the model and create the run folder."""
     config = resolve_config(arch, args)
-    resumed = read_checkpoint(config["resume"]) if config["resume"] else None
-    if resumed is not None:
-        config = merge_resumed_config(config, resumed, args.given)
+    config, resumed, resume = read_resume_source(config, args.given) if config["resume"] else (config, None, None)
     device = resolve_device(config["device"])
     rank, world_size, local_rank = ddp.init_distributed(device.type)
     if device.type == "cuda":
@@ -108,7 +122,16 @@ def set_up_run(arch, args):
     config["num_classes"] = data.train_set.num_classes
     model = model_from_config(config)
     pretrained_note = load_pretrained(model, config["pretrained"]) if resumed is None else None
-    run_dir = prepare_run_dir(config, resuming=resumed is not None)
+    run_dir, created = prepare_run_dir(config, resume)
+    try:
+        return start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note)
+    except BaseException:
+        discard_failed_start(run_dir, created)
+        raise
+
+
+def start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note):
+    """The run's logger, optimiser, schedule and counters, restored when resuming."""
     logger = make_logger(run_dir, enabled=ddp.is_main_process())
     if pretrained_note:
         logger.info(pretrained_note)
@@ -122,10 +145,11 @@ def set_up_run(arch, args):
     state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, history=[], partial=None)
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
-        logger.info(f"resumed {config['resume']} at epoch {state['epoch'] + 1}, step {state['step']}")
+        where = "into the new run folder" if created else "in its run folder"
+        logger.info(f"resumed {config['resume']} at epoch {state['epoch'] + 1}, step {state['step']}, {where}")
     saver = Saver(run_dir, model, optimizer, scheduler, config, data.train_set.classes)
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
-              optimizer, scheduler, saver, logger, state, channels_last)
+              optimizer, scheduler, saver, logger, state, channels_last, created)
     name = "baseline (base branch alone)" if config["arch"] == "base" else config["arch"].upper()
     logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
@@ -154,6 +178,9 @@ def load_training_data(config, device, rank, world_size):
     """The training set, its group sampler and loader, and the test loaders evaluated each epoch."""
     train_tf, test_tf = transforms_for(config)
     train_set = load_split(config, "train", train_tf)
+    if train_set.num_classes < 2:
+        raise DataError(f"{config['dataset']} at {config['data_root'] or 'its default folder'}: "
+                        f"{train_set.num_classes} class; training a classifier needs at least 2")
     sampler = GroupSampler(train_set.labels, ARCHS[config["arch"]], seed=config["seed"],
                            balanced=config["balanced_sampler"], anchor_divisor=config["anchor_divisor"],
                            negatives=config["negatives"], num_replicas=world_size, rank=rank,
@@ -199,7 +226,7 @@ def train_epoch(run, epoch, step_saver):
     loader = epoch_loader(run, first_step)
     meter = EpochMeter(partial if ddp.is_main_process() else None)  # ranks' sums are added: count once
     total_steps = len(loader) + first_step
-    step_saver.start_epoch(state, epoch, total_steps, partial.get("seconds", 0.0))
+    step_saver.start_epoch(state, epoch, first_step, total_steps, partial.get("seconds", 0.0))
     progress_log = ProgressLog(run.logger, config["print_freq"], epoch, config["epochs"], total_steps, first_step,
                                run.optimizer, config["batch_size"] * run.num_branches * run.world_size)
     loss_options = dict(distill=config["distill"], distill_weight=config["distill_weight"],
@@ -210,7 +237,16 @@ def train_epoch(run, epoch, step_saver):
             channels_last=run.channels_last, image_names=run.data.train_set.image_names, meter=meter,
             first_step=first_step, total_steps=total_steps, after_step=step_saver, progress_log=progress_log)
     except NonFiniteLoss as error:
-        raise NonFiniteLoss(f"{error}. Last good checkpoint: {run.saver.last_path()}") from None
+        last = run.saver.last_path()
+        raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
+                                            else "No checkpoint had been saved yet")) from None
+    except DataError as error:
+        saved = run.world_size == 1 and step_saver.save_progress()
+        last = run.saver.last_path()
+        if not last.exists():
+            raise DataError(f"{error} (no checkpoint had been saved yet)") from None
+        raise DataError(f"{error} ({'progress saved; ' if saved else ''}resume with --resume {last} "
+                        "once the data is fixed)") from None
     return (None if stopped else meter.metrics(run.device)), stopped
 
 
@@ -230,7 +266,7 @@ def end_epoch(run, epoch, metrics, seconds):
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     result, extra = evaluate_test_splits(run)
-    is_best = result["acc"] > state["best_acc"]
+    is_best = state["best_epoch"] == 0 or result["acc"] > state["best_acc"]  # the first epoch is a best
     if is_best:
         state.update(best_acc=result["acc"], best_epoch=epoch + 1)
     row = epoch_row(epoch, lr, metrics, result, state, seconds, run.num_branches)

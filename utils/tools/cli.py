@@ -1,6 +1,6 @@
 """Tools around a trained model: `python -m utils.tools {predict,heatmaps,export,inspect} ...`.
 
-- predict:  top-k expressions of face images (pre-cropped, or found with --detect-faces)
+- predict:  top-k expressions of the faces in photos and videos (or of face crops, --no-detect)
 - heatmaps: CSA weight maps of a group of images and a class-by-class grid (paper Fig. 5/7)
 - export:   the inference network as TorchScript / torch.export, with a state dict and a JSON
 - inspect:  what a checkpoint file holds, without building a model
@@ -65,18 +65,38 @@ def _model_command(commands, name, summary, description, class_names=True):
     return parser
 
 
+def _detection_options(parser):
+    """--detect/--no-detect and the detector's options (predict, heatmaps --images)."""
+    parser.add_argument("--detect", action=argparse.BooleanOptionalAction,
+                        help="find, align and classify each face first (default: on when the extra of "
+                             "requirements-faces.txt is installed); --no-detect for images that are face crops")
+    parser.add_argument("--min-score", type=float,
+                        help="detector score threshold (default 0, dlib's; higher: fewer, surer faces)")
+    parser.add_argument("--largest", action="store_true", help="only the largest face of each image")
+    parser.add_argument("--upsample", type=int,
+                        help="double the image this many times before detecting (default 0: faces of "
+                             "about 80 px and up; 1: 40 px, 4× slower)")
+
+
 def _add_predict(commands):
-    p = _model_command(commands, "predict", "top-k expressions of face images",
-                       "Classify face images with the base branch. Folders are searched recursively; "
-                       "unreadable and non-image files are reported and skipped.")
+    p = _model_command(commands, "predict", "top-k expressions of the faces in photos and videos",
+                       "Classify faces with the base branch: each face found in the photos (EXIF "
+                       "orientation applied, aligned like the training crops), or each image as a face "
+                       "crop with --no-detect. Folders are searched recursively; unreadable and "
+                       "non-image files are reported and skipped.")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     _device_option(p)
-    p.add_argument("--detect-faces", action="store_true",
-                   help="find faces with OpenCV's Haar cascade and classify each (needs opencv-python-headless)")
-    p.add_argument("--csv", metavar="OUT.csv", help="write one row per face/image (refuses to overwrite)")
-    p.add_argument("--json", metavar="OUT.json", help="write all probabilities as JSON (refuses to overwrite)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    _detection_options(p)
+    p.add_argument("--annotate", metavar="DIR",
+                   help="write copies of the images (or of the video) with boxes, landmarks and labels drawn")
+    p.add_argument("--video", metavar="FILE", help="classify the faces of a video's frames (needs the extra of "
+                                                   "requirements-video.txt); --csv gets one row per frame and face")
+    p.add_argument("--every", type=int, help="with --video: analyse every N-th frame (default 1: all)")
+    p.add_argument("--csv", metavar="OUT.csv", help="write one row per face/image (a new file in an existing folder)")
+    p.add_argument("--json", metavar="OUT.json",
+                   help="write all probabilities as JSON (a new file in an existing folder)")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER")
 
 
 def _add_heatmaps(commands):
@@ -84,13 +104,19 @@ def _add_heatmaps(commands):
                        "Render the cross similarity attention weights of an anchor and its partners at "
                        "the 3 feature levels and fused, and optionally a class-by-class grid of fused "
                        "anchor maps.", class_names=False)
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="the split the group is drawn from (or use --images)")
+    p.add_argument("--images", nargs="+", metavar="IMAGE",
+                   help="the group from these files instead: their first faces in order (anchor, positive[, "
+                        "negative, negative2]), found and aligned as predict does, or the files as face crops "
+                        "(--no-detect)")
+    _detection_options(p)
     p.add_argument("--data-root", help="dataset folder (default: the dataset's usual ./datas/... folder)")
     p.add_argument("--split", default="test")
     p.add_argument("--anchor", type=int, help="index of the anchor in the split (default: drawn with --seed)")
     p.add_argument("--seed", type=int, default=0, help="draws the anchor, partners and grid samples")
-    p.add_argument("--out", default="csa_heatmaps.png", help="PNG of the group")
-    p.add_argument("--class-grid", metavar="OUT_GRID.png", help="also write the K×K class-pair grid")
+    p.add_argument("--out", default="csa_heatmaps.png", help="PNG of the group (its folder is created)")
+    p.add_argument("--class-grid", metavar="OUT_GRID.png",
+                   help="also write the K×K class-pair grid (a path other than --out)")
     p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
     _device_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
@@ -100,9 +126,11 @@ def _add_export(commands):
     p = _model_command(commands, "export", "inference network as TorchScript / torch.export",
                        "Export the base branch, reload every artifact and check it gives the "
                        "checkpoint's logits.")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--format", default="both", choices=("torchscript", "export", "both"))
-    p.add_argument("--overwrite", action="store_true", help="replace files already in DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier export in DIR; its model files of formats not "
+                        "written this time are removed, so DIR holds exactly what model_info.json lists")
 
 
 def _add_inspect(commands):

@@ -6,15 +6,22 @@ preprocessing. Every written model is loaded back and must give the checkpoint's
 """
 import json
 import warnings
-from pathlib import Path
 
 import torch
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from data_preprocessing.outputs import atomic_write, atomic_write_text, refuse_existing
+from data_preprocessing.outputs import (
+    OutputError,
+    atomic_write,
+    atomic_write_text,
+    check_output_dir,
+    make_output_dir,
+    output_errors,
+    refuse_existing,
+    remove_stale_temporaries,
+)
 from models import build_model, count_parameters
 
-from ..checkpointing import atomic_save
 from ..inference import load_trained_model
 from . import ToolError
 
@@ -33,13 +40,16 @@ def planned_files(formats):
     return [MODEL_FILES[f] for f in formats] + [STATE_DICT_FILE, INFO_FILE]
 
 
+ALL_FILES = planned_files(list(MODEL_FILES))
+
+
 def export_torchscript(model, image_size, path):
     """`torch.jit.trace` on a 1×3×S×S input, saved to `path`."""
     example = torch.randn(1, 3, image_size, image_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in recent PyTorch
         traced = torch.jit.trace(model, example, check_trace=False)
-        atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+        atomic_write(path, lambda handle: torch.jit.save(traced, handle), flag="--out", buffered=True)
 
 
 def load_torchscript(path):
@@ -53,7 +63,8 @@ def export_program(model, image_size, path):
     example = torch.randn(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
-    atomic_write(path, lambda handle: torch.export.save(program, handle))
+    # buffered: torch.export.save aborts the process when a write to the file fails
+    atomic_write(path, lambda handle: torch.export.save(program, handle), flag="--out", buffered=True)
 
 
 def load_program(path):
@@ -91,14 +102,14 @@ def model_info(trained, checkpoint, formats, parameters, file_bytes, diffs):
 def run(args):
     """The `export` command; returns 1 when a reloaded artifact does not reproduce the logits."""
     formats = formats_of(args.format)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ToolError(f"--out {out} exists and is not a folder")
-    refuse_existing([("--out", out / name) for name in planned_files(formats)], args.overwrite)
+    out = check_output_dir(args.out, "--out", create=True)
+    refuse_existing([("--out", out / name) for name in ALL_FILES], args.overwrite)
     trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
                                  data_root=args.data_root, size=args.size, image_size=args.image_size)
     model, image_size = trained.model.cpu(), trained.image_size
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")
+    for name in ALL_FILES:
+        remove_stale_temporaries(out, name)
 
     writers = {"torchscript": (export_torchscript, load_torchscript),
                "export": (export_program, load_program)}
@@ -108,10 +119,13 @@ def run(args):
         path = out / MODEL_FILES[name]
         try:
             write(model, image_size, path)
+        except OutputError:
+            raise
         except Exception as error:  # report which format failed and why, keep the others
             raise ToolError(f"{name} export failed: {type(error).__name__}: {error}") from error
         reloaders[name] = (path, load)
-    atomic_save(model.state_dict(), out / STATE_DICT_FILE)
+    state_dict = model.state_dict()
+    atomic_write(out / STATE_DICT_FILE, lambda handle: torch.save(state_dict, handle), flag="--out", buffered=True)
     reloaders["state_dict"] = (out / STATE_DICT_FILE,
                                lambda p: load_state_dict_model(p, len(trained.classes), trained.size))
 
@@ -120,7 +134,8 @@ def run(args):
     file_bytes = {path.name: path.stat().st_size for path, _ in reloaders.values()}
     parameters = count_parameters(model)
     info = model_info(trained, args.checkpoint, formats, parameters, file_bytes, diffs)
-    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE)
+    remove_unlisted_models(out, formats)
+    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE, flag="--out")
 
     print(f"base branch of {args.checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
           f"{trained.size} model, {image_size}×{image_size} input")
@@ -129,6 +144,15 @@ def run(args):
         print(f"  {path}  {_megabytes(file_bytes[path.name])}  reloaded max abs diff {diffs[name]:.3g}  {verdict}")
     print(f"  {out / INFO_FILE}  classes, image size and preprocessing")
     return 0 if all(d < TOLERANCE for d in diffs.values()) else 1
+
+
+def remove_unlisted_models(out, formats):
+    """Delete an earlier export's model files of formats not written now (only reached with
+    --overwrite), so the folder holds exactly what model_info.json lists."""
+    for name, file_name in MODEL_FILES.items():
+        if name not in formats:
+            with output_errors(out / file_name, "--out", "removing it"):
+                (out / file_name).unlink(missing_ok=True)
 
 
 def _megabytes(num_bytes):

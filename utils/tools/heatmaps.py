@@ -13,18 +13,25 @@ a negative pair). Each pair is its own batch of one, because CSA takes the min/m
 matrices over the whole batch.
 """
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
-from data_preprocessing.outputs import atomic_write, refuse_existing
+from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageListDataset, build_dataset
+from data_preprocessing.outputs import (
+    atomic_write,
+    check_output_file,
+    make_output_dir,
+    refuse_existing,
+    remove_stale_temporaries,
+)
 
 from ..device import resolve_device
 from ..inference import load_trained_model
-from . import ToolError
+from . import ToolError, predict
 
 ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
@@ -249,37 +256,97 @@ def load_split(args, trained):
     return dataset
 
 
+# ------------------------------------------------------------------------------ faces in photos
+
+def check_group_source(args):
+    """Before any work: the group comes from --dataset or from --images; returns whether to detect faces."""
+    if not args.images:
+        if args.dataset is None:
+            raise ToolError("give --dataset (the group is drawn from its split) or --images FILE ...")
+        if args.detect or args.min_score is not None or args.upsample is not None or args.largest:
+            raise ToolError("--detect and its options apply to --images (dataset images are face crops already)")
+        return False
+    if args.anchor is not None:
+        raise ToolError("--anchor picks from --dataset; with --images the first face is the anchor")
+    if args.class_grid and args.dataset is None:
+        raise ToolError("--class-grid draws from a split: give --dataset too")
+    return predict.detection_wanted(args.detect)
+
+
+def photo_group(args, trained, detect):
+    """`(input tensors, titles)` of the group given with --images: the first faces of the files, each
+    file's left to right, detected and aligned as `predict` does (the file itself without detection)."""
+    finder = predict.face_finder(args, detect, trained.image_size)
+    paths = [Path(p) for p in args.images]
+    reader = ImageListDataset([str(p) for p in paths], [0] * len(paths), trained.classes)
+    transform, faces, titles = trained.transform(), [], []
+    for index, path in enumerate(paths):
+        if not path.is_file():
+            raise ToolError(f"--images {path}: no such file")
+        _, rows, crops = predict.faces_of(reader, index, path, finder)
+        if rows[0].error:
+            raise ToolError(f"--images {path}: {rows[0].error}")
+        faces += [transform(crop) for crop in crops]
+        titles += [path.name + (f" face {row.face}" if row.face else "") for row in rows]
+    roles = ROLES[trained.model.num_branches]
+    if len(faces) < len(roles):
+        raise ToolError(f"a {trained.info.arch.upper()} group is {len(roles)} faces ({', '.join(roles)}); "
+                        f"--images gave {len(faces)}: {', '.join(titles)}")
+    if len(faces) > len(roles):
+        print(f"warning: --images gave {len(faces)} faces; the group is the first {len(roles)}, "
+              f"leaving out {', '.join(titles[len(roles):])}", file=sys.stderr)
+    return faces[:len(roles)], [f"{role}: {title}" for role, title in zip(roles, titles)]
+
+
 def run(args):
     """The `heatmaps` command."""
-    refuse_existing([("--out", args.out), ("--class-grid", args.class_grid)], args.overwrite)
+    claim_outputs(args)
     if args.samples_per_class < 1:
         raise ToolError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
+    detect = check_group_source(args)
     trained = load_trained_model(args.checkpoint, arch="cross", size=args.size, image_size=args.image_size,
                                  data_root=args.data_root, fallback_dataset=args.dataset)
     model, device = trained.model, resolve_device(args.device)
-    dataset = load_split(args, trained)
-    group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)
-    images = [dataset[i][0] for i in group]
-    grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].cpu()
-    roles = ROLES[model.num_branches]
-    titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
-              for role, index in zip(roles, group)]
     arch = trained.info.arch.upper()
-    heading = f"{arch} CSA weights, {args.dataset} {args.split} (anchor {group[0]}, seed {args.seed})"
-    save(group_figure([display_image(x) for x in images], grids, titles, heading), args.out)
+    if args.images:
+        images, titles = photo_group(args, trained, detect)
+        heading = f"{arch} CSA weights of faces in {', '.join(Path(p).name for p in args.images)}"
+        dataset = load_split(args, trained) if args.class_grid else None
+    else:
+        dataset = load_split(args, trained)
+        group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)
+        images = [dataset[i][0] for i in group]
+        titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
+                  for role, index in zip(ROLES[model.num_branches], group)]
+        heading = f"{arch} CSA weights, {args.dataset} {args.split} (anchor {group[0]}, seed {args.seed})"
+    grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].cpu()
+    save(group_figure([display_image(x) for x in images], grids, titles, heading), args.out, "--out")
     print("group: " + ", ".join(titles))
-    print(f"wrote {args.out} ({len(group)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})")
+    print(f"wrote {args.out} ({len(images)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})")
     if args.class_grid:
         fused, counts, mean_faces = class_grid_maps(model, dataset, args.samples_per_class, args.seed, device)
         heading = (f"{arch} fused anchor weights by class pair (≤{args.samples_per_class} pairs per cell, "
                    f"pair weights softmax(agg(S)))")
-        save(class_grid_figure(mean_faces, fused, dataset.classes, heading), args.class_grid)
+        save(class_grid_figure(mean_faces, fused, dataset.classes, heading), args.class_grid, "--class-grid")
         print(f"wrote {args.class_grid} ({dataset.num_classes}×{dataset.num_classes} cells, "
               f"{counts.min()}–{counts.max()} pairs per cell)")
     return 0
 
 
-def save(figure, path):
-    """Write the figure as a PNG (existing files were refused before any work unless --overwrite)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+def claim_outputs(args):
+    """Before any work: --out and --class-grid are two different PNG paths that can be written
+    (their folders are created if needed), and new unless --overwrite."""
+    named = [("--out", args.out), ("--class-grid", args.class_grid)]
+    if args.class_grid and Path(args.class_grid).resolve() == Path(args.out).resolve():
+        raise ToolError(f"--out and --class-grid both name {args.out}; the grid would replace the group figure")
+    refuse_existing(named, args.overwrite)
+    for flag, path in named:
+        if path:
+            check_output_file(path, flag, create_parent=True)
+
+
+def save(figure, path, flag):
+    """Write the figure as a PNG (its path was checked by `claim_outputs` before any work)."""
+    folder = make_output_dir(Path(path).parent, flag)
+    remove_stale_temporaries(folder, Path(path).name)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png"), flag=flag)

@@ -1,0 +1,193 @@
+"""Run folders: created atomically, written by one process at a time, continued only from their
+newest state, removed again when a start fails before anything was trained."""
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from data_preprocessing.outputs import OutputError, atomic_write_text, output_errors, remove_stale_temporaries
+from models import read_checkpoint
+
+from . import distributed as ddp
+from .checkpointing import check_training_state
+from .config import UsageError, merge_resumed_config
+
+RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
+LAST = "last.pth"
+LOCK_NAME = ".lock"
+_held_locks = {}  # run folder → open lock file, for as long as this process works in it
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock (documented in the README)
+    fcntl = None
+
+
+class RunFolderBusy(UsageError):
+    """Another process holds the run folder's lock."""
+
+
+def lock_run_dir(run_dir):
+    """Take the folder's exclusive lock until `release_run_dirs` or the end of this process
+    (the OS drops it when the process dies); refuse, naming the holder's pid, when it is taken."""
+    run_dir = Path(run_dir)
+    if fcntl is None or run_dir in _held_locks:
+        return
+    with output_errors(run_dir / LOCK_NAME, None, "taking the run folder's lock"):
+        handle = open(run_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderBusy(f"{run_dir} is in use by another process (pid {holder}); wait for it to "
+                            "end, or choose another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks[run_dir] = handle
+    remove_stale_temporaries(run_dir)  # only a killed writer of this folder can have left them
+
+
+def release_run_dirs():
+    """Drop every run-folder lock this process holds."""
+    while _held_locks:
+        _, handle = _held_locks.popitem()
+        handle.close()
+
+
+def create_run_dir(output_dir, run_name):
+    """Create and lock a new run folder: `output_dir` (new, or empty) or `log/<run_name>-<time>`.
+
+    Creation and locking leave no window in which two runs could both take the same folder.
+    """
+    if output_dir is None:
+        return _create_timestamped(Path("log"), run_name)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
+    try:
+        with output_errors(output_dir, "--output-dir", "creating the folder"):
+            output_dir.mkdir(parents=True)
+    except FileExistsError:  # an empty folder may be reused; it is checked once locked
+        pass
+    lock_run_dir(output_dir)
+    if [p for p in output_dir.iterdir() if p.name != LOCK_NAME]:
+        release_run_dirs()
+        last = output_dir / LAST
+        hint = f", or continue that run with --resume {last}" if last.is_file() else ""
+        raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
+                              f"choose a new folder{hint}")
+    return output_dir
+
+
+def _create_timestamped(parent, run_name):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    with output_errors(parent, None, "creating the folder"):
+        parent.mkdir(parents=True, exist_ok=True)
+    for suffix in range(1000):
+        folder = parent / (f"{run_name}-{stamp}" + (f"-{suffix}" if suffix else ""))
+        try:
+            with output_errors(folder, None, "creating the folder"):
+                folder.mkdir()
+        except FileExistsError:
+            continue
+        lock_run_dir(folder)
+        return folder
+    raise OutputError(f"{parent}: no free run folder name for {run_name}-{stamp}")
+
+
+def read_resume_source(config, given):
+    """`--resume`: the checkpoint's settings merged into `config`, the checkpoint, and
+    `(plan, folder, source stat)` for `prepare_run_dir` (see `resume_plan`)."""
+    source = Path(config["resume"])
+    if not source.is_file():
+        raise FileNotFoundError(f"--resume {source}: no such file")
+    source_stat = source.stat()  # taken before reading: a change while starting is noticed
+    resumed = read_checkpoint(source)
+    config = merge_resumed_config(config, resumed, given)
+    check_training_state(resumed, source)
+    if config["epochs"] < resumed["epoch"] or (config["epochs"] == resumed["epoch"] and not resumed["step"]):
+        raise UsageError(f"--resume {source}: the run has already trained {resumed['epoch']} epochs; "
+                         f"give --epochs above {resumed['epoch']} to continue it")
+    plan, folder = resume_plan(config, resumed, given)
+    if plan == "branch":
+        config["branched_from"] = str(source.resolve())
+    return config, resumed, (plan, folder, source_stat)
+
+
+def resume_plan(config, checkpoint, given):
+    """Where a `--resume` continues: `("continue", folder)` in the folder whose newest state the
+    checkpoint is, or `("branch", None)` into a new run folder (`--output-dir`). Anything else
+    would rewrite a run's history and is refused, naming the newer state."""
+    source = Path(config["resume"]).resolve()
+    folder = source.parent
+    last = folder / LAST
+    own_run = source == last and (folder / RUN_MARKER).is_file() and same_run(folder, checkpoint)
+    if own_run and ("output_dir" not in given or Path(config["output_dir"]).resolve() == folder):
+        return "continue", folder
+    if "output_dir" in given:
+        return "branch", None
+    if last.is_file() and source != last:
+        problem = f"it is not the newest state of its run ({last} is); continue with --resume {last}, or"
+    elif source == last and (folder / RUN_MARKER).is_file():
+        problem = f"it belongs to another run than the one in {folder};"
+    else:
+        problem = f"{folder} is not a run folder (it has no {LAST} beside a {RUN_MARKER});"
+    raise UsageError(f"--resume {config['resume']}: {problem} give --output-dir NEW to start a new run "
+                     "folder from it")
+
+
+def same_run(folder, checkpoint):
+    """Whether the checkpoint was written by the run of `folder` (checkpoints without a run id,
+    from before ids were recorded, are taken to be)."""
+    saved_id = (checkpoint.get("run_config") or {}).get("run_id")
+    try:
+        folder_id = json.loads((folder / RUN_MARKER).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return saved_id is None or saved_id == folder_id
+
+
+def prepare_run_dir(config, resume=None):
+    """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
+    every rank learns its path. Returns `(folder, created)`.
+
+    `resume` is `(plan, folder, source_stat)` from `resume_plan` and the source's `os.stat`
+    taken before it was read: a folder whose `last.pth` changed since then is refused.
+    """
+    run_dir, created = None, False
+    if ddp.is_main_process():
+        if resume is not None and resume[0] == "continue":
+            run_dir = resume[1]
+            lock_run_dir(run_dir)
+            if _stat_key(run_dir / LAST) != _stat_key(resume[2]):
+                release_run_dirs()
+                raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
+                                 "wrote it); resume again from its new state")
+        else:
+            run_dir = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
+            created = True
+            config["run_id"] = uuid.uuid4().hex
+        config["output_dir"] = str(run_dir)
+        atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
+    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), created
+
+
+def _stat_key(stat_or_path):
+    stat = os.stat(stat_or_path) if isinstance(stat_or_path, (str, Path)) else stat_or_path
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def discard_failed_start(run_dir, created):
+    """Remove a run folder this process created when nothing was saved in it, so a failed start
+    leaves no folder that blocks `--output-dir`. Returns whether it was removed."""
+    if not created or not ddp.is_main_process() or (run_dir / LAST).exists():
+        return False
+    release_run_dirs()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

@@ -1,0 +1,217 @@
+"""`predict --video`: the faces of a video's frames, through the same path as photos.
+
+Frames are read with PyAV (the extra of `requirements-video.txt`) and turned upright by the
+stream's display rotation; every `--every`-th frame goes through detection, alignment and the
+model like a photo. `--csv` gets one row per analysed frame and face (a `no face detected` row for
+a frame without one), `--json` the same records. `--annotate DIR` gets a copy of the video with
+every frame: the analysed ones drawn with their results, the frames between them with the latest
+results (H.264 in MP4, written to a temporary file that replaces the target at the end).
+"""
+import contextlib
+import csv
+import sys
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from data_preprocessing.outputs import atomic_write, make_output_dir, remove_stale_temporaries
+
+from . import ToolError, faces, predict
+
+VIDEO_HINT = "pip install -r requirements-video.txt"
+FALLBACK_RATE = Fraction(25)  # frames per second of a stream that declares none
+CODECS = ("libx264", "h264", "mpeg4")  # the first one this PyAV build can encode
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise faces.MissingExtra(f"--video needs PyAV, which is not installed; install it with: {VIDEO_HINT}") from None
+    return av
+
+
+def check_video_path(path):
+    """The `--video` file as a Path, checked before any work (PyAV installed, the file there)."""
+    _av()
+    path = Path(path)
+    if not path.is_file():
+        raise ToolError(f"--video {path}: no such file")
+    return path
+
+
+# ------------------------------------------------------------------------------ reading
+
+@contextlib.contextmanager
+def open_video(path):
+    """The PyAV container of a video file with at least one video stream; ToolError otherwise."""
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as error:
+        raise ToolError(f"--video {path}: cannot read it as a video ({error})") from None
+    try:
+        if not container.streams.video:
+            raise ToolError(f"--video {path}: holds no video stream")
+        yield container
+    finally:
+        container.close()
+
+
+def frame_rate(stream):
+    """Frames per second of a video stream (its average, else its guessed rate, else 25)."""
+    return stream.average_rate or stream.guessed_rate or FALLBACK_RATE
+
+
+def upright_frames(container, path):
+    """`(index, seconds from the first frame, upright RGB image)` of every frame of the first video stream."""
+    av = _av()
+    stream = container.streams.video[0]
+    rate, start, index = frame_rate(stream), None, 0
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            image = frame.to_image()
+            if frame.rotation:  # the display matrix's counterclockwise angle; PIL's rotate is counterclockwise too
+                image = image.rotate(frame.rotation, expand=True)
+            time = frame.time if frame.time is not None else index / rate
+            start = time if start is None else start
+            yield index, time - start, image
+    except av.FFmpegError as error:
+        raise ToolError(f"--video {path}: decoding failed at frame {index} ({error})") from None
+
+
+# ------------------------------------------------------------------------------ writing
+
+class VideoWriter:
+    """Encodes RGB frames as an MP4 into an open binary file, at a constant `rate`."""
+
+    def __init__(self, handle, rate):
+        self.av = _av()
+        self.container = self.av.open(handle, mode="w", format="mp4")
+        self.rate, self.stream, self.frames = rate, None, 0
+
+    def write(self, image):
+        if self.stream is None:
+            self._start(image.size)
+        if image.size != self.size:  # yuv420p needs even sides: pad the last row/column
+            padded = Image.new("RGB", self.size)
+            padded.paste(image)
+            image = padded
+        for packet in self.stream.encode(self.av.VideoFrame.from_image(image)):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def _start(self, size):
+        codec = next(name for name in CODECS if name in self.av.codecs_available)
+        self.stream = self.container.add_stream(codec, rate=self.rate)
+        self.size = tuple(side + side % 2 for side in size)
+        self.stream.width, self.stream.height = self.size
+        self.stream.pix_fmt = "yuv420p"
+
+    def close(self):
+        if self.stream is not None:
+            for packet in self.stream.encode(None):  # the frames the encoder still holds
+                self.container.mux(packet)
+        self.container.close()
+
+
+# ------------------------------------------------------------------------------ the command
+
+def run(args, trained, device, k, finder, targets):
+    """`predict --video`: returns the exit status (1 when no face was classified)."""
+    every = 1 if args.every is None else args.every
+    if every < 1:
+        raise ToolError(f"--every must be at least 1, got {every}")
+    path = Path(args.video)
+    target = targets.get(path)
+    warn_photos = args.detect is None and finder is None  # detection is off for want of the extra
+    if target is None:
+        rows, counts = analyse(path, trained, device, finder, every, warn_photos=warn_photos)
+    else:
+        folder = make_output_dir(target.parent, "--annotate")
+        remove_stale_temporaries(folder, target.name)
+        written = {}
+        atomic_write(target, lambda handle: written.update(
+            result=analyse(path, trained, device, finder, every, handle, warn_photos)), flag="--annotate")
+        rows, counts = written["result"]
+    for line in report(path, rows, counts, every, trained.classes):
+        print(line)
+    if args.csv:
+        predict.write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
+        print(f"wrote {args.csv}")
+    if args.json:
+        predict.write_json(args.json, rows, trained, k, args.checkpoint)
+        print(f"wrote {args.json}")
+    if target is not None:
+        print(f"wrote {target} ({counts['written']} frames)")
+    return 0 if any(not row.error for row in rows) else 1
+
+
+def analyse(path, trained, device, finder, every, handle=None, warn_photos=False):
+    """`(rows, counts)` of the video's analysed frames; with `handle`, the annotated copy is encoded into it.
+
+    `warn_photos`: say so when the frames are much larger than a face crop (and classified whole).
+    """
+    batch = predict.PendingBatch(trained.model, trained.transform(), device, batch_size=1)
+    rows, latest = [], []
+    counts = Counter()
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        writer = VideoWriter(handle, frame_rate(stream)) if handle is not None else None
+        frames = tqdm(upright_frames(container, path), total=stream.frames or None, unit="frame",
+                      desc=path.name, disable=not sys.stderr.isatty(), leave=False)
+        for index, time, image in frames:
+            counts["frames"] += 1
+            if warn_photos and index == 0 and predict.is_photo(image, trained.image_size):
+                print(f"warning: {predict.photo_warning(path, image)}", file=sys.stderr)
+            if index % every == 0:
+                latest, crops = predict.face_rows(image, str(path), finder, frame=index, time=round(time, 4))
+                batch.add(index, image, latest, crops)
+                batch.flush()
+                rows += latest
+                counts["analysed"] += 1
+            if writer is not None:
+                writer.write(predict.annotate(image, latest, trained.classes))
+        if writer is not None:
+            writer.close()
+            counts["written"] = writer.frames
+        counts["rate"] = frame_rate(stream)
+    return rows, counts
+
+
+def report(path, rows, counts, every, classes):
+    """Terminal lines: frames, faces, frames without a face and how often each label came first."""
+    faces_found = [row for row in rows if not row.error]
+    without = sum(1 for row in rows if row.error == predict.NO_FACE)
+    rate = counts["rate"]
+    lines = [f"{path}: {counts['frames']} frames ({counts['frames'] / float(rate):.1f} s at {float(rate):.3g} fps), "
+             f"{counts['analysed']} analysed" + (f" (one frame in {every})" if every > 1 else "")
+             + f": {len(faces_found)} faces classified, {without} frames without a face"]
+    labels = Counter(row.top(classes, 1)[0][0] for row in faces_found)
+    if labels:
+        lines.append("top labels: " + ", ".join(f"{name} {count}" for name, count in labels.most_common()))
+    return lines
+
+
+def csv_header(classes):
+    return ["frame", "time", "face", "box_x", "box_y", "box_w", "box_h", "score", "label", "probability",
+            *(f"prob_{name}" for name in classes), "error"]
+
+
+def csv_record(row, classes):
+    box = list(row.box) if row.box else ["", "", "", ""]
+    score = "" if row.score is None else f"{row.score:.4f}"
+    if row.error:
+        return [row.frame, f"{row.time:.4f}", "", *box, score, "", "", *([""] * len(classes)), row.error]
+    label, probability = row.top(classes, 1)[0]
+    return [row.frame, f"{row.time:.4f}", row.face or "", *box, score, label, f"{probability:.6f}",
+            *(f"{p:.6f}" for p in row.probabilities), ""]
+
+
+def write_csv(handle, rows, classes):
+    writer = csv.writer(handle)
+    writer.writerow(csv_header(classes))
+    writer.writerows(csv_record(row, classes) for row in rows)
