@@ -26,6 +26,7 @@ from .transforms import (
     test_transform_for,
     train_transform,
 )
+from .views import DatasetView, canonical_class_name, match_classes, stratified_holdout
 
 __all__ = [
     "DATASET_NAMES", "dataset_classes", "extra_test_splits", "build_dataset", "ImageListDataset",
@@ -34,5 +35,6 @@ __all__ = [
     # extras
     "ArrayImageDataset", "default_data_root", "parse_list_file", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_SIDE",
     "IMAGE_EXTENSIONS", "is_image_file", "clamp_box",
+    "DatasetView", "stratified_holdout", "canonical_class_name", "match_classes",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
 ]

@@ -1,6 +1,11 @@
-"""The group loss, with the optional distillation terms of the ablations."""
+"""The group loss, with the optional distillation terms of the ablations (METHOD.md §3)."""
 import torch
 import torch.nn.functional as F
+
+# `--distill` forms: "kl" and "l2" are the release's helpers; "kl-detached" and "mse" are ours.
+DISTILL_CHOICES = ("none", "kl", "l2", "kl-detached", "mse")
+# The forms that use `temperature`.
+TEMPERATURE_DISTILLS = ("kl", "kl-detached")
 
 
 def group_targets(y, y_n, num_outputs):
@@ -16,9 +21,8 @@ def group_loss(outputs, y, y_n, distill="none", distill_weight=1.0, temperature=
     """`(loss, per_output_losses)`: mean of the cross-entropies of all outputs.
 
     `outputs` holds the base logits of each branch, then the cross logits of each (a single
-    base output for the baseline). `distill` = "kl" or "mse" adds, per branch, a term pulling
-    the base logits towards the (detached) cross logits: KL at `temperature` (scaled by T²)
-    or the mean squared error.
+    base output for the baseline). Any other `distill` than "none" adds `distill_weight` times
+    the mean over the branches of `distill_loss(base logits, cross logits)`.
     """
     targets = group_targets(y, y_n, len(outputs))
     losses = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets)])
@@ -27,15 +31,27 @@ def group_loss(outputs, y, y_n, distill="none", distill_weight=1.0, temperature=
         num_branches = len(outputs) // 2
         pairs = zip(outputs[:num_branches], outputs[num_branches:])
         loss = loss + distill_weight * torch.stack(
-            [_distill_term(b, c.detach(), distill, temperature) for b, c in pairs]).mean()
+            [distill_loss(b, c, distill, temperature) for b, c in pairs]).mean()
     return loss, losses
 
 
-def _distill_term(base_logits, cross_logits, kind, temperature):
+def distill_loss(student, teacher, kind, temperature=1.0):
+    """One branch's distillation term between B×K `student` (base) and `teacher` (cross) logits.
+
+    - "kl" (released): `T² · KL(softmax(teacher/T) ‖ softmax(student/T))`, mean over the batch;
+      the gradient reaches both logits.
+    - "l2" (released): the Euclidean distance `sqrt(Σ (student − teacher)²) / B` over the whole
+      batch; the gradient reaches both.
+    - "kl-detached", "mse": the KL above, or the mean squared error, with the teacher detached.
+    """
+    if kind in ("kl-detached", "mse"):
+        teacher = teacher.detach()
+    if kind in ("kl", "kl-detached"):
+        return F.kl_div(F.log_softmax(student / temperature, dim=1), F.softmax(teacher / temperature, dim=1),
+                        reduction="batchmean") * temperature ** 2
+    if kind == "l2":
+        # vector_norm: the same value as sqrt(sum), with a zero gradient (not NaN) at equal inputs
+        return torch.linalg.vector_norm(student - teacher) / student.shape[0]
     if kind == "mse":
-        return F.mse_loss(base_logits, cross_logits)
-    if kind != "kl":
-        raise ValueError(f"unknown distill {kind!r}; choose none, kl or mse")
-    return F.kl_div(F.log_softmax(base_logits / temperature, dim=1),
-                    F.log_softmax(cross_logits / temperature, dim=1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
+        return F.mse_loss(student, teacher)
+    raise ValueError(f"unknown distill {kind!r}; choose one of {', '.join(DISTILL_CHOICES[1:])}")

@@ -68,17 +68,23 @@ class GAPHead(nn.Module):
 
 
 class BilinearHead(nn.Module):
-    """Connection ablation: bilinear pooling of base tokens with cross tokens, then linear."""
+    """Connection ablation, as released: bilinear pooling of `base + cross` with the cross tokens, then linear."""
 
     def __init__(self, dim, num_classes):
         super().__init__()
         self.classifier = nn.Linear(dim * dim, num_classes)
 
     def forward(self, base_tokens, cross_tokens):
-        pooled = torch.einsum("bnc,bnd->bcd", base_tokens, cross_tokens) / base_tokens.shape[1]
+        return self.classifier(self.pool(base_tokens, cross_tokens))
+
+    @staticmethod
+    def pool(base_tokens, cross_tokens):
+        """B×C² features: `100 · L2-normalise(sign(X) · sqrt(|X| + 1e-5))`, `X = (base + cross)ᵀ cross / N`."""
+        residual = base_tokens + cross_tokens  # the release's commented-out call pools after the residual
+        pooled = torch.einsum("bnc,bnd->bcd", residual, cross_tokens) / residual.shape[1]
         pooled = pooled.flatten(1)
-        pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-12)
-        return self.classifier(F.normalize(pooled, dim=1))
+        pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-5)
+        return 100 * F.normalize(pooled, dim=1)
 
 
 class CrossModel(nn.Module):

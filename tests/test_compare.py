@@ -1,6 +1,8 @@
 """`python -m utils.compare`: baseline, DCS and QCS over seeds, summarised from the runs' metrics."""
 import csv
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ from PIL import Image
 import utils.compare
 from data_preprocessing.outputs import OutputError
 from utils.compare import main, plot_curves, summarise, write_summary
+from utils.config import parse_args
 
 
 @pytest.mark.slow  # six training runs: three models, two seeds
@@ -86,3 +89,65 @@ def test_summary_and_plot_go_through_the_output_layer(tmp_path):
         write_summary(missing, summary, seeds=1)
     with pytest.raises(OutputError, match=f"--out {missing / 'accuracy.png'}: folder {missing} does not exist"):
         plot_curves(missing / "accuracy.png", {"QCS": [rows([50, 60], [30, 40], [50, 60])]}, "demo")
+
+
+def record_training(monkeypatch):
+    """Replace training by a stand-in that records each run's argv and writes its metrics for the epochs asked."""
+    calls = []
+
+    def train(script, argv):
+        args = parse_args(script, argv)  # what the training command line makes of argv
+        calls.append((script, argv, args))
+        run = Path(args.output_dir)
+        run.mkdir(parents=True)
+        epochs = args.epochs or 2
+        history = rows([50.0] * epochs, [10.0] * epochs, [50.0] * epochs)
+        with open(run / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+        (run / "config.json").write_text(json.dumps({"num_classes": 7}))
+        return 0
+
+    monkeypatch.setattr(utils.compare, "train_main", train)
+    return calls
+
+
+@pytest.mark.parametrize("dataset,passed,expected", [
+    # every image is an anchor once per epoch: 4 images per anchor for QCS, 2 for DCS, 1 for the baseline
+    ("demo", ["--epochs", "3"], {"baseline": 12, "DCS": 6, "QCS": 3}),
+    ("demo", [], {"baseline": 28, "DCS": 14, "QCS": 7}),  # QCS's demo recipe: 7 epochs
+    # balanced anchors, per epoch L//12 for QCS and the baseline, L//8 for DCS: QCS 4·L/12 = L/3 images,
+    # DCS 2·L/8 = L/4, baseline L/12; QCS's 3 epochs are L images: DCS 4 epochs, the baseline 12
+    ("AffectNet-8", ["--epochs", "3"], {"baseline": 12, "DCS": 4, "QCS": 3}),
+], ids=["demo-given", "demo-recipe", "affectnet-balanced"])
+def test_images_budget_gives_every_model_the_images_of_qcs(dataset, passed, expected, tmp_path, monkeypatch, capsys):
+    calls = record_training(monkeypatch)
+    out = tmp_path / "compare"
+    assert main(["--dataset", dataset, "--seeds", "1", "--budget", "images", "--out", str(out), "--", *passed]) == 0
+    got = {("baseline" if args.baseline else script.upper()): args.epochs for script, _, args in calls}
+    assert got == expected
+    note = f"budget images (as many training images as QCS): baseline {expected['baseline']}, " \
+           f"DCS {expected['DCS']}, QCS {expected['QCS']} epochs"
+    assert note in capsys.readouterr().out
+    assert note in (out / "summary.md").read_text()
+    summary = {r["model"]: (r["budget"], int(r["epochs"])) for r in csv.DictReader(open(out / "summary.csv"))}
+    assert summary == {model: ("images", n) for model, n in expected.items()}
+
+
+def test_images_budget_without_qcs_still_counts_qcs_epochs(tmp_path, monkeypatch):
+    calls = record_training(monkeypatch)
+    assert main(["--dataset", "demo", "--seeds", "1", "--budget", "images", "--models", "baseline",
+                 "--out", str(tmp_path / "compare"), "--", "--epochs", "5"]) == 0
+    assert [args.epochs for _, _, args in calls] == [20]
+
+
+def test_epochs_budget_passes_the_options_unchanged_and_says_so(tmp_path, monkeypatch):
+    calls = record_training(monkeypatch)
+    out = tmp_path / "compare"
+    assert main(["--dataset", "demo", "--seeds", "1", "--out", str(out), "--", "--epochs", "3"]) == 0
+    assert [argv for _, argv, _ in calls] == [
+        ["--dataset", "demo", "--seed", "0", "--output-dir", str(out / f"{model}-seed0"), *extra, "--epochs", "3"]
+        for model, extra in (("baseline", ["--baseline"]), ("DCS", []), ("QCS", []))]
+    assert "budget epochs (each run's --epochs, or its recipe's): baseline 3, DCS 3, QCS 3 epochs" in \
+        (out / "summary.md").read_text()

@@ -47,6 +47,7 @@ def test_proj_drop_rule_is_refused_only_where_no_vit_has_dropout():
     (["--distill-weight", "2"], "--distill-weight"),
     (["--temperature", "2"], "--temperature"),
     (["--distill", "mse", "--temperature", "2"], "--temperature"),
+    (["--distill", "l2", "--temperature", "2"], "--temperature"),
 ])
 def test_distillation_settings_need_their_distillation(argv, option):
     with pytest.raises(UsageError, match=f"{option} has no effect .*--distill"):
@@ -57,6 +58,8 @@ def test_valid_distillation_settings_pass():
     config = resolve("qcs", "--distill", "kl", "--temperature", "2", "--distill-weight", "0.5")
     assert (config["distill"], config["temperature"], config["distill_weight"]) == ("kl", 2.0, 0.5)
     assert resolve("qcs", "--distill", "mse", "--distill-weight", "3")["distill_weight"] == 3.0
+    assert resolve("qcs", "--distill", "kl-detached", "--temperature", "3")["temperature"] == 3.0
+    assert resolve("qcs", "--distill", "l2")["distill"] == "l2"
 
 
 def test_an_explicit_default_is_refused_too():

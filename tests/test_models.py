@@ -9,14 +9,18 @@ import models.csa as csa
 from authors_format import as_authors, write_authors_checkpoint
 from models import (
     ARCHS,
+    DISTILL_CHOICES,
     MODEL_SIZES,
+    TEMPERATURE_DISTILLS,
     WeightsError,
     build_model,
     count_parameters,
+    distill_loss,
     group_loss,
     inference_model,
     load_weights,
 )
+from models.qcs import BilinearHead
 
 
 def tiny(arch, num_classes=7, **options):
@@ -176,6 +180,84 @@ def test_group_loss_is_mean_of_eight_cross_entropies():
         by_hand.append(-log_probs[torch.arange(3), target].mean())
     loss, _ = group_loss(outputs, y, y_n)
     torch.testing.assert_close(loss, torch.stack(by_hand).mean())
+
+
+def test_bilinear_pooling_as_released_on_2x2_tokens():
+    """Pools base + cross with cross (the release's call site); sqrt(|x| + 1e-5), L2 norm, ×100."""
+    base = torch.tensor([[[1.0, 2e-4], [-4.0, -2.0]]], dtype=torch.float64)  # B=1, N=2 tokens, C=2
+    cross = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+    # residual r = base + cross = [[2, 2e-4], [-4, 0]]; X[c, d] = Σ_n r[n, c] · cross[n, d] / 2:
+    # X = [[(2·1 + -4·0)/2, (2·0 + -4·2)/2], [(2e-4·1 + 0)/2, (0 + 0·2)/2]] = [[1, -4], [1e-4, 0]]
+    signed_root = [math.sqrt(1 + 1e-5), -math.sqrt(4 + 1e-5), math.sqrt(1e-4 + 1e-5), 0.0]
+    norm = math.sqrt(sum(v * v for v in signed_root))  # √(5 + 3e-5 + 1e-4)
+    expected = [100 * v / norm for v in signed_root]
+    head = BilinearHead(2, 4).double()
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.eye(4))
+        head.classifier.bias.zero_()
+    torch.testing.assert_close(head(base, cross)[0], torch.tensor(expected, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
+
+
+def test_distill_choices_and_their_temperatures():
+    assert DISTILL_CHOICES == ("none", "kl", "l2", "kl-detached", "mse")
+    assert TEMPERATURE_DISTILLS == ("kl", "kl-detached")
+
+
+def test_released_l2_is_the_euclidean_distance_of_the_batch_over_b():
+    student = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    loss = distill_loss(student, teacher, "l2")
+    # differences (0, 2, 3, 4): √(4 + 9 + 16) / B = √29 / 2 (a mean squared error would be 29/4)
+    assert loss.item() == pytest.approx(math.sqrt(29) / 2)
+    loss.backward()
+    # d/dteacher = −(student − teacher) / (√29 · B): the teacher is not detached
+    expected = [[0.0, -2 / (2 * math.sqrt(29))], [-3 / (2 * math.sqrt(29)), -4 / (2 * math.sqrt(29))]]
+    torch.testing.assert_close(teacher.grad, torch.tensor(expected))
+    equal = torch.ones(2, 3, requires_grad=True)
+    distill_loss(equal, torch.ones(2, 3), "l2").backward()
+    assert equal.grad.tolist() == [[0.0] * 3] * 2  # a zero gradient at distance 0, not NaN
+
+
+def test_released_kl_reaches_the_teacher_and_the_detached_form_does_not():
+    # T = 2: student/T = (0, 1), teacher/T = (1, 0); p = softmax(teacher/T) = (e, 1)/(1 + e),
+    # log p − log q = (1, −1), so KL = (e − 1)/(e + 1) = tanh(1/2), times T² = 4.
+    e = math.e
+    for kind, teacher_reached in (("kl", True), ("kl-detached", False)):
+        student = torch.tensor([[0.0, 2.0]], requires_grad=True)
+        teacher = torch.tensor([[2.0, 0.0]], requires_grad=True)
+        loss = distill_loss(student, teacher, kind, temperature=2.0)
+        assert loss.item() == pytest.approx(4 * math.tanh(0.5))
+        loss.backward()
+        # d/dstudent = T · (q − p) = 2 · ((1 − e), (e − 1)) / (1 + e)
+        torch.testing.assert_close(student.grad, torch.tensor([[2 * (1 - e) / (1 + e), 2 * (e - 1) / (1 + e)]]))
+        if teacher_reached:  # d/dteacher_j = T · p_j · ((log p − log q)_j − KL) = ±4e/(1 + e)²
+            torch.testing.assert_close(teacher.grad, torch.tensor([[4 * e / (1 + e) ** 2, -4 * e / (1 + e) ** 2]]))
+        else:
+            assert teacher.grad is None
+
+
+@pytest.mark.parametrize("kind,added,cross_a_grad", [
+    # weight 0.5 times the mean over the two branches; the positive's base equals its cross logits (term 0)
+    ("kl", math.tanh(0.5), [math.e / (1 + math.e) ** 2, -math.e / (1 + math.e) ** 2]),
+    ("kl-detached", math.tanh(0.5), [0.0, 0.0]),
+    ("l2", 0.5 * math.sqrt(8) / 2, [0.25 / math.sqrt(2), -0.25 / math.sqrt(2)]),  # |(−2, 2)| = √8
+    ("mse", 0.5 * 4 / 2, [0.0, 0.0]),  # mean of (−2)², 2²
+])
+def test_group_loss_adds_the_distillation_term_per_branch(kind, added, cross_a_grad):
+    def loss_and_grads(distill):
+        outputs = [torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 1.0]]),  # base_a, base_p
+                   torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]])]  # cross_a, cross_p
+        for o in outputs:
+            o.requires_grad_(True)
+        loss, _ = group_loss(outputs, torch.tensor([0]), None, distill, distill_weight=0.5, temperature=2.0)
+        loss.backward()
+        return loss.item(), [o.grad for o in outputs]
+
+    (plain, plain_grads), (loss, grads) = loss_and_grads("none"), loss_and_grads(kind)
+    assert loss - plain == pytest.approx(added)
+    torch.testing.assert_close(grads[2] - plain_grads[2], torch.tensor([cross_a_grad]))
+    assert torch.isfinite(grads[1]).all() and torch.isfinite(grads[3]).all()
 
 
 @pytest.mark.parametrize("arch", ["dcs", "qcs"])

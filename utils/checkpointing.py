@@ -10,7 +10,7 @@ from models import WeightsError, load_backbone, load_weights
 
 from . import distributed as ddp
 from .config import DEFAULT_PRETRAINED
-from .reporting import plot_confusion, plot_losses, write_metrics
+from .reporting import TensorBoardLog, plot_confusion, plot_losses, write_metrics
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 
@@ -79,8 +79,8 @@ def restore_training(checkpoint, model, optimizer, scheduler):
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_states(checkpoint["rng"])
     return dict(epoch=checkpoint["epoch"], step=checkpoint["step"], best_acc=checkpoint["best_acc"],
-                best_epoch=checkpoint["best_epoch"], history=list(checkpoint["history"]),
-                partial=checkpoint.get("partial"))
+                best_epoch=checkpoint["best_epoch"], test_at_best=checkpoint.get("test_at_best", 0.0),
+                history=list(checkpoint["history"]), partial=checkpoint.get("partial"))
 
 
 def load_pretrained(model, path):
@@ -104,12 +104,14 @@ def load_pretrained(model, path):
 
 
 class Saver:
-    """Writes `last.pth`, `best.pth`, the metrics CSV and the plots (rank 0 only)."""
+    """Writes `last.pth`, `best.pth`, the metrics CSV, the plots and, with `--tensorboard`, its
+    event file (rank 0 only)."""
 
     def __init__(self, run_dir, model, optimizer, scheduler, config, classes):
         self.run_dir, self.model, self.optimizer, self.scheduler = run_dir, model, optimizer, scheduler
         self.config, self.classes = config, classes
         self.enabled = ddp.is_main_process()
+        self.tensorboard = TensorBoardLog(run_dir, config) if self.enabled and config.get("tensorboard") else None
 
     def last_path(self):
         return self.run_dir / "last.pth"
@@ -122,14 +124,24 @@ class Saver:
         if not self.enabled:
             return
         atomic_save(self._checkpoint(state), self.run_dir / "best.pth")
-        plot_confusion(self.run_dir / "confusion_best.png", confusion, self.classes,
-                       f"{self.config['arch'].upper()} {self.config['dataset']}, epoch "
-                       f"{state['best_epoch']}: {state['best_acc']:.2f}%")
+        title = (f"{self.config['arch'].upper()} {self.config['dataset']}, epoch {state['best_epoch']}: "
+                 f"{state['best_acc']:.2f}%")
+        plot_confusion(self.run_dir / "confusion_best.png", confusion, self.classes, title)
+        if self.tensorboard:
+            self.tensorboard.log_best(confusion, self.classes, title, state["best_epoch"])
 
     def report(self, history, num_branches):
         if self.enabled:
             write_metrics(self.run_dir / "metrics.csv", history, num_branches)
             plot_losses(self.run_dir / "losses.png", history, num_branches)
+            if self.tensorboard:
+                self.tensorboard.log_epoch(history[-1])
+
+    def close(self, history):
+        """End of the run (also when it stops early): close the TensorBoard event file."""
+        if self.tensorboard:
+            self.tensorboard.close(history)
+            self.tensorboard = None
 
     def _checkpoint(self, state):
         return training_checkpoint(self.model, self.optimizer, self.scheduler, state,

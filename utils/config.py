@@ -5,25 +5,31 @@ command line leaves unset, range checks, options that cannot apply, and the sett
 run takes from its checkpoint.
 """
 import argparse
+import json
 import os
 from pathlib import Path
 
 from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE, test_transform_for, train_transform
-from models import ARCHS, OPTION_CHOICES
+from models import ARCHS, DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS, build_model
 
 from .device import DEVICE_CHOICES
 from .recipes import recipe
+from .reporting import tensorboard_available
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
 DEFAULT_DATASET = "RAF-DB"
 # Options a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = {"epochs", "workers", "device", "amp", "compile", "compile_backend", "channels_last",
-                      "print_freq", "save_every", "resume", "output_dir"}
+                      "print_freq", "save_every", "resume", "output_dir", "tensorboard"}
+# Options that name this invocation's files, never replayed from another run's config.json.
+NOT_REPLAYED = {"resume", "evaluate", "predictions", "output_dir", "config"}
+# Settings that follow from the dataset's recipe rather than from an option.
+RECIPE_DERIVED = ("augmentation", "negatives", "anchor_divisor")
 # Options that only shape training; `--evaluate` follows the checkpoint and refuses them.
 TRAINING_ONLY = ("epochs", "lr", "rho", "gamma", "seed", "pretrained", "baseline", "balanced_sampler",
                  "attention", "matrix", "connection", "drop", "cross_drop", "proj_drop_rule", "cross_block",
                  "distill", "distill_weight", "temperature", "output_dir", "print_freq", "save_every",
-                 "checkpoint_backbone")
+                 "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction")
 CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_block", "distill",
                      "distill_weight", "temperature")
 # option → (lowest, highest, whether the bounds themselves are allowed)
@@ -34,12 +40,13 @@ OPTION_RANGES = {
     "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
     "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True),
 }
-DISTILL_CHOICES = ("none", "kl", "mse")
+TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
 SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "dataset": DATASET_NAMES,
                    "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
-                   "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class")}
-FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone")
+                   "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
+                   "select_on": ("test", "val")}
+FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard")
 
 
 class UsageError(Exception):
@@ -111,9 +118,11 @@ def _add_model_options(model):
                        help="cross-block form: auto = as released (pre-norm for 8-class DCS, "
                             "in-place otherwise)")
     model.add_argument("--distill", default="none", choices=DISTILL_CHOICES,
-                       help="extra base-vs-cross logit loss")
+                       help="extra base-vs-cross logit loss: kl and l2 as the release's helpers (teacher not "
+                            "detached), kl-detached and mse with the cross logits detached (see models/METHOD.md)")
     model.add_argument("--distill-weight", type=float, default=1.0, help="with --distill: its weight")
-    model.add_argument("--temperature", type=float, default=1.0, help="with --distill kl: its temperature")
+    model.add_argument("--temperature", type=float, default=1.0,
+                       help="with --distill kl or kl-detached: its temperature")
 
 
 def _add_run_options(run):
@@ -123,9 +132,25 @@ def _add_run_options(run):
     run.add_argument("--save-every", type=float, default=30.0, metavar="MINUTES",
                      help="also write a resumable last.pth within an epoch this often (0: at epoch ends only)")
     run.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its last.pth)")
+    run.add_argument("--config", metavar="RUN/config.json",
+                     help="start a new run with the resolved settings of an earlier run; options given "
+                          "on the command line override them")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard logs into <run folder>/tensorboard (needs "
+                          "requirements-tensorboard.txt)")
     run.add_argument("--evaluate", metavar="CKPT",
                      help="evaluate CKPT (ours or the authors') on the test split and exit")
     run.add_argument("--predictions", metavar="FILE.csv", help="with --evaluate: per-image logits")
+    run.add_argument("--tta", default="none", choices=TTA_CHOICES,
+                     help="test-time augmentation of every evaluation (--evaluate and the per-epoch test): "
+                          "flip = the mean of the logits of the image and its mirror (not in the release)")
+    run.add_argument("--select-on", default="test", choices=("test", "val"),
+                     help="the split that picks best.pth: test (as released and in the paper) or val, a "
+                          "validation split (FERPlus's, or --val-fraction of train); the test accuracy at "
+                          "the chosen epoch is reported beside it")
+    run.add_argument("--val-fraction", type=float, metavar="F",
+                     help="with --select-on val: hold out this stratified, seeded fraction of train as the "
+                          "validation split (for datasets without one)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     run.add_argument("--amp", action="store_true",
                      help="bf16 autocast (CUDA or CPU): faster, results differ slightly from float32")
@@ -159,25 +184,58 @@ def resolve_config(arch, args):
     given = getattr(args, "given", set())
     refuse_mode_conflicts(args, given)
     config = {k: v for k, v in vars(args).items() if k != "given"}
+    replayed = read_replayed_config(args.config, arch) if args.config else {}
+    config.update({k: v for k, v in replayed.items() if k in config and k not in given | NOT_REPLAYED})
     config["dataset"] = config["dataset"] or DEFAULT_DATASET
     defaults = recipe(arch, config["dataset"])
     for key in ("epochs", "batch_size", "lr", "drop", "cross_drop", "size", "image_size", "balanced_sampler"):
         if config[key] is None:
             config[key] = defaults[key]
-    for key in ("augmentation", "negatives", "anchor_divisor"):
-        config[key] = defaults[key]
+    same_recipe = replayed and "dataset" not in given
+    for key in RECIPE_DERIVED:
+        config[key] = replayed.get(key, defaults[key]) if same_recipe else defaults[key]
     config["arch"] = "base" if config["baseline"] else arch
     config["recipe_arch"] = arch
+    if replayed:
+        config["replayed_from"] = str(Path(args.config).resolve())
+        config["replay_overrides"] = sorted(flag(key) for key in given - NOT_REPLAYED)
     check_ranges(config)
+    if config["val_fraction"] is not None and not 0 < config["val_fraction"] < 1:
+        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {config['val_fraction']}")
+    if config["tensorboard"] and not tensorboard_available():
+        raise UsageError("--tensorboard needs the tensorboard package: pip install -r requirements-tensorboard.txt")
     if not args.evaluate:
         refuse_inapplicable(config, given)
     return config
+
+
+def read_replayed_config(path, arch):
+    """`--config RUN/config.json`: an earlier run's resolved settings, checked like the command line's."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--config {path}: not a readable JSON file ({error})") from None
+    if not isinstance(saved, dict) or "recipe_arch" not in saved:
+        raise UsageError(f"--config {path}: not a run's config.json (no recipe_arch)")
+    if saved["recipe_arch"] != arch:
+        raise UsageError(f"--config {path} is a {str(saved['recipe_arch']).upper()} run; replay it with "
+                         f"main_{str(saved['recipe_arch']).upper()}.py")
+    try:
+        check_saved_config(saved)
+    except UsageError as error:
+        raise UsageError(f"--config {path}: its settings are invalid: {error}") from None
+    return saved
 
 
 def refuse_mode_conflicts(args, given):
     """Options that belong to another mode (training, resuming, evaluating) than the one asked for."""
     if args.resume and args.evaluate:
         raise UsageError("--resume and --evaluate cannot be used together")
+    if args.config and args.resume:
+        raise UsageError("--config starts a new run from an earlier run's settings; --resume continues a "
+                         "run with its own: give one of them")
     if args.predictions and not args.evaluate:
         raise UsageError("--predictions is only used with --evaluate")
     if "compile_backend" in given and not args.compile:
@@ -205,10 +263,13 @@ def inapplicable_options(config):
         ignored.append(("matrix", "with main_DCS.py (the S/D terms are QCS's)"))
     if config["connection"] != "vit":
         ignored.append(("cross_drop", f"with --connection {config['connection']} (no cross ViT)"))
+    if config["select_on"] != "val":
+        ignored.append(("val_fraction", "without --select-on val (nothing would use the held-out images)"))
     if config["distill"] == "none":
         ignored += [(key, "without --distill") for key in ("distill_weight", "temperature")]
-    elif config["distill"] == "mse":
-        ignored.append(("temperature", "with --distill mse (only kl has a temperature)"))
+    elif config["distill"] not in TEMPERATURE_DISTILLS:
+        ignored.append(("temperature", f"with --distill {config['distill']} (only {' and '.join(TEMPERATURE_DISTILLS)} "
+                                       "have a temperature)"))
     cross_vit_drop = config["arch"] != "base" and config["connection"] == "vit" and config["cross_drop"] > 0
     if config["drop"] == 0 and not cross_vit_drop:
         ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
@@ -288,3 +349,20 @@ def merge_resumed_config(config, checkpoint, given):
     except UsageError as error:
         raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
     return merged
+
+
+def model_from_config(config):
+    """The network the configuration describes."""
+    return build_model(config["arch"], config["num_classes"], size=config["size"],
+                       attention=config["attention"], matrix=config["matrix"],
+                       connection=config["connection"], drop=config["drop"],
+                       cross_drop=config["cross_drop"], proj_drop_rule=config["proj_drop_rule"],
+                       cross_block=config.get("cross_block", "auto"),
+                       checkpoint_backbone=config["checkpoint_backbone"])
+
+
+def transforms_for(config):
+    """The run's train augmentation and the test transform that goes with it."""
+    augmentation, image_size = dict(config["augmentation"]), config["image_size"]
+    return (train_transform(**augmentation, image_size=image_size),
+            test_transform_for(augmentation, image_size=image_size))

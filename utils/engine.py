@@ -139,11 +139,12 @@ def format_duration(seconds):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, num_classes, amp=False, channels_last=False, keep_logits=False):
+def evaluate(model, loader, device, num_classes, amp=False, channels_last=False, keep_logits=False, tta="none"):
     """Base-branch evaluation over a loader of `(image, label, index)`.
 
     Returns a dict with `acc` and `mean_class_acc` (%), the `confusion` matrix (rows: true
     labels) and, with `keep_logits`, `logits` as `{index: logits list}` gathered from all ranks.
+    `tta="flip"` scores each image by the mean of its logits and its horizontal mirror's.
     """
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -153,6 +154,8 @@ def evaluate(model, loader, device, num_classes, amp=False, channels_last=False,
         labels = labels.to(device)
         with autocast(device, amp):
             logits = model(images).float()
+            if tta == "flip":
+                logits = (logits + model(images.flip(3)).float()) / 2
         confusion += torch.bincount(labels * num_classes + logits.argmax(1),
                                     minlength=num_classes ** 2).view(num_classes, num_classes)
         if keep_logits:

@@ -3,10 +3,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from data_preprocessing import build_dataset, describe_transform
+from data_preprocessing import DatasetView, build_dataset, canonical_class_name, describe_transform, match_classes
 from data_preprocessing.outputs import atomic_write, check_output_file, refuse_existing
 
 from . import distributed as ddp
@@ -15,7 +16,7 @@ from .device import resolve_device, use_channels_last
 from .engine import evaluate
 from .inference import load_checkpoint, load_trained_model
 from .metrics import classification_summary
-from .reporting import format_confusion, format_report
+from .reporting import format_confusion, format_report, plot_confusion
 from .runtime import leave_signals_to_main
 
 
@@ -60,14 +61,19 @@ def run_evaluation(arch, args, logger):
     device = resolve_device(config["device"])
     rank, world_size, _ = ddp.init_distributed(device.type)
     outputs = prediction_files(config["predictions"])
-    refuse_existing([("--predictions", path) for path in outputs], overwrite_flag=None)
-    for path in outputs:
+    beside = [*outputs, confusion_figure_path(config, outputs)] if outputs else []
+    refuse_existing([("--predictions", path) for path in beside], overwrite_flag=None)
+    for path in beside:
         check_output_file(path, "--predictions")
-    trained, dataset = load_evaluation_inputs(config, args, arch)
+    trained, dataset, model_indices, note = load_evaluation_inputs(config, args, arch)
     logger.info(f"loaded {config['evaluate']}: {trained.info.format_title}, "
                 f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes")
-    logger.info(f"test transform: {describe_transform(dataset.transform)}")
-    model = trained.model.to(device)
+    logger.info(f"test transform: {describe_transform(dataset.transform)}"
+                + ("; flip test-time augmentation" if config["tta"] == "flip" else ""))
+    if note:
+        logger.info(note)
+    model = trained.model if model_indices is None else SharedClassLogits(trained.model, model_indices)
+    model = model.to(device)
     channels_last = use_channels_last(config["channels_last"], device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -75,28 +81,92 @@ def run_evaluation(arch, args, logger):
         model = torch.compile(model, backend=config["compile_backend"])
     result = evaluate(model, test_loader(dataset, config, device, rank, world_size), device,
                       dataset.num_classes, amp=config["amp"], channels_last=channels_last,
-                      keep_logits=bool(outputs))
+                      keep_logits=bool(outputs), tta=config["tta"])
     if ddp.is_main_process():
         report = log_result(logger, result, dataset)
         if outputs:
             write_prediction_files(outputs, config, dataset, result, report)
             logger.info(f"wrote {outputs[0]} and {outputs[1]}")
+        write_confusion_figure(logger, config, outputs, result, dataset)
     return 0
 
 
+def confusion_figure_path(config, outputs):
+    """Where `--evaluate` draws its confusion matrix: beside `--predictions` (X_confusion.png), else
+    in the checkpoint's run folder (confusion_<checkpoint>_<dataset>.png); None for a file kept
+    elsewhere (a downloaded checkpoint's folder is not ours to write in)."""
+    if outputs:
+        return outputs[0].with_name(f"{outputs[0].stem}_confusion.png")
+    checkpoint = Path(config["evaluate"])
+    if (checkpoint.parent / "config.json").is_file():
+        return checkpoint.parent / f"confusion_{checkpoint.stem}_{config['dataset']}.png"
+    return None
+
+
+def write_confusion_figure(logger, config, outputs, result, dataset):
+    """The row-normalised confusion matrix figure of the evaluation, never over an existing file."""
+    path = confusion_figure_path(config, outputs)
+    if path is None:
+        return
+    if path.exists():
+        logger.info(f"confusion matrix figure not written: {path} exists")
+        return
+    title = f"{Path(config['evaluate']).name} on {config['dataset']}: {result['acc']:.2f}%"
+    plot_confusion(path, result["confusion"], dataset.classes, title)
+    logger.info(f"wrote {path}")
+
+
 def load_evaluation_inputs(config, args, arch):
-    """The checkpoint's inference model and the test split it is evaluated on."""
+    """The checkpoint's inference model, the test split it is evaluated on (its classes shared with
+    the model's), the model's output index of each of those classes (None: all, in order) and a
+    line saying how a model of other classes was matched (None when the classes are the same)."""
     info = load_checkpoint(config["evaluate"])[1]
     if args.dataset is None and info.dataset:
         config["dataset"] = info.dataset
-    trained = load_trained_model(config["evaluate"], dataset=config["dataset"], class_list=config["classes"],
-                                 data_root=config["data_root"], size=args.size, image_size=args.image_size,
-                                 recipe_arch=arch)
+    named = bool(info.classes)  # our checkpoints name their classes; for other files they are the dataset's
+    trained = load_trained_model(config["evaluate"], dataset=None if named else config["dataset"],
+                                 class_list=None if named else config["classes"], data_root=config["data_root"],
+                                 size=args.size, image_size=args.image_size, recipe_arch=arch)
     dataset = load_split(config, "test", trained.transform())
-    if dataset.num_classes != len(trained.classes):
-        raise UsageError(f"{config['evaluate']} has {len(trained.classes)} classes but "
-                         f"{config['dataset']} has {dataset.num_classes}")
-    return trained, dataset
+    return (trained, *shared_classes(trained.classes, dataset, config))
+
+
+def shared_classes(model_classes, dataset, config):
+    """`(dataset view, model output indices, note)`: the images of the classes both know (matched
+    by expression name, e.g. Happy = Happiness), relabelled in the dataset's order."""
+    canonical = [canonical_class_name(name) for name in model_classes]
+    if canonical == [canonical_class_name(name) for name in dataset.classes]:
+        return dataset, None, None
+    try:
+        mapping = match_classes(model_classes, dataset.classes)
+    except ValueError as error:
+        raise UsageError(f"{config['evaluate']}: {error}") from None
+    shared = [label for label, index in enumerate(mapping) if index is not None]
+    if not shared:
+        raise UsageError(f"{config['evaluate']} knows {', '.join(model_classes)}, and {config['dataset']} has "
+                         f"{', '.join(dataset.classes)}: no expression in common")
+    relabel = np.full(dataset.num_classes, -1)
+    relabel[shared] = np.arange(len(shared))
+    keep = np.flatnonzero(np.isin(dataset.labels, shared))
+    view = DatasetView(dataset, keep, relabel, classes=[dataset.classes[label] for label in shared])
+    unknown = [dataset.classes[label] for label, index in enumerate(mapping) if index is None]
+    note = (f"cross-dataset: the model's classes matched to {config['dataset']}'s by name; "
+            f"{len(dataset) - len(keep)} images of classes the model does not know "
+            f"({', '.join(unknown) or 'none'}) left out; scores over the {len(shared)} shared classes, "
+            "from the model's logits of those classes")
+    return view, [mapping[label] for label in shared], note
+
+
+class SharedClassLogits(torch.nn.Module):
+    """A classifier's logits of the given classes only, in the given order."""
+
+    def __init__(self, model, indices):
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.as_tensor(indices), persistent=False)
+
+    def forward(self, images):
+        return self.model(images).index_select(1, self.indices)
 
 
 def log_result(logger, result, dataset):
@@ -127,7 +197,7 @@ def write_prediction_files(outputs, config, dataset, result, report):
     csv_path, json_path = outputs
     atomic_write(csv_path, lambda handle: write_predictions(handle, dataset, result["logits"]), mode="w")
     summary = dict(checkpoint=str(config["evaluate"]), dataset=config["dataset"],
-                   test_transform=describe_transform(dataset.transform), images=len(dataset),
+                   test_transform=describe_transform(dataset.transform), tta=config["tta"], images=len(dataset),
                    accuracy=result["acc"], mean_class_accuracy=result["mean_class_acc"],
                    macro_f1=result["macro_f1"], per_class=report,
                    confusion=result["confusion"].tolist(), classes=dataset.classes)

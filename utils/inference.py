@@ -1,15 +1,20 @@
 """From a checkpoint file to an inference model and its test transform.
 
 The one path used by `--evaluate` and by every tool in `utils.tools`. Supported files: this
-project's training checkpoints, the authors' releases, bare state dicts in either naming, and
-face-recognition IR50 weights (described only: they hold no classifier).
+project's training checkpoints, the authors' releases, bare state dicts in either naming,
+face-recognition IR50 weights (described only: they hold no classifier) and the `.safetensors`
+export of `python -m utils.tools export`, whose `model_info.json` beside it records the classes,
+model size and preprocessing.
 """
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from data_preprocessing import dataset_classes, test_transform_for
-from models import MODEL_SIZES, build_model, describe_state_dict, load_weights, read_checkpoint
+from models import ARCHS, MODEL_SIZES, build_model, describe_state_dict, load_weights, read_checkpoint
 from models.qcs import NUM_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, ForeignObject, checkpoint_state_dict, to_our_names
 
@@ -24,7 +29,11 @@ FORMAT_TITLES = {
     "authors": "the authors' release ({'epoch', 'state_dict', 'best_acc', ...})",
     "state_dict": "bare state dict",
     "ir50": "IR50 face-recognition weights (backbone only)",
+    "safetensors": "safetensors export of the base branch (with model_info.json)",
+    "onnx": "ONNX export of the base branch (with model_info.json)",
 }
+EXPORT_INFO_FILE = "model_info.json"  # written by `export` beside its model files
+SAFETENSORS_HINT = "pip install -r requirements-safetensors.txt"
 
 
 class CheckpointError(Exception):
@@ -66,6 +75,8 @@ class CheckpointInfo:
 
 def load_checkpoint(path):
     """`(checkpoint object, CheckpointInfo)`; unreadable or unknown files raise CheckpointError."""
+    if is_safetensors(path):
+        return load_safetensors(path)
     try:
         checkpoint = read_checkpoint(path)
         return checkpoint, describe_checkpoint(checkpoint, str(path))
@@ -171,6 +182,107 @@ def infer_size(state):
     return None
 
 
+# ------------------------------------------------------------------------------ exports
+
+def is_safetensors(path):
+    return Path(path).suffix.lower() == ".safetensors"
+
+
+def read_model_info(model_path):
+    """The checked `model_info.json` beside an exported model file, as a dict.
+
+    CheckpointError (one line naming the file) when it is missing, is not JSON or lacks what
+    rebuilding the model and its preprocessing needs.
+    """
+    json_path = Path(model_path).with_name(EXPORT_INFO_FILE)
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{model_path}: {json_path} is missing; keep the export's {EXPORT_INFO_FILE} "
+                              f"beside its model file") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{json_path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{json_path}: cannot read it ({error})") from None
+    problem = model_info_problem(meta)
+    if problem:
+        raise CheckpointError(f"{json_path}: {problem}")
+    return meta
+
+
+def model_info_problem(meta):
+    """What makes `meta` unusable as an export's description, or None."""
+    if not isinstance(meta, dict):
+        return f"holds no JSON object; it is not an export's {EXPORT_INFO_FILE}"
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return f"'classes' must be a list of at least 2 class names, got {classes!r:.60}"
+    if meta.get("num_classes", len(classes)) != len(classes):
+        return f"'num_classes' is {meta['num_classes']!r} but 'classes' lists {len(classes)}"
+    if meta.get("arch") != "base":
+        return f"'arch' must be \"base\" (an export holds the base branch), got {meta.get('arch')!r}"
+    if meta.get("size") not in MODEL_SIZES:
+        return f"'size' must be one of {', '.join(MODEL_SIZES)}, got {meta.get('size')!r}"
+    side = meta.get("image_size")
+    if isinstance(side, bool) or not isinstance(side, int) or side < 16:
+        return f"'image_size' must be a whole number of pixels, at least 16, got {side!r}"
+    if meta.get("augmentation") is None:
+        return "'augmentation' (the train augmentation that sets the test transform) is missing"
+    try:
+        check_saved_config({key: meta[key] for key in ("image_size", "augmentation", "dataset")
+                            if meta.get(key) is not None})
+    except UsageError as error:
+        return f"invalid settings: {error}"
+    return None
+
+
+def export_info(path, meta, export_format, num_tensors, num_parameters):
+    """The CheckpointInfo of an exported model file, from its checked `model_info.json`."""
+    source_arch = meta.get("source_arch") if meta.get("source_arch") in ARCHS else None
+    return CheckpointInfo(
+        path=str(path), format=export_format, naming="ours", arch="base", num_classes=len(meta["classes"]),
+        size=meta["size"], num_tensors=num_tensors, num_parameters=num_parameters, classes=list(meta["classes"]),
+        dataset=meta.get("dataset"), image_size=meta["image_size"], augmentation=dict(meta["augmentation"]),
+        model_config={"arch": "base", "size": meta["size"], "source_arch": source_arch})
+
+
+def load_safetensors(path):
+    """`(state dict, CheckpointInfo)` of a safetensors export: its `model_info.json` must be beside
+    it and describe the base branch its tensors hold."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package, which is not "
+                              f"installed; install it with: {SAFETENSORS_HINT}") from None
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    meta = read_model_info(path)
+    try:
+        state = load_file(path)
+    except Exception as error:  # safetensors' own SafetensorError: bad header, truncated data
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        held = describe_checkpoint(state, str(path))
+    except ValueError as error:  # WeightsError: no tensors at all
+        raise CheckpointError(f"{path}: {error}") from None
+    info = export_info(path, meta, "safetensors", held.num_tensors, held.num_parameters)
+    if (held.arch, held.num_classes) != ("base", info.num_classes):
+        found = f"a {held.arch.upper()} model with {held.num_classes} classes" if held.num_classes else "no classifier"
+        raise CheckpointError(f"{path}: its tensors hold {found}, but {EXPORT_INFO_FILE} describes a "
+                              f"{info.num_classes}-class base branch")
+    if held.size not in (None, info.size):
+        raise CheckpointError(f"{path}: its tensors are of the {held.size} model, but {EXPORT_INFO_FILE} "
+                              f"says {info.size}")
+    return state, info
+
+
+def one_line(message):
+    """A multi-line error (a list of tensors) as one line: its first line and first detail."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more lines)" if len(lines) > 2 else ""
+    return " ".join(lines[:2]) + more
+
+
 # ------------------------------------------------------------------------------ rebuild a model
 
 @dataclass
@@ -223,7 +335,8 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     (`fallback_dataset` names the classes of a checkpoint that records none, when neither is given).
     The test transform is the one the checkpoint's run used; for a file that records none (the
     authors'), the released recipe of the checkpoint's architecture on `dataset` (`recipe_arch`
-    stands in for a base-branch-only file).
+    stands in for a base-branch-only file). A `.safetensors` export is rebuilt from its
+    `model_info.json`, whose transform is the one (base branch only: `arch="cross"` refuses it).
     """
     if image_size is not None and image_size < 16:
         raise CheckpointError(f"--image-size must be at least 16 pixels, got {image_size}")
@@ -231,6 +344,9 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     if info.format == "ir50" or info.num_classes is None:
         raise CheckpointError(f"{path} holds {info.format_title}: no classifier to run; "
                         f"train a model first (main_DCS.py / main_QCS.py)")
+    if arch == "cross" and info.format in ("safetensors", "onnx"):
+        raise CheckpointError(f"{path} is a {info.format} export, which holds the base branch only; this needs "
+                              f"the cross module: give the DCS or QCS training checkpoint (.pth)")
     if arch == "cross" and info.arch not in ("dcs", "qcs"):
         raise CheckpointError(f"{path} holds a {info.arch.upper()} model without a cross module; "
                         f"give a DCS or QCS checkpoint")
@@ -245,9 +361,13 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     try:
         load_weights(model, checkpoint)
     except ValueError as error:  # WeightsError
+        if info.format == "safetensors":
+            raise CheckpointError(f"{path}: its tensors do not fit the {size} base branch: {one_line(error)}") from None
         raise CheckpointError(f"{path}: {error}") from None
     model.eval()
-    augmentation = info.augmentation or _released_augmentation(info, dataset, recipe_arch)
+    augmentation = info.augmentation
+    if info.format != "safetensors":  # an export's recorded transform is the one; {} means Resize only
+        augmentation = augmentation or _released_augmentation(info, dataset, recipe_arch)
     if image_size is not None and image_size != info.image_size:
         augmentation = {}  # the recorded crop ratio belongs to the recorded size
     image_size = image_size or info.image_size or DEFAULT_IMAGE_SIZE

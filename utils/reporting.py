@@ -89,8 +89,8 @@ def plot_losses(path, history, num_branches):
     save_figure(fig, path)
 
 
-def plot_confusion(path, confusion, class_names, title):
-    """Row-normalised confusion matrix with the dataset's class names."""
+def confusion_figure(confusion, class_names, title):
+    """Row-normalised confusion matrix with the dataset's class names, as a matplotlib figure."""
     import seaborn as sns
 
     counts = confusion.double()
@@ -101,7 +101,51 @@ def plot_confusion(path, confusion, class_names, title):
                 xticklabels=class_names, yticklabels=class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def plot_confusion(path, confusion, class_names, title):
+    """Write the row-normalised confusion matrix figure as a PNG."""
+    save_figure(confusion_figure(confusion, class_names, title), path)
+
+
+class TensorBoardLog:
+    """`--tensorboard`: the run's per-epoch scalars, the confusion matrix at each new best and its
+    hyperparameters, in `<run folder>/tensorboard/` (`tensorboard --logdir <run folder>`)."""
+
+    def __init__(self, run_dir, config):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                           for k, v in config.items() if v is not None}
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(hyperparameters.items())))
+        self.hyperparameters = hyperparameters
+
+    def log_epoch(self, row):
+        """Every number of a `metrics.csv` row, under its column name, at its epoch."""
+        for name, value in row.items():
+            if name != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(name, value, row["epoch"])
+        self.writer.flush()
+
+    def log_best(self, confusion, class_names, title, epoch):
+        self.writer.add_figure("confusion_best", confusion_figure(confusion, class_names, title), epoch)
+
+    def close(self, history):
+        """The hyperparameters with the run's final figures, for TensorBoard's HPARAMS view."""
+        if history:
+            final = {"hparam/best_acc": max(row["test_acc"] for row in history),
+                     "hparam/final_acc": history[-1]["test_acc"]}
+            self.writer.add_hparams(self.hyperparameters, final, run_name=".")
+        self.writer.close()
+
+
+def tensorboard_available():
+    """Whether `--tensorboard` can work (the optional `tensorboard` package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def format_confusion(confusion, class_names):

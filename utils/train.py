@@ -8,31 +8,26 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
-from torch.utils.data import DataLoader
 
 from data_preprocessing import (
     DataError,
-    GroupDataset,
-    GroupSampler,
-    extra_test_splits,
-    test_transform_for,
-    train_transform,
 )
 from data_preprocessing.outputs import OutputError
-from models import ARCHS, WeightsError, build_model
+from models import ARCHS, WeightsError
 
 from . import distributed as ddp
 from .checkpointing import Saver, load_pretrained, restore_training
-from .config import UsageError, parse_args, resolve_config
+from .config import UsageError, model_from_config, parse_args, resolve_config
 from .device import DeviceUnavailable, resolve_device, use_channels_last
 from .engine import NonFiniteLoss, ProgressLog, evaluate, train_one_epoch
-from .evaluation import load_split, run_evaluation, test_loader
+from .evaluation import run_evaluation
 from .inference import CheckpointError
 from .metrics import EpochMeter
 from .reporting import epoch_row, make_logger
 from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
-from .runtime import MidEpochSaver, RunControl, SkipFirst, leave_signals_to_main, signals_handled_by
+from .runtime import MidEpochSaver, RunControl, signals_handled_by
 from .sam import SAM
+from .training_data import epoch_loader, load_training_data
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
 USER_ERRORS = (UsageError, DataError, WeightsError, CheckpointError, DeviceUnavailable, OutputError,
@@ -92,6 +87,8 @@ def run_training(arch, args):
         if discard_failed_start(run.saver.run_dir, run.created):
             run.logger.info(f"removed the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
+    finally:
+        run.saver.close(run.state["history"])
 
 
 def train_epochs(run):
@@ -133,6 +130,9 @@ def set_up_run(arch, args):
 def start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note):
     """The run's logger, optimiser, schedule and counters, restored when resuming."""
     logger = make_logger(run_dir, enabled=ddp.is_main_process())
+    if config.get("replayed_from"):
+        logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
+                    f"line: {', '.join(config['replay_overrides']) or 'none'}")
     if pretrained_note:
         logger.info(pretrained_note)
     channels_last = use_channels_last(config["channels_last"], device)
@@ -142,7 +142,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
                     betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=config["gamma"])
-    state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, history=[], partial=None)
+    state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, test_at_best=0.0, history=[], partial=None)
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
         where = "into the new run folder" if created else "in its run folder"
@@ -157,48 +157,6 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     return run
 
 
-def model_from_config(config):
-    """The network the configuration describes."""
-    return build_model(config["arch"], config["num_classes"], size=config["size"],
-                       attention=config["attention"], matrix=config["matrix"],
-                       connection=config["connection"], drop=config["drop"],
-                       cross_drop=config["cross_drop"], proj_drop_rule=config["proj_drop_rule"],
-                       cross_block=config.get("cross_block", "auto"),
-                       checkpoint_backbone=config["checkpoint_backbone"])
-
-
-def transforms_for(config):
-    """The run's train augmentation and the test transform that goes with it."""
-    augmentation, image_size = dict(config["augmentation"]), config["image_size"]
-    return (train_transform(**augmentation, image_size=image_size),
-            test_transform_for(augmentation, image_size=image_size))
-
-
-def load_training_data(config, device, rank, world_size):
-    """The training set, its group sampler and loader, and the test loaders evaluated each epoch."""
-    train_tf, test_tf = transforms_for(config)
-    train_set = load_split(config, "train", train_tf)
-    if train_set.num_classes < 2:
-        raise DataError(f"{config['dataset']} at {config['data_root'] or 'its default folder'}: "
-                        f"{train_set.num_classes} class; training a classifier needs at least 2")
-    sampler = GroupSampler(train_set.labels, ARCHS[config["arch"]], seed=config["seed"],
-                           balanced=config["balanced_sampler"], anchor_divisor=config["anchor_divisor"],
-                           negatives=config["negatives"], num_replicas=world_size, rank=rank,
-                           class_names=train_set.classes)
-    # The loaders draw their worker seeds from their own generator, not the global one: a
-    # mid-epoch resume then continues the augmentation stream exactly.
-    loader_args = dict(num_workers=config["workers"], pin_memory=device.type == "cuda",
-                       persistent_workers=config["workers"] > 0, worker_init_fn=leave_signals_to_main,
-                       generator=torch.Generator().manual_seed(config["seed"] + rank))
-    train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"], sampler=sampler,
-                              **loader_args)
-    evaluation_loader = test_loader(load_split(config, "test", test_tf), config, device, rank, world_size)
-    extra_loaders = {split: test_loader(load_split(config, split, test_tf), config, device, rank, world_size)
-                     for split in extra_test_splits(config["dataset"])}
-    return SimpleNamespace(train_set=train_set, sampler=sampler, train_loader=train_loader,
-                           loader_args=loader_args, test_loader=evaluation_loader, extra_loaders=extra_loaders)
-
-
 def wrap_for_training(model, config, device, world_size):
     """The model as trained: DDP across processes, then `torch.compile` when asked."""
     if world_size > 1:
@@ -209,21 +167,12 @@ def wrap_for_training(model, config, device, world_size):
     return model
 
 
-def epoch_loader(run, first_step):
-    """The epoch's group loader; after a mid-epoch resume, without the groups already trained."""
-    if not first_step:
-        return run.data.train_loader
-    skipping = SkipFirst(run.data.sampler, first_step * run.config["batch_size"])
-    return DataLoader(GroupDataset(run.data.train_set), batch_size=run.config["batch_size"], sampler=skipping,
-                      **{**run.data.loader_args, "persistent_workers": False})
-
-
 def train_epoch(run, epoch, step_saver):
     """Train epoch `epoch` (0-based) from where the run stands; returns `(metrics, stopped)`."""
     config, state = run.config, run.state
     run.data.sampler.set_epoch(epoch)
     first_step, partial = state["step"], state["partial"] or {}
-    loader = epoch_loader(run, first_step)
+    loader = epoch_loader(run.data, run.config, first_step)
     meter = EpochMeter(partial if ddp.is_main_process() else None)  # ranks' sums are added: count once
     total_steps = len(loader) + first_step
     step_saver.start_epoch(state, epoch, first_step, total_steps, partial.get("seconds", 0.0))
@@ -251,26 +200,31 @@ def train_epoch(run, epoch, step_saver):
 
 
 def evaluate_test_splits(run):
-    """The base branch on the test split, and the accuracy on each extra test split."""
-    options = dict(amp=run.config["amp"], channels_last=run.channels_last)
+    """The base branch on the test split, and the accuracy on each extra split (the validation
+    split, as `val`, with `--select-on val`)."""
+    options = dict(amp=run.config["amp"], channels_last=run.channels_last, tta=run.config["tta"])
     num_classes = run.data.train_set.num_classes
     result = evaluate(run.model, run.data.test_loader, run.device, num_classes, **options)
+    loaders = {**run.data.extra_loaders, **({"val": run.data.val_loader} if run.data.val_loader else {})}
     extra = {split: evaluate(run.model, loader, run.device, num_classes, **options)["acc"]
-             for split, loader in run.data.extra_loaders.items()}
+             for split, loader in loaders.items()}
     return result, extra
 
 
 def end_epoch(run, epoch, metrics, seconds):
     """Step the schedule, evaluate, and write last.pth, best.pth (on a new best) and the reports."""
-    state = run.state
+    state, on_val = run.state, run.config["select_on"] == "val"
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     result, extra = evaluate_test_splits(run)
-    is_best = state["best_epoch"] == 0 or result["acc"] > state["best_acc"]  # the first epoch is a best
+    chosen = extra["val"] if on_val else result["acc"]
+    is_best = state["best_epoch"] == 0 or chosen > state["best_acc"]  # the first epoch is a best
     if is_best:
-        state.update(best_acc=result["acc"], best_epoch=epoch + 1)
+        state.update(best_acc=chosen, best_epoch=epoch + 1, test_at_best=result["acc"])
     row = epoch_row(epoch, lr, metrics, result, state, seconds, run.num_branches)
     row.update({f"{split}_acc": acc for split, acc in extra.items()})
+    row.update({"test_at_best": state["test_at_best"]} if on_val else {})
+    row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
     state["history"].append(row)
     state.update(epoch=epoch + 1, step=0, partial=None)
     run.saver.save_last(state)
@@ -280,8 +234,17 @@ def end_epoch(run, epoch, metrics, seconds):
     run.logger.info(f"epoch {epoch + 1}/{run.config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
-                    f"best {state['best_acc']:.2f}% @ {state['best_epoch']}  {seconds:.1f}s"
-                    + "".join(f"  {split} {acc:.2f}%" for split, acc in extra.items()))
+                    f"{best_summary(run)}  {seconds:.1f}s"
+                    + "".join(f"  {split} {acc:.2f}%" for split, acc in extra.items())
+                    + ("  (flip TTA)" if run.config["tta"] == "flip" else ""))
+
+
+def best_summary(run):
+    """`best 71.20% @ 3`, or with `--select-on val`: `best val 70.10% @ 3 (test 71.20%)`."""
+    state = run.state
+    if run.config["select_on"] != "val":
+        return f"best {state['best_acc']:.2f}% @ {state['best_epoch']}"
+    return f"best val {state['best_acc']:.2f}% @ {state['best_epoch']} (test {state['test_at_best']:.2f}%)"
 
 
 def finish(run):
@@ -291,6 +254,9 @@ def finish(run):
         run.logger.info(f"{run.world_size} ranks in sync: {'yes' if in_sync else 'NO'}")
         if not in_sync:
             return 1
-    run.logger.info(f"done: best test accuracy {run.state['best_acc']:.2f}% at epoch {run.state['best_epoch']}; "
-                    f"run folder {run.saver.run_dir}")
+    state = run.state
+    chosen = (f"best validation accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}, test accuracy "
+              f"there {state['test_at_best']:.2f}%" if run.config["select_on"] == "val" else
+              f"best test accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}")
+    run.logger.info(f"done: {chosen}; run folder {run.saver.run_dir}")
     return 0

@@ -2,22 +2,26 @@
 
 - predict:  top-k expressions of the faces in photos and videos (or of face crops, --no-detect)
 - heatmaps: CSA weight maps of a group of images and a class-by-class grid (paper Fig. 5/7)
-- export:   the inference network as TorchScript / torch.export, with a state dict and a JSON
-- inspect:  what a checkpoint file holds, without building a model
+- export:   the inference network as TorchScript / torch.export / ONNX / safetensors, with a JSON
+- inspect:  what a checkpoint or exported file holds, and its SHA-256, without building a model
 
-Each accepts this project's checkpoints and the authors' released ones.
+Each accepts this project's checkpoints and the authors' released ones; predict also an ONNX
+export (--onnx), predict and inspect a safetensors one.
 """
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from data_preprocessing import DATASET_NAMES
 from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
 from ..device import DEVICE_CHOICES, DeviceUnavailable
-from ..inference import DEFAULT_IMAGE_SIZE, CheckpointError, load_checkpoint
+from ..inference import DEFAULT_IMAGE_SIZE, EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
 from . import ToolError
+from .export import FORMAT_CHOICES, sha256_of
+from .onnx_model import OPSET
 
 EXIT_USAGE = 2
 
@@ -34,8 +38,17 @@ def build_parser():
     return parser
 
 
-def _model_options(parser):
-    parser.add_argument("--checkpoint", required=True, help="ours (.pth from main_*.py) or the authors'")
+def _model_options(parser, onnx=False, exports=True):
+    """--checkpoint (or, with `onnx`, exactly one of --checkpoint and --onnx), --size, --image-size;
+    `exports`: --checkpoint also takes a .safetensors export."""
+    source = parser.add_mutually_exclusive_group(required=True) if onnx else parser
+    source.add_argument("--checkpoint", required=not onnx,
+                        help="ours (.pth from main_*.py) or the authors'" + (
+                            f", or a .safetensors export (with its {EXPORT_INFO_FILE} beside it)" if exports else ""))
+    if onnx:
+        source.add_argument("--onnx", metavar="FILE.onnx", type=Path,
+                            help=f"an ONNX export (export --format onnx), run with onnxruntime; the {EXPORT_INFO_FILE} "
+                                 "beside it gives the classes and preprocessing (needs requirements-onnx.txt)")
     parser.add_argument("--size", choices=tuple(MODEL_SIZES),
                         help="model size (default: from the checkpoint)")
     parser.add_argument("--image-size", type=int,
@@ -55,11 +68,12 @@ def _class_options(parser):
                         help="with --dataset folder: the folder whose class folders name the classes")
 
 
-def _model_command(commands, name, summary, description, class_names=True):
-    """A subcommand that loads a checkpoint: its model options and, with `class_names`, the class-name ones."""
+def _model_command(commands, name, summary, description, class_names=True, onnx=False, exports=True):
+    """A subcommand that loads a checkpoint (or with `onnx` an ONNX export): its model options and,
+    with `class_names`, the class-name ones; `exports`: whether a .safetensors export will do."""
     parser = commands.add_parser(name, help=summary, description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _model_options(parser)
+    _model_options(parser, onnx, exports)
     if class_names:
         _class_options(parser)
     return parser
@@ -83,7 +97,7 @@ def _add_predict(commands):
                        "Classify faces with the base branch: each face found in the photos (EXIF "
                        "orientation applied, aligned like the training crops), or each image as a face "
                        "crop with --no-detect. Folders are searched recursively; unreadable and "
-                       "non-image files are reported and skipped.")
+                       "non-image files are reported and skipped.", onnx=True)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     _device_option(p)
@@ -103,7 +117,7 @@ def _add_heatmaps(commands):
     p = _model_command(commands, "heatmaps", "CSA weight maps of a DCS/QCS model (paper Fig. 5/7)",
                        "Render the cross similarity attention weights of an anchor and its partners at "
                        "the 3 feature levels and fused, and optionally a class-by-class grid of fused "
-                       "anchor maps.", class_names=False)
+                       "anchor maps.", class_names=False, exports=False)
     p.add_argument("--dataset", choices=DATASET_NAMES, help="the split the group is drawn from (or use --images)")
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="the group from these files instead: their first faces in order (anchor, positive[, "
@@ -123,21 +137,28 @@ def _add_heatmaps(commands):
 
 
 def _add_export(commands):
-    p = _model_command(commands, "export", "inference network as TorchScript / torch.export",
+    p = _model_command(commands, "export", "inference network as TorchScript / torch.export / ONNX / safetensors",
                        "Export the base branch, reload every artifact and check it gives the "
-                       "checkpoint's logits.")
+                       "checkpoint's logits (ONNX: run with onnxruntime, within 1e-4 of the largest |logit|).")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    p.add_argument("--format", default="both", choices=("torchscript", "export", "both"))
+    p.add_argument("--format", nargs="+", default=["both"], choices=FORMAT_CHOICES, metavar="FORMAT",
+                   help="one or more of: torchscript, export (torch.export program), onnx (dynamo exporter, "
+                        f"opset {OPSET}, dynamic batch; needs requirements-onnx.txt), safetensors (weights; "
+                        "needs requirements-safetensors.txt), both (torchscript and export), all")
+    p.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="face crops the check also runs on (the first 32 image files, folders searched "
+                        "recursively), besides 3 random inputs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier export in DIR; its model files of formats not "
                         "written this time are removed, so DIR holds exactly what model_info.json lists")
 
 
 def _add_inspect(commands):
-    p = commands.add_parser("inspect", help="what a checkpoint holds (no model is built)",
-                            description="Print the format, architecture, classes, training state and "
-                                        "tensor counts of a checkpoint.")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p = commands.add_parser("inspect", help="what a checkpoint or export holds (no model is built)",
+                            description="Print the format, architecture, classes, training state, "
+                                        "tensor counts and SHA-256 of a checkpoint, or of an export's "
+                                        ".safetensors / .onnx file (with its model_info.json beside it).")
+    p.add_argument("checkpoint", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
@@ -146,7 +167,11 @@ def _add_inspect(commands):
 def describe_lines(info):
     """Human-readable lines describing a CheckpointInfo."""
     lines = [f"file:        {info.path}", f"format:      {info.format_title}"]
-    if info.arch is not None:
+    source = (info.model_config or {}).get("source_arch")
+    if info.format in ("safetensors", "onnx"):
+        lines.append("arch:        BASE (the inference network" + (f" of a {source.upper()} model" if source else "")
+                     + ", exported)")
+    elif info.arch is not None:
         lines.append(f"arch:        {info.arch.upper()}" + (" (the base branch alone: a baseline)"
                                                             if info.arch == "base" else
                                                             " (base branch + cross module)"))
@@ -176,12 +201,30 @@ def describe_lines(info):
 
 
 def run_inspect(args):
-    _, info = load_checkpoint(args.checkpoint)
-    if args.json:
-        print(json.dumps(info.as_dict(), indent=2, default=str))
+    path = Path(args.checkpoint)
+    if path.suffix.lower() == ".onnx":
+        from . import onnx_model
+        info, extra = onnx_model.describe(path)
     else:
-        print("\n".join(describe_lines(info)))
+        (_, info), extra = load_checkpoint(path), []
+    digest = sha256_of(path)
+    verdict = listed_sha256_verdict(path, info, digest)
+    if args.json:
+        print(json.dumps({**info.as_dict(), "sha256": digest, "sha256_in_model_info": verdict},
+                         indent=2, default=str))
+    else:
+        note = {True: f" (as listed in {EXPORT_INFO_FILE})", None: "",
+                False: f" (differs from the one {EXPORT_INFO_FILE} lists: not the exported file)"}[verdict]
+        print("\n".join([*describe_lines(info), *extra, f"sha256:      {digest}{note}"]))
     return 0
+
+
+def listed_sha256_verdict(path, info, digest):
+    """Whether an export's file has the SHA-256 its model_info.json lists (None: not an export, or none listed)."""
+    if info.format not in ("safetensors", "onnx"):
+        return None
+    listed = (read_model_info(path).get("sha256") or {}).get(path.name)
+    return None if listed is None else listed == digest
 
 
 # ------------------------------------------------------------------------------ entry point

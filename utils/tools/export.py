@@ -1,15 +1,20 @@
-"""`export`: the inference network (base branch only) as TorchScript and/or a `torch.export` program.
+"""`export`: the inference network (base branch only) as TorchScript, a `torch.export` program,
+ONNX (onnxruntime) and/or safetensors weights.
 
-Also writes the base branch's plain state dict and a JSON file with the class names and the
-preprocessing. Every written model is loaded back and must give the checkpoint's logits
-(max abs difference below `TOLERANCE`) on a batch of a size other than the traced one.
+Also writes the base branch's plain state dict and `model_info.json`: the classes, model size,
+image size and train augmentation (which sets the test transform), the preprocessing spelt out,
+the files' sizes and SHA-256; all that `utils.inference` needs to rebuild a `.safetensors` export
+and `predict --onnx` to run one. Every written model is loaded back and must give the
+checkpoint's logits on random inputs in a batch of a size other than the traced one, and on the
+images of `--check-images`: within `TOLERANCE` (PyTorch), `onnx_model.tolerance` (onnxruntime).
 """
+import hashlib
 import json
 import warnings
 
 import torch
 
-from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, DataError, ImageListDataset, is_image_file
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -22,18 +27,34 @@ from data_preprocessing.outputs import (
 )
 from models import build_model, count_parameters
 
-from ..inference import load_trained_model
-from . import ToolError
+from ..inference import EXPORT_INFO_FILE, SAFETENSORS_HINT, load_trained_model
+from . import ToolError, onnx_model
+from .predict import expand_inputs
 
-MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2"}
+MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2",
+               "onnx": "model.onnx", "safetensors": "model.safetensors"}
+FORMAT_GROUPS = {"both": ["torchscript", "export"], "all": list(MODEL_FILES)}
+FORMAT_CHOICES = (*MODEL_FILES, *FORMAT_GROUPS)
 STATE_DICT_FILE = "base_state_dict.pth"
-INFO_FILE = "model_info.json"
+INFO_FILE = EXPORT_INFO_FILE
 TOLERANCE = 1e-5
 CHECK_BATCH = 3  # differs from the example batches, so a batch size baked in would show
+CHECK_IMAGES = 32  # the first images of --check-images that the check runs on
 
 
-def formats_of(name):
-    return ["torchscript", "export"] if name == "both" else [name]
+def formats_of(names):
+    """The formats that `--format` values name, in MODEL_FILES order."""
+    names = [names] if isinstance(names, str) else names
+    chosen = {name for group in names for name in FORMAT_GROUPS.get(group, [group])}
+    return [name for name in MODEL_FILES if name in chosen]
+
+
+def require_extras(formats):
+    """Before any work: the optional packages the formats need, or one line naming their requirements file."""
+    if "onnx" in formats:
+        onnx_model.require("--format onnx")
+    if "safetensors" in formats:
+        onnx_model.require("--format safetensors", ("safetensors",), SAFETENSORS_HINT)
 
 
 def planned_files(formats):
@@ -77,73 +98,184 @@ def load_state_dict_model(path, num_classes, size):
     return model.eval()
 
 
-@torch.no_grad()
-def max_abs_diff(reference_model, reloaded, images):
-    return float((reloaded(images) - reference_model(images)).abs().max())
+def export_safetensors(model, image_size, path):
+    """The state dict as safetensors (its own copy of every tensor: the format refuses shared storage)."""
+    from safetensors.torch import save
+    data = save({name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()},
+                metadata={"format": "pt"})
+    atomic_write(path, lambda handle: handle.write(data), flag="--out", buffered=True)
 
 
-def model_info(trained, checkpoint, formats, parameters, file_bytes, diffs):
+def load_safetensors_model(path, num_classes, size):
+    from safetensors.torch import load_file
+    model = build_model("base", num_classes, size=size)
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+WRITERS = {"torchscript": export_torchscript, "export": export_program, "onnx": onnx_model.export_onnx,
+           "safetensors": export_safetensors}
+# each written file loaded back as a callable N×3×S×S → logits
+RELOADERS = {"torchscript": lambda path, trained: load_torchscript(path),
+             "export": lambda path, trained: load_program(path),
+             "onnx": lambda path, trained: onnx_model.OnnxModel(path),
+             "safetensors": lambda path, trained: load_safetensors_model(path, len(trained.classes), trained.size),
+             "state_dict": lambda path, trained: load_state_dict_model(path, len(trained.classes), trained.size)}
+
+
+# ------------------------------------------------------------------------------ the check
+
+def check_image_files(paths):
+    """The first `CHECK_IMAGES` image files of `--check-images` (files or folders), before any work."""
+    if not paths:
+        return []
+    try:
+        files = [path for path in expand_inputs(paths) if is_image_file(path)]
+    except ToolError as error:
+        raise ToolError(f"--check-images: {error}") from None
+    if not files:
+        raise ToolError(f"--check-images: no image files in {', '.join(map(str, paths))}")
+    return files[:CHECK_IMAGES]
+
+
+def check_batches(trained, image_files):
+    """The inputs every artifact is checked on: `CHECK_BATCH` random ones, then the images (test transform)."""
     side = trained.image_size
-    crop = next((t.size for t in trained.transform().transforms if type(t).__name__ == "CenterCrop"), None)
-    first_resize = list(trained.transform().transforms[0].size)
-    resize = {"resize": first_resize, "center_crop": side} if crop else {"resize": [side, side]}
-    return {
-        "classes": trained.classes, "num_classes": len(trained.classes),
-        "image_size": side, "size": trained.size,
-        "preprocessing": {**resize, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                          "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}"},
+    batches = [torch.randn(CHECK_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))]
+    if image_files:
+        reader = ImageListDataset([str(f) for f in image_files], [0] * len(image_files), trained.classes)
+        transform, images = trained.transform(), []
+        for index, path in enumerate(image_files):
+            try:
+                images.append(transform(reader.load_image(index)))
+            except DataError as error:
+                raise ToolError(f"--check-images {path}: cannot read it ({error.__cause__ or error})") from None
+        batches.append(torch.stack(images))
+    return batches
+
+
+@torch.no_grad()
+def max_abs_diff(reference_model, reloaded, batches):
+    """The largest |logit difference| over all batches (a tensor of the inputs is one batch)."""
+    batches = [batches] if isinstance(batches, torch.Tensor) else batches
+    return max(float((reloaded(x) - reference_model(x)).abs().max()) for x in batches)
+
+
+@torch.no_grad()
+def tolerances(model, formats, batches):
+    """`{artifact: largest allowed max abs diff}`: onnxruntime's scales with the logits."""
+    onnx_limit = onnx_model.tolerance(torch.cat([model(x) for x in batches]))
+    return {name: onnx_limit if name == "onnx" else TOLERANCE for name in [*formats, "state_dict"]}
+
+
+def checked_on(image_files):
+    images = f" and {len(image_files)} image{'s' if len(image_files) != 1 else ''} of --check-images" \
+        if image_files else " (give --check-images for real faces too)"
+    return f"{CHECK_BATCH} random inputs{images}"
+
+
+# ------------------------------------------------------------------------------ model_info.json
+
+def sha256_of(path, chunk=1 << 20):
+    """The hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def preprocessing(trained):
+    """The test transform spelt out, for code that runs the model without this repository."""
+    side = trained.image_size
+    steps = trained.transform().transforms
+    crop = any(type(t).__name__ == "CenterCrop" for t in steps)
+    resize = {"resize": list(steps[0].size), "center_crop": side} if crop else {"resize": [side, side]}
+    return {**resize, "interpolation": "bilinear (PIL)", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}"}
+
+
+def model_info(trained, checkpoint, formats, parameters, paths, diffs, limits, image_files):
+    """What `model_info.json` holds: enough to rebuild the model and its preprocessing, and the check."""
+    info = {
+        "classes": trained.classes, "num_classes": len(trained.classes), "arch": "base",
+        "image_size": trained.image_size, "size": trained.size,
+        "dataset": trained.info.dataset, "augmentation": trained.augmentation,
+        "preprocessing": preprocessing(trained),
         "output": "logits over the classes, in this order",
         "source_checkpoint": str(checkpoint), "source_format": trained.info.format,
-        "source_arch": trained.info.arch, "parameters": parameters,
-        "files": file_bytes, "max_abs_diff": diffs, "formats": formats, "torch_version": torch.__version__,
+        "source_arch": trained.info.arch, "source_model_config": trained.info.model_config,
+        "parameters": parameters,
+        "files": {path.name: path.stat().st_size for path in paths},
+        "sha256": {path.name: sha256_of(path) for path in paths},
+        "max_abs_diff": diffs, "tolerance": limits, "checked_on": checked_on(image_files),
+        "formats": formats, "torch_version": torch.__version__,
     }
+    if "onnx" in formats:
+        import onnxruntime
+        info["onnx"] = {"opset": onnx_model.OPSET, "input": onnx_model.INPUT_NAME, "output": onnx_model.OUTPUT_NAME,
+                        "dynamic_batch": True, "relative_tolerance": onnx_model.RELATIVE_TOLERANCE,
+                        "onnxruntime_version": onnxruntime.__version__}
+    return info
 
 
 def run(args):
     """The `export` command; returns 1 when a reloaded artifact does not reproduce the logits."""
     formats = formats_of(args.format)
+    require_extras(formats)
     out = check_output_dir(args.out, "--out", create=True)
     refuse_existing([("--out", out / name) for name in ALL_FILES], args.overwrite)
+    image_files = check_image_files(args.check_images)
     trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
                                  data_root=args.data_root, size=args.size, image_size=args.image_size)
-    model, image_size = trained.model.cpu(), trained.image_size
+    if trained.info.dataset is None and args.dataset:
+        trained.info.dataset = args.dataset  # recorded in model_info.json: --evaluate's default dataset
+    model = trained.model.cpu()
     make_output_dir(out, "--out")
     for name in ALL_FILES:
         remove_stale_temporaries(out, name)
+    paths = write_models(model, trained, formats, out)
+    batches = check_batches(trained, image_files)
+    diffs = {name: max_abs_diff(model, RELOADERS[name](path, trained), batches) for name, path in paths.items()}
+    limits = tolerances(model, formats, batches)
+    parameters = count_parameters(model)
+    info = model_info(trained, args.checkpoint, formats, parameters, paths.values(), diffs, limits, image_files)
+    remove_unlisted_models(out, formats)
+    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE, flag="--out")
+    report(args.checkpoint, trained, parameters, paths, diffs, limits, checked_on(image_files))
+    print(f"  {out / INFO_FILE}  classes, image size, preprocessing, SHA-256 of the files")
+    return 0 if all(diffs[name] < limits[name] for name in diffs) else 1
 
-    writers = {"torchscript": (export_torchscript, load_torchscript),
-               "export": (export_program, load_program)}
-    reloaders = {}
+
+def write_models(model, trained, formats, out):
+    """Write each format's file and the plain state dict; `{artifact: path}`."""
+    paths = {}
     for name in formats:
-        write, load = writers[name]
         path = out / MODEL_FILES[name]
         try:
-            write(model, image_size, path)
+            WRITERS[name](model, trained.image_size, path)
         except OutputError:
             raise
         except Exception as error:  # report which format failed and why, keep the others
             raise ToolError(f"{name} export failed: {type(error).__name__}: {error}") from error
-        reloaders[name] = (path, load)
+        paths[name] = path
     state_dict = model.state_dict()
     atomic_write(out / STATE_DICT_FILE, lambda handle: torch.save(state_dict, handle), flag="--out", buffered=True)
-    reloaders["state_dict"] = (out / STATE_DICT_FILE,
-                               lambda p: load_state_dict_model(p, len(trained.classes), trained.size))
+    paths["state_dict"] = out / STATE_DICT_FILE
+    return paths
 
-    images = torch.randn(CHECK_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    diffs = {name: max_abs_diff(model, load(path), images) for name, (path, load) in reloaders.items()}
-    file_bytes = {path.name: path.stat().st_size for path, _ in reloaders.values()}
-    parameters = count_parameters(model)
-    info = model_info(trained, args.checkpoint, formats, parameters, file_bytes, diffs)
-    remove_unlisted_models(out, formats)
-    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE, flag="--out")
 
-    print(f"base branch of {args.checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
-          f"{trained.size} model, {image_size}×{image_size} input")
-    for name, (path, _) in reloaders.items():
-        verdict = "ok" if diffs[name] < TOLERANCE else f"FAILED (must be < {TOLERANCE:g})"
-        print(f"  {path}  {_megabytes(file_bytes[path.name])}  reloaded max abs diff {diffs[name]:.3g}  {verdict}")
-    print(f"  {out / INFO_FILE}  classes, image size and preprocessing")
-    return 0 if all(d < TOLERANCE for d in diffs.values()) else 1
+def report(checkpoint, trained, parameters, paths, diffs, limits, checked):
+    """One line per written file: its size, the max abs logit difference and the verdict."""
+    side = trained.image_size
+    print(f"base branch of {checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
+          f"{trained.size} model, {side}×{side} input; checked on {checked}")
+    for name, path in paths.items():
+        verdict = "ok" if diffs[name] < limits[name] else "FAILED"
+        what = (f"onnxruntime max abs logit diff {diffs[name]:.3g} (tolerance {limits[name]:.3g}, opset "
+                f"{onnx_model.OPSET})" if name == "onnx" else f"reloaded max abs diff {diffs[name]:.3g}"
+                + ("" if verdict == "ok" else f" (must be < {limits[name]:g})"))
+        print(f"  {path}  {_megabytes(path.stat().st_size)}  {what}  {verdict}")
 
 
 def remove_unlisted_models(out, formats):

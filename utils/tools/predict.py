@@ -29,7 +29,7 @@ from data_preprocessing.outputs import (
 )
 
 from ..device import resolve_device
-from ..inference import load_trained_model
+from ..inference import EXPORT_INFO_FILE, load_trained_model
 from . import ToolError, faces
 
 NO_FACE = "no face detected"
@@ -265,7 +265,8 @@ def json_record(row, classes, k):
 
 
 def write_json(path, rows, trained, k, checkpoint):
-    document = {"checkpoint": str(checkpoint), "classes": trained.classes,
+    document = {"checkpoint": str(checkpoint or trained.info.path), "format": trained.info.format,
+                "classes": trained.classes,
                 "image_size": trained.image_size, "size": trained.size, "top_k": k,
                 "predictions": [json_record(row, trained.classes, k) for row in rows]}
     write_output(path, "--json", lambda handle: json.dump(document, handle, indent=2))
@@ -384,6 +385,26 @@ def input_files(args):
     return expand_inputs(args.inputs)
 
 
+def load_classifier(args):
+    """`(TrainedModel, device of its inputs, where it runs)`: a checkpoint's base branch in PyTorch,
+    or with `--onnx` an ONNX export in onnxruntime (same call shape: N×3×S×S in, logits out)."""
+    if args.onnx is None:
+        trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
+                                     data_root=args.data_root, size=args.size, image_size=args.image_size)
+        device = resolve_device(args.device)
+        trained.model.to(device)
+        return trained, device, str(device)
+    fixed = [flag for flag, value in (("--size", args.size), ("--image-size", args.image_size),
+                                      ("--dataset", args.dataset), ("--classes", args.classes),
+                                      ("--data-root", args.data_root)) if value is not None]
+    if fixed:
+        raise ToolError(f"{fixed[0]} does not apply to --onnx: the export's {EXPORT_INFO_FILE} fixes the "
+                        f"classes, model size and preprocessing")
+    from . import onnx_model
+    trained, where = onnx_model.load_classifier(args.onnx, args.device)
+    return trained, torch.device("cpu"), where
+
+
 def run(args):
     """The `predict` command; returns the exit status (1 when nothing could be classified)."""
     claim_outputs(args)
@@ -392,10 +413,7 @@ def run(args):
     detect = detection_wanted(args.detect)
     files = input_files(args)
     targets = claim_annotations(args.annotate, files, ".mp4" if args.video else None)
-    trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
-                             data_root=args.data_root, size=args.size, image_size=args.image_size)
-    device = resolve_device(args.device)
-    trained.model.to(device)
+    trained, device, where = load_classifier(args)
     if args.top_k < 1:
         raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
     k = min(args.top_k, len(trained.classes))
@@ -411,7 +429,7 @@ def run(args):
             print(format_row(row, trained.classes, k))
     classified = sum(1 for row in rows if not row.error)
     print(f"{summary(rows, finder is not None)} ({count(len(files), 'file')}; {trained.size} model, "
-          f"{trained.image_size}px input, {device})")
+          f"{trained.image_size}px input, {where})")
     if annotator is not None:
         print(f"wrote {count(annotator.written, 'annotated image')} to {args.annotate}")
     if args.csv:

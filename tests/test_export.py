@@ -1,0 +1,286 @@
+"""Models users can ship: `export --format onnx|safetensors`, `predict --onnx`, the safetensors
+path of `utils.inference` (predict, --evaluate) and inspect's SHA-256.
+
+References are computed here: PyTorch's own logits of the same images, preprocessing written out
+with numpy and PIL from the export's JSON, `hashlib` over the files, hand-written JSON.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_preprocessing.demo import DEMO_CLASSES
+from models import build_model
+from utils.inference import CheckpointError, load_trained_model
+from utils.tools import cli as tools
+
+IMAGE_SIZE = 64
+FER_CLASSES = "angry,disgust,fear,happy,sad,surprise,neutral"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_tool(*argv):
+    """`(exit code, stdout, stderr)` of `python -m utils.tools ARGV`."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = tools.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """`(tiny QCS in eval mode, its checkpoint in this project's format)`, logits spread like a trained model's."""
+    torch.manual_seed(0)
+    model = build_model("qcs", 7, size="tiny").eval()
+    with torch.no_grad():
+        model.base.vit.head.classifier.weight.mul_(300)
+    path = tmp_path_factory.mktemp("checkpoint") / "qcs.pth"
+    torch.save({"format": "qcs-fer-checkpoint", "config": model.config, "model": model.state_dict(),
+                "classes": list(DEMO_CLASSES), "epoch": 3, "best_acc": 55.0, "best_epoch": 2,
+                "run_config": {"dataset": "demo", "image_size": IMAGE_SIZE, "size": "tiny",
+                               "augmentation": {"kind": "A"}}}, path)
+    return model, path
+
+
+def demo_images(demo_root, count=5):
+    return sorted((demo_root / "images" / "test").glob("*.png"))[:count]
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, demo_root, tmp_path_factory):
+    """The checkpoint exported as ONNX and safetensors, checked on demo faces: `(folder, stdout)`."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("safetensors")
+    out = tmp_path_factory.mktemp("exported") / "model"
+    code, stdout, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", out, "--format", "onnx",
+                                 "safetensors", "--check-images", *demo_images(demo_root, 8))
+    assert code == 0, err
+    return out, stdout
+
+
+def by_hand(paths, info):
+    """N×3×S×S float32 from image files, with only numpy and PIL, as model_info.json spells it out."""
+    steps = info["preprocessing"]
+    assert "center_crop" not in steps  # these checkpoints train with augmentation A
+    mean, std = np.array(steps["mean"], np.float32), np.array(steps["std"], np.float32)
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize(steps["resize"][::-1], Image.BILINEAR), np.float32) / 255
+              for p in paths]
+    return np.stack([((a - mean) / std).transpose(2, 0, 1) for a in arrays]).astype(np.float32)
+
+
+def onnx_tolerance(reference):
+    return 1e-4 * max(1.0, float(reference.abs().max()))
+
+
+# ------------------------------------------------------------------------------ ONNX
+
+def test_onnx_runs_in_onnxruntime_alone_with_the_checkpoints_logits_at_any_batch(checkpoint, exported, demo_root):
+    import onnx
+    import onnxruntime
+    model, _ = checkpoint
+    out, stdout = exported
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["onnx"]["opset"] == 18 and info["classes"] == DEMO_CLASSES and info["image_size"] == IMAGE_SIZE
+    graph = onnx.load(str(out / "model.onnx"))
+    assert [(o.domain, o.version) for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [("", 18)]
+    assert info["max_abs_diff"]["onnx"] < info["tolerance"]["onnx"] and "8 images of --check-images" in stdout
+    assert "onnxruntime max abs logit diff" in stdout and "ok" in stdout
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = demo_images(demo_root, 6)
+    for batch in (images[:1], images[1:]):  # 1 and 5: the batch dimension is dynamic
+        x = by_hand(batch, info)
+        logits = session.run(None, {"images": x})[0]
+        with torch.no_grad():
+            reference = model.base(torch.from_numpy(x))
+        assert logits.shape == (len(batch), 7)
+        torch.testing.assert_close(torch.from_numpy(logits), reference, atol=onnx_tolerance(reference), rtol=0)
+        assert float(reference.abs().max()) > 1  # the tolerance is tested at a trained model's logit scale
+
+
+def test_onnx_matches_pytorch_on_fer2013_faces(checkpoint, exported, shared_dir):
+    import onnxruntime
+    model, _ = checkpoint
+    test_dir = shared_dir / "data" / "fer2013-mini" / "test"
+    faces = [sorted((test_dir / c).glob("*.jpg"))[i] for c in ("angry", "happy", "surprise") for i in (0, 1)]
+    info = json.loads((exported[0] / "model_info.json").read_text())
+    x = by_hand(faces, info)  # 48×48 grayscale faces, upscaled and made RGB
+    logits = onnxruntime.InferenceSession(str(exported[0] / "model.onnx")).run(None, {"images": x})[0]
+    with torch.no_grad():
+        reference = model.base(torch.from_numpy(x))
+    torch.testing.assert_close(torch.from_numpy(logits), reference, atol=onnx_tolerance(reference), rtol=0)
+
+
+def test_predict_onnx_gives_the_checkpoints_predictions(checkpoint, exported, demo_root, tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for path in demo_images(demo_root, 6):
+        shutil.copy(path, folder)
+    (folder / "notes.txt").write_text("not an image")
+    results = {}
+    for flag, model_file in (("--checkpoint", checkpoint[1]), ("--onnx", exported[0] / "model.onnx")):
+        out_json = tmp_path / f"{flag[2:]}.json"
+        code, stdout, err = run_tool("predict", flag, model_file, "--no-detect", "--top-k", 2, "--batch-size", 4,
+                                     "--json", out_json, folder)
+        assert code == 0, err
+        assert "notes.txt" in err
+        results[flag] = json.loads(out_json.read_text())
+        results[flag]["stdout"] = stdout
+    onnx_rows, torch_rows = results["--onnx"]["predictions"], results["--checkpoint"]["predictions"]
+    assert [r["image"] for r in onnx_rows] == [r["image"] for r in torch_rows] and len(onnx_rows) == 7
+    for ours, reference in zip(onnx_rows, torch_rows):
+        if reference["error"]:
+            assert ours["error"] == reference["error"]
+            continue
+        assert ours["top_k"][0]["class"] == reference["top_k"][0]["class"]
+        assert ours["probabilities"] == pytest.approx(reference["probabilities"], abs=1e-4)
+    assert results["--onnx"]["classes"] == DEMO_CLASSES and results["--onnx"]["format"] == "onnx"
+    assert "onnxruntime CPU" in results["--onnx"]["stdout"]
+
+
+def test_predict_onnx_refuses_options_the_export_fixes_and_a_bad_json(exported, demo_root, tmp_path):
+    image = demo_images(demo_root, 1)[0]
+    code, _, err = run_tool("predict", "--onnx", exported[0] / "model.onnx", "--classes", "a,b", image)
+    assert code == 2 and err == "error: --classes does not apply to --onnx: the export's model_info.json fixes the " \
+                                "classes, model size and preprocessing\n"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(exported[0] / "model.onnx", alone)
+    code, _, err = run_tool("predict", "--onnx", alone / "model.onnx", "--no-detect", image)
+    assert code == 2 and err.count("\n") == 1 and f"{alone / 'model_info.json'} is missing" in err
+    info = json.loads((exported[0] / "model_info.json").read_text())
+    (alone / "model_info.json").write_text(json.dumps({**info, "classes": ["a", "b", "c"], "num_classes": 3}))
+    code, _, err = run_tool("predict", "--onnx", alone / "model.onnx", "--no-detect", image)
+    assert code == 2 and err.count("\n") == 1 and "gives 7 logits" in err and "3 classes" in err
+
+
+# ------------------------------------------------------------------------------ safetensors
+
+def test_safetensors_round_trip_gives_identical_logits(checkpoint, exported, demo_root):
+    model, path = checkpoint
+    original = load_trained_model(path)
+    loaded = load_trained_model(exported[0] / "model.safetensors")
+    assert loaded.info.format == "safetensors" and loaded.classes == DEMO_CLASSES
+    assert (loaded.size, loaded.image_size, loaded.augmentation) == ("tiny", IMAGE_SIZE, {"kind": "A"})
+    assert loaded.info.dataset == "demo"
+    transform = loaded.transform()
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in demo_images(demo_root)])
+    assert torch.equal(x, torch.stack([original.transform()(Image.open(p).convert("RGB"))
+                                       for p in demo_images(demo_root)]))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model.base(x))
+
+
+def test_heatmaps_refuse_a_safetensors_export(exported, tmp_path):
+    code, _, err = run_tool("heatmaps", "--checkpoint", exported[0] / "model.safetensors", "--dataset", "demo",
+                            "--out", tmp_path / "maps.png")
+    assert code == 2 and err.count("\n") == 1 and "holds the base branch only" in err
+
+
+def test_evaluate_a_safetensors_export_gives_the_checkpoints_logits(trained_run, folder_data, tmp_path,
+                                                                    monkeypatch):
+    pytest.importorskip("safetensors")
+    import utils.evaluation
+    from utils.train import main
+    out = tmp_path / "exported"
+    code, _, err = run_tool("export", "--checkpoint", trained_run / "best.pth", "--out", out, "--format", "safetensors")
+    assert code == 0, err
+    logits, evaluate = [], utils.evaluation.evaluate
+
+    def keep(*args, **kwargs):
+        result = evaluate(*args, **kwargs)
+        logits.append(result["logits"])
+        return result
+
+    monkeypatch.setattr(utils.evaluation, "evaluate", keep)
+    for model_file in (trained_run / "best.pth", out / "model.safetensors"):
+        argv = ["--evaluate", str(model_file), "--data-root", str(folder_data), "--workers", "0",
+                "--predictions", str(tmp_path / f"{model_file.suffix[1:]}.csv")]
+        assert main("qcs", argv) == 0
+    assert len(logits) == 2 and len(logits[0]) == 6 and logits[0] == logits[1]  # exact fp32 values
+    assert (tmp_path / "pth.csv").read_text() == (tmp_path / "safetensors.csv").read_text()
+
+
+def test_safetensors_with_a_wrong_or_missing_json_or_tensors_is_one_line(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "copy"
+    shutil.copytree(exported[0], folder)
+    weights, info_file = folder / "model.safetensors", folder / "model_info.json"
+    info = json.loads(info_file.read_text())
+    cases = [
+        (None, f"{info_file} is missing"),
+        ('{"classes": ["a", ', f"{info_file}: not valid JSON"),
+        ({**info, "size": "small"}, "its tensors are of the tiny model, but model_info.json says small"),
+        ({**info, "classes": ["a", "b"], "num_classes": 2}, "describes a 2-class base branch"),
+        ({**info, "augmentation": {"kind": "B", "resize": 10}}, "invalid settings"),
+        ({k: v for k, v in info.items() if k != "image_size"}, "'image_size' must be a whole number"),
+    ]
+    for content, expected in cases:
+        info_file.unlink(missing_ok=True)
+        if content is not None:
+            info_file.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(CheckpointError) as caught:
+            load_trained_model(weights)
+        assert expected in str(caught.value) and "\n" not in str(caught.value)
+    info_file.write_text(json.dumps(info))
+    state = load_file(weights)
+    state["vit.head.classifier.bias"] = torch.zeros(3)  # shaped for another head than the weight
+    save_file(state, weights)
+    code, _, err = run_tool("predict", "--checkpoint", weights, "--no-detect", info_file)
+    assert code == 2 and err.count("\n") == 1 and "its tensors do not fit the tiny base branch" in err
+
+
+# ------------------------------------------------------------------------------ inspect and the extras
+
+def test_inspect_prints_the_files_sha256_for_every_format(checkpoint, exported, tmp_path):
+    pytest.importorskip("onnx")
+    out = exported[0]
+    for path in (checkpoint[1], out / "model.safetensors", out / "model.onnx"):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        code, text, err = run_tool("inspect", path)
+        assert code == 0, err
+        assert f"\nsha256:      {digest}" in text and "classes:     7: Surprise" in text
+        code, text, _ = run_tool("inspect", path, "--json")
+        assert code == 0 and json.loads(text)["sha256"] == digest
+    assert "opset 18" in run_tool("inspect", out / "model.onnx")[1]
+
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
+    data = bytearray((changed / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: still readable, no longer the exported file
+    (changed / "model.safetensors").write_bytes(bytes(data))
+    code, text, _ = run_tool("inspect", changed / "model.safetensors")
+    assert code == 0 and "differs from the one model_info.json lists" in text
+
+
+def test_without_the_extras_the_formats_are_one_line_errors_naming_the_file(checkpoint, tmp_path, monkeypatch):
+    for name in ("onnx", "onnxruntime", "safetensors", "safetensors.torch"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    code, _, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", tmp_path / "a", "--format", "onnx")
+    assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-onnx.txt" in err
+    image = tmp_path / "face.png"
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)).save(image)
+    code, _, err = run_tool("predict", "--onnx", tmp_path / "model.onnx", "--no-detect", image)
+    assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-onnx.txt" in err
+    code, _, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", tmp_path / "b", "--format", "safetensors")
+    assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-safetensors.txt" in err
+    code, _, err = run_tool("inspect", tmp_path / "model.safetensors")
+    assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-safetensors.txt" in err
+    code, _, err = run_tool("inspect", tmp_path / "model.onnx")
+    assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-onnx.txt" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

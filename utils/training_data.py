@@ -1,0 +1,68 @@
+"""The data of a training run: the training groups, and the splits evaluated every epoch."""
+from types import SimpleNamespace
+
+import torch
+from torch.utils.data import DataLoader
+
+from data_preprocessing import DataError, DatasetView, GroupDataset, GroupSampler, extra_test_splits, stratified_holdout
+from models import ARCHS
+
+from .config import UsageError, transforms_for
+from .evaluation import load_split, test_loader
+from .runtime import SkipFirst, leave_signals_to_main
+
+
+def load_training_data(config, device, rank, world_size):
+    """The training set, its group sampler and loader, and the loaders evaluated each epoch: test,
+    the dataset's extra test splits and, with `--select-on val`, the validation split."""
+    train_tf, test_tf = transforms_for(config)
+    train_set, val_set = training_splits(config, train_tf, test_tf)
+    if train_set.num_classes < 2:
+        raise DataError(f"{config['dataset']} at {config['data_root'] or 'its default folder'}: "
+                        f"{train_set.num_classes} class; training a classifier needs at least 2")
+    sampler = GroupSampler(train_set.labels, ARCHS[config["arch"]], seed=config["seed"],
+                           balanced=config["balanced_sampler"], anchor_divisor=config["anchor_divisor"],
+                           negatives=config["negatives"], num_replicas=world_size, rank=rank,
+                           class_names=train_set.classes)
+    # The loaders draw their worker seeds from their own generator, not the global one: a
+    # mid-epoch resume then continues the augmentation stream exactly.
+    loader_args = dict(num_workers=config["workers"], pin_memory=device.type == "cuda",
+                       persistent_workers=config["workers"] > 0, worker_init_fn=leave_signals_to_main,
+                       generator=torch.Generator().manual_seed(config["seed"] + rank))
+    train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"], sampler=sampler,
+                              **loader_args)
+
+    def loader_of(dataset):
+        return test_loader(dataset, config, device, rank, world_size)
+
+    return SimpleNamespace(
+        train_set=train_set, sampler=sampler, train_loader=train_loader, loader_args=loader_args,
+        test_loader=loader_of(load_split(config, "test", test_tf)),
+        val_loader=loader_of(val_set) if val_set is not None else None,
+        extra_loaders={split: loader_of(load_split(config, split, test_tf))
+                       for split in extra_test_splits(config["dataset"])})
+
+
+def training_splits(config, train_tf, test_tf):
+    """`(train set, validation set or None)`: with `--val-fraction`, a stratified seeded part of
+    train is held out (seen with the test transform); else the dataset's own `val` split."""
+    if config["select_on"] != "val":
+        return load_split(config, "train", train_tf), None
+    if config["val_fraction"] is None:
+        try:
+            return load_split(config, "train", train_tf), load_split(config, "val", test_tf)
+        except (DataError, ValueError) as error:
+            raise UsageError(f"--select-on val: {config['dataset']} has no validation split here ({error}); "
+                             "give --val-fraction F to hold out part of train") from None
+    train, same_images = load_split(config, "train", train_tf), load_split(config, "train", test_tf)
+    kept, held = stratified_holdout(train.labels, config["val_fraction"], config["seed"])
+    return DatasetView(train, kept), DatasetView(same_images, held)
+
+
+def epoch_loader(data, config, first_step):
+    """The epoch's group loader; after a mid-epoch resume, without the groups already trained."""
+    if not first_step:
+        return data.train_loader
+    skipping = SkipFirst(data.sampler, first_step * config["batch_size"])
+    return DataLoader(GroupDataset(data.train_set), batch_size=config["batch_size"], sampler=skipping,
+                      **{**data.loader_args, "persistent_workers": False})
