@@ -103,6 +103,10 @@ def test_onnx_runs_in_onnxruntime_alone_with_the_checkpoints_logits_at_any_batch
 
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     images = demo_images(demo_root, 6)
+    transform = load_trained_model(checkpoint[1]).transform()  # what predict --checkpoint uses
+    torch.testing.assert_close(torch.from_numpy(by_hand(images, info)),  # the README's serving snippet
+                               torch.stack([transform(Image.open(p).convert("RGB")) for p in images]),
+                               atol=1e-5, rtol=0)
     for batch in (images[:1], images[1:]):  # 1 and 5: the batch dimension is dynamic
         x = by_hand(batch, info)
         logits = session.run(None, {"images": x})[0]

@@ -382,3 +382,54 @@ def test_module_entry_point_reports_bad_files(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert str(not_a_checkpoint) in result.stderr and "Traceback" not in result.stderr
+
+
+# -------------------------------------------------------------------- test-time options
+
+def test_predict_flip_tta_is_the_mean_of_the_face_and_its_mirror(trained, demo_root, tmp_path, capsys):
+    model, checkpoint = trained["qcs"]
+    images = sorted((demo_root / "images" / "test").glob("*.png"))[:3]
+    out_json = tmp_path / "p.json"
+    code, out, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--no-detect", "--tta", "flip",
+                            "--top-k", 7, "--json", out_json, *images)
+    assert code == 0 and "flip TTA" in out
+    batch = torch.stack([preprocess(Image.open(p)) for p in images])
+    with torch.no_grad():
+        expected = torch.softmax((model.base(batch) + model.base(batch.flip(3))) / 2, dim=1)
+        plain = torch.softmax(model.base(batch), dim=1)
+    for row, probabilities, single in zip(json.loads(out_json.read_text())["predictions"], expected, plain):
+        got = torch.tensor([row["probabilities"][name] for name in DEMO_CLASSES])
+        assert torch.allclose(got, probabilities, atol=1e-5) and not torch.allclose(got, single, atol=1e-4)
+
+
+def test_predict_fast_path_agrees_with_float32(trained, demo_root, tmp_path, capsys):
+    model, checkpoint = trained["dcs"]
+    images = sorted((demo_root / "images" / "test").glob("*.png"))[:8]
+    out_json = tmp_path / "p.json"
+    code, out, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--no-detect", "--amp",
+                            "--channels-last", "--top-k", 7, "--json", out_json, *images)
+    assert code == 0 and "--amp, --channels-last" in out
+    expected = probabilities_of(model, [Image.open(p) for p in images]).detach()
+    for row, probabilities in zip(json.loads(out_json.read_text())["predictions"], expected):
+        got = torch.tensor([row["probabilities"][name] for name in DEMO_CLASSES])
+        assert torch.allclose(got, probabilities, atol=2e-2)  # bf16 keeps 8 bits of mantissa
+        assert row["top_k"][0]["class"] == DEMO_CLASSES[int(probabilities.argmax())]
+
+
+def test_heatmaps_with_amp_draw_the_same_group(trained, demo_root, tmp_path, capsys):
+    _, checkpoint = trained["qcs"]
+    figures = {}
+    for name, extra in (("fp32", []), ("amp", ["--amp"])):
+        figures[name] = tmp_path / f"{name}.png"
+        code, out, err = run_tool(capsys, "heatmaps", "--checkpoint", checkpoint, "--dataset", "demo",
+                                  "--data-root", demo_root, *extra, "--out", figures[name])
+        assert code == 0, err
+        figures[name + " group"] = [line for line in out.splitlines() if line.startswith("group: ")]
+    assert figures["amp group"] == figures["fp32 group"] and len(figures["amp group"]) == 1
+    assert Image.open(figures["amp"]).size == Image.open(figures["fp32"]).size
+
+
+def test_predict_onnx_refuses_the_pytorch_speed_options(demo_root, tmp_path, capsys):
+    image = sorted((demo_root / "images" / "test").glob("*.png"))[0]
+    code, _, err = run_tool(capsys, "predict", "--onnx", tmp_path / "model.onnx", "--amp", "--no-detect", image)
+    assert code == 2 and "--amp does not apply to --onnx" in err and "float32" in err

@@ -29,7 +29,7 @@ RECIPE_DERIVED = ("augmentation", "negatives", "anchor_divisor")
 TRAINING_ONLY = ("epochs", "lr", "rho", "gamma", "seed", "pretrained", "baseline", "balanced_sampler",
                  "attention", "matrix", "connection", "drop", "cross_drop", "proj_drop_rule", "cross_block",
                  "distill", "distill_weight", "temperature", "output_dir", "print_freq", "save_every",
-                 "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction")
+                 "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction", "device_augment")
 CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_block", "distill",
                      "distill_weight", "temperature")
 # option → (lowest, highest, whether the bounds themselves are allowed)
@@ -46,7 +46,7 @@ SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "data
                    "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
                    "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
                    "select_on": ("test", "val")}
-FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard")
+FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard", "device_augment")
 
 
 class UsageError(Exception):
@@ -82,6 +82,11 @@ def _add_data_options(data):
     data.add_argument("--balanced-sampler", action=argparse.BooleanOptionalAction, default=None,
                       help="class-balanced anchors (default: on for AffectNet only)")
     data.add_argument("--image-size", type=int, help="final image side in pixels (default 224; 56 for demo)")
+    data.add_argument("--device-augment", action="store_true",
+                      help="training only: the workers do decode and the geometric steps on uint8 images; "
+                           "ColorJitter, ToTensor, Normalize and RandomErasing run batched on the training "
+                           "device (the same distribution; for GPU training: on a CPU it moves the work into "
+                           "the training process)")
 
 
 def _add_training_options(train):

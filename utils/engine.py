@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from models import group_loss
 
-from .device import autocast, to_device
+from .device import TestTimeModel, autocast, to_device
 from .distributed import all_reduce_sum, gather_objects, is_distributed, is_main_process
 from .metrics import EpochMeter, accuracy_metrics
 
@@ -46,21 +46,22 @@ def sam_step(model, optimizer, images, y, y_n, loss_options=None, amp=False, che
 
 def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, amp=False,
                     channels_last=False, image_names=None, meter=None, first_step=0,
-                    total_steps=None, after_step=None, progress_log=None):
+                    total_steps=None, after_step=None, progress_log=None, augment=None):
     """One epoch of SAM steps over the group loader, from step `first_step` on.
 
     `meter` (an `EpochMeter`) accumulates the epoch's metrics and may hold those of the steps
     done before a mid-epoch resume. `after_step(step, meter)` runs after each step and returns
     True to end the epoch early; `progress_log(step, meter)` writes periodic progress lines.
     Returns `(steps, stopped)`: the steps done, counting the skipped ones, and whether
-    `after_step` ended the epoch.
+    `after_step` ended the epoch. `augment(images, epoch, step)` (`--device-augment`) turns the
+    loader's uint8 images into the model's input on the device.
     """
     model.train()
     meter = meter if meter is not None else EpochMeter()
     step = first_step
     bar = progress(loader, total_steps, f"epoch {epoch + 1}")
     for images, y, y_n, indices in bar:
-        images = to_device(images, device, channels_last)
+        images = training_input(images, device, channels_last, augment, epoch, step)
         y, y_n = y.to(device, non_blocking=True), y_n.to(device, non_blocking=True)
         check = partial(check_step_loss, step=step, indices=indices, image_names=image_names)
         outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, loss_options, amp, check)
@@ -72,6 +73,13 @@ def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, 
         if after_step is not None and after_step(step, meter):
             return step, True
     return step, False
+
+
+def training_input(images, device, channels_last, augment=None, epoch=0, step=0):
+    """A step's images on `device`; with `augment`, moved as uint8 and augmented there first."""
+    if augment is None:
+        return to_device(images, device, channels_last)
+    return to_device(augment(to_device(images, device, False), epoch, step), device, channels_last)
 
 
 def model_outputs(model, images):
@@ -149,13 +157,11 @@ def evaluate(model, loader, device, num_classes, amp=False, channels_last=False,
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     kept = {}
+    scorer = TestTimeModel(model, tta=tta, amp=amp)
     for images, labels, indices in progress(loader, len(loader), "evaluate"):
         (images,) = to_device([images], device, channels_last)
         labels = labels.to(device)
-        with autocast(device, amp):
-            logits = model(images).float()
-            if tta == "flip":
-                logits = (logits + model(images.flip(3)).float()) / 2
+        logits = scorer(images)
         confusion += torch.bincount(labels * num_classes + logits.argmax(1),
                                     minlength=num_classes ** 2).view(num_classes, num_classes)
         if keep_logits:

@@ -276,11 +276,11 @@ def load_safetensors(path):
     return state, info
 
 
-def one_line(message):
-    """A multi-line error (a list of tensors) as one line: its first line and first detail."""
+def one_line(message, keep=3):
+    """A multi-line error (lists of tensors) as one line: its first `keep` lines."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    more = f" (and {len(lines) - 2} more lines)" if len(lines) > 2 else ""
-    return " ".join(lines[:2]) + more
+    more = f" ... ({len(lines) - keep} more lines)" if len(lines) > keep else ""
+    return " ".join(lines[:keep]) + more
 
 
 # ------------------------------------------------------------------------------ rebuild a model

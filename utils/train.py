@@ -62,7 +62,7 @@ class Run:
     config: dict
     device: torch.device
     world_size: int
-    data: SimpleNamespace  # train_set, sampler, train_loader, loader_args, test_loader, extra_loaders
+    data: SimpleNamespace  # train_set, sampler, train_loader, loader_args, device_augment, test_loader, ...
     model: torch.nn.Module  # the network itself, as saved and evaluated
     train_model: torch.nn.Module  # the same network as trained (DDP- and/or compile-wrapped)
     optimizer: SAM
@@ -184,7 +184,8 @@ def train_epoch(run, epoch, step_saver):
         _, stopped = train_one_epoch(
             run.train_model, loader, run.optimizer, run.device, epoch, loss_options, amp=config["amp"],
             channels_last=run.channels_last, image_names=run.data.train_set.image_names, meter=meter,
-            first_step=first_step, total_steps=total_steps, after_step=step_saver, progress_log=progress_log)
+            first_step=first_step, total_steps=total_steps, after_step=step_saver, progress_log=progress_log,
+            augment=run.data.device_augment)
     except NonFiniteLoss as error:
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_preprocessing import DataError, DatasetView, GroupDataset, GroupSampler, extra_test_splits, stratified_holdout
+from data_preprocessing.device_augment import DeviceAugment, split_train_transform
 from models import ARCHS
 
 from .config import UsageError, transforms_for
@@ -14,8 +15,13 @@ from .runtime import SkipFirst, leave_signals_to_main
 
 def load_training_data(config, device, rank, world_size):
     """The training set, its group sampler and loader, and the loaders evaluated each epoch: test,
-    the dataset's extra test splits and, with `--select-on val`, the validation split."""
+    the dataset's extra test splits and, with `--select-on val`, the validation split. With
+    `--device-augment`, the training images come as uint8 and `device_augment` does the rest."""
     train_tf, test_tf = transforms_for(config)
+    device_augment = None
+    if config["device_augment"]:
+        train_tf, photometric = split_train_transform(train_tf)
+        device_augment = DeviceAugment(photometric, config["seed"], rank)
     train_set, val_set = training_splits(config, train_tf, test_tf)
     if train_set.num_classes < 2:
         raise DataError(f"{config['dataset']} at {config['data_root'] or 'its default folder'}: "
@@ -37,6 +43,7 @@ def load_training_data(config, device, rank, world_size):
 
     return SimpleNamespace(
         train_set=train_set, sampler=sampler, train_loader=train_loader, loader_args=loader_args,
+        device_augment=device_augment,
         test_loader=loader_of(load_split(config, "test", test_tf)),
         val_loader=loader_of(val_set) if val_set is not None else None,
         extra_loaders={split: loader_of(load_split(config, split, test_tf))

@@ -92,6 +92,15 @@ def _detection_options(parser):
                              "about 80 px and up; 1: 40 px, 4× slower)")
 
 
+def _speed_options(parser):
+    """The fast path of a PyTorch model (also `--evaluate`'s options): on a CPU with bf16 support,
+    `--amp --channels-last --compile` is about 2.3× (one image) to 4× (batches) faster."""
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast (CPU or CUDA): faster, logits differ slightly from float32")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
+
+
 def _add_predict(commands):
     p = _model_command(commands, "predict", "top-k expressions of the faces in photos and videos",
                        "Classify faces with the base branch: each face found in the photos (EXIF "
@@ -101,6 +110,9 @@ def _add_predict(commands):
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     _device_option(p)
+    _speed_options(p)
+    p.add_argument("--tta", default="none", choices=("none", "flip"),
+                   help="flip: score each face by the mean of its logits and its mirror's")
     _detection_options(p)
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (or of the video) with boxes, landmarks and labels drawn")
@@ -133,6 +145,7 @@ def _add_heatmaps(commands):
                    help="also write the K×K class-pair grid (a path other than --out)")
     p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
     _device_option(p)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CPU or CUDA): faster, maps differ slightly")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
 
 

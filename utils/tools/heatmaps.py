@@ -29,7 +29,7 @@ from data_preprocessing.outputs import (
     remove_stale_temporaries,
 )
 
-from ..device import resolve_device
+from ..device import autocast, resolve_device
 from ..inference import load_trained_model
 from . import ToolError, predict
 
@@ -319,12 +319,14 @@ def run(args):
         titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
                   for role, index in zip(ROLES[model.num_branches], group)]
         heading = f"{arch} CSA weights, {args.dataset} {args.split} (anchor {group[0]}, seed {args.seed})"
-    grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].cpu()
+    with autocast(device, args.amp):
+        grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].float().cpu()
     save(group_figure([display_image(x) for x in images], grids, titles, heading), args.out, "--out")
     print("group: " + ", ".join(titles))
     print(f"wrote {args.out} ({len(images)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})")
     if args.class_grid:
-        fused, counts, mean_faces = class_grid_maps(model, dataset, args.samples_per_class, args.seed, device)
+        with autocast(device, args.amp):
+            fused, counts, mean_faces = class_grid_maps(model, dataset, args.samples_per_class, args.seed, device)
         heading = (f"{arch} fused anchor weights by class pair (≤{args.samples_per_class} pairs per cell, "
                    f"pair weights softmax(agg(S)))")
         save(class_grid_figure(mean_faces, fused, dataset.classes, heading), args.class_grid, "--class-grid")

@@ -28,7 +28,7 @@ from data_preprocessing.outputs import (
     remove_stale_temporaries,
 )
 
-from ..device import resolve_device
+from ..device import TestTimeModel, fast_path, resolve_device
 from ..inference import EXPORT_INFO_FILE, load_trained_model
 from . import ToolError, faces
 
@@ -392,17 +392,26 @@ def load_classifier(args):
         trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
                                      data_root=args.data_root, size=args.size, image_size=args.image_size)
         device = resolve_device(args.device)
-        trained.model.to(device)
-        return trained, device, str(device)
+        trained.model = fast_path(trained.model, device, amp=args.amp, channels_last=args.channels_last,
+                                  compile=args.compile, tta=args.tta)
+        return trained, device, str(device) + "".join(f", {name}" for name, on in inference_options(args) if on)
     fixed = [flag for flag, value in (("--size", args.size), ("--image-size", args.image_size),
                                       ("--dataset", args.dataset), ("--classes", args.classes),
                                       ("--data-root", args.data_root)) if value is not None]
+    fixed += [flag for flag, on in inference_options(args) if on and flag != "flip TTA"]
     if fixed:
         raise ToolError(f"{fixed[0]} does not apply to --onnx: the export's {EXPORT_INFO_FILE} fixes the "
-                        f"classes, model size and preprocessing")
+                        f"classes, model size and preprocessing, and onnxruntime runs it in float32")
     from . import onnx_model
     trained, where = onnx_model.load_classifier(args.onnx, args.device)
-    return trained, torch.device("cpu"), where
+    trained.model = TestTimeModel(trained.model, tta=args.tta)
+    return trained, torch.device("cpu"), where + (", flip TTA" if args.tta == "flip" else "")
+
+
+def inference_options(args):
+    """`(name, on)` of the inference options, as the summary line names them."""
+    return (("--amp", args.amp), ("--channels-last", args.channels_last), ("--compile", args.compile),
+            ("flip TTA", args.tta == "flip"))
 
 
 def run(args):
