@@ -37,6 +37,16 @@ def free_port_fixture():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run many small ops: one torch thread avoids oversubscribing a busy 2-core machine
+    (restored after the test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_dir():
     """`../shared` beside the repository; tests using it skip cleanly without it."""
     if not SHARED.is_dir():
@@ -62,6 +72,14 @@ def tiny_training_args(data, *extra):
     """Training options for `utils.train.main`: the tiny model on a `folder_dataset`, 32 px, CPU-sized."""
     return ["--dataset", "folder", "--data-root", str(data), "--size", "tiny", "--image-size", "32",
             "--workers", "0", "--pretrained", "none", "-b", "4", "--lr", "1e-3", *extra]
+
+
+def save_checkpoint(path, model, classes, **run_config):
+    """`model` saved as this project's inference-ready checkpoint (no training state) with `classes`
+    and the run settings given (e.g. dataset, image_size, size, augmentation)."""
+    torch.save({"format": "qcs-fer-checkpoint", "config": model.config, "model": model.state_dict(),
+                "classes": list(classes), "run_config": run_config}, path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,7 @@ IMAGE_SIZE = 64
 FER_CLASSES = "angry,disgust,fear,happy,sad,surprise,neutral"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def run_tool(*argv):

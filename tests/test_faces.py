@@ -34,13 +34,7 @@ PASTED = sorted(LAYOUT.values())  # left to right, the order faces are numbered 
 EXIF_ORIENTATION = 0x0112
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs one image at a time; one thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture

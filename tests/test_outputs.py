@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import unprivileged_prefix
+from conftest import save_checkpoint, unprivileged_prefix
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -250,11 +250,8 @@ def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("qcs", 7, size="tiny").eval()
     path = tmp_path_factory.mktemp("checkpoint") / "qcs.pth"
-    torch.save({"format": "qcs-fer-checkpoint", "config": model.config, "model": model.state_dict(),
-                "classes": [f"c{i}" for i in range(7)],
-                "run_config": {"dataset": "demo", "image_size": 32, "size": "tiny", "augmentation": {"kind": "A"}}},
-               path)
-    return path
+    return save_checkpoint(path, model, [f"c{i}" for i in range(7)], dataset="demo", image_size=32, size="tiny",
+                           augmentation={"kind": "A"})
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import utils.train
-from conftest import tiny_training_args
+from conftest import save_checkpoint, tiny_training_args
 from data_preprocessing import (
     AFFECTNET7_CLASSES,
     AFFECTNET8_CLASSES,
@@ -118,10 +118,8 @@ def rafdb_model(tmp_path_factory):
     torch.manual_seed(3)
     model = build_model("base", 7, size="tiny").eval()
     path = tmp_path_factory.mktemp("rafdb") / "rafdb.pth"
-    torch.save({"format": "qcs-fer-checkpoint", "config": model.config, "model": model.state_dict(),
-                "classes": list(RAF_DB_CLASSES), "epoch": 1, "best_acc": 0.0, "best_epoch": 1,
-                "run_config": {"dataset": "RAF-DB", "image_size": 24, "size": "tiny", "augmentation": {"kind": "A"}}},
-               path)
+    save_checkpoint(path, model, RAF_DB_CLASSES, dataset="RAF-DB", image_size=24, size="tiny",
+                    augmentation={"kind": "A"})
     return path, model
 
 

@@ -27,13 +27,7 @@ IMAGE_SIZE = 64
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops; one thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def our_checkpoint(model, classes=DEMO_CLASSES):

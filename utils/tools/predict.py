@@ -398,10 +398,13 @@ def load_classifier(args):
     fixed = [flag for flag, value in (("--size", args.size), ("--image-size", args.image_size),
                                       ("--dataset", args.dataset), ("--classes", args.classes),
                                       ("--data-root", args.data_root)) if value is not None]
-    fixed += [flag for flag, on in inference_options(args) if on and flag != "flip TTA"]
     if fixed:
         raise ToolError(f"{fixed[0]} does not apply to --onnx: the export's {EXPORT_INFO_FILE} fixes the "
-                        f"classes, model size and preprocessing, and onnxruntime runs it in float32")
+                        f"classes, model size and preprocessing")
+    speed = [flag for flag, on in inference_options(args) if on and flag != "flip TTA"]
+    if speed:
+        raise ToolError(f"{speed[0]} does not apply to --onnx: onnxruntime runs the export in float32 "
+                        "(--checkpoint takes the PyTorch fast path)")
     from . import onnx_model
     trained, where = onnx_model.load_classifier(args.onnx, args.device)
     trained.model = TestTimeModel(trained.model, tta=args.tta)
