@@ -113,6 +113,8 @@ def features(name, outputs):
     """Per-draw statistics of one image's outputs: `{statistic: values}`."""
     erased = (outputs == 0).all(dim=1).flatten(1)  # a normalised pixel is never exactly 0 otherwise
     stats = {"erased": erased.any(1).double(), "erased area": erased.double().mean(1)[erased.any(1)]}
+    pixels = outputs.double() * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    stats["chroma"] = (pixels.amax(1) - pixels.amin(1)).flatten(1).mean(1)  # what saturation scales
     for c in range(3):
         kept = outputs[:, c].flatten(1)
         stats[f"mean {c}"] = kept.double().mean(1)
@@ -166,6 +168,8 @@ def test_split_pipeline_has_the_released_distribution(samples):
     (dict(erase_scale=(0.02, 0.2)), "erased area"),
     (dict(hue=(-0.2, 0.2)), "orange: mean"),
     (dict(erase_p=0.4), "erased"),
+    (dict(contrast=(0.7, 1.3)), "texture 2: std"),
+    (dict(saturation=(0.7, 1.3)), "chroma"),
 ])
 def test_the_comparison_catches_a_changed_range(samples, changed, caught):
     pil, uint8, photometric = samples

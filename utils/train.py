@@ -1,17 +1,16 @@
 """`main_DCS.py` / `main_QCS.py`: set up a run, then train it epoch by epoch (or evaluate a checkpoint).
 
-The options and the per-dataset recipe are resolved in `utils.config`, one epoch is trained and
-evaluated by `utils.engine`, checkpoints and the run folder are written by `utils.checkpointing`,
-and signals and mid-epoch saves are handled by `utils.runtime`.
+The options and the per-dataset recipe are resolved in `utils.config`, the data comes from
+`utils.training_data`, one epoch is trained and evaluated by `utils.engine`, the run folder is
+created, locked and continued by `utils.run_folder`, checkpoints are written by
+`utils.checkpointing`, and signals and mid-epoch saves are handled by `utils.runtime`.
 """
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
-from data_preprocessing import (
-    DataError,
-)
+from data_preprocessing import DataError
 from data_preprocessing.outputs import OutputError
 from models import ARCHS, WeightsError
 
