@@ -4,14 +4,17 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from PIL import Image
 
 from models import build_model
+from utils.recipes import RELEASED
 from utils.tools import benchmark
 
 
 def tiny_args(*extra):
     args = benchmark.build_parser().parse_args(["--size", "tiny", "--batch", "2", "--repeats", "2",
-                                                "--warmup", "1", "--arch", "base", "qcs", *extra])
+                                                "--warmup", "1", "--arch", "base", "qcs", "--augment-batches", "1",
+                                                *extra])
     args.device = torch.device("cpu")
     return args
 
@@ -67,9 +70,28 @@ def test_inference_cost_sampling_and_memory(report):
     shuffled, balanced = results["sampling"]
     assert shuffled["groups"] == sum(benchmark.AFFECTNET_COUNTS) and balanced["groups"] == 287651 // 12
     assert results["memory"] is None and "skipped: needs CUDA" in text
-    for heading in ("Training step", "Epoch time", "Inference", "Cost", "QCS group sampling"):
+    for heading in ("Training step", "Epoch time", "Inference", "Cost", "QCS group sampling", "Training data"):
         assert heading in text
     assert "met" not in text.split()  # figures only, no verdicts
+
+
+def test_augment_rows_cover_every_released_transform(report):
+    results, text = report
+    rows = results["augment"]
+    assert [r["transform"] for r in rows] == ["A", "B(234, ±10°)", "B(232, ±10°)", "B(236, ±12°, erase 0.03-0.1)",
+                                              "A, no jitter"]
+    recipes = [recipe for r in rows for recipe in r["recipes"].split(", ")]
+    assert sorted(recipes) == sorted(f"{arch.upper()} {dataset}" for arch, dataset in RELEASED)
+    for r in rows:
+        assert min(r["released_ms"], r["worker_ms"], r["device_ms"]) > 0
+        assert r["worker_ratio"] == pytest.approx(r["released_ms"] / r["worker_ms"])
+        assert r["total_ratio"] == pytest.approx(r["released_ms"] / (r["worker_ms"] + r["device_ms"]))
+    assert "100x100 JPEG to 224 px" in text and "on cpu (batches of 24)" in text
+
+
+def test_sample_jpeg_is_a_100_pixel_rgb_jpeg(tmp_path):
+    with Image.open(benchmark.sample_jpeg(tmp_path)) as image:
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (100, 100))
 
 
 def test_alternating_order():

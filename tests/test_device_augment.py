@@ -11,6 +11,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+import utils.checkpointing
 from conftest import tiny_training_args
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from data_preprocessing.device_augment import (
@@ -26,6 +27,7 @@ from models import read_checkpoint
 from utils.config import UsageError, parse_args, resolve_config
 from utils.engine import training_input
 from utils.train import main
+from utils.training_data import load_training_data
 
 PIL_JITTERS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 DRAWS = 2000  # per image and pipeline
@@ -242,7 +244,7 @@ def test_worker_part_b_rotates_within_its_range():
 
 
 def test_device_augment_is_a_function_of_seed_rank_epoch_and_step():
-    batch = torch.stack([torch.from_numpy(np.asarray(textured(s, 24))).permute(2, 0, 1) for s in range(6)])
+    batch = torch.stack([F.pil_to_tensor(textured(s, 24)) for s in range(6)])
     augment = DeviceAugment(Photometric(), seed=3, rank=0)
     first = augment([batch, batch], epoch=1, step=5)
     torch.manual_seed(123)  # the global generator plays no part
@@ -263,6 +265,21 @@ def test_training_input_moves_uint8_then_augments_in_channels_last():
     assert torch.equal(got, augment([batch], 0, 2)[0])
     (plain,) = training_input([batch.float()], torch.device("cpu"), False)
     assert torch.equal(plain, batch.float())
+
+
+def test_only_the_training_images_take_the_split(folder_data):
+    argv = tiny_training_args(folder_data, "--device-augment", "--select-on", "val", "--val-fraction", "0.3")
+    data = load_training_data(resolve_config("qcs", parse_args("qcs", argv)), torch.device("cpu"), 0, 1)
+    assert isinstance(data.device_augment, DeviceAugment) and data.device_augment.photometric == Photometric()
+    image, _ = data.train_set[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    for loader in (data.test_loader, data.val_loader):
+        image = loader.dataset[0][0]
+        transform = loader.dataset.dataset.transform  # evaluation's IndexedDataset around the split
+        assert image.dtype == torch.float32 and isinstance(transform.transforms[-1], T.Normalize)
+    plain = load_training_data(resolve_config("qcs", parse_args("qcs", tiny_training_args(folder_data))),
+                               torch.device("cpu"), 0, 1)
+    assert plain.device_augment is None and plain.train_set[0][0].dtype == torch.float32
 
 
 def test_a_training_epoch_with_device_augment(folder_data, tmp_path):
@@ -287,6 +304,30 @@ def test_split_pipeline_b_has_the_released_distribution():
     assert differences(pil, split_outputs(uint8, photometric)) == {}
     wrong = Photometric(**{**photometric.__dict__, "erase_scale": (0.03, 0.2)})
     assert any(key.endswith("erased area") for key in differences(pil, split_outputs(uint8, wrong)))
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_with_device_augment_is_bit_exact(folder_data, tmp_path, monkeypatch):
+    straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment",
+                                          "--output-dir", str(straight))) == 0
+    real_save = utils.checkpointing.atomic_save
+
+    def save_and_keep_mid_epoch(checkpoint, path):
+        real_save(checkpoint, path)
+        if (checkpoint["epoch"], checkpoint["step"]) == (1, 2):  # second epoch, after step 2 of 3
+            copy.mkdir()
+            real_save(checkpoint, copy / "last.pth")
+
+    monkeypatch.setattr(utils.checkpointing, "atomic_save", save_and_keep_mid_epoch)
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment", "--save-every", "1e-9",
+                                          "--output-dir", str(saving))) == 0
+    monkeypatch.setattr(utils.checkpointing, "atomic_save", real_save)
+    assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(tmp_path / "branch")]) == 0
+    expected = read_checkpoint(straight / "last.pth")["model"]
+    for run in (saving, tmp_path / "branch"):
+        got = read_checkpoint(run / "last.pth")["model"]
+        assert all(torch.equal(value, got[key]) for key, value in expected.items()), run
 
 
 @pytest.mark.slow

@@ -186,6 +186,7 @@ outputs.atomic_write(sys.argv[2], write_then_die)
 """
 
 
+@pytest.mark.slow  # a writer killed in a subprocess
 def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     target = tmp_path / "last.pth"
     killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(OUTPUTS_PY), str(target)], timeout=60)
@@ -264,6 +265,7 @@ def read_only(tmp_path):
     folder.chmod(0o755)
 
 
+@pytest.mark.slow  # every command in a capability-dropped subprocess
 def test_every_command_refuses_a_read_only_destination_before_working(tmp_path, read_only, tiny_checkpoint):
     prefix = unprivileged_prefix()
     image = tmp_path / "face.png"
@@ -300,6 +302,7 @@ def test_every_command_refuses_a_read_only_destination_before_working(tmp_path, 
     assert os.listdir(ro) == [] and not (tmp_path / "no-demo").exists()
 
 
+@pytest.mark.slow  # commands in a file-size-limited subprocess
 def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
     checkpoint = tmp_path / "last.pth"
     torch.save({"epoch": 1}, checkpoint)

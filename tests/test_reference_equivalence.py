@@ -59,7 +59,7 @@ SLOW = pytest.mark.slow  # a paper-size float64 forward pass: seconds each on 2 
 
 
 @pytest.mark.parametrize("arch, num_classes, block_form", [
-    ("qcs", 7, "inplace"), pytest.param("qcs", 8, "inplace", marks=SLOW),
+    pytest.param("qcs", 7, "inplace", marks=SLOW), pytest.param("qcs", 8, "inplace", marks=SLOW),
     pytest.param("dcs", 7, "inplace", marks=SLOW), pytest.param("dcs", 8, "prenorm", marks=SLOW)])
 def test_released_variants_match_the_reference(arch, num_classes, block_form, images):
     difference, report = compare(arch, num_classes, images, reference_options=dict(block_form=block_form))
@@ -119,6 +119,7 @@ def test_embed_1_2_3_names_load_the_same_weights():
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+@SLOW
 def test_dcs_affectnet_8_fusion_classifier_loads_strictly_and_is_ignored():
     state_dict = authors_state_dict("DCS", 8)
     with_fusion = dict(state_dict)

@@ -339,6 +339,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line(folder_data, tmp_path
     assert not run.exists()  # nothing was saved: the failed start is removed, temporaries with it
 
 
+@pytest.mark.slow  # training in a capability-dropped subprocess
 def test_an_unwritable_output_dir_is_one_line_before_training(folder_data, tmp_path):
     from conftest import unprivileged_prefix
 

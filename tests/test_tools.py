@@ -369,6 +369,7 @@ def test_inspect_ours_authors_and_bare(trained, tmp_path, capsys, monkeypatch):
     assert info["format"] == "ir50" and info["arch"] is None and info["num_classes"] is None
 
 
+@pytest.mark.slow  # the entry point in a subprocess
 def test_module_entry_point_reports_bad_files(tmp_path):
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text("hello")
