@@ -75,7 +75,7 @@ class Photometric:
         """Per-image parameters on the CPU: `order` [N, 4] (a permutation each, as `torch.randperm(4)`),
         `factors` [N, 4] (float32, in `JITTERS` order) and `boxes` [N, 4] (top, left, h, w; h = w = 0:
         not erased)."""
-        order = torch.rand(count, len(JITTERS), generator=generator).argsort(dim=1)
+        order = torch.rand(count, len(JITTERS), dtype=torch.float64, generator=generator).argsort(dim=1)
         factors = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(count, 1)  # no change, where a jitter is off
         for index in self.jitters:
             factors[:, index] = torch.empty(count).uniform_(*getattr(self, JITTERS[index]), generator=generator)

@@ -2,7 +2,8 @@
 
     python -m utils.tools.benchmark [--arch base dcs qcs] [--size paper] [--batch 4]
         [--device auto|cpu|cuda] [--amp] [--compile] [--channels-last] [--checkpoint-backbone]
-        [--repeats 3] [--warmup 1] [--parts train inference cost sampling memory] [--fit-batch 24]
+        [--repeats 3] [--warmup 1] [--parts train inference cost sampling memory augment] [--fit-batch 24]
+        [--augment-batches 8]
 
 - train: anchors/s of a full SAM step (`utils.engine.sam_step`: two forward+backward passes and
   the Adam step) with the branches of a group batched through the base network, and, for DCS/QCS,
@@ -13,6 +14,11 @@
 - cost: parameters and inference GFLOPs.
 - sampling: QCS groups/s drawn from an AffectNet-sized label list.
 - memory (CUDA only): peak memory of a QCS training step at --fit-batch.
+- augment: the training data of each released recipe's train transform on a 100x100 JPEG (RAF-DB's
+  size): a worker's ms/image (one thread, as in a DataLoader worker: decode, transform and collating
+  batches of 24) for the released PIL pipeline and for the worker part of `--device-augment` (decode
+  and geometric steps, uint8), their ratio, and the ms/image of `--device-augment`'s photometric part
+  on --device (batches of 24).
 
 Timings are medians over --repeats samples after --warmup untimed runs; compared runs alternate
 (A B, B A, ...) so that load from other processes hits them alike.
@@ -21,25 +27,33 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import default_collate
 
-from data_preprocessing import GroupSampler
+from data_preprocessing import GroupSampler, ImageListDataset, train_transform
+from data_preprocessing.device_augment import split_train_transform
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
 from models.summary import model_summary
 
 from ..device import DEVICE_CHOICES, DeviceUnavailable, autocast, resolve_device, to_device
 from ..engine import model_outputs, sam_step
 from ..inference import DEFAULT_IMAGE_SIZE
-from ..recipes import recipe
+from ..recipes import RELEASED, recipe
 from ..sam import SAM
 
-PARTS = ("train", "inference", "cost", "sampling", "memory")
+PARTS = ("train", "inference", "cost", "sampling", "memory", "augment")
 # Anchors per epoch: RAF-DB basic, FERPlus after the majority vote (about), AffectNet-8 balanced.
 EPOCH_ANCHORS = {"RAF-DB": 12271, "FERPlus": 28500, "AffectNet-8": 287651}
 AFFECTNET_COUNTS = (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750)  # AffectNet-8 train
+JPEG_SIDE = 100  # RAF-DB's aligned faces
+AUGMENT_BATCH = 24  # images per collated batch and photometric call: a QCS branch at the released batch size
 
 
 def synchronize(device):
@@ -176,6 +190,87 @@ def memory_row(args):
     return dict(batch=args.fit_batch, peak_gib=torch.cuda.max_memory_allocated(args.device) / 2 ** 30)
 
 
+def recipe_augmentations():
+    """`[(label, augmentation, recipes using it)]`: each distinct train transform of the released recipes."""
+    found = {}
+    for (arch, dataset), row in RELEASED.items():
+        key = repr(sorted(row.augmentation.items()))
+        found.setdefault(key, (augmentation_label(row.augmentation), row.augmentation, []))[2].append(
+            f"{arch.upper()} {dataset}")
+    return list(found.values())
+
+
+def augmentation_label(augmentation):
+    """`A`, `A, no jitter`, `B(234, ±10°)`, `B(236, ±12°, erase 0.03-0.1)`."""
+    if augmentation.get("kind", "A") == "A":
+        return "A" if augmentation.get("color_jitter", True) else "A, no jitter"
+    low, high = augmentation.get("erase_scale", (0.02, 0.1))
+    erase = "" if (low, high) == (0.02, 0.1) else f", erase {low:g}-{high:g}"
+    return f"B({augmentation['resize']}, ±{augmentation['rotation']}°{erase})"
+
+
+def sample_jpeg(folder):
+    """A 100x100 JPEG face-sized test image (smooth colour gradients with noise)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:JPEG_SIDE, 0:JPEG_SIDE]
+    pixels = np.stack([128 + 70 * np.sin(x / (9 + c) + y / (13 - c)) + rng.normal(0, 12, x.shape)
+                       for c in range(3)], -1)
+    path = Path(folder) / "face.jpg"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+@contextmanager
+def threads(count):
+    """Run the block with `count` torch threads (a DataLoader worker has one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def augment_rows(args):
+    """Per released train transform: worker ms/image released vs split (alternating), the split's
+    photometric part on the device, and the ratios."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = sample_jpeg(folder)
+        for label, augmentation, recipes in recipe_augmentations():
+            released = train_transform(**augmentation, image_size=DEFAULT_IMAGE_SIZE)
+            worker, photometric = split_train_transform(released)
+            row = dict(transform=label, recipes=", ".join(recipes), **worker_ms(path, released, worker, args))
+            row["device_ms"] = photometric_ms(photometric, args)
+            row["worker_ratio"] = row["released_ms"] / row["worker_ms"]
+            row["total_ratio"] = row["released_ms"] / (row["worker_ms"] + row["device_ms"])
+            rows.append(row)
+    return rows
+
+
+def worker_ms(path, released, worker, args):
+    """ms/image of a worker's job (load `path`, transform, collate batches) for each transform in one
+    thread, timed alternately."""
+    datasets = {name: ImageListDataset([str(path)], [0], ["face"], transform=tf)
+                for name, tf in (("released", released), ("worker", worker))}
+    runs = {name: (lambda d=d: [default_collate([d[0] for _ in range(AUGMENT_BATCH)])
+                                for _ in range(args.augment_batches)]) for name, d in datasets.items()}
+    with threads(1):
+        times = alternating_times(runs, args.repeats, args.warmup, torch.device("cpu"))
+    images = args.augment_batches * AUGMENT_BATCH
+    return {f"{name}_ms": 1000 * statistics.median(seconds) / images for name, seconds in times.items()}
+
+
+def photometric_ms(photometric, args):
+    """ms/image of the photometric part on a uint8 batch already on the device (parameters drawn included)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (AUGMENT_BATCH, 3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
+                          dtype=torch.uint8, generator=generator).to(args.device)
+    times = alternating_times({"device": lambda: photometric(batch, generator)}, args.repeats, args.warmup,
+                              args.device)
+    return 1000 * statistics.median(times["device"]) / AUGMENT_BATCH
+
+
 def table(headers, rows):
     """A fixed-width text table."""
     cells = [[str(h) for h in headers]] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
@@ -227,6 +322,15 @@ def run(args, emit=print):
         row = results["memory"] = memory_row(args)
         emit("\nPeak memory: " + ("skipped: needs CUDA" if row is None else
                                  f"QCS batch {row['batch']}: {row['peak_gib']:.2f} GiB"))
+    if "augment" in args.parts:
+        rows = results["augment"] = augment_rows(args)
+        emit(f"\nTraining data, {JPEG_SIDE}x{JPEG_SIDE} JPEG to {DEFAULT_IMAGE_SIZE} px: a worker's ms/image "
+             "(1 thread: decode, transform, collate), released PIL pipeline vs --device-augment's worker part; its "
+             f"photometric part on {args.device.type} (batches of {AUGMENT_BATCH})\n" + table(
+                 ["transform", "released ms/img", "split worker ms/img", "worker ratio", "device ms/img",
+                  "released / (worker + device)", "recipes"],
+                 [[r["transform"], r["released_ms"], r["worker_ms"], r["worker_ratio"], r["device_ms"],
+                   r["total_ratio"], r["recipes"]] for r in rows]))
     return results
 
 
@@ -253,6 +357,8 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--fit-batch", type=positive, default=24, help="batch of the memory part")
+    parser.add_argument("--augment-batches", type=positive, default=8,
+                        help="batches of 24 images per timing sample of the augment part's workers")
     return parser
 
 
