@@ -14,7 +14,8 @@ from utils.tools import benchmark
 def tiny_args(*extra):
     args = benchmark.build_parser().parse_args(["--size", "tiny", "--batch", "2", "--repeats", "2",
                                                 "--warmup", "1", "--arch", "base", "qcs", "--augment-batches", "1",
-                                                *extra])
+                                                "--inference-batches", "1", "4",
+                                                "--inference-variants", "fp32", "bf16+cl", *extra])
     args.device = torch.device("cpu")
     return args
 
@@ -62,9 +63,14 @@ def test_epoch_estimates_hand_worked():
 
 def test_inference_cost_sampling_and_memory(report):
     results, text = report
-    assert [r["batch"] for r in results["inference"]] == [8, 1]
-    for r in results["inference"]:
+    rows = results["inference"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [("fp32", 1), ("bf16+cl", 1), ("fp32", 4), ("bf16+cl", 4)]
+    for r in rows:
         assert r["images_per_s"] * r["ms_per_image"] / 1000 == pytest.approx(1.0)
+    for fp32, fast in (rows[:2], rows[2:]):
+        assert fp32["speedup"] == 1.0 and fp32["max_abs_diff"] == 0.0 and fp32["top1_agreement"] == 1.0
+        assert fast["speedup"] == pytest.approx(fp32["ms_per_image"] / fast["ms_per_image"])
+        assert 0.0 < fast["max_abs_diff"] < 0.1  # bf16 moves the logits, a little
     base, qcs = results["cost"]
     assert base["cross_params"] == 0 < qcs["cross_params"] and qcs["base_params"] == base["base_params"]
     shuffled, balanced = results["sampling"]

@@ -3,14 +3,17 @@
     python -m utils.tools.benchmark [--arch base dcs qcs] [--size paper] [--batch 4]
         [--device auto|cpu|cuda] [--amp] [--compile] [--channels-last] [--checkpoint-backbone]
         [--repeats 3] [--warmup 1] [--parts train inference cost sampling memory augment] [--fit-batch 24]
-        [--augment-batches 8]
+        [--augment-batches 8] [--inference-batches 1 32] [--inference-variants fp32 bf16+cl ...]
 
 - train: anchors/s of a full SAM step (`utils.engine.sam_step`: two forward+backward passes and
   the Adam step) with the branches of a group batched through the base network, and, for DCS/QCS,
   with one base-network call per branch (`CrossModel.forward_per_branch`), timed alternately on
   the same weights, plus the largest difference of their first-pass losses; epoch-time
   estimates from the batched rate.
-- inference: ms/image of the inference model (the base branch) at batch 8 and 1.
+- inference: ms/image of the inference model (the base branch) at --inference-batches (1 and 32),
+  float32 eager as released against the fast path (bf16 autocast + channels_last, eager and
+  torch.compile'd) and the ONNX export in onnxruntime, with each one's speed-up and how far its
+  logits are from float32's.
 - cost: parameters and inference GFLOPs.
 - sampling: QCS groups/s drawn from an AffectNet-sized label list.
 - memory (CUDA only): peak memory of a QCS training step at --fit-batch.
@@ -42,7 +45,7 @@ from data_preprocessing.device_augment import split_train_transform
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
 from models.summary import model_summary
 
-from ..device import DEVICE_CHOICES, DeviceUnavailable, autocast, resolve_device, to_device
+from ..device import DEVICE_CHOICES, DeviceUnavailable, TestTimeModel, fast_path, resolve_device, to_device
 from ..engine import model_outputs, sam_step
 from ..inference import DEFAULT_IMAGE_SIZE
 from ..recipes import RELEASED, recipe
@@ -144,16 +147,63 @@ def epoch_estimates(rows):
     return estimates
 
 
+INFERENCE_VARIANTS = ("fp32", "bf16+cl", "bf16+cl compiled", "onnxruntime")
+
+
+def inference_variants(model, args, image_size):
+    """`{name: callable of a batch}`: the base branch as released (float32 eager), the fast path
+    (bf16 autocast + channels_last, eager and compiled) and the ONNX export in onnxruntime."""
+    variants = {}
+    for name in args.inference_variants:
+        if name == "fp32":
+            variants[name] = TestTimeModel(model)
+        elif name == "onnxruntime":
+            variants[name] = onnx_session(model, image_size)
+        else:
+            copy = inference_model(build_model("qcs", 7, size=args.size)).eval()
+            copy.load_state_dict(model.state_dict())
+            variants[name] = fast_path(copy, args.device, amp=True, channels_last=True,
+                                       compile=name.endswith("compiled"))
+    return {name: run for name, run in variants.items() if run is not None}
+
+
+def onnx_session(model, image_size):
+    """The model exported to ONNX and opened in onnxruntime (None without the extra)."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")):
+        return None
+    from .onnx_model import OnnxModel, export_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_onnx(model.cpu(), image_size, path)
+        return OnnxModel(path)  # the session holds the graph; the file may go
+
+
 def inference_rows(args):
-    model = inference_model(build_model("qcs", 7, size=args.size)).eval()
+    """ms/image of each variant at each batch, its speed-up over float32 eager, and how far its
+    logits are from float32's (max |difference|, top-1 agreement) on the same random images."""
+    torch.manual_seed(0)
+    model = inference_model(build_model("qcs", 7, size=args.size)).eval().to(args.device)
+    image_size = DEFAULT_IMAGE_SIZE if args.size == "paper" else MODEL_SIZES[args.size]["input_size"]
+    variants = inference_variants(model, args, image_size)
     rows = []
-    for batch in (8, 1):
-        images, _, _ = make_group("base", batch, args.size, args.device)
-        model, images = prepared(model, images, args)
-        with torch.inference_mode(), autocast(args.device, args.amp):
-            seconds = statistics.median(alternating_times({"x": lambda m=model, x=images[0]: m(x)}, args.repeats,
-                                                          args.warmup, args.device)["x"])
-        rows.append(dict(batch=batch, ms_per_image=1000 * seconds / batch, images_per_s=batch / seconds))
+    for batch in args.inference_batches:
+        images = make_group("base", batch, args.size, args.device)[0][0]
+        with torch.inference_mode():
+            outputs = {name: run(images).float().cpu() for name, run in variants.items()}
+            times = alternating_times({name: (lambda r=run, x=images: r(x)) for name, run in variants.items()},
+                                      args.repeats, args.warmup, args.device)
+        reference = statistics.median(times["fp32"]) if "fp32" in times else None
+        for name, seconds in times.items():
+            seconds = statistics.median(seconds)
+            rows.append(dict(variant=name, batch=batch, ms_per_image=1000 * seconds / batch,
+                             images_per_s=batch / seconds, speedup=reference / seconds if reference else None,
+                             max_abs_diff=(outputs[name] - outputs["fp32"]).abs().max().item()
+                             if "fp32" in outputs else None,
+                             top1_agreement=(outputs[name].argmax(1) == outputs["fp32"].argmax(1)).float().mean().item()
+                             if "fp32" in outputs else None))
     return rows
 
 
@@ -305,9 +355,10 @@ def run(args, emit=print):
                  for e in estimates]))
     if "inference" in args.parts:
         rows = results["inference"] = inference_rows(args)
-        emit("\nInference (base branch)\n" + table(["batch", "ms/image", "images/s"],
-                                                  [[r["batch"], r["ms_per_image"], r["images_per_s"]]
-                                                   for r in rows]))
+        headers = ["variant", "batch", "ms/image", "images/s", "speed-up vs fp32", "max |logit diff|", "top-1 agree"]
+        emit(f"\nInference (base branch, {args.size} size), each variant against float32 eager on the same "
+             "images\n" + table(headers, [[r["variant"], r["batch"], r["ms_per_image"], r["images_per_s"],
+                                           r["speedup"], r["max_abs_diff"], r["top1_agreement"]] for r in rows]))
     if "cost" in args.parts:
         rows = results["cost"] = cost_rows(args)
         emit("\nCost\n" + table(["arch", "inference params M", "cross params M", "GFLOPs/image"],
@@ -357,6 +408,12 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--fit-batch", type=positive, default=24, help="batch of the memory part")
+    parser.add_argument("--inference-batches", nargs="+", type=positive, default=[1, 32],
+                        help="batches of the inference part")
+    parser.add_argument("--inference-variants", nargs="+", default=list(INFERENCE_VARIANTS),
+                        choices=INFERENCE_VARIANTS,
+                        help="inference variants (onnxruntime needs requirements-onnx.txt; compiling takes minutes "
+                             "at the paper size)")
     parser.add_argument("--augment-batches", type=positive, default=8,
                         help="batches of 24 images per timing sample of the augment part's workers")
     return parser
