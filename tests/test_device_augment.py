@@ -173,6 +173,7 @@ def test_split_pipeline_has_the_released_distribution(samples):
     (dict(contrast=(0.7, 1.3)), "texture 2: std"),
     (dict(saturation=(0.7, 1.3)), "chroma"),
 ])
+@pytest.mark.slow  # six more 2,000-draw comparisons
 def test_the_comparison_catches_a_changed_range(samples, changed, caught):
     pil, uint8, photometric = samples
     wrong = Photometric(**{**photometric.__dict__, **changed})

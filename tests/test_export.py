@@ -84,6 +84,7 @@ def onnx_tolerance(reference):
 
 # ------------------------------------------------------------------------------ ONNX
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_onnx_runs_in_onnxruntime_alone_with_the_checkpoints_logits_at_any_batch(checkpoint, exported, demo_root):
     import onnx
     import onnxruntime
@@ -112,6 +113,7 @@ def test_onnx_runs_in_onnxruntime_alone_with_the_checkpoints_logits_at_any_batch
         assert float(reference.abs().max()) > 1  # the tolerance is tested at a trained model's logit scale
 
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_onnx_matches_pytorch_on_fer2013_faces(checkpoint, exported, shared_dir):
     import onnxruntime
     model, _ = checkpoint
@@ -125,6 +127,7 @@ def test_onnx_matches_pytorch_on_fer2013_faces(checkpoint, exported, shared_dir)
     torch.testing.assert_close(torch.from_numpy(logits), reference, atol=onnx_tolerance(reference), rtol=0)
 
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_predict_onnx_gives_the_checkpoints_predictions(checkpoint, exported, demo_root, tmp_path):
     folder = tmp_path / "faces"
     folder.mkdir()
@@ -152,6 +155,7 @@ def test_predict_onnx_gives_the_checkpoints_predictions(checkpoint, exported, de
     assert "onnxruntime CPU" in results["--onnx"]["stdout"]
 
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_predict_onnx_refuses_options_the_export_fixes_and_a_bad_json(exported, demo_root, tmp_path):
     image = demo_images(demo_root, 1)[0]
     code, _, err = run_tool("predict", "--onnx", exported[0] / "model.onnx", "--classes", "a,b", image)
@@ -170,6 +174,7 @@ def test_predict_onnx_refuses_options_the_export_fixes_and_a_bad_json(exported, 
 
 # ------------------------------------------------------------------------------ safetensors
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_safetensors_round_trip_gives_identical_logits(checkpoint, exported, demo_root):
     model, path = checkpoint
     original = load_trained_model(path)
@@ -185,6 +190,7 @@ def test_safetensors_round_trip_gives_identical_logits(checkpoint, exported, dem
         assert torch.equal(loaded.model(x), model.base(x))
 
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_heatmaps_refuse_a_safetensors_export(exported, tmp_path):
     code, _, err = run_tool("heatmaps", "--checkpoint", exported[0] / "model.safetensors", "--dataset", "demo",
                             "--out", tmp_path / "maps.png")
@@ -215,6 +221,7 @@ def test_evaluate_a_safetensors_export_gives_the_checkpoints_logits(trained_run,
     assert (tmp_path / "pth.csv").read_text() == (tmp_path / "safetensors.csv").read_text()
 
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_safetensors_with_a_wrong_or_missing_json_or_tensors_is_one_line(exported, tmp_path):
     from safetensors.torch import load_file, save_file
     folder = tmp_path / "copy"
@@ -246,6 +253,7 @@ def test_safetensors_with_a_wrong_or_missing_json_or_tensors_is_one_line(exporte
 
 # ------------------------------------------------------------------------------ inspect and the extras
 
+@pytest.mark.slow  # uses the module's ONNX export (about 6 s to build)
 def test_inspect_prints_the_files_sha256_for_every_format(checkpoint, exported, tmp_path):
     pytest.importorskip("onnx")
     out = exported[0]

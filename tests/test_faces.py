@@ -237,6 +237,7 @@ def test_similarity_fit_matches_least_squares():
 
 # -------------------------------------------------------------------- annotation
 
+@pytest.mark.slow  # several detector passes over large photos or frames
 def test_annotate_draws_boxes_and_refuses_to_overwrite(extra, shared_dir, checkpoint, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -296,6 +297,7 @@ def count_frames(path):
         return sum(1 for _ in container.decode(video=0))
 
 
+@pytest.mark.slow  # several detector passes over large photos or frames
 def test_video_rows_per_frame_and_annotated_copy(extra, shared_dir, checkpoint, tmp_path, capsys):
     frames, squares = moving_face(shared_dir)
     clip = tmp_path / "clip.mp4"
@@ -342,6 +344,7 @@ def test_video_display_rotation_is_applied(extra, shared_dir, checkpoint, tmp_pa
 
 # -------------------------------------------------------------------- heatmaps on a photo
 
+@pytest.mark.slow  # several detector passes over large photos or frames
 def test_heatmaps_of_faces_in_a_photo(extra, shared_dir, checkpoint, tmp_path, capsys):
     photo, out = tmp_path / "group.png", tmp_path / "maps.png"
     composite(shared_dir).save(photo)

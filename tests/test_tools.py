@@ -187,7 +187,7 @@ def test_predict_checks_its_outputs_before_loading_the_model(trained, demo_root,
 
 # -------------------------------------------------------------------- heatmaps
 
-@pytest.mark.parametrize("arch", ["qcs", "dcs"])
+@pytest.mark.parametrize("arch", ["qcs", pytest.param("dcs", marks=pytest.mark.slow)])
 def test_heatmaps_png_grids_for_qcs_and_dcs(arch, trained, demo_root, tmp_path, capsys):
     model, checkpoint = trained[arch]
     group_png, grid_png = tmp_path / "group.png", tmp_path / "grid.png"
