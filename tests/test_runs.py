@@ -381,3 +381,12 @@ def test_an_output_dir_that_is_a_file_is_one_line(folder_data, tmp_path, capsys)
     assert main("qcs", tiny_training_args(folder_data, "--output-dir", str(target))) == 2
     assert f"--output-dir {target} is a file, not a folder" in capsys.readouterr().out
     assert target.read_text() == "a user's file"
+
+
+def test_a_refused_output_dir_is_left_exactly_as_it_was(folder_data, tmp_path, capsys):
+    target = tmp_path / "papers"
+    target.mkdir()
+    (target / "draft.tex").write_text("a user's file")
+    assert main("qcs", tiny_training_args(folder_data, "--output-dir", str(target))) == 2
+    assert "already holds files of another run; choose a new folder" in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == ["draft.tex"]  # no lock file left behind

@@ -75,9 +75,12 @@ def create_run_dir(output_dir, run_name):
             output_dir.mkdir(parents=True)
     except FileExistsError:  # an empty folder may be reused; it is checked once locked
         pass
+    had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
     if [p for p in output_dir.iterdir() if p.name != LOCK_NAME]:
         release_run_dirs()
+        if not had_lock_file:  # leave another run's folder as it was
+            (output_dir / LOCK_NAME).unlink(missing_ok=True)
         last = output_dir / LAST
         hint = f", or continue that run with --resume {last}" if last.is_file() else ""
         raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
