@@ -253,7 +253,7 @@ def _key_list(title, keys):
 
 
 def _name(source):
-    return str(source) if isinstance(source, (str, os.PathLike)) else "the given weights"
+    return str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
 
 
 def load_backbone(model, source):
