@@ -12,7 +12,7 @@ from data_preprocessing.outputs import atomic_write, check_output_file, refuse_e
 
 from . import distributed as ddp
 from .config import UsageError, resolve_config
-from .device import resolve_device, use_channels_last
+from .device import place_model, resolve_device, use_channels_last
 from .engine import evaluate
 from .inference import load_checkpoint, load_trained_model
 from .metrics import classification_summary
@@ -73,12 +73,8 @@ def run_evaluation(arch, args, logger):
     if note:
         logger.info(note)
     model = trained.model if model_indices is None else SharedClassLogits(trained.model, model_indices)
-    model = model.to(device)
     channels_last = use_channels_last(config["channels_last"], device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if config["compile"]:
-        model = torch.compile(model, backend=config["compile_backend"])
+    model = place_model(model, device, channels_last, config["compile"], config["compile_backend"])
     result = evaluate(model, test_loader(dataset, config, device, rank, world_size), device,
                       dataset.num_classes, amp=config["amp"], channels_last=channels_last,
                       keep_logits=bool(outputs), tta=config["tta"])

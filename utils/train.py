@@ -17,7 +17,7 @@ from models import ARCHS, WeightsError
 from . import distributed as ddp
 from .checkpointing import Saver, load_pretrained, restore_training
 from .config import UsageError, model_from_config, parse_args, resolve_config
-from .device import DeviceUnavailable, resolve_device, use_channels_last
+from .device import DeviceUnavailable, place_model, resolve_device, use_channels_last
 from .engine import NonFiniteLoss, ProgressLog, evaluate, train_one_epoch
 from .evaluation import run_evaluation
 from .inference import CheckpointError
@@ -135,9 +135,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     if pretrained_note:
         logger.info(pretrained_note)
     channels_last = use_channels_last(config["channels_last"], device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device, channels_last)
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
                     betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=config["gamma"])

@@ -27,6 +27,7 @@ Timings are medians over --repeats samples after --warmup untimed runs; compared
 (A B, B A, ...) so that load from other processes hits them alike.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -45,7 +46,15 @@ from data_preprocessing.device_augment import split_train_transform
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
 from models.summary import model_summary
 
-from ..device import DEVICE_CHOICES, DeviceUnavailable, TestTimeModel, fast_path, resolve_device, to_device
+from ..device import (
+    DEVICE_CHOICES,
+    DeviceUnavailable,
+    TestTimeModel,
+    fast_path,
+    place_model,
+    resolve_device,
+    to_device,
+)
 from ..engine import model_outputs, sam_step
 from ..inference import DEFAULT_IMAGE_SIZE
 from ..recipes import RELEASED, recipe
@@ -96,9 +105,7 @@ def make_group(arch, batch, size, device, seed=1):
 
 def prepared(model, images, args):
     """The model and images moved to the run's device and memory format."""
-    model.to(args.device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    place_model(model, args.device, args.channels_last)
     return model, to_device(images, args.device, args.channels_last)
 
 
@@ -160,9 +167,7 @@ def inference_variants(model, args, image_size):
         elif name == "onnxruntime":
             variants[name] = onnx_session(model, image_size)
         else:
-            copy = inference_model(build_model("qcs", 7, size=args.size)).eval()
-            copy.load_state_dict(model.state_dict())
-            variants[name] = fast_path(copy, args.device, amp=True, channels_last=True,
+            variants[name] = fast_path(copy.deepcopy(model), args.device, amp=True, channels_last=True,
                                        compile=name.endswith("compiled"))
     return {name: run for name, run in variants.items() if run is not None}
 

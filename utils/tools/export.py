@@ -93,8 +93,13 @@ def load_program(path):
 
 
 def load_state_dict_model(path, num_classes, size):
+    return rebuilt_base(torch.load(path, map_location="cpu", weights_only=True), num_classes, size)
+
+
+def rebuilt_base(state_dict, num_classes, size):
+    """A fresh base branch of `size` holding exactly `state_dict` (strict), in eval mode."""
     model = build_model("base", num_classes, size=size)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(state_dict)
     return model.eval()
 
 
@@ -108,9 +113,7 @@ def export_safetensors(model, image_size, path):
 
 def load_safetensors_model(path, num_classes, size):
     from safetensors.torch import load_file
-    model = build_model("base", num_classes, size=size)
-    model.load_state_dict(load_file(path))
-    return model.eval()
+    return rebuilt_base(load_file(path), num_classes, size)
 
 
 WRITERS = {"torchscript": export_torchscript, "export": export_program, "onnx": onnx_model.export_onnx,

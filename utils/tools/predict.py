@@ -128,16 +128,18 @@ def face_rows(image, name, finder, **where):
 
 # ------------------------------------------------------------------------------ prediction
 
-def predict_files(trained, files, device, batch_size=32, finder=None, warn=None, on_image=None,
-                  warn_photos=False):
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def predict_files(trained, files, device, batch_size=32, finder=None, on_image=None, warn_photos=False):
     """Classify every file (every face `finder` finds, if given); returns PredictionRows in input order.
 
-    `warn(message)` receives one line per skipped file, face-less image and, with `warn_photos`
-    (detection is off for want of the extra), image much larger than a face crop (default: stderr);
+    A warning line goes to stderr for each skipped file, face-less image and, with `warn_photos`
+    (detection is off for want of the extra), image much larger than a face crop;
     `on_image(path, image, rows)` is called for each readable image once its rows are classified,
     in input order.
     """
-    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     if batch_size < 1:
         raise ToolError(f"--batch-size must be at least 1, got {batch_size}")
     reader = ImageListDataset([str(f) for f in files], [0] * len(files), trained.classes)
