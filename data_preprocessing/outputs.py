@@ -270,10 +270,3 @@ def remove_stale_temporaries(folder, name=None):
                 os.remove(entry.path)
                 removed.append(Path(entry.path))
     return removed
-
-
-def current_umask():
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -182,12 +182,6 @@ def align(image, landmarks, side):
     return region.transform((side, side), Image.AFFINE, coefficients, resample=Image.BILINEAR)
 
 
-def eye_centres(landmarks):
-    """`(right eye, left eye)` centres (as seen in the image) from the five landmarks."""
-    points = np.asarray(landmarks, float)
-    return points[0:2].mean(0), points[2:4].mean(0)
-
-
 # ------------------------------------------------------------------------------ drawing
 
 def draw_faces(image, faces):
