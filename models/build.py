@@ -2,6 +2,7 @@
 from torch import nn
 
 from .qcs import MODEL_SIZES, BaseBranch, CrossModel
+from .vit import LINEAR_INITS
 
 ARCHS = {"base": 1, "dcs": 2, "qcs": 4}
 OPTION_CHOICES = {
@@ -11,12 +12,13 @@ OPTION_CHOICES = {
     "connection": ("vit", "gap", "bp"),
     "proj_drop_rule": ("auto", "attn", "drop"),
     "cross_block": ("auto", "inplace", "prenorm"),
+    "vit_init": LINEAR_INITS,
 }
 
 
 def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", connection="vit",
                 drop=0.0, cross_drop=0.0, proj_drop_rule="auto", cross_block="auto",
-                checkpoint_backbone=False):
+                checkpoint_backbone=False, vit_init="released"):
     """Build the `"base"`, `"dcs"` or `"qcs"` network.
 
     - `size`: "paper" (the published network) or a smaller preset of the same structure ("small", "tiny").
@@ -30,17 +32,19 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
     - `cross_block`: "inplace" (7-class DCS and all QCS releases) or "prenorm" (8-class DCS
       releases) form of the cross blocks; "auto" picks the released one.
     - `checkpoint_backbone`: recompute the backbone in backward to save memory.
+    - `vit_init`: initial weights of the ViTs' linear layers: "released" (truncated normal,
+      std 0.01) or "xavier" (Xavier-uniform, for training from random weights; METHOD.md §8).
     The returned model carries its arguments in `model.config`.
     """
     config = dict(arch=arch, num_classes=num_classes, size=size, attention=attention, matrix=matrix,
                   connection=connection, drop=drop, cross_drop=cross_drop,
-                  proj_drop_rule=proj_drop_rule, cross_block=cross_block)
+                  proj_drop_rule=proj_drop_rule, cross_block=cross_block, vit_init=vit_init)
     _check_options(config)
     config["cross_block"] = released_cross_block(arch, num_classes, cross_block)
     rule = proj_drop_rule if proj_drop_rule != "auto" else ("attn" if num_classes == 7 else "drop")
     dims = MODEL_SIZES[size]
     base = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
-                      checkpoint_backbone=checkpoint_backbone)
+                      checkpoint_backbone=checkpoint_backbone, vit_init=vit_init)
     if arch == "base":
         model = base
     else:
@@ -48,7 +52,7 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
                            attention=attention, matrix=matrix, connection=connection,
                            cross_block=config["cross_block"],
                            cross_drop=cross_drop,
-                           cross_proj_drop=cross_drop if rule == "drop" else 0.0)
+                           cross_proj_drop=cross_drop if rule == "drop" else 0.0, vit_init=vit_init)
     model.config = config
     return model
 

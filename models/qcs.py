@@ -30,7 +30,7 @@ class BaseBranch(nn.Module):
 
     def __init__(self, num_classes, channels=(64, 128, 256), units=(3, 4, 14), dim=768,
                  num_heads=8, input_size=112, depth=2, mlp_ratio=4.0, drop=0.0, proj_drop=0.0,
-                 checkpoint_backbone=False):
+                 checkpoint_backbone=False, vit_init="released"):
         super().__init__()
         self.input_size = input_size
         self.backbone = IR50Stages(channels, units, checkpoint_backbone)
@@ -41,7 +41,8 @@ class BaseBranch(nn.Module):
             nn.Sequential(nn.Conv2d(channels[2], dim, 1)),
         ])
         self.num_tokens = NUM_LEVELS * tokens_per_level(input_size)
-        self.vit = TokenViT(self.num_tokens, num_classes, dim, depth, num_heads, mlp_ratio, drop, proj_drop)
+        self.vit = TokenViT(self.num_tokens, num_classes, dim, depth, num_heads, mlp_ratio, drop, proj_drop,
+                            vit_init)
 
     def forward(self, x):
         return self.forward_features(x)[0]
@@ -97,7 +98,7 @@ class CrossModel(nn.Module):
 
     def __init__(self, base, num_branches, num_classes, dim, num_heads, mlp_ratio=4.0,
                  attention="csa", matrix="sd", connection="vit", cross_block="inplace",
-                 cross_drop=0.0, cross_proj_drop=0.0):
+                 cross_drop=0.0, cross_proj_drop=0.0, vit_init="released"):
         super().__init__()
         self.base = base
         self.num_branches = num_branches
@@ -107,7 +108,7 @@ class CrossModel(nn.Module):
         self.connection = connection
         if connection == "vit":
             self.cross_head = TokenViT(base.num_tokens, num_classes, dim, 1, num_heads,
-                                       mlp_ratio, cross_drop, cross_proj_drop)
+                                       mlp_ratio, cross_drop, cross_proj_drop, vit_init)
         elif connection == "gap":
             self.cross_head = GAPHead(dim, num_classes)
         else:

@@ -1,6 +1,7 @@
 """`python -m utils.compare`: baseline, DCS and QCS over seeds, summarised from the runs' metrics."""
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 import utils.compare
 from data_preprocessing.outputs import OutputError
 from utils.compare import main, plot_curves, summarise, write_summary
-from utils.config import parse_args
+from utils.config import parse_args, resolve_config
 
 
 @pytest.mark.slow  # six training runs: three models, two seeds
@@ -106,7 +107,7 @@ def record_training(monkeypatch):
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
             writer.writeheader()
             writer.writerows(history)
-        (run / "config.json").write_text(json.dumps({"num_classes": 7}))
+        (run / "config.json").write_text(json.dumps({**resolve_config(script, args), "num_classes": 7}))
         return 0
 
     monkeypatch.setattr(utils.compare, "train_main", train)
@@ -151,3 +152,60 @@ def test_epochs_budget_passes_the_options_unchanged_and_says_so(tmp_path, monkey
         for model, extra in (("baseline", ["--baseline"]), ("DCS", []), ("QCS", []))]
     assert "budget epochs (each run's --epochs, or its recipe's): baseline 3, DCS 3, QCS 3 epochs" in \
         (out / "summary.md").read_text()
+
+
+def test_seeds_run_in_turn_and_a_stopped_compare_keeps_the_seeds_it_finished(tmp_path, monkeypatch, capsys):
+    calls = record_training(monkeypatch)
+    recorded = utils.compare.train_main
+
+    def fail_on_the_second_qcs(script, argv):
+        if script == "qcs" and "--baseline" not in argv and "1" == argv[argv.index("--seed") + 1]:
+            return 1
+        return recorded(script, argv)
+
+    monkeypatch.setattr(utils.compare, "train_main", fail_on_the_second_qcs)
+    out = tmp_path / "compare"
+    assert main(["--dataset", "demo", "--seeds", "3", "--out", str(out), "--", "--epochs", "2"]) == 1
+    order = [("baseline" if args.baseline else script.upper(), args.seed) for script, _, args in calls]
+    assert order == [("baseline", 0), ("DCS", 0), ("QCS", 0), ("baseline", 1), ("DCS", 1)]
+    assert {r["model"]: r["seeds"] for r in csv.DictReader(open(out / "summary.csv"))} == \
+        {"baseline": "1", "DCS": "1", "QCS": "1"}
+    assert "one seed" in (out / "summary.md").read_text() and (out / "accuracy.png").exists()
+    assert "training QCS (seed 1) ended with exit code 1" in capsys.readouterr().err
+
+
+def test_validation_selection_is_summarised_as_the_test_accuracy_at_the_chosen_epoch():
+    # --select-on val: the last row's test_at_best is the test accuracy at the epoch val chose
+    first, second = rows([20, 40, 30], [0] * 3, [0] * 3), rows([50, 60, 55], [0] * 3, [0] * 3)
+    for run, at_best in ((first, ["20", "20", "30"]), (second, ["50", "60", "60"])):
+        for row, value in zip(run, at_best):
+            row["test_at_best"] = value
+    summary = summarise({"baseline": [first, second]})
+    assert summary["baseline"]["test at best val"] == pytest.approx((45.0, 450 ** 0.5))  # 30 and 60
+    assert summary["baseline"]["best test_acc"] == pytest.approx((50.0, 200 ** 0.5))  # 40 and 60: chosen on test
+
+
+def test_seeds_split_over_two_commands_merge_into_one_summary(tmp_path, monkeypatch, capsys):
+    calls = record_training(monkeypatch)
+    first, second, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    options = ["--dataset", "demo", "--budget", "images"]
+    assert main([*options, "--seeds", "2", "--out", str(first), "--", "--epochs", "2"]) == 0
+    assert main([*options, "--seeds", "1", "--first-seed", "2", "--out", str(second), "--", "--epochs", "2"]) == 0
+    assert sorted({args.seed for _, _, args in calls}) == [0, 1, 2]
+    shutil.rmtree(first / "QCS-seed1")  # seed 1 unfinished: left out of the merge
+    (second / "DCS-seed9").mkdir()  # a run that never wrote metrics: left out too
+    assert main(["--merge", str(first), str(second), "--out", str(merged)]) == 0
+    rows = {r["model"]: r for r in csv.DictReader(open(merged / "summary.csv"))}
+    assert {m: (r["seeds"], r["budget"], r["epochs"]) for m, r in rows.items()} == \
+        {"baseline": ("2", "images", "8"), "DCS": ("2", "images", "4"), "QCS": ("2", "images", "2")}
+    assert (merged / "accuracy.png").stat().st_size > 0
+    for argv, message in (
+            (["--merge", str(first), "--out", str(merged)], "already holds files"),
+            (["--merge", str(first), "--seeds", "4", "--out", str(tmp_path / "c")], "--seeds would have no effect"),
+            (["--merge", str(tmp_path / "none"), "--out", str(tmp_path / "c")], "no readable summary.csv")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    assert main([*options, "--seeds", "1", "--out", str(tmp_path / "d"), "--", "--epochs", "3"]) == 0
+    assert main(["--merge", str(first), str(tmp_path / "d"), "--out", str(tmp_path / "c")]) == 2
+    assert "differ in models, budget or epochs" in capsys.readouterr().err

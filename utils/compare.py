@@ -57,11 +57,17 @@ def build_parser():
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--dataset", default="demo", choices=DATASET_NAMES)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are first-seed, first-seed + 1, ... (to split the seeds over several "
+                             "commands, summarised together with --merge)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--budget", default="epochs", choices=BUDGETS,
                         help="equal epochs (each run's --epochs or recipe), or equal training images "
                              "(QCS's epochs, the others scaled; see below)")
     parser.add_argument("--out", help="new output folder (default log/compare-<dataset>)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="train nothing: summarise the finished seeds of these compare folders (same "
+                             "models, budget and epochs) into --out")
     return parser
 
 
@@ -120,6 +126,8 @@ def summarise(histories):
         for column in accuracy_columns(runs[0]) + ["mean_class_acc"]:
             measures[f"best {column}"] = [max(float(r[column]) for r in rows) for rows in runs]
             measures[f"final {column}"] = [float(rows[-1][column]) for rows in runs]
+        if "test_at_best" in runs[0][-1]:  # --select-on val: the test accuracy at the epoch val chose
+            measures["test at best val"] = [float(rows[-1]["test_at_best"]) for rows in runs]
         measures["s/epoch"] = [statistics.mean(float(r["epoch_time_s"]) for r in rows) for rows in runs]
         summary[model] = {k: mean_std(v) for k, v in measures.items()}
     return summary
@@ -158,8 +166,11 @@ LINE_STYLES = ("o-", "s--", "^:")  # curves that coincide stay visible
 MAX_EPOCH_TICKS = 30  # one tick per epoch up to this many; matplotlib's choice beyond
 
 
-def plot_curves(path, histories, title, num_classes=None):
-    """Test accuracy per epoch on a 0–100% axis, mean ± std band per model, chance dashed."""
+def plot_curves(path, histories, title, num_classes=None, scale=None):
+    """Test accuracy per epoch on a 0–100% axis, mean ± std band per model, chance dashed.
+
+    With `scale` (`{model: images_per_epoch(...)}`) the x-axis is the training images seen, in
+    passes over the train set, so that models given the same images end at the same place."""
     columns = accuracy_columns(next(iter(histories.values()))[0])
     fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
     for ax, column in zip(axes[0], columns):
@@ -169,14 +180,16 @@ def plot_curves(path, histories, title, num_classes=None):
         for (model, runs), style in zip(histories.items(), LINE_STYLES):
             epochs = [int(r["epoch"]) for r in runs[0]]
             longest = max(longest, len(epochs))
+            x = [e * scale[model] for e in epochs] if scale else epochs
             values = [[float(rows[i][column]) for rows in runs] for i in range(len(epochs))]
             mean, std = zip(*(mean_std(v) for v in values))
             std = [s or 0.0 for s in std]  # no band for a single seed
-            ax.plot(epochs, mean, style, label=model)
-            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+            ax.plot(x, mean, style, label=model)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             alpha=0.2)
-        ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title=f"{title}: {column.replace('_acc', '')}")
-        if longest <= MAX_EPOCH_TICKS:  # runs may differ in length (--budget images)
+        xlabel = "training images seen (passes over the train set)" if scale else "epoch"
+        ax.set(xlabel=xlabel, ylabel="accuracy (%)", ylim=(0, 100), title=f"{title}: {column.replace('_acc', '')}")
+        if not scale and longest <= MAX_EPOCH_TICKS:
             ax.set_xticks(range(1, longest + 1))
         ax.legend()
     fig.tight_layout()
@@ -189,16 +202,15 @@ def plot_curves(path, histories, title, num_classes=None):
 def main(argv=None):
     """The command line; exit status 0, 2 for a usage or output error, else a failed training run's."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    own = argv[:argv.index("--")] if "--" in argv else argv
     passed = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    if args.seeds < 1:
-        print("error: --seeds must be at least 1", file=sys.stderr)
-        return 2
-    out = Path(args.out or f"log/compare-{args.dataset}")
-    if out.is_dir() and any(out.iterdir()):
-        print(f"error: --out {out} already holds files; choose a new folder", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(own)
     try:
+        if args.merge:
+            return merge_command(args, own, passed)
+        if args.seeds < 1 or args.first_seed < 0:
+            raise UsageError("--seeds must be at least 1 and --first-seed at least 0")
+        out = new_output_dir(args.out or f"log/compare-{args.dataset}")
         epochs = planned_epochs(args.models, args.dataset, passed, args.budget)
         make_output_dir(check_output_dir(out, "--out", create=True), "--out")
         return compare(args, out, passed, epochs)
@@ -207,27 +219,103 @@ def main(argv=None):
         return 2
 
 
+def new_output_dir(path):
+    out = Path(path)
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out} already holds files; choose a new folder")
+    return out
+
+
+def merge_command(args, own, passed):
+    """`--merge DIR ... --out NEW`: the summary and plot of the finished seeds of the folders."""
+    unused = [flag for flag in ("--dataset", "--seeds", "--first-seed", "--models", "--budget")
+              if any(arg == flag or arg.startswith(flag + "=") for arg in own)]
+    if unused or passed:
+        raise UsageError(f"--merge trains nothing; {', '.join(unused) or 'training options after --'} "
+                         "would have no effect (the folders' runs say what they were)")
+    if not args.out:
+        raise UsageError("--merge needs --out, a new folder for the merged summary")
+    out = new_output_dir(args.out)
+    runs = merged_runs([Path(folder) for folder in args.merge])
+    make_output_dir(check_output_dir(out, "--out", create=True), "--out")
+    print(write_reports(out, *runs))
+    return 0
+
+
 def compare(args, out, passed, epochs):
-    """Train every model and seed into `out` for its `epochs[model]`, then write the summary and the plot there."""
-    note = budget_note(args.budget, epochs)
-    print(note)
-    histories = {}
-    for model in args.models:
-        script, extra = MODELS[model]
-        budget = ["--epochs", str(epochs[model])] if args.budget == "images" else []  # the last --epochs wins
-        for seed in range(args.seeds):
+    """Train every model and seed into `out` for its `epochs[model]`, seed by seed, rewriting the
+    summary and the plot after each seed (so a run stopped part-way keeps the seeds it finished)."""
+    print(budget_note(args.budget, epochs))
+    histories = {model: [] for model in args.models}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for model in args.models:
+            script, extra = MODELS[model]
+            budget = ["--epochs", str(epochs[model])] if args.budget == "images" else []  # the last --epochs wins
             run_dir = out / f"{model}-seed{seed}"
             code = train_main(script, ["--dataset", args.dataset, "--seed", str(seed), "--output-dir",
                                        str(run_dir), *extra, *passed, *budget])
             if code != 0:
                 print(f"error: training {model} (seed {seed}) ended with exit code {code}", file=sys.stderr)
                 return code
-            histories.setdefault(model, []).append(read_metrics(run_dir))
-    print(write_summary(out, summarise(histories), args.seeds, args.budget, epochs))
-    num_classes = json.loads((run_dir / "config.json").read_text()).get("num_classes")
-    plot_curves(out / "accuracy.png", histories, args.dataset, num_classes)
-    print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'} and {out / 'accuracy.png'}")
+            histories[model].append(read_metrics(run_dir))
+        text = write_reports(out, histories, read_run_configs(out, args.models), args.budget, epochs)
+    print(text)
     return 0
+
+
+def write_reports(out, histories, configs, budget, epochs):
+    """`summary.csv`, `summary.md` and `accuracy.png` in `out` for `{model: [metrics rows per seed]}`;
+    `configs` holds one run's `config.json` per model. Returns the Markdown table."""
+    seeds = len(next(iter(histories.values())))
+    text = write_summary(out, summarise(histories), seeds, budget, epochs)
+    some = next(iter(configs.values()))
+    scale = {model: float(images_per_epoch(c)) for model, c in configs.items()} if budget == "images" else None
+    plot_curves(out / "accuracy.png", histories, some["dataset"], some.get("num_classes"), scale)
+    return text
+
+
+def read_run_configs(folder, models):
+    """`{model: config.json of its first run folder in folder}`."""
+    return {model: json.loads((sorted(folder.glob(f"{model}-seed*"))[0] / "config.json").read_text())
+            for model in models}
+
+
+def merged_runs(folders):
+    """`(histories, configs, budget, epochs)` of the finished seeds of earlier compare folders (the
+    same models, budget and epochs; for example one comparison's seeds split over several commands)."""
+    summaries = []
+    for folder in folders:
+        try:
+            summaries.append(list(csv.DictReader(open(folder / "summary.csv", newline=""))))
+        except OSError as error:
+            raise UsageError(f"--merge {folder}: no readable summary.csv, not a compare folder with a "
+                             f"finished seed ({error.strerror})") from None
+    plans = [{row["model"]: (row["budget"], row["epochs"]) for row in rows} for rows in summaries]
+    if any(plan != plans[0] for plan in plans):
+        raise UsageError("--merge: the folders differ in models, budget or epochs: "
+                         + "; ".join(f"{folder}: {plan}" for folder, plan in zip(folders, plans)))
+    budget = next(iter(plans[0].values()))[0]
+    epochs = {model: int(n) for model, (_, n) in plans[0].items()}
+    histories = {model: [] for model in epochs}
+    for folder in folders:
+        for runs in finished_seeds(folder, epochs).values():
+            for model, rows in runs.items():
+                histories[model].append(rows)
+    if not histories[next(iter(epochs))]:
+        raise UsageError("--merge: no seed has finished runs of every model in " + ", ".join(map(str, folders)))
+    return histories, read_run_configs(folders[0], list(epochs)), budget, epochs
+
+
+def finished_seeds(folder, epochs):
+    """`{seed: {model: metrics rows}}` for the seeds of a compare folder whose runs of every model
+    trained all `epochs[model]` epochs (a stopped comparison's last seed may be unfinished)."""
+    seeds = {}
+    for model in epochs:
+        for run in folder.glob(f"{model}-seed*"):
+            rows = read_metrics(run) if (run / "metrics.csv").is_file() else []
+            if len(rows) == epochs[model]:
+                seeds.setdefault(int(run.name.rsplit("seed", 1)[1]), {})[model] = rows
+    return {seed: runs for seed, runs in sorted(seeds.items()) if len(runs) == len(epochs)}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ RECIPE_DERIVED = ("augmentation", "negatives", "anchor_divisor")
 TRAINING_ONLY = ("epochs", "lr", "rho", "gamma", "seed", "pretrained", "baseline", "balanced_sampler",
                  "attention", "matrix", "connection", "drop", "cross_drop", "proj_drop_rule", "cross_block",
                  "distill", "distill_weight", "temperature", "output_dir", "print_freq", "save_every",
-                 "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction", "device_augment")
+                 "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction", "device_augment",
+                 "vit_init", "warmup_epochs")
 CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_block", "distill",
                      "distill_weight", "temperature")
 # option → (lowest, highest, whether the bounds themselves are allowed)
@@ -38,7 +39,7 @@ OPTION_RANGES = {
     "image_size": (16, MAX_IMAGE_SIDE, True), "lr": (0, None, False), "rho": (0, None, True),
     "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
     "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
-    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True),
+    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True), "warmup_epochs": (0, None, True),
 }
 TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
@@ -95,6 +96,10 @@ def _add_training_options(train):
     train.add_argument("--lr", type=float)
     train.add_argument("--rho", type=float, default=0.05, help="SAM neighbourhood size")
     train.add_argument("--gamma", type=float, default=0.98, help="ExponentialLR decay per epoch")
+    train.add_argument("--warmup-epochs", type=float, default=0.0,
+                       help="scale the learning rate of the first steps linearly, step by step, from 1/N of "
+                            "the schedule's value up to it over this many epochs (0: none, as released; "
+                            "see models/METHOD.md §8)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED),
                        help="initialise the IR50 backbone from this file: face-recognition IR50 weights "
@@ -122,6 +127,10 @@ def _add_model_options(model):
     model.add_argument("--cross-block", default="auto", choices=OPTION_CHOICES["cross_block"],
                        help="cross-block form: auto = as released (pre-norm for 8-class DCS, "
                             "in-place otherwise)")
+    model.add_argument("--vit-init", default="released", choices=OPTION_CHOICES["vit_init"],
+                       help="initial weights of the ViTs' linear layers: released = truncated normal with "
+                            "std 0.01; xavier = Xavier-uniform, which lets training from random weights "
+                            "(--pretrained none) start learning (see models/METHOD.md §8)")
     model.add_argument("--distill", default="none", choices=DISTILL_CHOICES,
                        help="extra base-vs-cross logit loss: kl and l2 as the release's helpers (teacher not "
                             "detached), kl-detached and mse with the cross logits detached (see models/METHOD.md)")
@@ -363,7 +372,8 @@ def model_from_config(config):
                        connection=config["connection"], drop=config["drop"],
                        cross_drop=config["cross_drop"], proj_drop_rule=config["proj_drop_rule"],
                        cross_block=config.get("cross_block", "auto"),
-                       checkpoint_backbone=config["checkpoint_backbone"])
+                       checkpoint_backbone=config["checkpoint_backbone"],
+                       vit_init=config.get("vit_init", "released"))
 
 
 def transforms_for(config):

@@ -2,6 +2,7 @@
 import math
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -46,7 +47,7 @@ def sam_step(model, optimizer, images, y, y_n, loss_options=None, amp=False, che
 
 def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, amp=False,
                     channels_last=False, image_names=None, meter=None, first_step=0,
-                    total_steps=None, after_step=None, progress_log=None, augment=None):
+                    total_steps=None, after_step=None, progress_log=None, augment=None, warmup=None):
     """One epoch of SAM steps over the group loader, from step `first_step` on.
 
     `meter` (an `EpochMeter`) accumulates the epoch's metrics and may hold those of the steps
@@ -54,7 +55,8 @@ def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, 
     True to end the epoch early; `progress_log(step, meter)` writes periodic progress lines.
     Returns `(steps, stopped)`: the steps done, counting the skipped ones, and whether
     `after_step` ended the epoch. `augment(images, epoch, step)` (`--device-augment`) turns the
-    loader's uint8 images into the model's input on the device.
+    loader's uint8 images into the model's input on the device. `warmup` (a `LinearWarmup`)
+    scales the learning rate of the run's first steps; it needs `total_steps`, the epoch's length.
     """
     model.train()
     meter = meter if meter is not None else EpochMeter()
@@ -64,7 +66,8 @@ def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, 
         images = training_input(images, device, channels_last, augment, epoch, step)
         y, y_n = y.to(device, non_blocking=True), y_n.to(device, non_blocking=True)
         check = partial(check_step_loss, step=step, indices=indices, image_names=image_names)
-        outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, loss_options, amp, check)
+        with warmup.scaled(epoch * total_steps + step) if warmup else nullcontext():
+            outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, loss_options, amp, check)
         meter.update(outputs, per_output, loss, y, y_n)
         step += 1
         bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -26,6 +26,7 @@ from .reporting import epoch_row, make_logger
 from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
 from .runtime import MidEpochSaver, RunControl, signals_handled_by
 from .sam import SAM
+from .schedule import LinearWarmup
 from .training_data import epoch_loader, load_training_data
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
@@ -182,7 +183,8 @@ def train_epoch(run, epoch, step_saver):
             run.train_model, loader, run.optimizer, run.device, epoch, loss_options, amp=config["amp"],
             channels_last=run.channels_last, image_names=run.data.train_set.image_names, meter=meter,
             first_step=first_step, total_steps=total_steps, after_step=step_saver, progress_log=progress_log,
-            augment=run.data.device_augment)
+            augment=run.data.device_augment,
+            warmup=LinearWarmup(run.optimizer, round(config["warmup_epochs"] * total_steps)))
     except NonFiniteLoss as error:
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()

@@ -1,0 +1,125 @@
+"""Training from random weights: the ViT initialisation option and the learning-rate warm-up."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from models import build_model
+from models.vit import TokenViT
+from utils.config import UsageError, parse_args, resolve_config
+from utils.engine import train_one_epoch
+from utils.sam import SAM
+from utils.schedule import LinearWarmup
+
+
+def vit_linears(model):
+    """`(name, layer)` for every linear layer inside a TokenViT of `model`."""
+    return [(name, layer) for vit in model.modules() if isinstance(vit, TokenViT)
+            for name, layer in vit.named_modules() if isinstance(layer, nn.Linear)]
+
+
+@pytest.mark.parametrize("arch", ["base", "dcs", "qcs"])
+def test_xavier_draws_every_vit_linear_from_xavier_uniform(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 7, size="tiny", vit_init="xavier")
+    linears = vit_linears(model)
+    # base ViT: 2 blocks × (qkv, proj, fc1, fc2) + SE head (fc1, fc2, classifier) = 11; a cross ViT adds 7
+    assert len(linears) == (11 if arch == "base" else 18)
+    for name, linear in linears:
+        fan_out, fan_in = linear.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        weight = linear.weight.detach()
+        assert weight.abs().max() <= bound, name
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.15), name
+        assert torch.count_nonzero(linear.bias) == 0, name
+
+
+def test_released_init_is_the_std_0_01_normal():
+    torch.manual_seed(0)
+    model = build_model("qcs", 7, size="tiny")
+    for name, linear in vit_linears(model):
+        assert linear.weight.std().item() == pytest.approx(0.01, rel=0.15), name
+        assert linear.weight.mean().abs().item() < 0.003, name
+
+
+def test_vit_init_leaves_what_is_built_before_the_vit_unchanged():
+    states = {}
+    for init in ("released", "xavier"):
+        torch.manual_seed(3)
+        states[init] = build_model("base", 7, size="tiny", vit_init=init).state_dict()
+    before_vit = [k for k in states["released"] if not k.startswith("vit.") or k in ("vit.cls_token", "vit.pos_embed")]
+    assert any(k.startswith("backbone.") for k in before_vit)
+    for key in before_vit:
+        torch.testing.assert_close(states["xavier"][key], states["released"][key], rtol=0, atol=0, msg=key)
+    classifier = "vit.head.classifier.weight"
+    assert not torch.equal(states["xavier"][classifier], states["released"][classifier])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_xavier_makes_the_logits_depend_on_the_image(seed, one_thread):
+    # The finding of METHOD.md §8: with std-0.01 linears the class token, and so the logits, barely
+    # vary from image to image at initialisation; Xavier-uniform weights make them vary.
+    spread = {}
+    images = torch.randn(16, 3, 56, 56, generator=torch.Generator().manual_seed(100))
+    for init in ("released", "xavier"):
+        torch.manual_seed(seed)
+        model = build_model("base", 7, size="tiny", vit_init=init)
+        with torch.no_grad():
+            spread[init] = model(images).std(dim=0).mean().item()
+    assert spread["released"] < 0.01
+    assert spread["xavier"] > 20 * spread["released"]
+
+
+def test_an_unknown_init_is_refused():
+    with pytest.raises(ValueError, match="vit_init 'he'"):
+        build_model("base", 7, size="tiny", vit_init="he")
+
+
+def test_warmup_learning_rate_per_step_by_hand():
+    # lr 0.1, ExponentialLR γ = 0.5 per epoch, 4 steps an epoch, warm-up over 6 steps:
+    # epoch 1: 0.1 × 1/6, 2/6, 3/6, 4/6; epoch 2: 0.05 × 5/6, then 0.05; epoch 3: 0.025.
+    expected = [0.1 / 6, 0.2 / 6, 0.3 / 6, 0.4 / 6, 0.25 / 6, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025]
+    w = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
+    warmup = LinearWarmup(optimizer, 6)
+    seen = []
+    for epoch in range(3):
+        for step in range(4):
+            with warmup.scaled(epoch * 4 + step):
+                seen.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** epoch)  # restored
+        scheduler.step()
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_no_warmup_leaves_the_rate_alone():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with LinearWarmup(optimizer, 0).scaled(0):
+        assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_the_engine_trains_each_step_at_the_warmed_up_rate():
+    # Adam's first update is lr · g / (|g| + eps): each weight with a gradient moves by almost
+    # exactly the rate used. Epoch 1 (0-based) of 4 steps is run step 4 → factor 5/8.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    before = model.weight.detach().clone()
+    optimizer = SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=1e-2)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    loader = [((x,), y, y, torch.arange(8))]
+    train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=1, first_step=0, total_steps=4,
+                    warmup=LinearWarmup(optimizer, 8))
+    moved = (model.weight.detach() - before).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, 1e-2 * 5 / 8), rtol=1e-4, atol=0)
+    assert optimizer.param_groups[0]["lr"] == 1e-2
+
+
+def test_warmup_and_init_options_are_checked():
+    with pytest.raises(UsageError, match="--warmup-epochs must be at least 0, got -1"):
+        resolve_config("qcs", parse_args("qcs", ["--warmup-epochs", "-1"]))
+    config = resolve_config("qcs", parse_args("qcs", ["--warmup-epochs", "0.5", "--vit-init", "xavier"]))
+    assert (config["warmup_epochs"], config["vit_init"]) == (0.5, "xavier")
+    assert build_model("base", 7, size="tiny").config["vit_init"] == "released"  # the default: as released
