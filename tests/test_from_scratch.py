@@ -1,5 +1,6 @@
 """Training from random weights: the ViT initialisation option and the learning-rate warm-up."""
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from utils.config import UsageError, parse_args, resolve_config
 from utils.engine import train_one_epoch
 from utils.sam import SAM
 from utils.schedule import LinearWarmup
+from utils.tools.diagnose import image_share
+from utils.tools.diagnose import main as diagnose_main
 
 
 def vit_linears(model):
@@ -123,3 +126,26 @@ def test_warmup_and_init_options_are_checked():
     config = resolve_config("qcs", parse_args("qcs", ["--warmup-epochs", "0.5", "--vit-init", "xavier"]))
     assert (config["warmup_epochs"], config["vit_init"]) == (0.5, "xavier")
     assert build_model("base", 7, size="tiny").config["vit_init"] == "released"  # the default: as released
+
+
+def test_image_share_by_hand():
+    same_for_every_image = torch.arange(6.0).reshape(1, 6).expand(4, 6)
+    assert image_share(same_for_every_image) == 0.0
+    one_value_per_image = torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None].expand(4, 6)
+    assert image_share(one_value_per_image) == pytest.approx(100.0)
+    # two images, two features [[0, 4], [2, 6]]: variance across the images 1 for each feature;
+    # the four entries 0, 4, 2, 6 have mean 3 and variance (9 + 1 + 1 + 9) / 4 = 5: share 1/5
+    assert image_share(torch.tensor([[0.0, 4.0], [2.0, 6.0]])) == pytest.approx(20.0)
+
+
+def test_diagnose_reports_the_class_token_for_each_init(folder_data, capsys, one_thread):
+    code = diagnose_main(["--dataset", "folder", "--data-root", str(folder_data), "--image-size", "32",
+                          "--images", "12"])
+    out = capsys.readouterr().out
+    assert code == 0
+    shares = {init: float(re.search(rf"--vit-init {init}.*?class token into the SE head\s+([\d.]+)%", out, re.S)[1])
+              for init in ("released", "xavier")}
+    assert shares["released"] < 5 < 20 < shares["xavier"]
+    for group in ("IR50 stages", "token embedding", "ViT blocks", "SE head + classifier"):
+        assert out.count(group) == 2
+    assert diagnose_main(["--dataset", "folder", "--data-root", str(folder_data / "missing")]) == 2

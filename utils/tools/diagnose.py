@@ -48,9 +48,12 @@ def build_parser():
 
 
 def image_share(activation):
-    """Variance across images (mean over features) / variance over all entries, in %."""
+    """Variance across images (mean over features) / variance over all entries, in %.
+
+    Population variances, so the share is at most 100%: the variance over all entries is that
+    across images plus the variance of the per-feature means."""
     flat = activation.detach().flatten(1).double()
-    return 100.0 * (flat.var(dim=0).mean() / flat.var()).item()
+    return 100.0 * (flat.var(dim=0, correction=0).mean() / flat.var(correction=0)).item()
 
 
 def activation_shares(model, images):
