@@ -97,9 +97,9 @@ def _add_training_options(train):
     train.add_argument("--rho", type=float, default=0.05, help="SAM neighbourhood size")
     train.add_argument("--gamma", type=float, default=0.98, help="ExponentialLR decay per epoch")
     train.add_argument("--warmup-epochs", type=float, default=0.0,
-                       help="scale the learning rate of the first steps linearly, step by step, from 1/N of "
-                            "the schedule's value up to it over this many epochs (0: none, as released; "
-                            "see models/METHOD.md §8)")
+                       help="linear warm-up over this many epochs: run step s of the W warm-up steps trains "
+                            "at (s+1)/W of the schedule's lr (the log and metrics.csv show the schedule's "
+                            "lr); 0: none, as released (see models/METHOD.md §8)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED),
                        help="initialise the IR50 backbone from this file: face-recognition IR50 weights "
