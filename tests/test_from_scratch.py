@@ -8,7 +8,8 @@ from torch import nn
 
 from models import build_model
 from models.vit import TokenViT
-from utils.config import UsageError, parse_args, resolve_config
+from utils.checkpointing import load_pretrained
+from utils.config import DEFAULT_PRETRAINED, UsageError, parse_args, resolve_config
 from utils.engine import train_one_epoch
 from utils.sam import SAM
 from utils.schedule import LinearWarmup
@@ -149,3 +150,11 @@ def test_diagnose_reports_the_class_token_for_each_init(folder_data, capsys, one
     for group in ("IR50 stages", "token embedding", "ViT blocks", "SE head + classifier"):
         assert out.count(group) == 2
     assert diagnose_main(["--dataset", "folder", "--data-root", str(folder_data / "missing")]) == 2
+
+
+def test_a_missing_ir50_points_to_the_xavier_init(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no models/pretrain/ir50.pth here
+    for init, hinted in (("released", True), ("xavier", False)):
+        note = load_pretrained(build_model("base", 7, vit_init=init), str(DEFAULT_PRETRAINED))
+        assert note.startswith(f"warning: {DEFAULT_PRETRAINED} not found")
+        assert ("--vit-init xavier lets it learn" in note) == hinted

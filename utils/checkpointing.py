@@ -93,8 +93,11 @@ def load_pretrained(model, path):
             return None
         if path != str(DEFAULT_PRETRAINED):
             raise FileNotFoundError(f"--pretrained {path} does not exist")
+        hint = "" if model.config.get("vit_init") == "xavier" else (
+            "; from random weights the released ViT initialisation stalls, --vit-init xavier lets it learn "
+            "(models/METHOD.md §8)")
         return (f"warning: {path} not found; the IR50 backbone starts from random weights "
-                "(expect far lower accuracy; see README, 'Pretrained IR50')")
+                f"(expect far lower accuracy; see README, 'Pretrained IR50'){hint}")
     try:
         filled, source_format = load_backbone(model, path)
     except WeightsError as error:
