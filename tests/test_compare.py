@@ -202,7 +202,8 @@ def test_seeds_split_over_two_commands_merge_into_one_summary(tmp_path, monkeypa
     for argv, message in (
             (["--merge", str(first), "--out", str(merged)], "already holds files"),
             (["--merge", str(first), "--seeds", "4", "--out", str(tmp_path / "c")], "--seeds would have no effect"),
-            (["--merge", str(tmp_path / "none"), "--out", str(tmp_path / "c")], "no readable summary.csv")):
+            (["--merge", str(tmp_path / "none"), "--out", str(tmp_path / "c")], "no readable summary.csv"),
+            (["--merge", str(first), str(first), "--out", str(tmp_path / "c")], f"seed 0 is in both {first}")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

@@ -1,6 +1,8 @@
 """Baseline vs DCS vs QCS with the same data and budget, over several seeds.
 
-    python -m utils.compare --dataset demo --seeds 3 [--budget epochs|images] [--out DIR] [-- TRAINING OPTIONS]
+    python -m utils.compare --dataset demo --seeds 3 [--first-seed 0] [--budget epochs|images] [--out DIR]
+                            [-- TRAINING OPTIONS]
+    python -m utils.compare --merge DIR [DIR ...] --out NEW
 
 Everything after `--` goes to every training run (for example `--epochs 10 --size small`). The
 baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), DCS runs
@@ -13,13 +15,21 @@ a baseline anchor 1, so the baseline gets 4 times QCS's epochs and DCS 2 times (
 balanced sampler draws len//12 anchors per epoch for QCS and the baseline but len//8 for DCS, DCS
 gets 4/3 times, rounded). Each run's own `--epochs` is appended after the passed options.
 
-DIR (new) receives one run folder per model and seed, and:
+DIR (new) receives one run folder per model and seed, trained seed by seed (every model of a seed
+before the next seed), and, rewritten after each seed so that a stopped comparison keeps the seeds
+it finished:
 
 - `summary.csv` / `summary.md`: mean ± std over the seeds of the best and the final test accuracy
   and mean class accuracy, and of every extra test split the dataset has (the demo's
   nuisance-flipped split), and the mean epoch time in seconds, which shows each model's cost; the
   budget and each model's epochs;
-- `accuracy.png`: test accuracy per epoch, the mean with a band of ± one std, per model and split.
+- `accuracy.png`: test accuracy per epoch, the mean with a band of ± one std, per model and split
+  (with `--budget images`, against the training images seen).
+
+With `--select-on val` among the training options the summary adds `test at best val`, the test
+accuracy at the epoch the validation split chose. `--merge` trains nothing: it writes the same
+summary and plot for the finished seeds of several compare folders of the same models, budget and
+epochs (for example one comparison's seeds run as several commands with `--first-seed`).
 """
 import argparse
 import csv
@@ -260,6 +270,7 @@ def compare(args, out, passed, epochs):
             histories[model].append(read_metrics(run_dir))
         text = write_reports(out, histories, read_run_configs(out, args.models), args.budget, epochs)
     print(text)
+    print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'} and {out / 'accuracy.png'}")
     return 0
 
 
@@ -296,9 +307,12 @@ def merged_runs(folders):
                          + "; ".join(f"{folder}: {plan}" for folder, plan in zip(folders, plans)))
     budget = next(iter(plans[0].values()))[0]
     epochs = {model: int(n) for model, (_, n) in plans[0].items()}
-    histories = {model: [] for model in epochs}
+    histories, seen = {model: [] for model in epochs}, {}
     for folder in folders:
-        for runs in finished_seeds(folder, epochs).values():
+        for seed, runs in finished_seeds(folder, epochs).items():
+            if seed in seen:
+                raise UsageError(f"--merge: seed {seed} is in both {seen[seed]} and {folder}")
+            seen[seed] = folder
             for model, rows in runs.items():
                 histories[model].append(rows)
     if not histories[next(iter(epochs))]:
