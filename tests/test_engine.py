@@ -27,6 +27,7 @@ def test_sam_state_round_trip_keeps_learning_rate_in_sync():
     w = torch.nn.Parameter(torch.ones(2))
     optimizer = SAM([w], torch.optim.Adam, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=0.5)
+    optimizer.base_optimizer.step()  # no gradients: changes nothing, but orders the schedule's step after it
     scheduler.step()
     restored = SAM([w], torch.optim.Adam, lr=1e-3)
     restored.load_state_dict(optimizer.state_dict())
