@@ -150,6 +150,9 @@ def test_diagnose_reports_the_class_token_for_each_init(folder_data, capsys, one
     for group in ("IR50 stages", "token embedding", "ViT blocks", "SE head + classifier"):
         assert out.count(group) == 2
     assert diagnose_main(["--dataset", "folder", "--data-root", str(folder_data / "missing")]) == 2
+    with pytest.raises(SystemExit):
+        diagnose_main(["--dataset", "folder", "--data-root", str(folder_data), "--images", "1"])
+    assert "--images must be at least 2" in capsys.readouterr().err
 
 
 def test_a_missing_ir50_points_to_the_xavier_init(tmp_path, monkeypatch):

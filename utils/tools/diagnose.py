@@ -127,7 +127,10 @@ def report(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.images < 2 or args.image_size < 16 or not args.lr > 0:
+        parser.error("--images must be at least 2, --image-size at least 16 and --lr > 0")
     try:
         report(args)
     except DataError as error:
