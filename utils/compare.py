@@ -230,6 +230,7 @@ def main(argv=None):
 
 
 def new_output_dir(path):
+    """`--out` as a Path, refused when it is a folder that already holds files."""
     out = Path(path)
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--out {out} already holds files; choose a new folder")
@@ -257,13 +258,14 @@ def compare(args, out, passed, epochs):
     summary and the plot after each seed (so a run stopped part-way keeps the seeds it finished)."""
     print(budget_note(args.budget, epochs))
     histories = {model: [] for model in args.models}
+    # each model's own --epochs under the images budget, appended after the passed options: the last one wins
+    budget = {model: ["--epochs", str(epochs[model])] if args.budget == "images" else [] for model in args.models}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for model in args.models:
             script, extra = MODELS[model]
-            budget = ["--epochs", str(epochs[model])] if args.budget == "images" else []  # the last --epochs wins
             run_dir = out / f"{model}-seed{seed}"
             code = train_main(script, ["--dataset", args.dataset, "--seed", str(seed), "--output-dir",
-                                       str(run_dir), *extra, *passed, *budget])
+                                       str(run_dir), *extra, *passed, *budget[model]])
             if code != 0:
                 print(f"error: training {model} (seed {seed}) ended with exit code {code}", file=sys.stderr)
                 return code
