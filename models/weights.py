@@ -1,7 +1,5 @@
-"""Load weights from this project's checkpoints, the authors' releases, bare state dicts
-and face-recognition IR50 files (layouts in METHOD.md §7), with a report of what went where."""
-import os
-import pickle
+"""Map tensor names (ours, the authors', face-recognition IR50's; layouts in METHOD.md §7) and load
+state dicts into a model, with a report of what went where. Reading files is `utils.checkpoint`'s."""
 import re
 from dataclasses import dataclass, field
 
@@ -31,8 +29,11 @@ IR50_STAGE_UNITS = (3, 4, 14, 3)
 IR50_UNUSED = re.compile(r"^(output_layer|body4)\.")
 
 
-class WeightsError(ValueError):
-    """A checkpoint does not fit the model; the message says which keys and why."""
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit the model; the message says what, where and why.
+
+    The one error type for checkpoints and weights, here and in `utils.checkpoint`.
+    """
 
 
 @dataclass
@@ -49,60 +50,6 @@ class LoadReport:
                 f"{len(self.ignored)} ignored, {len(self.missing)} missing")
 
 
-def read_checkpoint(path):
-    """`torch.load` on CPU that never runs foreign code.
-
-    Classes pickled from the authors' `__main__` (or any module outside torch's safe list)
-    come back as inert `ForeignObject` stubs holding their pickled state.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as error:  # not a zip checkpoint, or corrupt
-        return _load_legacy(path, error)
-    stubs = [_stub_class(name) for name in unsafe]
-    try:
-        with torch.serialization.safe_globals(stubs):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch refuses globals of modules such as os or subprocess even as stubs: calling them
-        # is how a pickle runs code
-        raise WeightsError(f"{path} holds code references ({', '.join(unsafe) or 'unknown'}) that "
-                           "loading would call; it was not loaded") from None
-
-
-def _load_legacy(path, zip_error):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise WeightsError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it: "
-                           f"{type(zip_error).__name__})") from None
-
-
-class ForeignObject:
-    """Inert stand-in for an object of a class this project does not have."""
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args = args
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self):
-        return f"<foreign {self.__module__}.{type(self).__qualname__}>"
-
-
-def _stub_class(qualified_name):
-    module, _, name = qualified_name.rpartition(".")
-    return type(name, (ForeignObject,), {"__module__": module, "__qualname__": name})
-
-
 def checkpoint_state_dict(checkpoint):
     """`(format, state_dict)` of a loaded checkpoint object of any supported kind."""
     if isinstance(checkpoint, dict) and "model" in checkpoint and "config" in checkpoint:
@@ -112,7 +59,7 @@ def checkpoint_state_dict(checkpoint):
     if isinstance(checkpoint, dict) and checkpoint and all(
             isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return "state_dict", checkpoint
-    raise WeightsError("unrecognised checkpoint: expected this project's checkpoint, the authors' "
+    raise CheckpointError("unrecognised checkpoint: expected this project's checkpoint, the authors' "
                        "({'state_dict': ...}), a bare state dict or IR50 weights")
 
 
@@ -162,22 +109,21 @@ def describe_state_dict(state_dict):
     return arch, (None if head is None else int(head.shape[0]))
 
 
-def load_weights(model, source):
-    """Load `source` (a path or an already-loaded checkpoint/state dict) into `model`.
+def load_weights(model, source, name="the given state dict"):
+    """Load `source` (a loaded checkpoint object or state dict) into `model`; errors call it `name`.
 
     Accepts this project's checkpoints, the authors' releases (METHOD.md §7), bare state dicts and
     face-recognition IR50 weights (backbone only, either naming). Returns a `LoadReport`.
     Every parameter the source should fill must be filled and leftovers may only
-    be the known-unused keys; otherwise `WeightsError` lists the offending keys.
+    be the known-unused keys; otherwise `CheckpointError` lists the offending keys.
     """
-    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    container_format, state_dict = checkpoint_state_dict(checkpoint)
+    container_format, state_dict = checkpoint_state_dict(source)
     naming, state_dict = to_our_names(state_dict)
     source_format = "ir50" if naming == "ir50" else ("authors" if naming == "authors" else container_format)
     target = _target_keys(model)
     state_dict = _fit_to_model(model, state_dict)
     if source_format != "ir50":
-        _check_same_model(model, state_dict, source)
+        _check_same_model(model, state_dict, name)
 
     ignored = [k for k in state_dict if k not in target]
     unexpected = [k for k in ignored if not _known_unused(k, model)]
@@ -186,10 +132,10 @@ def load_weights(model, source):
     shape_errors = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
                     for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
     if shape_errors:
-        raise WeightsError(f"{_name(source)}: shapes differ for {len(shape_errors)} tensors "
+        raise CheckpointError(f"{name}: shapes differ for {len(shape_errors)} tensors "
                            f"(is the model size right?):\n  " + "\n  ".join(shape_errors[:20]))
     if missing or unexpected:
-        raise WeightsError(f"{_name(source)} does not fit the model:"
+        raise CheckpointError(f"{name} does not fit the model:"
                            + _key_list("missing from the checkpoint", missing)
                            + _key_list("unexpected in the checkpoint", unexpected))
     loaded = [k for k in target if k in state_dict]
@@ -197,7 +143,7 @@ def load_weights(model, source):
         for k in loaded:
             target[k].copy_(state_dict[k])
     return LoadReport(source_format, loaded, ignored, [k for k in target if k not in state_dict],
-                      checkpoint if isinstance(checkpoint, dict) else {})
+                      source if isinstance(source, dict) else {})
 
 
 def _target_keys(model):
@@ -228,7 +174,7 @@ def _known_unused(key, model):
     return isinstance(model, BaseBranch) and key.startswith(("cross_blocks.", "cross_head."))
 
 
-def _check_same_model(model, state_dict, source):
+def _check_same_model(model, state_dict, name):
     model_arch = getattr(model, "config", {}).get("arch") or ("base" if isinstance(model, BaseBranch) else
                                                               {2: "dcs", 4: "qcs"}[model.num_branches])
     model_classes = model.base.vit.head.classifier.out_features if isinstance(model, CrossModel) \
@@ -240,7 +186,7 @@ def _check_same_model(model, state_dict, source):
     arch_clash = model_arch != "base" and arch != model_arch and not (
         model_arch == "qcs" and arch == "dcs" and without_theta)
     if arch_clash or (num_classes is not None and num_classes != model_classes):
-        raise WeightsError(f"{_name(source)} holds a {arch.upper()} model with {num_classes} classes; "
+        raise CheckpointError(f"{name} holds a {arch.upper()} model with {num_classes} classes; "
                            f"the model is {model_arch.upper()} with {model_classes} classes")
 
 
@@ -252,20 +198,15 @@ def _key_list(title, keys):
     return f"\n  {len(keys)} {title}:\n    {shown}{more}"
 
 
-def _name(source):
-    return str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
-
-
-def load_backbone(model, source):
-    """Fill the IR50 backbone of `model`, and nothing else, from any supported checkpoint.
+def load_backbone(model, source, name="the given state dict"):
+    """Fill the IR50 backbone of `model`, and nothing else, from any supported checkpoint object.
 
     `source` may be face-recognition IR50 weights (either naming), this project's checkpoint,
     the authors' release or a bare state dict, of any architecture. Returns
     `(tensors_filled, source_format)`. A source without the backbone's tensors (or with only
-    part of them, or other shapes) raises `WeightsError`.
+    part of them, or other shapes) raises `CheckpointError`.
     """
-    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    container_format, state_dict = checkpoint_state_dict(checkpoint)
+    container_format, state_dict = checkpoint_state_dict(source)
     naming, state_dict = to_our_names(state_dict)
     prefix = "backbone."
     found = {}
@@ -274,7 +215,7 @@ def load_backbone(model, source):
         if key.startswith(prefix):
             found[key[len(prefix):]] = value
     if not found:
-        raise WeightsError(f"{_name(source)} holds no IR50 backbone tensors "
+        raise CheckpointError(f"{name} holds no IR50 backbone tensors "
                            f"({len(state_dict)} tensors in {naming} names)")
     backbone = (model.base if isinstance(model, CrossModel) else model).backbone
     target = dict(backbone.state_dict(keep_vars=True))
@@ -282,7 +223,7 @@ def load_backbone(model, source):
     shape_errors = [f"{prefix}{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
                     for k, v in target.items() if k in found and found[k].shape != v.shape]
     if missing or shape_errors:
-        raise WeightsError(f"{_name(source)} does not fit the model's backbone (is the model size "
+        raise CheckpointError(f"{name} does not fit the model's backbone (is the model size "
                            f"right?):" + _key_list("missing from the file", missing)
                            + _key_list("with other shapes", shape_errors))
     with torch.no_grad():

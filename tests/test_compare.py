@@ -1,4 +1,4 @@
-"""`python -m utils.compare`: baseline, DCS and QCS over seeds, summarised from the runs' metrics."""
+"""`python -m utils.tools.compare`: baseline, DCS and QCS over seeds, summarised from the runs' metrics."""
 import csv
 import json
 import shutil
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import utils.compare
+import utils.tools.compare
 from data_preprocessing.outputs import OutputError
-from utils.compare import main, plot_curves, summarise, write_summary
 from utils.config import parse_args, resolve_config
+from utils.tools.compare import main, plot_curves, summarise, write_summary
 
 
 @pytest.mark.slow  # six training runs: three models, two seeds
@@ -75,7 +75,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, caps
     def no_training(*args):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(utils.compare, "train_main", no_training)
+    monkeypatch.setattr(utils.tools.compare, "train_main", no_training)
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
     for out, cause in ((blocker, "is a file, not a folder"), (blocker / "compare", f"{blocker} is not a folder")):
@@ -110,7 +110,7 @@ def record_training(monkeypatch):
         (run / "config.json").write_text(json.dumps({**resolve_config(script, args), "num_classes": 7}))
         return 0
 
-    monkeypatch.setattr(utils.compare, "train_main", train)
+    monkeypatch.setattr(utils.tools.compare, "train_main", train)
     return calls
 
 
@@ -156,14 +156,14 @@ def test_epochs_budget_passes_the_options_unchanged_and_says_so(tmp_path, monkey
 
 def test_seeds_run_in_turn_and_a_stopped_compare_keeps_the_seeds_it_finished(tmp_path, monkeypatch, capsys):
     calls = record_training(monkeypatch)
-    recorded = utils.compare.train_main
+    recorded = utils.tools.compare.train_main
 
     def fail_on_the_second_qcs(script, argv):
         if script == "qcs" and "--baseline" not in argv and "1" == argv[argv.index("--seed") + 1]:
             return 1
         return recorded(script, argv)
 
-    monkeypatch.setattr(utils.compare, "train_main", fail_on_the_second_qcs)
+    monkeypatch.setattr(utils.tools.compare, "train_main", fail_on_the_second_qcs)
     out = tmp_path / "compare"
     assert main(["--dataset", "demo", "--seeds", "3", "--out", str(out), "--", "--epochs", "2"]) == 1
     order = [("baseline" if args.baseline else script.upper(), args.seed) for script, _, args in calls]

@@ -11,7 +11,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-import utils.checkpointing
+import utils.checkpoint
 from conftest import tiny_training_args
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from data_preprocessing.device_augment import (
@@ -23,11 +23,11 @@ from data_preprocessing.device_augment import (
     split_train_transform,
     step_seed,
 )
-from models import read_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.config import UsageError, parse_args, resolve_config
+from utils.data import load_training_data
 from utils.engine import training_input
 from utils.train import main
-from utils.training_data import load_training_data
 
 PIL_JITTERS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
 DRAWS = 2000  # per image and pipeline
@@ -312,7 +312,7 @@ def test_mid_epoch_resume_with_device_augment_is_bit_exact(folder_data, tmp_path
     straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment",
                                           "--output-dir", str(straight))) == 0
-    real_save = utils.checkpointing.atomic_save
+    real_save = utils.checkpoint.atomic_save
 
     def save_and_keep_mid_epoch(checkpoint, path):
         real_save(checkpoint, path)
@@ -320,10 +320,10 @@ def test_mid_epoch_resume_with_device_augment_is_bit_exact(folder_data, tmp_path
             copy.mkdir()
             real_save(checkpoint, copy / "last.pth")
 
-    monkeypatch.setattr(utils.checkpointing, "atomic_save", save_and_keep_mid_epoch)
+    monkeypatch.setattr(utils.checkpoint, "atomic_save", save_and_keep_mid_epoch)
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment", "--save-every", "1e-9",
                                           "--output-dir", str(saving))) == 0
-    monkeypatch.setattr(utils.checkpointing, "atomic_save", real_save)
+    monkeypatch.setattr(utils.checkpoint, "atomic_save", real_save)
     assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(tmp_path / "branch")]) == 0
     expected = read_checkpoint(straight / "last.pth")["model"]
     for run in (saving, tmp_path / "branch"):

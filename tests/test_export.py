@@ -18,7 +18,8 @@ from PIL import Image
 
 from data_preprocessing.demo import DEMO_CLASSES
 from models import build_model
-from utils.inference import CheckpointError, load_trained_model
+from utils.checkpoint import CheckpointError
+from utils.inference import load_trained_model
 from utils.tools import cli as tools
 
 IMAGE_SIZE = 64

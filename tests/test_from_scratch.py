@@ -1,4 +1,4 @@
-"""Training from random weights: the ViT initialisation option and the learning-rate warm-up."""
+"""Training from random weights: the ViT initialisation option, and the engine at the scheduled rate."""
 import math
 import re
 
@@ -8,11 +8,10 @@ from torch import nn
 
 from models import build_model
 from models.vit import TokenViT
-from utils.checkpointing import load_pretrained
-from utils.config import DEFAULT_PRETRAINED, UsageError, parse_args, resolve_config
-from utils.engine import train_one_epoch
+from utils.checkpoint import load_pretrained
+from utils.config import DEFAULT_PRETRAINED, parse_args, resolve_config
+from utils.engine import StepSettings, train_one_epoch
 from utils.sam import SAM
-from utils.schedule import LinearWarmup
 from utils.tools.diagnose import image_share
 from utils.tools.diagnose import main as diagnose_main
 
@@ -80,52 +79,26 @@ def test_an_unknown_init_is_refused():
         build_model("base", 7, size="tiny", vit_init="he")
 
 
-def test_warmup_learning_rate_per_step_by_hand():
-    # lr 0.1, ExponentialLR γ = 0.5 per epoch, 4 steps an epoch, warm-up over 6 steps:
-    # epoch 1: 0.1 × 1/6, 2/6, 3/6, 4/6; epoch 2: 0.05 × 5/6, then 0.05; epoch 3: 0.025.
-    expected = [0.1 / 6, 0.2 / 6, 0.3 / 6, 0.4 / 6, 0.25 / 6, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025]
-    w = nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([w], lr=0.1)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-    warmup = LinearWarmup(optimizer, 6)
-    seen = []
-    for epoch in range(3):
-        for step in range(4):
-            with warmup.scaled(epoch * 4 + step):
-                seen.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-            assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** epoch)  # restored
-        scheduler.step()
-    assert seen == pytest.approx(expected, rel=1e-12)
-
-
-def test_no_warmup_leaves_the_rate_alone():
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    with LinearWarmup(optimizer, 0).scaled(0):
-        assert optimizer.param_groups[0]["lr"] == 0.1
-
-
-def test_the_engine_trains_each_step_at_the_warmed_up_rate():
+def test_the_engine_trains_each_step_at_the_scheduled_rate():
     # Adam's first update is lr · g / (|g| + eps): each weight with a gradient moves by almost
-    # exactly the rate used. Epoch 1 (0-based) of 4 steps is run step 4 → factor 5/8.
+    # exactly the rate used.
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
     before = model.weight.detach().clone()
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=1e-2)
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     loader = [((x,), y, y, torch.arange(8))]
-    train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=1, first_step=0, total_steps=4,
-                    warmup=LinearWarmup(optimizer, 8))
+    steps, stopped = train_one_epoch(model, loader, optimizer, torch.device("cpu"), 1, StepSettings())
     moved = (model.weight.detach() - before).abs()
-    torch.testing.assert_close(moved, torch.full_like(moved, 1e-2 * 5 / 8), rtol=1e-4, atol=0)
-    assert optimizer.param_groups[0]["lr"] == 1e-2
+    torch.testing.assert_close(moved, torch.full_like(moved, 1e-2), rtol=1e-4, atol=0)
+    assert (steps, stopped) == (1, False)
 
 
-def test_warmup_and_init_options_are_checked():
-    with pytest.raises(UsageError, match="--warmup-epochs must be at least 0, got -1"):
-        resolve_config("qcs", parse_args("qcs", ["--warmup-epochs", "-1"]))
-    config = resolve_config("qcs", parse_args("qcs", ["--warmup-epochs", "0.5", "--vit-init", "xavier"]))
-    assert (config["warmup_epochs"], config["vit_init"]) == (0.5, "xavier")
+def test_init_option_is_checked_and_warmup_is_gone():
+    with pytest.raises(SystemExit):  # removed: models/METHOD.md §8 found no use for it
+        parse_args("qcs", ["--warmup-epochs", "0.5"])
+    config = resolve_config("qcs", parse_args("qcs", ["--vit-init", "xavier"]))
+    assert config["vit_init"] == "xavier"
     assert build_model("base", 7, size="tiny").config["vit_init"] == "released"  # the default: as released
 
 

@@ -12,7 +12,7 @@ from models import (
     DISTILL_CHOICES,
     MODEL_SIZES,
     TEMPERATURE_DISTILLS,
-    WeightsError,
+    CheckpointError,
     build_model,
     count_parameters,
     distill_loss,
@@ -21,6 +21,7 @@ from models import (
     load_weights,
 )
 from models.qcs import BilinearHead
+from utils.checkpoint import read_checkpoint
 
 
 def tiny(arch, num_classes=7, **options):
@@ -338,7 +339,7 @@ def test_authors_checkpoint_with_main_pickles_loads(tmp_path, monkeypatch):
     with pytest.raises(AttributeError, match="RecorderMeter_loss"):
         torch.load(path, weights_only=False)  # plain torch.load cannot unpickle the recorders
     target = build_model("qcs", 7, size="tiny").eval()
-    report = load_weights(target, path)
+    report = load_weights(target, read_checkpoint(path))
     assert report.source_format == "authors" and not report.missing
     assert sorted(report.ignored) == sorted(["base.backbone.output_layer.3.weight",
                                              "base.vit.eca_block.conv.weight", "cross_head.blocks.0.conv.weight"])
@@ -351,7 +352,7 @@ def test_authors_checkpoint_with_main_pickles_loads(tmp_path, monkeypatch):
 def test_our_checkpoint_and_bare_state_dict_load(tmp_path):
     source = tiny("dcs").eval()
     torch.save({"model": source.state_dict(), "config": source.config, "epoch": 1}, tmp_path / "ours.pth")
-    for src, fmt in ((tmp_path / "ours.pth", "ours"), (source.state_dict(), "state_dict")):
+    for src, fmt in ((read_checkpoint(tmp_path / "ours.pth"), "ours"), (source.state_dict(), "state_dict")):
         target = tiny("dcs")
         torch.nn.init.zeros_(target.base.vit.head.classifier.weight)
         report = load_weights(target.eval(), src)
@@ -397,12 +398,12 @@ def test_ir50_weights_in_both_namings_fill_the_backbone(naming):
 
 def test_class_count_mismatch_names_both():
     source = tiny("qcs", 7)
-    with pytest.raises(WeightsError, match=r"QCS model with 7 classes; the model is QCS with 8"):
+    with pytest.raises(CheckpointError, match=r"QCS model with 7 classes; the model is QCS with 8"):
         load_weights(tiny("qcs", 8), as_authors(source))
 
 
 def test_qcs_checkpoint_into_dcs_names_both():
-    with pytest.raises(WeightsError, match=r"QCS model with 7 classes; the model is DCS with 7"):
+    with pytest.raises(CheckpointError, match=r"QCS model with 7 classes; the model is DCS with 7"):
         load_weights(tiny("dcs", 7), as_authors(tiny("qcs", 7)))
 
 
@@ -410,19 +411,19 @@ def test_strict_lists_missing_and_unexpected_keys():
     sd = as_authors(tiny("qcs"))
     del sd["module.VIT_base.norm.weight"]
     sd["module.VIT_base.mystery.weight"] = torch.zeros(2)
-    with pytest.raises(WeightsError) as error:
+    with pytest.raises(CheckpointError) as error:
         load_weights(tiny("qcs"), sd)
     assert "base.vit.norm.weight" in str(error.value) and "mystery" in str(error.value)
 
 
 def test_shape_mismatch_and_unreadable_files(tmp_path):
-    with pytest.raises(WeightsError, match="shapes differ"):
+    with pytest.raises(CheckpointError, match="shapes differ"):
         load_weights(build_model("qcs", 7, size="small"), as_authors(tiny("qcs")))
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_weights(tiny("qcs"), tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="nope.pth"):
+        read_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="junk.pth"):
-        load_weights(tiny("qcs"), tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        read_checkpoint(tmp_path / "junk.pth")
 
 
 def test_foreign_pickles_are_not_executed(tmp_path):
@@ -432,7 +433,6 @@ def test_foreign_pickles_are_not_executed(tmp_path):
             return (print, ("pwned",))
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": as_authors(tiny("dcs")), "recorder": Payload()}, path)
-    from models import read_checkpoint
     checkpoint = read_checkpoint(path)
     assert "builtins.print" in repr(checkpoint["recorder"]) or "print" in repr(checkpoint["recorder"])
 

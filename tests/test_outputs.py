@@ -285,7 +285,7 @@ def test_every_command_refuses_a_read_only_destination_before_working(tmp_path, 
         "export": main_call(tools, "export", "--checkpoint", tiny_checkpoint, "--out", ro / "exported"),
         "prepare": main_call("data_preprocessing.prepare_rafdb", "--list", raw, "--out", ro / "raf"),
         "demo": main_call("data_preprocessing.demo", "--out", ro / "demo", "--train-per-class", 1),
-        "compare": main_call("utils.compare", "--out", ro / "compare"),
+        "compare": main_call("utils.tools.compare", "--out", ro / "compare"),
     }
     results = run_cases([(label, None, code) for label, code in cases.items()], prefix)
     expected_path = {"check_output_file": ro / "x.csv", "atomic_write": ro / "x.csv", "predict": ro / "p.csv",
@@ -306,7 +306,7 @@ def test_every_command_refuses_a_read_only_destination_before_working(tmp_path, 
 def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
     checkpoint = tmp_path / "last.pth"
     torch.save({"epoch": 1}, checkpoint)
-    save = (f"import torch\nfrom utils.checkpointing import atomic_save\n"
+    save = (f"import torch\nfrom utils.checkpoint import atomic_save\n"
             f"atomic_save({{'model': torch.zeros(2 ** 20)}}, {str(checkpoint)!r})")  # 4 MB, over a 1 MB limit
     demo_out = tmp_path / "demo"
     raw = tmp_path / "list.txt"

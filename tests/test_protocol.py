@@ -20,7 +20,8 @@ from data_preprocessing import (
     test_transform as released_test_transform,
 )
 from data_preprocessing.datasets import LIST_LAYOUTS
-from models import build_model, read_checkpoint
+from models import build_model
+from utils.checkpoint import read_checkpoint
 from utils.train import main
 
 

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
+import utils.data
 import utils.evaluation
 import utils.train
-import utils.training_data
 from conftest import ROOT, folder_dataset, tiny_training_args
-from models import read_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.train import main
 
 
@@ -175,7 +175,7 @@ def test_a_failed_start_leaves_no_folder_and_the_rerun_is_not_blocked(folder_dat
 def test_a_corrupt_image_mid_epoch_saves_the_progress_and_names_the_resume(tmp_path, monkeypatch, capsys):
     data = folder_dataset(tmp_path / "data", train_per_class=8)  # 24 anchors: 6 steps of 4
     run = tmp_path / "run"
-    real_transforms, calls = utils.training_data.transforms_for, [0]
+    real_transforms, calls = utils.data.transforms_for, [0]
 
     def transforms_failing_in_step_3(config):
         train_tf, test_tf = real_transforms(config)
@@ -188,7 +188,7 @@ def test_a_corrupt_image_mid_epoch_saves_the_progress_and_names_the_resume(tmp_p
 
         return train_then_fail, test_tf
 
-    monkeypatch.setattr(utils.training_data, "transforms_for", transforms_failing_in_step_3)
+    monkeypatch.setattr(utils.data, "transforms_for", transforms_failing_in_step_3)
     assert main("qcs", tiny_training_args(data, "--epochs", "1", "--save-every", "0",
                                           "--output-dir", str(run))) == 2
     out = capsys.readouterr().out

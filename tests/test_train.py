@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.checkpointing
+import utils.checkpoint
 import utils.engine
 from conftest import FOLDER_CLASSES as CLASSES
 from conftest import folder_dataset
 from conftest import tiny_training_args as args
-from models import build_model, load_weights, read_checkpoint
+from models import build_model, load_weights
+from utils.checkpoint import read_checkpoint
 from utils.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_training_leaves_a_complete_run_folder(data, tmp_path):
     checkpoint = read_checkpoint(run / "last.pth")
     assert checkpoint["epoch"] == 2 and checkpoint["classes"] == list(CLASSES)
     model = build_model("dcs", 3, size="tiny")
-    assert load_weights(model, run / "last.pth").source_format == "ours"
+    assert load_weights(model, read_checkpoint(run / "last.pth")).source_format == "ours"
 
 
 @pytest.mark.slow
@@ -138,7 +139,7 @@ def test_evaluate_writes_predictions_of_our_checkpoint(data, trained_run, tmp_pa
     from data_preprocessing import build_dataset
     assert [row[0] for row in rows[1:]] == build_dataset("folder", "test", data_root=str(data)).image_names
     model = build_model("base", 3, size="tiny")
-    load_weights(model, run / "best.pth")
+    load_weights(model, read_checkpoint(run / "best.pth"))
     model.eval()
     for row in rows[1:]:
         with torch.no_grad():  # the 32 px file itself, normalised by hand (no resize at 32 px)
@@ -216,7 +217,7 @@ def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
     assert "DCS paper size, 8 classes" in out
     rows = list(csv.reader(open(predictions)))[1:]
     model = build_model("base", 8)
-    load_weights(model, checkpoint)
+    load_weights(model, read_checkpoint(checkpoint))
     model.eval()
     image = Image.open(data / "img" / rows[0][0]).convert("RGB").resize((234, 234), Image.BILINEAR)
     with torch.no_grad():
@@ -309,7 +310,7 @@ def test_pretrained_takes_only_the_backbone_of_any_checkpoint(data, trained_run,
     backbone = {k: v for k, v in saved.items() if k.startswith("base.backbone.")}
     from models import load_backbone
     fresh = build_model("base", 3, size="tiny")
-    filled, source_format = load_backbone(fresh, source / "best.pth")
+    filled, source_format = load_backbone(fresh, read_checkpoint(source / "best.pth"))
     assert (filled, source_format) == (len(backbone), "ours")
     for key, value in fresh.state_dict().items():
         if key.startswith("backbone."):
@@ -390,7 +391,7 @@ def test_progress_lines_go_to_the_log_file(data, tmp_path):
 def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_path, monkeypatch):
     straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
     assert main("qcs", args(data, "--epochs", "2", "--output-dir", str(straight))) == 0
-    real_save, copies = utils.checkpointing.atomic_save, []
+    real_save, copies = utils.checkpoint.atomic_save, []
 
     def save_and_keep_mid_epoch(checkpoint, path):
         real_save(checkpoint, path)
@@ -399,10 +400,10 @@ def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_pat
             real_save(checkpoint, copy / "last.pth")
             copies.append(path)
 
-    monkeypatch.setattr(utils.checkpointing, "atomic_save", save_and_keep_mid_epoch)
+    monkeypatch.setattr(utils.checkpoint, "atomic_save", save_and_keep_mid_epoch)
     assert main("qcs", args(data, "--epochs", "2", "--save-every", "1e-9", "--output-dir", str(saving))) == 0
     assert copies, "no mid-epoch checkpoint was written"
-    monkeypatch.setattr(utils.checkpointing, "atomic_save", real_save)
+    monkeypatch.setattr(utils.checkpoint, "atomic_save", real_save)
     # the copy is not a run folder: it continues in a new one
     branch = tmp_path / "branch"
     assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(branch)]) == 0

@@ -5,6 +5,7 @@ command line leaves unset, range checks, options that cannot apply, and the sett
 run takes from its checkpoint.
 """
 import argparse
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,6 @@ from models import ARCHS, DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS,
 
 from .device import DEVICE_CHOICES
 from .recipes import recipe
-from .reporting import tensorboard_available
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
 DEFAULT_DATASET = "RAF-DB"
@@ -30,7 +30,7 @@ TRAINING_ONLY = ("epochs", "lr", "rho", "gamma", "seed", "pretrained", "baseline
                  "attention", "matrix", "connection", "drop", "cross_drop", "proj_drop_rule", "cross_block",
                  "distill", "distill_weight", "temperature", "output_dir", "print_freq", "save_every",
                  "checkpoint_backbone", "tensorboard", "config", "select_on", "val_fraction", "device_augment",
-                 "vit_init", "warmup_epochs")
+                 "vit_init")
 CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_block", "distill",
                      "distill_weight", "temperature")
 # option → (lowest, highest, whether the bounds themselves are allowed)
@@ -39,7 +39,7 @@ OPTION_RANGES = {
     "image_size": (16, MAX_IMAGE_SIDE, True), "lr": (0, None, False), "rho": (0, None, True),
     "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
     "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
-    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True), "warmup_epochs": (0, None, True),
+    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True),
 }
 TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
@@ -96,10 +96,6 @@ def _add_training_options(train):
     train.add_argument("--lr", type=float)
     train.add_argument("--rho", type=float, default=0.05, help="SAM neighbourhood size")
     train.add_argument("--gamma", type=float, default=0.98, help="ExponentialLR decay per epoch")
-    train.add_argument("--warmup-epochs", type=float, default=0.0,
-                       help="linear warm-up over this many epochs: run step s of the W warm-up steps trains "
-                            "at (s+1)/W of the schedule's lr (the log and metrics.csv show the schedule's "
-                            "lr); 0: none, as released (see models/METHOD.md §8)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED),
                        help="initialise the IR50 backbone from this file: face-recognition IR50 weights "
@@ -340,29 +336,9 @@ def check_augmentation(augmentation, image_size):
         raise UsageError(f"augmentation {augmentation!r} is invalid: {error}") from None
 
 
-def merge_resumed_config(config, checkpoint, given):
-    """The checkpoint's settings, with the options a resumed run may change taken from `config`."""
-    saved = checkpoint.get("run_config") if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict) or not saved or checkpoint.get("format") != "qcs-fer-checkpoint":
-        raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
-                         "(an authors' checkpoint can be evaluated with --evaluate)")
-    script_arch = saved.get("recipe_arch", saved.get("arch"))
-    if script_arch != config["recipe_arch"]:
-        raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
-                         f"continue it with main_{script_arch.upper()}.py")
-    conflicts = sorted(k for k in given - RESUME_OVERRIDABLE if saved.get(k) != config[k])
-    if conflicts:
-        raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
-                         + ", ".join(f"{flag(k)} {config[k]} (saved: {saved.get(k)})" for k in conflicts))
-    merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
-    for key in RESUME_OVERRIDABLE:
-        merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
-    merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
-    try:
-        check_saved_config(merged)
-    except UsageError as error:
-        raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
-    return merged
+def tensorboard_available():
+    """Whether `--tensorboard` can work (the optional `tensorboard` package is installed)."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def model_from_config(config):

@@ -2,7 +2,8 @@
 import math
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -45,34 +46,44 @@ def sam_step(model, optimizer, images, y, y_n, loss_options=None, amp=False, che
     return outputs, loss, per_output
 
 
-def train_one_epoch(model, loader, optimizer, device, epoch, loss_options=None, amp=False,
-                    channels_last=False, image_names=None, meter=None, first_step=0,
-                    total_steps=None, after_step=None, progress_log=None, augment=None, warmup=None):
-    """One epoch of SAM steps over the group loader, from step `first_step` on.
+@dataclass
+class StepSettings:
+    """How every training step of a run is taken and logged."""
+    loss_options: dict = field(default_factory=dict)  # group_loss's distill, distill_weight, temperature
+    amp: bool = False
+    channels_last: bool = False
+    augment: Callable | None = None  # --device-augment: `augment(uint8 images, epoch, step)` on the device
+    image_names: Sequence | None = None  # names the images of a step whose loss is not finite
+    logger: object = None  # with `print_freq`: a progress line every `print_freq` steps
+    print_freq: int = 0
+    epochs: int = 1  # of the run, for the progress line's ETA
+    images_per_step: int = 0  # over all processes, for the progress line's images/s
 
-    `meter` (an `EpochMeter`) accumulates the epoch's metrics and may hold those of the steps
-    done before a mid-epoch resume. `after_step(step, meter)` runs after each step and returns
-    True to end the epoch early; `progress_log(step, meter)` writes periodic progress lines.
-    Returns `(steps, stopped)`: the steps done, counting the skipped ones, and whether
-    `after_step` ended the epoch. `augment(images, epoch, step)` (`--device-augment`) turns the
-    loader's uint8 images into the model's input on the device. `warmup` (a `LinearWarmup`)
-    scales the learning rate of the run's first steps; it needs `total_steps`, the epoch's length.
+
+def train_one_epoch(model, loader, optimizer, device, epoch, settings, meter=None, after_step=None):
+    """One epoch of SAM steps over the group loader.
+
+    `meter` (an `EpochMeter`) accumulates the epoch's metrics; after a mid-epoch resume it holds
+    those of the `meter.steps` steps already done, and the loader yields the rest. `after_step(step,
+    meter)` runs after each step and returns True to end the epoch early. Returns `(steps, stopped)`:
+    the steps done, counting the skipped ones, and whether `after_step` ended the epoch.
     """
     model.train()
     meter = meter if meter is not None else EpochMeter()
-    step = first_step
+    step = meter.steps
+    total_steps = step + len(loader)
+    progress_log = ProgressLog(settings, epoch, total_steps, step, optimizer)
     bar = progress(loader, total_steps, f"epoch {epoch + 1}")
     for images, y, y_n, indices in bar:
-        images = training_input(images, device, channels_last, augment, epoch, step)
+        images = training_input(images, device, settings.channels_last, settings.augment, epoch, step)
         y, y_n = y.to(device, non_blocking=True), y_n.to(device, non_blocking=True)
-        check = partial(check_step_loss, step=step, indices=indices, image_names=image_names)
-        with warmup.scaled(epoch * total_steps + step) if warmup else nullcontext():
-            outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, loss_options, amp, check)
+        check = partial(check_step_loss, step=step, indices=indices, image_names=settings.image_names)
+        outputs, loss, per_output = sam_step(model, optimizer, images, y, y_n, settings.loss_options,
+                                             settings.amp, check)
         meter.update(outputs, per_output, loss, y, y_n)
         step += 1
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if progress_log is not None:
-            progress_log(step, meter)
+        progress_log(step, meter)
         if after_step is not None and after_step(step, meter):
             return step, True
     return step, False
@@ -120,15 +131,14 @@ class ProgressLog:
     Written through the logger (so into log.txt too), unlike the terminal's progress bar.
     """
 
-    def __init__(self, logger, print_freq, epoch, epochs, total_steps, first_step, optimizer,
-                 images_per_step):
-        self.logger, self.print_freq = logger, print_freq
-        self.epoch, self.epochs, self.total_steps = epoch, epochs, total_steps
-        self.first_step, self.optimizer, self.images_per_step = first_step, optimizer, images_per_step
+    def __init__(self, settings, epoch, total_steps, first_step, optimizer):
+        self.logger, self.print_freq, self.epochs = settings.logger, settings.print_freq, settings.epochs
+        self.epoch, self.total_steps, self.first_step = epoch, total_steps, first_step
+        self.optimizer, self.images_per_step = optimizer, settings.images_per_step
         self.start = time.perf_counter()
 
     def __call__(self, step, meter):
-        if not self.print_freq or step % self.print_freq:
+        if self.logger is None or not self.print_freq or step % self.print_freq:
             return
         per_step = (time.perf_counter() - self.start) / max(step - self.first_step, 1)
         left_epoch = (self.total_steps - step) * per_step

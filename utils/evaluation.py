@@ -5,50 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from data_preprocessing import DatasetView, build_dataset, canonical_class_name, describe_transform, match_classes
+from data_preprocessing import DatasetView, canonical_class_name, describe_transform, match_classes
 from data_preprocessing.outputs import atomic_write, check_output_file, refuse_existing
 
 from . import distributed as ddp
+from .checkpoint import load_checkpoint
 from .config import UsageError, resolve_config
+from .data import load_split, test_loader
 from .device import place_model, resolve_device, use_channels_last
 from .engine import evaluate
-from .inference import load_checkpoint, load_trained_model
+from .inference import load_trained_model
 from .metrics import classification_summary
 from .reporting import format_confusion, format_report, plot_confusion
-from .runtime import leave_signals_to_main
-
-
-class IndexedDataset(torch.utils.data.Dataset):
-    """`(image, label, index)` items, so evaluation can name its images and gather across ranks."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        return image, label, index
-
-
-def load_split(config, split, transform):
-    """Split `split` of the configured dataset, with `transform`."""
-    classes = config["classes"].split(",") if config.get("classes") else None
-    return build_dataset(config["dataset"], split, data_root=config["data_root"], transform=transform,
-                         classes=classes)
-
-
-def test_loader(dataset, config, device, rank, world_size):
-    """An in-order loader of this rank's share of `dataset`, as `(image, label, index)` batches."""
-    indexed = IndexedDataset(dataset)
-    shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
-    return DataLoader(shard, batch_size=config["batch_size"] * 2, shuffle=False,
-                      num_workers=config["workers"], pin_memory=device.type == "cuda",
-                      persistent_workers=False, worker_init_fn=leave_signals_to_main,
-                      generator=torch.Generator().manual_seed(rank))
 
 
 def run_evaluation(arch, args, logger):

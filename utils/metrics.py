@@ -12,11 +12,13 @@ class EpochMeter:
     """Running sums of an epoch's training metrics, kept across a mid-epoch checkpoint.
 
     Sums are over anchors: each output's cross-entropy, the full loss (distillation included),
-    and correct base-branch predictions over all branches.
+    and correct base-branch predictions over all branches. `steps` counts the epoch's steps,
+    those before a mid-epoch resume included.
     """
 
-    def __init__(self, state=None):
+    def __init__(self, state=None, steps=0):
         state = state or {}
+        self.steps = steps
         self.output_loss_sums = state.get("output_loss_sums")
         self.loss_sum = state.get("loss_sum", 0.0)
         self.correct = state.get("correct", 0.0)
@@ -36,6 +38,7 @@ class EpochMeter:
         hits = sum((o.argmax(1) == t).sum() for o, t in zip(outputs[:self.branches], targets))
         self.correct = hits + self.correct
         self.anchors += batch
+        self.steps += 1
 
     def global_state(self, device):
         """The sums over all ranks, as plain numbers (a collective under DDP: call on every rank)."""

@@ -1,4 +1,5 @@
-"""What a run leaves behind: text log, per-epoch metrics CSV, loss curves, confusion matrix."""
+"""What a run leaves behind besides its checkpoints: the text log, the per-epoch metrics CSV, the loss
+curves, the confusion matrix figure and, with `--tensorboard`, TensorBoard's event files."""
 import csv
 import logging
 import sys
@@ -46,7 +47,7 @@ def epoch_row(epoch, lr, metrics, result, state, seconds, num_branches):
     losses = metrics["output_losses"]
     row = dict(epoch=epoch + 1, lr=lr, loss=metrics["loss"], train_acc=metrics["train_acc"],
                test_acc=result["acc"], mean_class_acc=result["mean_class_acc"],
-               macro_f1=result["macro_f1"], best_acc=state["best_acc"], epoch_time_s=round(seconds, 2))
+               macro_f1=result["macro_f1"], best_acc=state.best_acc, epoch_time_s=round(seconds, 2))
     for i, name in enumerate(loss_columns(num_branches)):
         row[name] = losses[i] if losses else float("nan")
     return row
@@ -141,11 +142,38 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def tensorboard_available():
-    """Whether `--tensorboard` can work (the optional `tensorboard` package is installed)."""
-    import importlib.util
+class RunReport:
+    """The files a run rewrites after each epoch (rank 0 only): `metrics.csv`, `losses.png`,
+    `confusion_best.png` on a new best and, with `--tensorboard`, its event files."""
 
-    return importlib.util.find_spec("tensorboard") is not None
+    def __init__(self, run_dir, config, classes, enabled=True):
+        self.run_dir, self.config, self.classes, self.enabled = run_dir, config, classes, enabled
+        self.tensorboard = TensorBoardLog(run_dir, config) if enabled and config.get("tensorboard") else None
+
+    def epoch(self, history, num_branches):
+        """After an epoch's checkpoints: the metrics CSV, the loss curves and the event file."""
+        if not self.enabled:
+            return
+        write_metrics(self.run_dir / "metrics.csv", history, num_branches)
+        plot_losses(self.run_dir / "losses.png", history, num_branches)
+        if self.tensorboard:
+            self.tensorboard.log_epoch(history[-1])
+
+    def best(self, state, confusion):
+        """The confusion matrix of a new best epoch."""
+        if not self.enabled:
+            return
+        title = (f"{self.config['arch'].upper()} {self.config['dataset']}, epoch {state.best_epoch}: "
+                 f"{state.best_acc:.2f}%")
+        plot_confusion(self.run_dir / "confusion_best.png", confusion, self.classes, title)
+        if self.tensorboard:
+            self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch)
+
+    def close(self, history):
+        """End of the run (also when it stops early): close the TensorBoard event file."""
+        if self.tensorboard:
+            self.tensorboard.close(history)
+            self.tensorboard = None
 
 
 def format_confusion(confusion, class_names):

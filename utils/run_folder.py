@@ -8,11 +8,10 @@ from datetime import datetime
 from pathlib import Path
 
 from data_preprocessing.outputs import OutputError, atomic_write_text, output_errors, remove_stale_temporaries
-from models import read_checkpoint
 
 from . import distributed as ddp
-from .checkpointing import check_training_state
-from .config import UsageError, merge_resumed_config
+from .checkpoint import read_resume_checkpoint
+from .config import UsageError
 
 RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
 LAST = "last.pth"
@@ -111,12 +110,7 @@ def read_resume_source(config, given):
     if not source.is_file():
         raise FileNotFoundError(f"--resume {source}: no such file")
     source_stat = source.stat()  # taken before reading: a change while starting is noticed
-    resumed = read_checkpoint(source)
-    config = merge_resumed_config(config, resumed, given)
-    check_training_state(resumed, source)
-    if config["epochs"] < resumed["epoch"] or (config["epochs"] == resumed["epoch"] and not resumed["step"]):
-        raise UsageError(f"--resume {source}: the run has already trained {resumed['epoch']} epochs; "
-                         f"give --epochs above {resumed['epoch']} to continue it")
+    config, resumed = read_resume_checkpoint(config, given)
     plan, folder = resume_plan(config, resumed, given)
     if plan == "branch":
         config["branched_from"] = str(source.resolve())

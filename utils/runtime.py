@@ -63,48 +63,6 @@ class RunControl:
         self.last_save = time.monotonic()
 
 
-class MidEpochSaver:
-    """The engine's `after_step`: on an agreed stop or a due save, write a resumable `last.pth`
-    holding the epoch's progress, and say whether the epoch must end now."""
-
-    def __init__(self, control, saver, logger, device):
-        self.control, self.saver, self.logger, self.device = control, saver, logger, device
-
-    def start_epoch(self, state, epoch, first_step, total_steps, seconds_before):
-        """Track epoch `epoch` (0-based) of the run whose counters are `state`, from `first_step`."""
-        self.state, self.epoch, self.total_steps = state, epoch, total_steps
-        self.seconds_before, self.start = seconds_before, time.perf_counter()
-        self.step, self.saved_step, self.meter = first_step, first_step, None
-
-    def seconds(self):
-        """Training seconds of this epoch so far, including those before a resume."""
-        return self.seconds_before + time.perf_counter() - self.start
-
-    def __call__(self, step, meter):
-        self.step, self.meter = step, meter
-        stop, save = self.control.decide()
-        if stop or save:
-            self._save()
-            self.logger.info(f"{'interrupted' if stop else 'saved'} at epoch {self.epoch + 1}, step {step}/"
-                             f"{self.total_steps}: {self.saver.last_path()}")
-        return stop
-
-    def save_progress(self):
-        """Save the steps trained since the last save, if any (after a failure that ends the epoch;
-        single-process runs only: the sums are gathered with a collective). Returns whether it saved."""
-        if self.meter is None or self.step == self.saved_step:
-            return False
-        self._save()
-        return True
-
-    def _save(self):
-        progress = dict(self.meter.global_state(self.device), seconds=self.seconds())
-        self.state.update(epoch=self.epoch, step=self.step, partial=progress)
-        self.saver.save_last(self.state)
-        self.control.saved()
-        self.saved_step = self.step
-
-
 class SkipFirst(torch.utils.data.Sampler):
     """The sampler's sequence without its first `count` items (resuming mid-epoch)."""
 

@@ -1,37 +1,35 @@
 """`main_DCS.py` / `main_QCS.py`: set up a run, then train it epoch by epoch (or evaluate a checkpoint).
 
-The options and the per-dataset recipe are resolved in `utils.config`, the data comes from
-`utils.training_data`, one epoch is trained and evaluated by `utils.engine`, the run folder is
-created, locked and continued by `utils.run_folder`, checkpoints are written by
-`utils.checkpointing`, and signals and mid-epoch saves are handled by `utils.runtime`.
+One training step, top to bottom: `main` → `run_training` → `train_epochs` → `train_epoch` →
+`engine.train_one_epoch` → `engine.sam_step` → `SAM.first_step` / `SAM.second_step` (utils/sam.py).
+The settings come from `utils.config`, the data from `utils.data`, the run folder from
+`utils.run_folder`, checkpoints from `utils.checkpoint`, the other files of a run from `utils.reporting`.
 """
+import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
 from data_preprocessing import DataError
 from data_preprocessing.outputs import OutputError
-from models import ARCHS, WeightsError
+from models import ARCHS
 
 from . import distributed as ddp
-from .checkpointing import Saver, load_pretrained, restore_training
+from .checkpoint import CheckpointError, RunState, Saver, load_pretrained, restore_training
 from .config import UsageError, model_from_config, parse_args, resolve_config
+from .data import RunData, epoch_loader, load_training_data
 from .device import DeviceUnavailable, place_model, resolve_device, use_channels_last
-from .engine import NonFiniteLoss, ProgressLog, evaluate, train_one_epoch
+from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
 from .evaluation import run_evaluation
-from .inference import CheckpointError
 from .metrics import EpochMeter
-from .reporting import epoch_row, make_logger
+from .reporting import RunReport, epoch_row, make_logger
 from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
-from .runtime import MidEpochSaver, RunControl, signals_handled_by
+from .runtime import RunControl, signals_handled_by
 from .sam import SAM
-from .schedule import LinearWarmup
-from .training_data import epoch_loader, load_training_data
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
-USER_ERRORS = (UsageError, DataError, WeightsError, CheckpointError, DeviceUnavailable, OutputError,
-               FileExistsError, FileNotFoundError)
+USER_ERRORS = (UsageError, DataError, CheckpointError, DeviceUnavailable, OutputError, FileExistsError,
+               FileNotFoundError)
 
 
 def main(arch, argv=None):
@@ -62,15 +60,16 @@ class Run:
     config: dict
     device: torch.device
     world_size: int
-    data: SimpleNamespace  # train_set, sampler, train_loader, loader_args, device_augment, test_loader, ...
+    data: RunData
     model: torch.nn.Module  # the network itself, as saved and evaluated
     train_model: torch.nn.Module  # the same network as trained (DDP- and/or compile-wrapped)
     optimizer: SAM
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    saver: Saver
+    saver: Saver  # last.pth and best.pth
+    report: RunReport  # metrics.csv, the figures, TensorBoard
     logger: object
-    state: dict  # epoch, step, best_acc, best_epoch, history, partial (a mid-epoch save's sums)
-    channels_last: bool
+    state: RunState
+    step_settings: StepSettings
     created: bool  # this process created the run folder (and removes it if nothing gets saved)
 
     @property
@@ -88,15 +87,15 @@ def run_training(arch, args):
             run.logger.info(f"removed the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
     finally:
-        run.saver.close(run.state["history"])
+        run.report.close(run.state.history)
 
 
 def train_epochs(run):
     """The loop over the run's remaining epochs."""
     control = RunControl(run.config["save_every"], run.device)
-    step_saver = MidEpochSaver(control, run.saver, run.logger, run.device)
     with signals_handled_by(control):
-        for epoch in range(run.state["epoch"], run.config["epochs"]):
+        for epoch in range(run.state.epoch, run.config["epochs"]):
+            step_saver = MidEpochSaver(run, control, epoch)
             metrics, stopped = train_epoch(run, epoch, step_saver)
             if stopped:
                 run.logger.info(f"resume with --resume {run.saver.last_path()}")
@@ -140,14 +139,22 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
                     betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=config["gamma"])
-    state = dict(epoch=0, step=0, best_acc=0.0, best_epoch=0, test_at_best=0.0, history=[], partial=None)
+    state = RunState()
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
         where = "into the new run folder" if created else "in its run folder"
-        logger.info(f"resumed {config['resume']} at epoch {state['epoch'] + 1}, step {state['step']}, {where}")
-    saver = Saver(run_dir, model, optimizer, scheduler, config, data.train_set.classes)
+        logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}")
+    classes = data.train_set.classes
+    step_settings = StepSettings(
+        loss_options=dict(distill=config["distill"], distill_weight=config["distill_weight"],
+                          temperature=config["temperature"]),
+        amp=config["amp"], channels_last=channels_last, augment=data.device_augment,
+        image_names=data.train_set.image_names, logger=logger, print_freq=config["print_freq"],
+        epochs=config["epochs"], images_per_step=config["batch_size"] * ARCHS[config["arch"]] * world_size)
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
-              optimizer, scheduler, saver, logger, state, channels_last, created)
+              optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
+              RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
+              created)
     name = "baseline (base branch alone)" if config["arch"] == "base" else config["arch"].upper()
     logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
@@ -165,26 +172,55 @@ def wrap_for_training(model, config, device, world_size):
     return model
 
 
+class MidEpochSaver:
+    """The engine's `after_step` for one epoch: on an agreed stop or a due save, write a resumable
+    `last.pth` holding the epoch's progress, and say whether the epoch must end now."""
+
+    def __init__(self, run, control, epoch):
+        self.run, self.control, self.epoch = run, control, epoch
+        self.step = self.saved_step = run.state.step
+        self.seconds_before = (run.state.epoch_sums or {}).get("seconds", 0.0)
+        self.start, self.meter = time.perf_counter(), None
+
+    def seconds(self):
+        """Training seconds of this epoch so far, including those before a resume."""
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def __call__(self, step, meter):
+        self.step, self.meter = step, meter
+        stop, save = self.control.decide()
+        if stop or save:
+            self._save()
+            self.run.logger.info(f"{'interrupted' if stop else 'saved'} at epoch {self.epoch + 1}, step {step}/"
+                                 f"{len(self.run.data.train_loader)}: {self.run.saver.last_path()}")
+        return stop
+
+    def save_progress(self):
+        """Save the steps trained since the last save, if any (after a failure that ends the epoch;
+        single-process runs only: the sums are gathered with a collective). Returns whether it saved."""
+        if self.meter is None or self.step == self.saved_step:
+            return False
+        self._save()
+        return True
+
+    def _save(self):
+        sums = dict(self.meter.global_state(self.run.device), seconds=self.seconds())
+        self.run.state.epoch, self.run.state.step, self.run.state.epoch_sums = self.epoch, self.step, sums
+        self.run.saver.save_last(self.run.state)
+        self.control.saved()
+        self.saved_step = self.step
+
+
 def train_epoch(run, epoch, step_saver):
     """Train epoch `epoch` (0-based) from where the run stands; returns `(metrics, stopped)`."""
-    config, state = run.config, run.state
+    state = run.state
     run.data.sampler.set_epoch(epoch)
-    first_step, partial = state["step"], state["partial"] or {}
-    loader = epoch_loader(run.data, run.config, first_step)
-    meter = EpochMeter(partial if ddp.is_main_process() else None)  # ranks' sums are added: count once
-    total_steps = len(loader) + first_step
-    step_saver.start_epoch(state, epoch, first_step, total_steps, partial.get("seconds", 0.0))
-    progress_log = ProgressLog(run.logger, config["print_freq"], epoch, config["epochs"], total_steps, first_step,
-                               run.optimizer, config["batch_size"] * run.num_branches * run.world_size)
-    loss_options = dict(distill=config["distill"], distill_weight=config["distill_weight"],
-                        temperature=config["temperature"])
+    loader = epoch_loader(run.data, run.config, state.step)
+    # the ranks' sums are added together: the steps before a resume count once, on rank 0
+    meter = EpochMeter(state.epoch_sums if ddp.is_main_process() else None, steps=state.step)
     try:
-        _, stopped = train_one_epoch(
-            run.train_model, loader, run.optimizer, run.device, epoch, loss_options, amp=config["amp"],
-            channels_last=run.channels_last, image_names=run.data.train_set.image_names, meter=meter,
-            first_step=first_step, total_steps=total_steps, after_step=step_saver, progress_log=progress_log,
-            augment=run.data.device_augment,
-            warmup=LinearWarmup(run.optimizer, round(config["warmup_epochs"] * total_steps)))
+        _, stopped = train_one_epoch(run.train_model, loader, run.optimizer, run.device, epoch, run.step_settings,
+                                     meter, after_step=step_saver)
     except NonFiniteLoss as error:
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
@@ -202,7 +238,7 @@ def train_epoch(run, epoch, step_saver):
 def evaluate_test_splits(run):
     """The base branch on the test split, and the accuracy on each extra split (the validation
     split, as `val`, with `--select-on val`)."""
-    options = dict(amp=run.config["amp"], channels_last=run.channels_last, tta=run.config["tta"])
+    options = dict(amp=run.config["amp"], channels_last=run.step_settings.channels_last, tta=run.config["tta"])
     num_classes = run.data.train_set.num_classes
     result = evaluate(run.model, run.data.test_loader, run.device, num_classes, **options)
     loaders = {**run.data.extra_loaders, **({"val": run.data.val_loader} if run.data.val_loader else {})}
@@ -218,19 +254,20 @@ def end_epoch(run, epoch, metrics, seconds):
     run.scheduler.step()
     result, extra = evaluate_test_splits(run)
     chosen = extra["val"] if on_val else result["acc"]
-    is_best = state["best_epoch"] == 0 or chosen > state["best_acc"]  # the first epoch is a best
+    is_best = state.best_epoch == 0 or chosen > state.best_acc  # the first epoch is a best
     if is_best:
-        state.update(best_acc=chosen, best_epoch=epoch + 1, test_at_best=result["acc"])
+        state.best_acc, state.best_epoch, state.test_at_best = chosen, epoch + 1, result["acc"]
     row = epoch_row(epoch, lr, metrics, result, state, seconds, run.num_branches)
     row.update({f"{split}_acc": acc for split, acc in extra.items()})
-    row.update({"test_at_best": state["test_at_best"]} if on_val else {})
+    row.update({"test_at_best": state.test_at_best} if on_val else {})
     row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
-    state["history"].append(row)
-    state.update(epoch=epoch + 1, step=0, partial=None)
+    state.history.append(row)
+    state.epoch, state.step, state.epoch_sums = epoch + 1, 0, None
     run.saver.save_last(state)
     if is_best:
-        run.saver.save_best(state, result["confusion"])
-    run.saver.report(state["history"], run.num_branches)
+        run.saver.save_best(state)
+        run.report.best(state, result["confusion"])
+    run.report.epoch(state.history, run.num_branches)
     run.logger.info(f"epoch {epoch + 1}/{run.config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
@@ -243,8 +280,8 @@ def best_summary(run):
     """`best 71.20% @ 3`, or with `--select-on val`: `best val 70.10% @ 3 (test 71.20%)`."""
     state = run.state
     if run.config["select_on"] != "val":
-        return f"best {state['best_acc']:.2f}% @ {state['best_epoch']}"
-    return f"best val {state['best_acc']:.2f}% @ {state['best_epoch']} (test {state['test_at_best']:.2f}%)"
+        return f"best {state.best_acc:.2f}% @ {state.best_epoch}"
+    return f"best val {state.best_acc:.2f}% @ {state.best_epoch} (test {state.test_at_best:.2f}%)"
 
 
 def finish(run):
@@ -255,8 +292,8 @@ def finish(run):
         if not in_sync:
             return 1
     state = run.state
-    chosen = (f"best validation accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}, test accuracy "
-              f"there {state['test_at_best']:.2f}%" if run.config["select_on"] == "val" else
-              f"best test accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}")
+    chosen = (f"best validation accuracy {state.best_acc:.2f}% at epoch {state.best_epoch}, test accuracy "
+              f"there {state.test_at_best:.2f}%" if run.config["select_on"] == "val" else
+              f"best test accuracy {state.best_acc:.2f}% at epoch {state.best_epoch}")
     run.logger.info(f"done: {chosen}; run folder {run.saver.run_dir}")
     return 0

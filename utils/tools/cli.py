@@ -17,8 +17,9 @@ from data_preprocessing import DATASET_NAMES
 from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
+from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
 from ..device import DEVICE_CHOICES, DeviceUnavailable
-from ..inference import DEFAULT_IMAGE_SIZE, EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
+from ..inference import DEFAULT_IMAGE_SIZE
 from . import ToolError
 from .export import FORMAT_CHOICES, sha256_of
 from .onnx_model import OPSET

@@ -27,7 +27,8 @@ from data_preprocessing.outputs import (
 )
 from models import build_model, count_parameters
 
-from ..inference import EXPORT_INFO_FILE, SAFETENSORS_HINT, load_trained_model
+from ..checkpoint import EXPORT_INFO_FILE, SAFETENSORS_HINT
+from ..inference import load_trained_model
 from . import ToolError, onnx_model
 from .predict import expand_inputs
 

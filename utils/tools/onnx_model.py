@@ -12,8 +12,9 @@ import torch
 
 from data_preprocessing.outputs import atomic_write
 
+from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, export_info, read_model_info
 from ..device import DeviceUnavailable
-from ..inference import EXPORT_INFO_FILE, CheckpointError, TrainedModel, export_info, read_model_info
+from ..inference import TrainedModel
 from . import ToolError
 
 # torchlib, the dynamo exporter's op library, is written at opset 18: no version conversion of the

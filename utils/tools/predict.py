@@ -28,8 +28,9 @@ from data_preprocessing.outputs import (
     remove_stale_temporaries,
 )
 
+from ..checkpoint import EXPORT_INFO_FILE
 from ..device import TestTimeModel, fast_path, resolve_device
-from ..inference import EXPORT_INFO_FILE, load_trained_model
+from ..inference import load_trained_model
 from . import ToolError, faces
 
 NO_FACE = "no face detected"

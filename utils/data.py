@@ -1,16 +1,37 @@
-"""The data of a training run: the training groups, and the splits evaluated every epoch."""
-from types import SimpleNamespace
+"""The data of a run: the training groups, and the splits evaluated (every epoch, or by `--evaluate`)."""
+from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from data_preprocessing import DataError, DatasetView, GroupDataset, GroupSampler, extra_test_splits, stratified_holdout
+from data_preprocessing import (
+    DataError,
+    DatasetView,
+    GroupDataset,
+    GroupSampler,
+    build_dataset,
+    extra_test_splits,
+    stratified_holdout,
+)
 from data_preprocessing.device_augment import DeviceAugment, split_train_transform
 from models import ARCHS
 
 from .config import UsageError, transforms_for
-from .evaluation import load_split, test_loader
 from .runtime import SkipFirst, leave_signals_to_main
+
+
+@dataclass
+class RunData:
+    """A training run's data: the training set, its group sampler and loader, and the loaders of the
+    splits evaluated each epoch."""
+    train_set: object
+    sampler: GroupSampler
+    train_loader: DataLoader
+    loader_args: dict  # the train loader's settings, for the loader of a resumed epoch
+    test_loader: DataLoader
+    device_augment: DeviceAugment | None = None  # --device-augment: the photometric steps on the device
+    val_loader: DataLoader | None = None  # --select-on val
+    extra_loaders: dict = field(default_factory=dict)  # the dataset's extra test splits, by name
 
 
 def load_training_data(config, device, rank, world_size):
@@ -41,7 +62,7 @@ def load_training_data(config, device, rank, world_size):
     def loader_of(dataset):
         return test_loader(dataset, config, device, rank, world_size)
 
-    return SimpleNamespace(
+    return RunData(
         train_set=train_set, sampler=sampler, train_loader=train_loader, loader_args=loader_args,
         device_augment=device_augment,
         test_loader=loader_of(load_split(config, "test", test_tf)),
@@ -73,3 +94,34 @@ def epoch_loader(data, config, first_step):
     skipping = SkipFirst(data.sampler, first_step * config["batch_size"])
     return DataLoader(GroupDataset(data.train_set), batch_size=config["batch_size"], sampler=skipping,
                       **{**data.loader_args, "persistent_workers": False})
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """`(image, label, index)` items, so evaluation can name its images and gather across ranks."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+def load_split(config, split, transform):
+    """Split `split` of the configured dataset, with `transform`."""
+    classes = config["classes"].split(",") if config.get("classes") else None
+    return build_dataset(config["dataset"], split, data_root=config["data_root"], transform=transform,
+                         classes=classes)
+
+
+def test_loader(dataset, config, device, rank, world_size):
+    """An in-order loader of this rank's share of `dataset`, as `(image, label, index)` batches."""
+    indexed = IndexedDataset(dataset)
+    shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
+    return DataLoader(shard, batch_size=config["batch_size"] * 2, shuffle=False,
+                      num_workers=config["workers"], pin_memory=device.type == "cuda",
+                      persistent_workers=False, worker_init_fn=leave_signals_to_main,
+                      generator=torch.Generator().manual_seed(rank))

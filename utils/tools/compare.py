@@ -1,8 +1,8 @@
 """Baseline vs DCS vs QCS with the same data and budget, over several seeds.
 
-    python -m utils.compare --dataset demo --seeds 3 [--first-seed 0] [--budget epochs|images] [--out DIR]
+    python -m utils.tools.compare --dataset demo --seeds 3 [--first-seed 0] [--budget epochs|images] [--out DIR]
                             [-- TRAINING OPTIONS]
-    python -m utils.compare --merge DIR [DIR ...] --out NEW
+    python -m utils.tools.compare --merge DIR [DIR ...] --out NEW
 
 Everything after `--` goes to every training run (for example `--epochs 10 --size small`). The
 baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), DCS runs
@@ -54,15 +54,15 @@ from data_preprocessing.outputs import (  # noqa: E402
 )
 from models import ARCHS  # noqa: E402
 
-from .config import UsageError, parse_args, resolve_config  # noqa: E402
-from .train import main as train_main  # noqa: E402
+from ..config import UsageError, parse_args, resolve_config  # noqa: E402
+from ..train import main as train_main  # noqa: E402
 
 MODELS = {"baseline": ("qcs", ["--baseline"]), "DCS": ("dcs", []), "QCS": ("qcs", [])}
 BUDGETS = ("epochs", "images")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m utils.compare", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m utils.tools.compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--dataset", default="demo", choices=DATASET_NAMES)
