@@ -1,4 +1,5 @@
 """Facial-expression data: datasets by name, QCS/DCS training groups, and the released transforms."""
+from .build import build_dataset
 from .datasets import (
     AFFECTNET7_CLASSES,
     AFFECTNET8_CLASSES,
@@ -9,7 +10,6 @@ from .datasets import (
     ArrayImageDataset,
     DataError,
     ImageListDataset,
-    build_dataset,
     dataset_classes,
     default_data_root,
     extra_test_splits,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from data_preprocessing.datasets import ListLayout
 from data_preprocessing.errors import DataError
+from data_preprocessing.files import invalid_utf8_position, non_regular_kind
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -28,11 +29,20 @@ class PrepareError(DataError):
 
 
 def require_file(path, flag: str) -> Path:
-    """``path`` as a Path, or PrepareError naming ``flag`` when it is not an existing file."""
+    """``path`` as a Path, or PrepareError naming ``flag`` when it is not an existing regular file
+    (a named pipe would block the read for ever)."""
     path = Path(path)
-    if not path.is_file():
+    kind = non_regular_kind(path)
+    if kind == "missing":
         raise PrepareError(f"{flag} {path}: no such file")
+    if kind is not None:
+        raise PrepareError(f"{flag} {path}: is {kind}, not a regular file")
     return path
+
+
+def utf8_error(path, flag: str) -> PrepareError:
+    """The one-line error for an input that is not UTF-8: flag, file, line and byte offset."""
+    return PrepareError(f"{flag} {invalid_utf8_position(path)}; save it as UTF-8 (or ASCII)")
 
 
 def require_dir(path, flag: str) -> Path:
@@ -43,7 +53,7 @@ def require_dir(path, flag: str) -> Path:
     return path
 
 
-def claim_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> None:
+def claim_prepared_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> None:
     """Check before any work that the ``--out`` paths may be written: none overlaps an input, none
     exists (a folder counts when non-empty) unless ``overwrite``, ``out_dir`` is a writable folder
     or can be created, and no file output is a folder nor folder output a file (OutputError)."""
@@ -108,6 +118,13 @@ def read_csv_rows(path: Path, expected_header, flag: str, header_optional: bool 
     ``header_optional`` a first row that does not look like the header is taken
     as data. Every row must have at least ``len(expected_header)`` fields.
     """
+    try:
+        yield from _csv_rows(path, expected_header, flag, header_optional)
+    except UnicodeDecodeError:
+        raise utf8_error(path, flag) from None
+
+
+def _csv_rows(path: Path, expected_header, flag: str, header_optional: bool):
     expected = [name.strip().lower() for name in expected_header]
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)

@@ -1,8 +1,9 @@
 """Facial-expression datasets: list-file layouts, FER2013 (csv or class folders), class-folder trees.
 
 Every dataset is an :class:`ImageListDataset`: a list of (image path, 0-based label) pairs plus the
-class names in label order. Data folders are only read, never written (the "demo" dataset writes
-itself into its own data root on first use).
+class names in label order. Data folders are only read, never written: `read_dataset` reads what is
+on disk; `data_preprocessing.build.build_dataset` (the public `build_dataset`) also generates the
+"demo" dataset into its data root on first use. This module never imports `demo`.
 
 Default data roots (relative to the working directory):
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,54 +38,33 @@ import torch
 from PIL import Image
 
 from .errors import DataError
+from .files import NotRegularFileError, invalid_utf8_position, non_regular_kind, open_regular_file
 from .images import IMAGE_EXTENSIONS, is_image_file
+from .layouts import (
+    AFFECTNET7_CLASSES,
+    AFFECTNET8_CLASSES,
+    DEMO_LAYOUT,
+    DEMO_META_NAME,
+    FER2013_CLASSES,
+    FERPLUS_CLASSES,
+    LIST_LAYOUTS,
+    RAF_DB_CLASSES,
+    ListLayout,
+)
 
 __all__ = [
     "DataError", "DATASET_NAMES", "ImageListDataset", "ArrayImageDataset", "ListLayout", "LIST_LAYOUTS",
     "RAF_DB_CLASSES", "FERPLUS_CLASSES", "AFFECTNET7_CLASSES", "AFFECTNET8_CLASSES", "FER2013_CLASSES",
-    "IMAGE_EXTENSIONS", "is_image_file", "parse_list_file", "dataset_classes", "build_dataset",
+    "IMAGE_EXTENSIONS", "is_image_file", "parse_list_file", "dataset_classes", "read_dataset",
     "default_data_root", "load_fer2013_csv", "read_fer2013_rows", "parse_fer2013_pixels", "Fer2013Row",
     "class_folder_samples", "extra_test_splits", "DATASETS",
 ]
 
 
-RAF_DB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
-FERPLUS_CLASSES = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
-AFFECTNET7_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
-AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ["Contempt"]
-FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-
 FER2013_USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FER2013_COLUMNS = ("emotion", "pixels", "Usage")
 FER2013_SIDE = 48
 
-
-@dataclass(frozen=True)
-class ListLayout:
-    """A released layout: an image folder plus one `<image name> <label>` list file per split."""
-
-    name: str
-    default_root: str
-    image_dir: str
-    list_files: dict  # split -> list file name, relative to the data root
-    classes: tuple
-
-
-LIST_LAYOUTS = {
-    "RAF-DB": ListLayout("RAF-DB", "./datas/RAF-DB", "basic",
-                         {"train": "raf_db_basic_train.txt", "test": "raf_db_basic_test.txt"},
-                         tuple(RAF_DB_CLASSES)),
-    "FERPlus": ListLayout("FERPlus", "./datas/FERPlus", "img",
-                          {"train": "ferplus_training.txt", "val": "ferplus_valid.txt",
-                           "test": "ferplus_test.txt"},
-                          tuple(FERPLUS_CLASSES)),
-    "AffectNet-7": ListLayout("AffectNet-7", "./datas/AffectNet", "Manually_trainval_croped",
-                              {"train": "affectnet_training-cls7-v7.txt", "test": "affectnet_validation-cls7.txt"},
-                              tuple(AFFECTNET7_CLASSES)),
-    "AffectNet-8": ListLayout("AffectNet-8", "./datas/AffectNet", "Manually_trainval_croped",
-                              {"train": "affectnet_training-cls8-v7.txt", "test": "affectnet_validation-cls8.txt"},
-                              tuple(AFFECTNET8_CLASSES)),
-}
 
 # ----------------------------------------------------------------------------------------------
 # The dataset object
@@ -127,12 +108,15 @@ class ImageListDataset(torch.utils.data.Dataset):
         """The image at `index` as an RGB PIL image; DataError naming the file if it cannot be read."""
         path = self.samples[index][0]
         try:
-            with open(path, "rb") as handle:
+            with open_regular_file(path) as handle:  # a named pipe would block open() for ever
                 image = Image.open(handle)
                 image.load()  # decode now, so truncated files fail here with their name
             return to_rgb(image)
         except FileNotFoundError:
             raise DataError(f"image missing: {path}" + self._listed_in()) from None
+        except NotRegularFileError as err:
+            raise DataError(f"cannot read image {path}" + self._listed_in() + f": it is {err.kind}, "
+                            f"not a regular file") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # corrupt or hostile files
             raise DataError(f"cannot read image {path}" + self._listed_in() + f": {err}") from err
 
@@ -185,13 +169,16 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
     Malformed lines, such names and out-of-range labels raise DataError with file:line.
     """
     list_file = str(list_file)
-    if not os.path.isfile(list_file):
+    kind = non_regular_kind(list_file)
+    if kind == "missing":
         raise DataError(f"list file not found: {list_file}")
+    if kind is not None:
+        raise DataError(f"list file {list_file} is {kind}, not a regular file")
     try:
         with open(list_file, encoding="utf-8-sig") as handle:
             lines = handle.read().splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{list_file}: not a UTF-8 text list file ({err})") from None
+    except UnicodeDecodeError:
+        raise DataError(invalid_utf8_position(list_file) + "; list files must be UTF-8") from None
     names, labels, line_numbers = [], [], []
     for line_number, line in enumerate(lines, start=1):
         text = line.strip()
@@ -201,7 +188,7 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
         if len(fields) != 2 or not _is_int(fields[1]):
             raise DataError(f"{list_file}:{line_number}: expected '<image name> <label>', got {text!r}")
         names.append(_inside_image_folder(fields[0].strip(), list_file, line_number))
-        labels.append(int(fields[1]))
+        labels.append(_label_in_int64(fields[1], num_classes, list_file, line_number))
         line_numbers.append(line_number)
     if not names:
         raise DataError(f"{list_file}: no '<image name> <label>' lines")
@@ -220,8 +207,20 @@ def _inside_image_folder(name: str, list_file: str, line_number: int) -> str:
     return name
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _is_int(text: str) -> bool:
-    return text.lstrip("+-").isdigit()
+    return _INTEGER.fullmatch(text) is not None
+
+
+def _label_in_int64(text: str, num_classes: int, list_file: str, line_number: int) -> int:
+    """The label `text` as an int; DataError with file:line when it does not even fit int64."""
+    label = int(text)
+    if abs(label) > _INT64_MAX:
+        raise DataError(f"{list_file}:{line_number}: label {text} outside 0..{num_classes - 1}")
+    return label
 
 
 def check_label_range(labels: np.ndarray, num_classes: int, where: str, line_numbers=None) -> None:
@@ -239,23 +238,45 @@ def check_label_range(labels: np.ndarray, num_classes: int, where: str, line_num
     raise DataError(message)
 
 
-def find_missing_images(image_dir: str, names: Sequence[str]) -> list[int]:
-    """Indices of `names` with no file under `image_dir` (one directory listing per sub-folder)."""
+def find_unreadable_images(image_dir: str, names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(indices of `names` with no file under `image_dir`, indices naming something that is not a
+    regular file: a named pipe, a folder, a broken link, ...), from one directory listing per sub-folder."""
     by_folder: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         by_folder.setdefault(os.path.dirname(name), []).append(index)
-    missing = []
+    missing, not_regular = [], []
     for folder, indices in by_folder.items():
-        try:
-            present = set(os.listdir(os.path.join(image_dir, folder)))
-        except OSError:
-            present = set()
+        regular, other = _folder_entries(os.path.join(image_dir, folder))
         for index in indices:
             base = os.path.basename(names[index])
-            # The exists() fallback keeps case-insensitive file systems and odd names correct.
-            if base not in present and not os.path.isfile(os.path.join(image_dir, names[index])):
+            if base in regular:
+                continue
+            if base in other:
+                not_regular.append(index)
+            # The isfile() fallback keeps case-insensitive file systems and odd names correct.
+            elif not os.path.isfile(os.path.join(image_dir, names[index])):
                 missing.append(index)
-    return missing
+    return missing, not_regular
+
+
+def _folder_entries(folder: str) -> tuple[set, set]:
+    """(names of the regular files in `folder`, names of everything else); both empty if unlistable.
+    The file type comes with the listing, so this costs no stat per file."""
+    regular, other = set(), set()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                (regular if _is_regular(entry) else other).add(entry.name)
+    except OSError:
+        pass
+    return regular, other
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str], transform=None,
@@ -266,11 +287,16 @@ def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str
         raise DataError(f"image folder not found: {image_dir} (needed by {list_file})")
     names, labels, line_numbers = parse_list_file(list_file, len(classes))
     if check_images:
-        missing = find_missing_images(image_dir, names)
+        missing, not_regular = find_unreadable_images(image_dir, names)
         if missing:
             examples = ", ".join(f"{names[i]} (line {int(line_numbers[i])})" for i in missing[:3])
             raise DataError(f"{list_file}: {len(missing)} of {len(names)} listed images are missing "
                             f"under {image_dir}, e.g. {examples}")
+        if not_regular:
+            first = not_regular[0]
+            kind = non_regular_kind(os.path.join(image_dir, names[first]))
+            raise DataError(f"{list_file}:{int(line_numbers[first])}: {names[first]} under {image_dir} is {kind}, "
+                            f"not a regular image file ({len(not_regular)} such listed image(s))")
     paths = [os.path.join(image_dir, name) for name in names]
     return ImageListDataset(paths, labels, classes, image_names=names, transform=transform, source=list_file)
 
@@ -280,11 +306,19 @@ def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str
 # ----------------------------------------------------------------------------------------------
 
 def list_class_folders(split_dir: str) -> list[str]:
-    """Sorted names of the sub-folders of `split_dir` (hidden ones skipped)."""
+    """Sorted names of the sub-folders of `split_dir` (hidden ones skipped); DataError when two differ
+    only in case (`Happy/`, `happy/`), since they would merge into one class or split one in two."""
     if not os.path.isdir(split_dir):
         raise DataError(f"split folder not found: {split_dir}")
-    return sorted(entry.name for entry in os.scandir(split_dir)
-                  if entry.is_dir() and not entry.name.startswith("."))
+    folders = sorted(entry.name for entry in os.scandir(split_dir)
+                     if entry.is_dir() and not entry.name.startswith("."))
+    by_lower: dict[str, str] = {}
+    for folder in folders:
+        other = by_lower.setdefault(folder.lower(), folder)
+        if other != folder:
+            raise DataError(f"{split_dir}: class folders {other!r} and {folder!r} differ only in case; "
+                            f"merge them or rename one")
+    return folders
 
 
 def class_folder_samples(split_dir: str, folder_to_label: dict, require_all: bool) -> tuple[list, list, list]:
@@ -318,14 +352,31 @@ def class_folder_samples(split_dir: str, folder_to_label: dict, require_all: boo
 
 
 def _images_under(class_dir: str) -> list[str]:
+    """Image files under `class_dir` (hidden folders skipped, linked folders not followed), relative
+    to it; DataError for an image name that is not a regular file (a named pipe would block reading)."""
     found = []
-    for current, dirs, files in os.walk(class_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        relative_dir = os.path.relpath(current, class_dir)
-        for file in files:
-            if is_image_file(file):
-                found.append(file if relative_dir == "." else os.path.join(relative_dir, file))
+    pending = [""]
+    while pending:
+        relative_dir = pending.pop()
+        for entry in _scan(os.path.join(class_dir, relative_dir)):
+            relative = os.path.join(relative_dir, entry.name) if relative_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith("."):
+                    pending.append(relative)
+            elif is_image_file(entry.name):
+                if not _is_regular(entry):
+                    raise DataError(f"{entry.path} is {non_regular_kind(entry.path)}, not a regular image file; "
+                                    f"move it out of {class_dir}")
+                found.append(relative)
     return found
+
+
+def _scan(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as err:
+        raise DataError(f"cannot list {folder}: {err.strerror}") from None
 
 
 def folder_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:
@@ -353,10 +404,13 @@ def folder_classes(data_root) -> list[str]:
 
 def fer2013_csv_path(data_root: str) -> str | None:
     """The fer2013.csv to use for `data_root` (the csv itself or data_root/fer2013.csv), else None."""
-    if os.path.isfile(data_root):
-        return data_root
-    candidate = os.path.join(data_root, "fer2013.csv")
-    return candidate if os.path.isfile(candidate) else None
+    for candidate in (data_root, os.path.join(data_root, "fer2013.csv")):
+        kind = non_regular_kind(candidate)
+        if kind is None:
+            return candidate
+        if kind not in ("missing", "a folder"):
+            raise DataError(f"{candidate} is {kind}, not a regular csv file")
+    return None
 
 
 @dataclass(frozen=True)
@@ -379,8 +433,8 @@ def read_fer2013_rows(csv_path) -> Iterator[Fer2013Row]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             yield from _fer2013_rows(csv.reader(handle), csv_path)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{csv_path}: not a UTF-8 csv file ({err})") from None
+    except UnicodeDecodeError:
+        raise DataError(invalid_utf8_position(csv_path) + "; fer2013.csv must be UTF-8 (or ASCII)") from None
 
 
 def _fer2013_rows(reader, csv_path: str) -> Iterator[Fer2013Row]:
@@ -402,7 +456,7 @@ def _fer2013_rows(reader, csv_path: str) -> Iterator[Fer2013Row]:
         if usage not in FER2013_USAGE_TO_SPLIT:
             raise DataError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
         emotion = row[emotion_col].strip()
-        if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
+        if not emotion.isascii() or not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
             raise DataError(f"{where}: emotion {emotion!r} is not a label 0..{len(FER2013_CLASSES) - 1}")
         yield Fer2013Row(where, index, int(emotion), usage, row[pixels_col])
 
@@ -486,19 +540,12 @@ def list_file_reader(layout: ListLayout):
     return read
 
 
-# The generated demo set (data_preprocessing/demo.py writes it in this layout); test_flipped holds
-# the test faces with the label-tied nuisance set against the label.
-DEMO_LAYOUT = ListLayout("demo", "./datas/demo", "images",
-                         {"train": "demo_train.txt", "test": "demo_test.txt",
-                          "test_flipped": "demo_test_flipped.txt"}, tuple(RAF_DB_CLASSES))
-DEMO_META_NAME = "demo_meta.json"
-
-
 def read_demo(root, split, classes, transform, check_images):
-    """The generated demo set: written on first use (a finished folder of any parameters is read)."""
-    if not os.path.exists(os.path.join(root, DEMO_META_NAME)):
-        from .demo import ensure_demo_dataset
-        ensure_demo_dataset(root)
+    """The generated demo set, once generated (a finished folder of any parameters is read); DataError
+    when `root` holds none (`build_dataset` generates it first)."""
+    if not os.path.exists(os.path.join(os.fspath(root), DEMO_META_NAME)):
+        raise DataError(f"no generated demo dataset in {root} (no {DEMO_META_NAME}); generate it with "
+                        f"python -m data_preprocessing.demo --out {root}")
     return list_file_reader(DEMO_LAYOUT)(root, split, classes, transform, check_images)
 
 
@@ -561,9 +608,10 @@ def extra_test_splits(name: str) -> tuple:
     return DATASETS[canonical_name(name)].extra_test_splits
 
 
-def build_dataset(name: str, split: str, data_root=None, transform=None, classes=None,
-                  check_images: bool = True) -> ImageListDataset:
-    """The `split` ("train", "test", "val" where present) of dataset `name` under `data_root`.
+def read_dataset(name: str, split: str, data_root=None, transform=None, classes=None,
+                 check_images: bool = True) -> ImageListDataset:
+    """The `split` ("train", "test", "val" where present) of dataset `name` under `data_root`, as it
+    is on disk (the demo is not generated here: use `build_dataset`).
 
     `data_root` defaults to the dataset's documented root (see the module docstring). `classes`
     renames the classes (same count) or, for 'folder', picks the class order. `check_images`

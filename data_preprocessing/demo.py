@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_preprocessing.datasets import DEMO_LAYOUT, DEMO_META_NAME
 from data_preprocessing.errors import DataError
+from data_preprocessing.files import non_regular_kind
+from data_preprocessing.layouts import DEMO_LAYOUT, DEMO_META_NAME
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -54,7 +55,7 @@ DEMO_CLASSES = list(DEMO_LAYOUT.classes)  # RAF-DB's order
 # Bump when the drawing changes, so old folders are refused instead of mixed.
 DEMO_FORMAT_VERSION = 3
 
-NUM_LEVELS = 7  # every categorical nuisance attribute has one level per class
+LEVELS_PER_ATTRIBUTE = 7  # every categorical nuisance attribute has one level per class
 # test_flipped gives each face the nuisance level of the class this many steps on. Not 1: the
 # neighbouring hue, 1/7 of the circle away, overlaps the label's own hue once the train colour
 # jitter (hue ±0.1) has moved both, so it acts partly as the label's colour; 3 is the farthest.
@@ -65,7 +66,7 @@ SPURIOUS_CHOICES = CATEGORICAL_ATTRIBUTES + ("none",)
 TEXTURE_NAMES = ("plain", "h_stripes", "v_stripes", "diagonal", "dots", "checker", "blotches")
 ACCESSORY_NAMES = ("none", "round_glasses", "square_glasses", "hat", "headband", "earrings", "bow_tie")
 LIGHTING_DIRECTIONS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1))
-BACKGROUND_HUES = tuple(level / NUM_LEVELS for level in range(NUM_LEVELS))
+BACKGROUND_HUES = tuple(level / LEVELS_PER_ATTRIBUTE for level in range(LEVELS_PER_ATTRIBUTE))
 SKIN_TONES = (
     (255, 224, 196), (241, 194, 160), (224, 172, 125), (198, 134, 90),
     (161, 102, 64), (124, 76, 46), (90, 56, 36),
@@ -122,16 +123,16 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
     level tied to another class, (label + FLIP_OFFSET) mod 7: a model that
     follows the shortcut is then wrong.
     """
-    attrs = {name: int(rng.integers(NUM_LEVELS)) for name in CATEGORICAL_ATTRIBUTES}
+    attrs = {name: int(rng.integers(LEVELS_PER_ATTRIBUTE)) for name in CATEGORICAL_ATTRIBUTES}
     tie_draw = rng.random()
-    other_level = int(rng.integers(NUM_LEVELS - 1))
+    other_level = int(rng.integers(LEVELS_PER_ATTRIBUTE - 1))
     if tie_to_label and spurious != "none":
         if tie_draw < spurious_strength:
             attrs[spurious] = int(label)
         else:
             attrs[spurious] = other_level + (other_level >= label)
     if against_label and spurious != "none":
-        attrs[spurious] = (int(label) + FLIP_OFFSET) % NUM_LEVELS
+        attrs[spurious] = (int(label) + FLIP_OFFSET) % LEVELS_PER_ATTRIBUTE
     attrs.update(
         face_scale=float(rng.uniform(0.92, 1.04)),
         face_dx=float(rng.uniform(-0.04, 0.04)),
@@ -463,10 +464,14 @@ def _write_attribute_rows(handle, rows) -> None:
 
 def _check_existing(root: Path, params: dict) -> None:
     meta_path = root / META_NAME
+    kind = non_regular_kind(meta_path)
+    if kind is not None:  # reading a named pipe would wait for ever
+        raise DemoDataError(f"{meta_path} is {kind}, not a regular file; delete the folder {root} "
+                            f"to regenerate it")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         recorded = {key: meta[key] for key in params}
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError) as error:  # ValueError: bad JSON or not UTF-8
         raise DemoDataError(f"{meta_path}: unreadable demo metadata ({error}); "
                             f"delete the folder {root} to regenerate it") from None
     differing = [f"{key}={recorded[key]!r} (requested {params[key]!r})"

@@ -21,6 +21,7 @@ the list names are the original relative paths; the loader reads images from
 from __future__ import annotations
 
 import argparse
+import os
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -29,7 +30,7 @@ from PIL import Image
 
 from data_preprocessing._prepare_common import (
     PrepareError,
-    claim_outputs,
+    claim_prepared_outputs,
     layout_list_paths,
     parse_int,
     read_csv_rows,
@@ -48,6 +49,7 @@ AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "
                     "facial_landmarks", "expression", "valence", "arousal"]
 MAX_EXPRESSION_CODE = 10
 MAX_MISSING_SHOWN = 5
+WORKERS_PER_CPU, MAX_WORKERS = 4, 64  # cropping is CPU-bound: more processes than this only cost memory
 
 
 def read_annotations(path: Path, flag: str) -> list[dict]:
@@ -137,6 +139,19 @@ def _input_failures(results) -> list[CropFailure]:
     return failures
 
 
+def workers_limit() -> int:
+    """The most --workers allowed here: WORKERS_PER_CPU per CPU, at most MAX_WORKERS."""
+    return min(MAX_WORKERS, WORKERS_PER_CPU * (os.cpu_count() or 1))
+
+
+def check_workers(workers: int) -> None:
+    """PrepareError unless 1 <= ``workers`` <= workers_limit(), before any process is started."""
+    limit = workers_limit()
+    if not 1 <= workers <= limit:
+        raise PrepareError(f"--workers {workers}: must be 1..{limit} on this machine "
+                           f"({WORKERS_PER_CPU} per CPU, at most {MAX_WORKERS})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_affectnet",
                                      description="Write AffectNet-7/-8 list files, optionally cropping the faces.")
@@ -146,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(required with --crop; otherwise only checks the images exist)")
     parser.add_argument("--out", required=True, help="output folder for the list files (and the crops)")
     parser.add_argument("--crop", action="store_true", help=f"crop faces into OUT/{CROP_DIR}/")
-    parser.add_argument("--workers", type=int, default=1, help="processes used for cropping (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="processes used for cropping (default 1; at most "
+                        f"{WORKERS_PER_CPU} per CPU and {MAX_WORKERS})")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
@@ -157,13 +173,12 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     args = parser.parse_args(argv)
     if args.crop and not args.images:
         raise PrepareError("--crop needs --images (the folder holding the original images)")
-    if args.workers < 1:
-        raise PrepareError(f"--workers must be >= 1, got {args.workers}")
+    check_workers(args.workers)
     csv_paths = {"train": require_file(args.train_csv, "--train-csv"), "test": require_file(args.val_csv, "--val-csv")}
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
     outputs = [path for layout in LAYOUTS for path in layout_list_paths(out_dir, layout)]
-    claim_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
+    claim_prepared_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
                   folders=[out_dir / CROP_DIR] if args.crop else [])
 
     rows = {"train": read_annotations(csv_paths["train"], "--train-csv"),

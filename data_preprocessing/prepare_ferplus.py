@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from data_preprocessing._prepare_common import (
     PrepareError,
-    claim_outputs,
+    claim_prepared_outputs,
     layout_list_paths,
     parse_int,
     read_csv_rows,
@@ -36,6 +37,7 @@ from data_preprocessing.datasets import (
     parse_fer2013_pixels,
     read_fer2013_rows,
 )
+from data_preprocessing.images import IMAGE_EXTENSIONS, is_image_file
 from data_preprocessing.outputs import make_output_dir, output_errors
 
 LAYOUT = LIST_LAYOUTS["FERPlus"]
@@ -72,6 +74,9 @@ def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     if "/" in name or "\\" in name or name in (".", "..") or any(c.isspace() for c in name):
         raise PrepareError(f"{path}:{line_number}: image name {name!r} must be a plain file name "
                            f"without spaces")
+    if not is_image_file(name):  # PIL picks the format from the extension
+        raise PrepareError(f"{path}:{line_number}: image name {name!r} has no image extension "
+                           f"({', '.join(IMAGE_EXTENSIONS)})")
     if name in seen:
         raise PrepareError(f"{path}:{line_number}: image name {name!r} already used on line {seen[name]}")
     seen[name] = line_number
@@ -97,22 +102,36 @@ def read_ferplus_votes(ferplus_path: Path) -> list[tuple[int, str, str, list[int
     return rows
 
 
-def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> dict[str, list[tuple[str, int]]]:
-    """Write the images and return the kept ``(image name, label)`` entries per split."""
+def read_faces(fer2013_path: Path, ferplus_path: Path) -> list[tuple[str, np.ndarray, str, list[int]]]:
+    """``(image name, 48x48 pixels, usage, votes)`` of every FERPlus row with an image name, with both
+    files read and checked in full, so a bad row is refused before anything is written. fer2013.csv
+    is streamed: only the decoded faces are kept (48*48 bytes each)."""
     plus_rows = read_ferplus_votes(ferplus_path)
-    fer_count = sum(1 for _ in read_fer2013_rows(fer2013_path))
+    faces, first_problem, fer_count = [], None, 0
+    for fer_row in read_fer2013_rows(fer2013_path):
+        fer_count += 1
+        if fer_count > len(plus_rows) or first_problem is not None:
+            continue  # only counting: the count mismatch is the error to report
+        plus_line, usage, name, votes = plus_rows[fer_count - 1]
+        if fer_row.usage != usage:
+            first_problem = PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
+                                         f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond")
+        elif name:  # rows without a name have no FERPlus image
+            faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
     if fer_count != len(plus_rows):
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
                            f"has {len(plus_rows)}; the rows must correspond one to one")
+    if first_problem is not None:
+        raise first_problem
+    return faces
+
+
+def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """Write the images and return the kept ``(image name, label)`` entries per split."""
+    faces = read_faces(fer2013_path, ferplus_path)
     image_dir = make_output_dir(out_dir / LAYOUT.image_dir, "--out")
     entries: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
-    for fer_row, (plus_line, usage, name, votes) in zip(read_fer2013_rows(fer2013_path), plus_rows):
-        if fer_row.usage != usage:
-            raise PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but "
-                               f"--fer2013 {fer_row.where} has {fer_row.usage!r}; the files do not correspond")
-        if not name:
-            continue  # no FERPlus image for this FER2013 face
-        pixels = parse_fer2013_pixels(fer_row.pixels, fer_row.where)
+    for name, pixels, usage, votes in faces:
         with output_errors(image_dir / name, "--out", "saving the image"):
             Image.fromarray(pixels, "L").save(image_dir / name)
         label = majority_vote(votes)
@@ -138,7 +157,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     fer2013_path = require_file(args.fer2013, "--fer2013")
     ferplus_path = require_file(args.ferplus, "--ferplus")
     out_dir = Path(args.out)
-    claim_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path], args.overwrite,
+    claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path], args.overwrite,
                   folders=[out_dir / LAYOUT.image_dir])
     entries = convert(fer2013_path, ferplus_path, out_dir)
     write_layout_lists(out_dir, LAYOUT, entries)

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from data_preprocessing._prepare_common import (
     PrepareError,
-    claim_outputs,
+    claim_prepared_outputs,
     layout_list_paths,
     parse_int,
     require_dir,
     require_file,
     run_main,
+    utf8_error,
     write_layout_lists,
 )
 from data_preprocessing.datasets import LIST_LAYOUTS
@@ -41,6 +42,13 @@ def aligned_name(name: str) -> str:
 
 def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
     """Read ``<name> <label 1..7>`` lines into ``{"train": [(aligned name, label 0..6)], "test": [...]}``."""
+    try:
+        return _parse_partition_lines(path)
+    except UnicodeDecodeError:
+        raise utf8_error(path, "--list") from None
+
+
+def _parse_partition_lines(path: Path) -> dict[str, list[tuple[str, int]]]:
     splits: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
     seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
@@ -91,7 +99,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     list_path = require_file(args.list, "--list")
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
-    claim_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite)
+    claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite)
     splits = parse_partition_list(list_path)
     if images_dir is not None:
         check_images_exist(images_dir, splits)
