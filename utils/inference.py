@@ -15,7 +15,7 @@ import torch
 
 from data_preprocessing import dataset_classes, test_transform_for
 from models import ARCHS, MODEL_SIZES, build_model, describe_state_dict, load_weights, read_checkpoint
-from models.qcs import NUM_LEVELS, tokens_per_level
+from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, ForeignObject, checkpoint_state_dict, to_our_names
 
 from .checkpointing import CHECKPOINT_FORMAT
@@ -174,7 +174,7 @@ def infer_size(state):
     stem = state.get("base.backbone.input_layer.0.weight")
     for name, dims in MODEL_SIZES.items():
         if pos_embed is not None:
-            tokens = NUM_LEVELS * tokens_per_level(dims["input_size"]) + 1
+            tokens = NUM_FEATURE_LEVELS * tokens_per_level(dims["input_size"]) + 1
             if tuple(pos_embed.shape) == (1, tokens, dims["dim"]):
                 return name
         elif stem is not None and stem.shape[0] == dims["channels"][0]:
