@@ -1,4 +1,8 @@
-"""Cross Similarity Attention (METHOD.md §2): similarity matrices, spatial weights, cross blocks."""
+"""Cross Similarity Attention (METHOD.md §2): similarity matrices, spatial weights, cross blocks.
+
+Equation numbers are the paper's: Eqs. 1–2 the matrices, 3–6 a pair's weights, 7–9 the QCS fusion
+of a same-class S with a different-class D. Released behaviour wins where the two differ (METHOD.md).
+"""
 
 import torch
 import torch.nn.functional as F
@@ -13,31 +17,39 @@ DIFF_CLASS_PAIRS = {2: (), 4: ((0, 2), (1, 3))}
 
 
 def distance_matrix(q_y, q_x):
-    """`cdist(q_Y, q_X)` shifted so its minimum over the whole B×N×N tensor is 0."""
+    """`D = cdist(q_Y, q_X) − min(D)`: the Euclidean distance matrix of Eqs. 1–2, rows Y, columns X.
+
+    The minimum is over the whole B×N×N tensor (as released). A different-class pair uses D
+    directly (Eq. 7: not turned into a similarity, its values coarsely aligned with S's).
+    """
     d = torch.cdist(q_y, q_x)
     return d - d.min()
 
 
 def similarity_matrix(q_y, q_x):
-    """`max(D) − D` of the shifted distance matrix (whole-tensor max, as released)."""
+    """`S = max(D) − D` of the shifted distance matrix (Eqs. 1–2; whole-tensor max, as released)."""
     d = distance_matrix(q_y, q_x)
     return d.max() - d
 
 
 def aggregate_columns(m):
-    """`agg(M)[b, j] = Σ_i M[b,i,j] / ‖M[b,i,:]‖₂`: weight of the image on M's column side."""
+    """`agg(M)[b, j] = Σ_i M[b,i,j] / ‖M[b,i,:]‖₂`: logits of the image on M's column (key) side.
+
+    Eq. 3 (Eq. 8 for QCS's S and D, either side): L2-normalise each row, then sum over the rows.
+    """
     return F.normalize(m, dim=2).sum(dim=1)
 
 
 def aggregate_rows(m):
-    """`agg(Mᵀ)`: weight of the image on M's row side, without materialising the transpose."""
+    """`agg(Mᵀ)`: logits of the image on M's row side (Eq. 5, the mirror of Eq. 3), without the transpose."""
     return F.normalize(m, dim=1).sum(dim=2)
 
 
 def group_terms(num_branches, k, matrix="sd"):
     """The pairs `(i, j, same_class, scale)` whose matrices feed the weights of a group.
 
-    QCS mixes the two kinds as `S + k·D`; its "S only" / "D only" ablations have no k.
+    DCS: S₁₂. QCS, the closed loop 1–2 (S), 2–4 (D), 4–3 (S), 3–1 (D): S₁₂, S₃₄ with scale 1 and
+    D₁₃, D₂₄ with scale k (the `S + k·D` of Eq. 9); its "S only" / "D only" ablations have no k.
     """
     same = [(i, j, True, 1.0) for i, j in SAME_CLASS_PAIRS[num_branches]]
     if num_branches == 2:
@@ -50,7 +62,14 @@ def csa_weights(queries, k, matrix="sd"):
     """Spatial weight vectors (each B×N, summing to 1) for the G = 2 or 4 images of a group.
 
     `queries` holds the G query tensors (B×N×C). Each distance matrix is computed once and
-    serves both of its images. `matrix` selects the QCS terms: "sd" (both), "s", "d".
+    serves both of its images. With `agg` taken on each image's side (Eqs. 3, 5):
+
+    - DCS (Eqs. 4, 6): `w_1 = softmax(agg(S₁₂))`, `w_2 = softmax(agg(S₁₂))`.
+    - QCS (Eq. 9's fused logits in place of Eq. 4's):
+      `w_1 = softmax(agg(S₁₂) + k·agg(D₁₃))`, `w_2 = softmax(agg(S₁₂) + k·agg(D₂₄))`,
+      `w_3 = softmax(agg(S₃₄) + k·agg(D₁₃))`, `w_4 = softmax(agg(S₃₄) + k·agg(D₂₄))`.
+
+    `matrix` selects the QCS terms: "sd" (both), "s" or "d" (that term alone, no k).
     """
     logits = [0.0] * len(queries)
     for i, j, same_class, scale in group_terms(len(queries), k, matrix):
@@ -112,9 +131,11 @@ class CrossBlock(nn.Module):
         return self._weights(self.proj(self.norm1(tokens)).chunk(2, dim=-1)[0])
 
     def _k(self):
+        """Eq. 9's `k = γ + tanh(θ)` with γ = 1 (θ starts at 0, so k starts at 1); None without θ."""
         return 1.0 + torch.tanh(self.theta) if self.theta is not None else None
 
     def _update(self, q, v):
+        """The update `u`: `w·v` with the CSA weights, or the SDPA ablation's cross-attention."""
         if self.attention == "sdpa":
             return torch.stack(sdpa_updates(q.unbind(0), v.unbind(0), self._k(), self.matrix))
         return self._weights(q).unsqueeze(-1) * v

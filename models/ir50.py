@@ -7,13 +7,13 @@ import torch.utils.checkpoint
 from torch import nn
 
 
-class GroupBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, in training mode, can treat its batch as `num_groups` equal chunks.
+class BranchBatchNorm2d(nn.BatchNorm2d):
+    """Per-branch batch norm: in training mode, its batch can be `num_groups` equal chunks (the branches).
 
     Each chunk is normalised with its own batch statistics and updates the running
     statistics in order, exactly as if the chunks had been passed through the layer
     one call at a time. This lets the branches of a DCS/QCS group share one backbone
-    call without changing any result. With `track_running_stats_update=False` the
+    call without changing any result. With `update_running_stats = False` the
     running statistics are left untouched (used when activations are recomputed).
     """
 
@@ -50,13 +50,13 @@ class BottleneckIR(nn.Module):
             self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channels, depth, 1, stride, bias=False), GroupBatchNorm2d(depth))
+                nn.Conv2d(in_channels, depth, 1, stride, bias=False), BranchBatchNorm2d(depth))
         self.res_layer = nn.Sequential(
-            GroupBatchNorm2d(in_channels),
+            BranchBatchNorm2d(in_channels),
             nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False),
             nn.PReLU(depth),
             nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
-            GroupBatchNorm2d(depth),
+            BranchBatchNorm2d(depth),
         )
 
     def forward(self, x):
@@ -78,7 +78,7 @@ class IR50Stages(nn.Module):
     def __init__(self, channels=(64, 128, 256), units=(3, 4, 14), checkpoint_stages=False):
         super().__init__()
         self.input_layer = nn.Sequential(
-            nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), GroupBatchNorm2d(channels[0]), nn.PReLU(channels[0]))
+            nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), BranchBatchNorm2d(channels[0]), nn.PReLU(channels[0]))
         in_channels = (channels[0],) + tuple(channels[:-1])
         self.body1, self.body2, self.body3 = (
             _stage(i, c, n) for i, c, n in zip(in_channels, channels, units))
@@ -107,7 +107,7 @@ class IR50Stages(nn.Module):
         return self._norm_settings(num_groups, update_running_stats=True)
 
     def _norms(self):
-        return [m for m in self.modules() if isinstance(m, GroupBatchNorm2d)]
+        return [m for m in self.modules() if isinstance(m, BranchBatchNorm2d)]
 
     @contextmanager
     def _norm_settings(self, num_groups, update_running_stats):

@@ -22,7 +22,8 @@ def group_loss(outputs, y, y_n, distill="none", distill_weight=1.0, temperature=
 
     `outputs` holds the base logits of each branch, then the cross logits of each (a single
     base output for the baseline). Any other `distill` than "none" adds `distill_weight` times
-    the mean over the branches of `distill_loss(base logits, cross logits)`.
+    the mean over the branches of `distill_loss(base logits, cross logits)`: the paper's Eq. 10
+    (all classifiers' cross-entropies, plus the optional KL or L2/MSE term).
     """
     targets = group_targets(y, y_n, len(outputs))
     losses = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets)])

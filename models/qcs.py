@@ -1,4 +1,20 @@
-"""The base branch and the DCS / QCS cross models (METHOD.md §1–3)."""
+"""The base branch and the DCS / QCS cross models (METHOD.md §1–3).
+
+Forward path of `CrossModel(*group)`, G = 2 images for DCS, 4 for QCS (`model(x)` is steps 2–4 on one image):
+
+1. input group: `CrossModel.base_features` concatenates the G images on the batch and makes one
+   `BaseBranch.forward_features` call (resize to `input_size`, nearest);
+2. IR50 levels: `IR50Stages` (ir50.py) gives NUM_FEATURE_LEVELS = 3 feature maps, its
+   `BranchBatchNorm2d` layers normalising each branch on its own;
+3. embeddings: per level `BaseBranch.downsample` then `BaseBranch.embed`, N tokens each, concatenated;
+4. base ViT: `BaseBranch.vit` (`TokenViT`, vit.py) → base logits and the patch tokens;
+5. cross blocks (CSA): `CrossModel.refine` splits the tokens by level (`split_levels`) and runs each
+   level's `CrossBlock` (csa.py: weights from `csa_weights`, the paper's Eqs. 1–9);
+6. cross head: `CrossModel.cross_logits` feeds `base + cross` tokens to `cross_head` (a depth-1
+   `TokenViT`, or `GAPHead` / `BilinearHead`) → cross logits;
+7. outputs: `CrossModel._group_outputs`: the G base logits, then the G cross logits (for the loss
+   of Eq. 10, losses.py).
+"""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +29,7 @@ MODEL_SIZES = {
     "small": dict(channels=(32, 64, 128), units=(2, 2, 4), dim=192, num_heads=4, input_size=112),
     "tiny": dict(channels=(16, 32, 64), units=(1, 1, 2), dim=64, num_heads=4, input_size=56),
 }
-NUM_LEVELS = 3
+NUM_FEATURE_LEVELS = 3
 
 
 def tokens_per_level(input_size):
@@ -40,7 +56,7 @@ class BaseBranch(nn.Module):
             nn.Sequential(nn.Conv2d(channels[1], dim, 3, 2, 1)),
             nn.Sequential(nn.Conv2d(channels[2], dim, 1)),
         ])
-        self.num_tokens = NUM_LEVELS * tokens_per_level(input_size)
+        self.num_tokens = NUM_FEATURE_LEVELS * tokens_per_level(input_size)
         self.vit = TokenViT(self.num_tokens, num_classes, dim, depth, num_heads, mlp_ratio, drop, proj_drop,
                             vit_init)
 
@@ -104,7 +120,7 @@ class CrossModel(nn.Module):
         self.num_branches = num_branches
         self.cross_blocks = nn.ModuleList(
             CrossBlock(dim, num_branches, mlp_ratio, attention, matrix, cross_block)
-            for _ in range(NUM_LEVELS))
+            for _ in range(NUM_FEATURE_LEVELS))
         self.connection = connection
         if connection == "vit":
             self.cross_head = TokenViT(base.num_tokens, num_classes, dim, 1, num_heads,
@@ -151,12 +167,20 @@ class CrossModel(nn.Module):
         return logits.unflatten(0, (len(images), -1)), tokens.unflatten(0, (len(images), -1))
 
     def refine(self, base_tokens):
-        """Cross-block output for every level: G×B×T×C."""
+        """Cross-block tokens `c_X` of every branch X, all levels: G×B×T×C.
+
+        Level l of every branch goes through `cross_blocks[l]`, whose CSA weights `w_X` follow
+        `csa_weights` (Eqs. 3–6 for DCS, Eq. 9 for QCS: `w_1 = softmax(agg(S₁₂) + k·agg(D₁₃))`, …).
+        """
         levels = split_levels(base_tokens)
         return torch.cat([block(level) for block, level in zip(self.cross_blocks, levels)], dim=2)
 
     def cross_logits(self, base_tokens, cross_tokens):
-        """Cross logits G×B×K from the contrastive residual connection."""
+        """Cross logits G×B×K from the contrastive residual connection.
+
+        Branch X: `cross_head(t_X)` with `t_X = base tokens of X + c_X` (ViT or GAP connection), or
+        `cross_head(base tokens of X, c_X)`, which pools `t_X` with `c_X` (bilinear pooling).
+        """
         if self.connection == "bp":
             pairs = zip(base_tokens.unbind(0), cross_tokens.unbind(0))
             return torch.stack([self.cross_head(b, c) for b, c in pairs])
@@ -183,5 +207,5 @@ class CrossModel(nn.Module):
 
 
 def split_levels(tokens):
-    """The NUM_LEVELS token sets (…×N×C each) of the base branch's …×T×C patch tokens."""
-    return tokens.chunk(NUM_LEVELS, dim=-2)
+    """The NUM_FEATURE_LEVELS token sets (…×N×C each) of the base branch's …×T×C patch tokens."""
+    return tokens.chunk(NUM_FEATURE_LEVELS, dim=-2)

@@ -1,33 +1,22 @@
 """Shared test set-up: import path, thread count, the slow tier and the session-wide fixtures.
 
+The plain helper functions the test modules import are in helpers.py.
+
 Session fixtures are built once per pytest run, in a `tmp_path_factory` folder, and shared:
 tests read them and must not write into them (copy a run folder before resuming it or writing
 beside its files).
 """
-import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from helpers import ROOT, SHARED, folder_dataset, free_port, tiny_training_args
+
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-FOLDER_CLASSES = ("calm", "joy", "rage")
-
-def free_port():
-    """A TCP port free on 127.0.0.1 right now: bind to port 0, read what the OS chose, close."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(name="free_port")
@@ -52,34 +41,6 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
-
-
-def folder_dataset(root, train_per_class=4, test_per_class=2, side=32):
-    """`root/{train,test}/<class>/*.png`: random images, each with its class's colour channel at 255."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for label, name in enumerate(FOLDER_CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-                pixels[..., label] = 255  # a learnable colour cue
-                Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
-    return root
-
-
-def tiny_training_args(data, *extra):
-    """Training options for `utils.train.main`: the tiny model on a `folder_dataset`, 32 px, CPU-sized."""
-    return ["--dataset", "folder", "--data-root", str(data), "--size", "tiny", "--image-size", "32",
-            "--workers", "0", "--pretrained", "none", "-b", "4", "--lr", "1e-3", *extra]
-
-
-def save_checkpoint(path, model, classes, **run_config):
-    """`model` saved as this project's inference-ready checkpoint (no training state) with `classes`
-    and the run settings given (e.g. dataset, image_size, size, augmentation)."""
-    torch.save({"format": "qcs-fer-checkpoint", "config": model.config, "model": model.state_dict(),
-                "classes": list(classes), "run_config": run_config}, path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -121,16 +82,3 @@ def demo_dataset(tmp_path_factory):
 def demo_root(demo_dataset):
     """The folder of the session's default demo dataset."""
     return demo_dataset[0]
-
-
-def unprivileged_prefix():
-    """A command prefix under which a read-only folder really is read-only: nothing for a normal user;
-    for root, setpriv dropping every capability (the test skips cleanly without it)."""
-    if os.geteuid() != 0:
-        return []
-    prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is not installed")
-    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
-        pytest.skip("setpriv cannot drop capabilities here")
-    return prefix

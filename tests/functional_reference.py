@@ -16,7 +16,7 @@ VIT_LN_EPS = 1e-6
 CROSS_LN_EPS = 1e-5
 BN_EPS = 1e-5
 TOKENS_PER_LEVEL = 49
-NUM_LEVELS = 3
+NUM_FEATURE_LEVELS = 3
 
 
 class _Weights:
@@ -251,7 +251,7 @@ def reference_forward(state_dict, images, num_classes, block_form="inplace", mat
     if len(images) == 1:
         return base_logits
     refined = [[] for _ in images]
-    for level in range(NUM_LEVELS):
+    for level in range(NUM_FEATURE_LEVELS):
         chunk = slice(level * TOKENS_PER_LEVEL, (level + 1) * TOKENS_PER_LEVEL)
         outs = _cross_block([t[:, chunk] for t in base_tokens], w,
                             f"cross_attention_{level + 1}", block_form, matrix, attention)

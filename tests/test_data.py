@@ -14,7 +14,9 @@ from data_preprocessing import (
     dataset_classes,
     train_transform,
 )
-from data_preprocessing import test_transform as make_test_transform  # keep pytest from collecting it
+from data_preprocessing import (
+    test_transform as make_test_transform,  # renamed: keep pytest from collecting it
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FER2013_MINI = SHARED / "data" / "fer2013-mini"

@@ -12,7 +12,6 @@ from PIL import Image
 from torchvision import transforms as T
 
 import utils.checkpoint
-from conftest import tiny_training_args
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from data_preprocessing.device_augment import (
     JITTERS,
@@ -23,6 +22,7 @@ from data_preprocessing.device_augment import (
     split_train_transform,
     step_seed,
 )
+from helpers import tiny_training_args
 from utils.checkpoint import read_checkpoint
 from utils.config import UsageError, parse_args, resolve_config
 from utils.data import load_training_data

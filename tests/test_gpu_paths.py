@@ -104,7 +104,9 @@ def test_distance_matrix_under_bf16_autocast_keeps_float32_and_the_whole_batch_m
 
 
 def test_training_cli_runs_the_gpu_options_on_the_cpu(tmp_path):
-    from test_train import args, eval_args, folder_dataset
+    from helpers import folder_dataset
+    from helpers import tiny_eval_args as eval_args
+    from helpers import tiny_training_args as args
     from utils.train import main
 
     data = folder_dataset(tmp_path / "data")

@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_checkpoint, unprivileged_prefix
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -28,6 +27,7 @@ from data_preprocessing.outputs import (
     output_errors,
     remove_stale_temporaries,
 )
+from helpers import save_checkpoint, unprivileged_prefix
 from models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import utils.train
-from conftest import save_checkpoint, tiny_training_args
 from data_preprocessing import (
     AFFECTNET7_CLASSES,
     AFFECTNET8_CLASSES,
@@ -20,6 +19,7 @@ from data_preprocessing import (
     test_transform as released_test_transform,
 )
 from data_preprocessing.datasets import LIST_LAYOUTS
+from helpers import save_checkpoint, tiny_training_args
 from models import build_model
 from utils.checkpoint import read_checkpoint
 from utils.train import main

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import utils.config
-from conftest import tiny_training_args
+from helpers import tiny_training_args
 from utils.train import main
 
 

@@ -13,7 +13,7 @@ import torch
 import utils.data
 import utils.evaluation
 import utils.train
-from conftest import ROOT, folder_dataset, tiny_training_args
+from helpers import ROOT, folder_dataset, tiny_training_args
 from utils.checkpoint import read_checkpoint
 from utils.train import main
 
@@ -341,7 +341,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line(folder_data, tmp_path
 
 @pytest.mark.slow  # training in a capability-dropped subprocess
 def test_an_unwritable_output_dir_is_one_line_before_training(folder_data, tmp_path):
-    from conftest import unprivileged_prefix
+    from helpers import unprivileged_prefix
 
     prefix = unprivileged_prefix()
     read_only = tmp_path / "ro"

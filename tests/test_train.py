@@ -15,9 +15,10 @@ from PIL import Image
 
 import utils.checkpoint
 import utils.engine
-from conftest import FOLDER_CLASSES as CLASSES
-from conftest import folder_dataset
-from conftest import tiny_training_args as args
+from helpers import FOLDER_CLASSES as CLASSES
+from helpers import folder_dataset
+from helpers import tiny_eval_args as eval_args
+from helpers import tiny_training_args as args
 from models import build_model, load_weights
 from utils.checkpoint import read_checkpoint
 from utils.train import main
@@ -29,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def data(folder_data):
     """The session's 3-class folder dataset (4 train, 2 test images a class); read only."""
     return folder_data
-
-
-def eval_args(data, *extra):
-    """The data options of `args` without the training ones, which `--evaluate` refuses."""
-    return ["--dataset", "folder", "--data-root", str(data), "--size", "tiny", "--image-size", "32",
-            "--workers", "0", "-b", "4", *extra]
 
 
 def test_training_leaves_a_complete_run_folder(data, tmp_path):

@@ -20,7 +20,7 @@ import torch
 
 from data_preprocessing.outputs import atomic_write
 from models import ARCHS, MODEL_SIZES, CheckpointError, describe_state_dict, load_backbone, load_weights
-from models.qcs import NUM_LEVELS, tokens_per_level
+from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
@@ -231,7 +231,7 @@ def infer_size(state):
     stem = state.get("base.backbone.input_layer.0.weight")
     for name, dims in MODEL_SIZES.items():
         if pos_embed is not None:
-            tokens = NUM_LEVELS * tokens_per_level(dims["input_size"]) + 1
+            tokens = NUM_FEATURE_LEVELS * tokens_per_level(dims["input_size"]) + 1
             if tuple(pos_embed.shape) == (1, tokens, dims["dim"]):
                 return name
         elif stem is not None and stem.shape[0] == dims["channels"][0]:
