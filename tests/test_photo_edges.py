@@ -180,8 +180,10 @@ def test_detection_on_a_shrunk_image_maps_boxes_back(extra, shared_dir, monkeypa
     assert finder.shrink_factor(picture.size) == 2
     shrunk = [face for face in finder.find(picture) if face.score > 1]
     assert len(full) == len(shrunk) == 1
-    np.testing.assert_allclose(shrunk[0].box, full[0].box, atol=6)
-    np.testing.assert_allclose(shrunk[0].landmarks, full[0].landmarks, atol=6)
+    # the detector's boxes step with its pyramid: the same face, within a tenth of its side
+    side = full[0].box[2]
+    np.testing.assert_allclose(shrunk[0].box, full[0].box, atol=side / 10)
+    np.testing.assert_allclose(shrunk[0].landmarks, full[0].landmarks, atol=side / 20)
 
 
 @pytest.mark.slow
