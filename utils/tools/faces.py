@@ -25,6 +25,7 @@ from data_preprocessing import clamp_box
 
 from . import ToolError
 
+EXIF_ORIENTATION = 0x0112
 EXTRA_HINT = "pip install -r requirements-faces.txt"
 PREDICTOR_FILE = os.path.join("models", "shape_predictor_5_face_landmarks.dat")
 MAX_UPSAMPLE = 3  # 8× the side: a 12-megapixel photo becomes 770 megapixels
@@ -111,6 +112,8 @@ def upright(image):
     A malformed EXIF block leaves the image as stored rather than failing the file.
     """
     try:
+        if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return image  # upright already: no copy (a 12000×12000 image is 430 MB as RGB)
         return ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, TypeError, KeyError):
         return image
