@@ -174,7 +174,7 @@ def test_predict_checks_its_outputs_before_loading_the_model(trained, demo_root,
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr("utils.tools.predict.load_trained_model", no_model)
+    monkeypatch.setattr("utils.tools.classify.load_trained_model", no_model)
     image = sorted((demo_root / "images" / "test").glob("*.png"))[0]
     checkpoint = trained["qcs"][1]
     missing = tmp_path / "missing" / "p.csv"

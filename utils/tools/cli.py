@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from data_preprocessing import DATASET_NAMES
+from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE
 from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
@@ -22,9 +22,24 @@ from ..device import DEVICE_CHOICES, DeviceUnavailable
 from ..inference import DEFAULT_IMAGE_SIZE
 from . import ToolError
 from .export import FORMAT_CHOICES, sha256_of
+from .faces import DEFAULT_MIN_SCORE, DETECTOR_WINDOW, LARGEST_SCORE_SHARE, MAX_DETECTION_PIXELS
+from .heatmaps import MAX_SEED
 from .onnx_model import OPSET
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+MIN_IMAGE_SIDE = 16  # the smallest input the backbone's three stages take
+
+
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: X)` to an option's help only where the help does not state its default
+    already and there is one to show (not None, not an off switch)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -53,7 +68,8 @@ def _model_options(parser, onnx=False, exports=True):
     parser.add_argument("--size", choices=tuple(MODEL_SIZES),
                         help="model size (default: from the checkpoint)")
     parser.add_argument("--image-size", type=int,
-                        help=f"input side in pixels (default: from the checkpoint, else {DEFAULT_IMAGE_SIZE})")
+                        help=f"input side in pixels, {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} (default: from the checkpoint, "
+                             f"else {DEFAULT_IMAGE_SIZE})")
 
 
 def _device_option(parser):
@@ -73,7 +89,7 @@ def _model_command(commands, name, summary, description, class_names=True, onnx=
     """A subcommand that loads a checkpoint (or with `onnx` an ONNX export): its model options and,
     with `class_names`, the class-name ones; `exports`: whether a .safetensors export will do."""
     parser = commands.add_parser(name, help=summary, description=description,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsOnceFormatter)
     _model_options(parser, onnx, exports)
     if class_names:
         _class_options(parser)
@@ -86,11 +102,16 @@ def _detection_options(parser):
                         help="find, align and classify each face first (default: on when the extra of "
                              "requirements-faces.txt is installed); --no-detect for images that are face crops")
     parser.add_argument("--min-score", type=float,
-                        help="detector score threshold (default 0, dlib's; higher: fewer, surer faces)")
-    parser.add_argument("--largest", action="store_true", help="only the largest face of each image")
+                        help=f"detector score threshold (default {DEFAULT_MIN_SCORE:g}: drops dlib's near-zero "
+                             "detections, keeps 93%% of FER2013 faces pasted on large canvases and all clearer "
+                             "ones; lower: more, weaker faces)")
+    parser.add_argument("--largest", action="store_true",
+                        help=f"only the largest face of each image, among those scoring at least "
+                             f"{LARGEST_SCORE_SHARE:g} × the best score")
     parser.add_argument("--upsample", type=int,
-                        help="double the image this many times before detecting (default 0: faces of "
-                             "about 80 px and up; 1: 40 px, 4× slower)")
+                        help=f"double the image this many times before detecting (default 0: faces of "
+                             f"{DETECTOR_WINDOW} px and up; 1: {DETECTOR_WINDOW // 2} px, 4× slower); images over "
+                             f"{MAX_DETECTION_PIXELS // 10 ** 6} megapixels after it are searched shrunk")
 
 
 def _speed_options(parser):
@@ -120,9 +141,12 @@ def _add_predict(commands):
     p.add_argument("--video", metavar="FILE", help="classify the faces of a video's frames (needs the extra of "
                                                    "requirements-video.txt); --csv gets one row per frame and face")
     p.add_argument("--every", type=int, help="with --video: analyse every N-th frame (default 1: all)")
-    p.add_argument("--csv", metavar="OUT.csv", help="write one row per face/image (a new file in an existing folder)")
+    p.add_argument("--csv", metavar="OUT.csv",
+                   help="write one row per face/image (a new file in an existing folder; file names that are not "
+                        "UTF-8 are written with their odd bytes as \\xNN; after Ctrl-C it holds the files done so far)")
     p.add_argument("--json", metavar="OUT.json",
-                   help="write all probabilities as JSON (a new file in an existing folder)")
+                   help="write all probabilities as JSON (a new file in an existing folder; names as in --csv; "
+                        "\"partial\" says why it holds only some files after Ctrl-C)")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER")
 
 
@@ -140,7 +164,7 @@ def _add_heatmaps(commands):
     p.add_argument("--data-root", help="dataset folder (default: the dataset's usual ./datas/... folder)")
     p.add_argument("--split", default="test")
     p.add_argument("--anchor", type=int, help="index of the anchor in the split (default: drawn with --seed)")
-    p.add_argument("--seed", type=int, default=0, help="draws the anchor, partners and grid samples")
+    p.add_argument("--seed", type=int, default=0, help=f"draws the anchor, partners and grid samples (0..{MAX_SEED})")
     p.add_argument("--out", default="csa_heatmaps.png", help="PNG of the group (its folder is created)")
     p.add_argument("--class-grid", metavar="OUT_GRID.png",
                    help="also write the K×K class-pair grid (a path other than --out)")
@@ -243,9 +267,20 @@ def listed_sha256_verdict(path, info, digest):
 
 # ------------------------------------------------------------------------------ entry point
 
+def check_image_size(args):
+    """`--image-size` within MIN_IMAGE_SIDE..MAX_IMAGE_SIDE, before any work."""
+    side = getattr(args, "image_size", None)
+    if side is not None and not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
+        raise ToolError(f"--image-size must be {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels, got {side}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_image_size(args)
+        if args.command == "predict" and args.video:
+            from . import video
+            return video.run(args)
         if args.command == "predict":
             from . import predict
             return predict.run(args)
@@ -259,6 +294,9 @@ def main(argv=None):
     except (ToolError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageListDataset, build_dataset
+from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 from data_preprocessing.outputs import (
     atomic_write,
     check_output_file,
@@ -31,7 +31,8 @@ from data_preprocessing.outputs import (
 
 from ..device import autocast, resolve_device
 from ..inference import load_trained_model
-from . import ToolError, predict
+from . import ToolError
+from .classify import detection_wanted, face_finder, faces_of, printable
 
 ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
@@ -39,6 +40,7 @@ CELL_INCHES = 2.2
 DPI = 100
 OVERLAY_ALPHA = 0.5
 COLORMAP = "jet"
+MAX_SEED = 2 ** 32 - 1  # numpy's default_rng takes 0..2**32-1 here (and no negative seed)
 
 
 # ------------------------------------------------------------------------------ groups
@@ -241,7 +243,8 @@ def _pairs(anchors, partners, labels):
 
 # ------------------------------------------------------------------------------ command
 
-def load_split(args, trained):
+def load_group_split(args, trained):
+    """The --dataset split the group (and the class grid) is drawn from, checked against the model's head."""
     classes = trained.classes if args.dataset.lower() == "folder" else None
     try:
         dataset = build_dataset(args.dataset, args.split, data_root=args.data_root,
@@ -270,24 +273,23 @@ def check_group_source(args):
         raise ToolError("--anchor picks from --dataset; with --images the first face is the anchor")
     if args.class_grid and args.dataset is None:
         raise ToolError("--class-grid draws from a split: give --dataset too")
-    return predict.detection_wanted(args.detect)
+    return detection_wanted(args.detect)
 
 
 def photo_group(args, trained, detect):
     """`(input tensors, titles)` of the group given with --images: the first faces of the files, each
     file's left to right, detected and aligned as `predict` does (the file itself without detection)."""
-    finder = predict.face_finder(args, detect, trained.image_size)
+    finder = face_finder(args, detect, trained.image_size)
     paths = [Path(p) for p in args.images]
-    reader = ImageListDataset([str(p) for p in paths], [0] * len(paths), trained.classes)
     transform, faces, titles = trained.transform(), [], []
-    for index, path in enumerate(paths):
-        if not path.is_file():
-            raise ToolError(f"--images {path}: no such file")
-        _, rows, crops = predict.faces_of(reader, index, path, finder)
+    for path in paths:
+        if not path.exists():
+            raise ToolError(f"--images {printable(path)}: no such file")
+        _, rows, crops = faces_of(path, finder)
         if rows[0].error:
-            raise ToolError(f"--images {path}: {rows[0].error}")
+            raise ToolError(f"--images {printable(path)}: {rows[0].error}")
         faces += [transform(crop) for crop in crops]
-        titles += [path.name + (f" face {row.face}" if row.face else "") for row in rows]
+        titles += [printable(path.name) + (f" face {row.face}" if row.face else "") for row in rows]
     roles = ROLES[trained.model.num_branches]
     if len(faces) < len(roles):
         raise ToolError(f"a {trained.info.arch.upper()} group is {len(roles)} faces ({', '.join(roles)}); "
@@ -300,7 +302,9 @@ def photo_group(args, trained, detect):
 
 def run(args):
     """The `heatmaps` command."""
-    claim_outputs(args)
+    claim_heatmap_outputs(args)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ToolError(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
     if args.samples_per_class < 1:
         raise ToolError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
     detect = check_group_source(args)
@@ -311,9 +315,9 @@ def run(args):
     if args.images:
         images, titles = photo_group(args, trained, detect)
         heading = f"{arch} CSA weights of faces in {', '.join(Path(p).name for p in args.images)}"
-        dataset = load_split(args, trained) if args.class_grid else None
+        dataset = load_group_split(args, trained) if args.class_grid else None
     else:
-        dataset = load_split(args, trained)
+        dataset = load_group_split(args, trained)
         group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)
         images = [dataset[i][0] for i in group]
         titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
@@ -335,7 +339,7 @@ def run(args):
     return 0
 
 
-def claim_outputs(args):
+def claim_heatmap_outputs(args):
     """Before any work: --out and --class-grid are two different PNG paths that can be written
     (their folders are created if needed), and new unless --overwrite."""
     named = [("--out", args.out), ("--class-grid", args.class_grid)]
@@ -348,7 +352,7 @@ def claim_outputs(args):
 
 
 def save(figure, path, flag):
-    """Write the figure as a PNG (its path was checked by `claim_outputs` before any work)."""
+    """Write the figure as a PNG (its path was checked by `claim_heatmap_outputs` before any work)."""
     folder = make_output_dir(Path(path).parent, flag)
     remove_stale_temporaries(folder, Path(path).name)
     atomic_write(path, lambda handle: figure.savefig(handle, format="png"), flag=flag)

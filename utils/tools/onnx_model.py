@@ -2,7 +2,7 @@
 
 Needs the extra of `requirements-onnx.txt` (onnx and onnxscript to export, onnxruntime to run),
 imported only when used. `OnnxModel` has the call shape of the PyTorch network (an N×3×S×S
-float tensor in, N×K logits out), so `predict` runs either one; `load_classifier` gives it with
+float tensor in, N×K logits out), so `predict` runs either one; `load_onnx_classifier` gives it with
 the classes and preprocessing of the `model_info.json` beside the file, as a `TrainedModel`.
 """
 import importlib
@@ -102,7 +102,7 @@ def providers_for(device):
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def load_classifier(path, device="auto"):
+def load_onnx_classifier(path, device="auto"):
     """`(TrainedModel around an OnnxModel, label of where it runs)` for `predict --onnx`."""
     require("--onnx", ("onnxruntime",))
     if not path.is_file():

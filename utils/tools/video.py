@@ -19,7 +19,19 @@ from tqdm import tqdm
 
 from data_preprocessing.outputs import atomic_write, make_output_dir, remove_stale_temporaries
 
-from . import ToolError, faces, predict
+from . import ToolError, faces
+from .classify import (
+    NO_FACE,
+    PendingBatch,
+    annotate,
+    face_rows,
+    is_photo,
+    photo_warning,
+    printable,
+    set_up,
+    write_json,
+    write_output,
+)
 
 VIDEO_HINT = "pip install -r requirements-video.txt"
 FALLBACK_RATE = Fraction(25)  # frames per second of a stream that declares none
@@ -35,12 +47,21 @@ def _av():
 
 
 def check_video_path(path):
-    """The `--video` file as a Path, checked before any work (PyAV installed, the file there)."""
+    """The `--video` file as a Path, checked before any work (PyAV installed, the file there, a regular file)."""
     _av()
     path = Path(path)
-    if not path.is_file():
-        raise ToolError(f"--video {path}: no such file")
+    if not path.exists():
+        raise ToolError(f"--video {printable(path)}: no such file")
+    if not path.is_file():  # a named pipe would block the reader
+        raise ToolError(f"--video {printable(path)}: not a regular file")
     return path
+
+
+def video_input(args):
+    """The `--video` file; it takes no other inputs."""
+    if args.inputs:
+        raise ToolError("--video takes no image or folder arguments; classify those in a separate run")
+    return [check_video_path(args.video)]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -120,12 +141,14 @@ class VideoWriter:
 
 # ------------------------------------------------------------------------------ the command
 
-def run(args, trained, device, k, finder, targets):
+def run(args):
     """`predict --video`: returns the exit status (1 when no face was classified)."""
     every = 1 if args.every is None else args.every
     if every < 1:
         raise ToolError(f"--every must be at least 1, got {every}")
-    path = Path(args.video)
+    files, setup = set_up(args, lambda: video_input(args), ".mp4")
+    trained, device, k, finder, targets = setup.trained, setup.device, setup.k, setup.finder, setup.targets
+    path = files[0]
     target = targets.get(path)
     warn_photos = args.detect is None and finder is None  # detection is off for want of the extra
     if target is None:
@@ -140,10 +163,10 @@ def run(args, trained, device, k, finder, targets):
     for line in report(path, rows, counts, every, trained.classes):
         print(line)
     if args.csv:
-        predict.write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
+        write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
         print(f"wrote {args.csv}")
     if args.json:
-        predict.write_json(args.json, rows, trained, k, args.checkpoint)
+        write_json(args.json, rows, trained, k, args.checkpoint)
         print(f"wrote {args.json}")
     if target is not None:
         print(f"wrote {target} ({counts['written']} frames)")
@@ -155,7 +178,7 @@ def analyse(path, trained, device, finder, every, handle=None, warn_photos=False
 
     `warn_photos`: say so when the frames are much larger than a face crop (and classified whole).
     """
-    batch = predict.PendingBatch(trained.model, trained.transform(), device, batch_size=1)
+    batch = PendingBatch(trained.model, trained.transform(), device, batch_size=1)
     rows, latest = [], []
     counts = Counter()
     with open_video(path) as container:
@@ -165,16 +188,16 @@ def analyse(path, trained, device, finder, every, handle=None, warn_photos=False
                       desc=path.name, disable=not sys.stderr.isatty(), leave=False)
         for index, time, image in frames:
             counts["frames"] += 1
-            if warn_photos and index == 0 and predict.is_photo(image, trained.image_size):
-                print(f"warning: {predict.photo_warning(path, image)}", file=sys.stderr)
+            if warn_photos and index == 0 and is_photo(image, trained.image_size):
+                print(f"warning: {photo_warning(path, image)}", file=sys.stderr)
             if index % every == 0:
-                latest, crops = predict.face_rows(image, str(path), finder, frame=index, time=round(time, 4))
+                latest, crops = face_rows(image, str(path), finder, frame=index, time=round(time, 4))
                 batch.add(index, image, latest, crops)
                 batch.flush()
                 rows += latest
                 counts["analysed"] += 1
             if writer is not None:
-                writer.write(predict.annotate(image, latest, trained.classes))
+                writer.write(annotate(image, latest, trained.classes))
         if writer is not None:
             writer.close()
             counts["written"] = writer.frames
@@ -185,7 +208,7 @@ def analyse(path, trained, device, finder, every, handle=None, warn_photos=False
 def report(path, rows, counts, every, classes):
     """Terminal lines: frames, faces, frames without a face and how often each label came first."""
     faces_found = [row for row in rows if not row.error]
-    without = sum(1 for row in rows if row.error == predict.NO_FACE)
+    without = sum(1 for row in rows if row.error == NO_FACE)
     rate = counts["rate"]
     lines = [f"{path}: {counts['frames']} frames ({counts['frames'] / float(rate):.1f} s at {float(rate):.3g} fps), "
              f"{counts['analysed']} analysed" + (f" (one frame in {every})" if every > 1 else "")
