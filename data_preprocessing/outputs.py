@@ -184,6 +184,27 @@ def atomic_write_text(text, path, flag=None):
     atomic_write(path, lambda handle: handle.write(text), mode="w", flag=flag)
 
 
+def open_for_append(path, flag=None):
+    """`path` opened for reading and appending as UTF-8 text (created if missing), never through a
+    symbolic link: a link there would send the writes into another file, so it is an `OutputError`."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP and path.is_symlink():
+            raise OutputError(f"{_label(flag, path)}: is a symbolic link (to {os.readlink(path)}); "
+                              "refusing to write through it: remove the link") from None
+        with output_errors(path, flag, "opening it"):
+            raise
+    return os.fdopen(fd, "a+", encoding="utf-8", errors="backslashreplace")
+
+
+def printable(text):
+    """`text` (a path, or a message naming one) as text that can be written as UTF-8: the bytes of a
+    file name that are not UTF-8, which Python keeps as surrogate escapes, become escapes like \\xff."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def make_output_dir(path, flag=None):
     """`mkdir -p path`; an `OSError` of the kinds `atomic_write` maps becomes `OutputError`. Returns the Path."""
     path = Path(path)

@@ -53,14 +53,25 @@ class LoadReport:
 def checkpoint_state_dict(checkpoint):
     """`(format, state_dict)` of a loaded checkpoint object of any supported kind."""
     if isinstance(checkpoint, dict) and "model" in checkpoint and "config" in checkpoint:
-        return "ours", checkpoint["model"]
+        return "ours", _tensors_of(checkpoint["model"], "its 'model' entry")
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        return "authors", checkpoint["state_dict"]
+        return "authors", _tensors_of(checkpoint["state_dict"], "its 'state_dict' entry")
     if isinstance(checkpoint, dict) and checkpoint and all(
             isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return "state_dict", checkpoint
+        return "state_dict", _tensors_of(checkpoint, "the state dict")
     raise CheckpointError("unrecognised checkpoint: expected this project's checkpoint, the authors' "
-                       "({'state_dict': ...}), a bare state dict or IR50 weights")
+                          "({'state_dict': ...}), a bare state dict or IR50 weights")
+
+
+def _tensors_of(state_dict, what):
+    """`state_dict` when it maps tensor names to tensors (other values, such as the authors' epoch
+    counters in a state dict, are kept for the key checks); else CheckpointError."""
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointError(f"{what} is not a state dict (a {type(state_dict).__name__}); the file is damaged")
+    if not all(isinstance(k, str) for k in state_dict) or not any(isinstance(v, torch.Tensor)
+                                                                  for v in state_dict.values()):
+        raise CheckpointError(f"{what} does not map tensor names to tensors; the file is damaged")
+    return state_dict
 
 
 def to_our_names(state_dict):
@@ -106,6 +117,10 @@ def describe_state_dict(state_dict):
     else:
         arch = "base"
     head = state_dict.get("base.vit.head.classifier.weight", state_dict.get("vit.head.classifier.weight"))
+    if head is not None and (not isinstance(head, torch.Tensor) or head.dim() != 2 or not head.shape[0]):
+        shape = tuple(head.shape) if isinstance(head, torch.Tensor) else type(head).__name__
+        raise CheckpointError(f"the classifier weight (vit.head.classifier.weight) has shape {shape}, "
+                              "not (classes, features); the file is damaged")
     return arch, (None if head is None else int(head.shape[0]))
 
 
@@ -129,21 +144,39 @@ def load_weights(model, source, name="the given state dict"):
     unexpected = [k for k in ignored if not _known_unused(k, model)]
     covered = [k for k in target if source_format != "ir50" or k.startswith(_backbone_prefix(model))]
     missing = [k for k in covered if k not in state_dict]
+    loaded = [k for k in target if k in state_dict]
+    _check_values(name, state_dict, target, loaded)
     shape_errors = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
-                    for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
+                    for k in loaded if state_dict[k].shape != target[k].shape]
     if shape_errors:
         raise CheckpointError(f"{name}: shapes differ for {len(shape_errors)} tensors "
-                           f"(is the model size right?):\n  " + "\n  ".join(shape_errors[:20]))
+                              f"(is the model size right?):\n  " + "\n  ".join(shape_errors[:20]))
     if missing or unexpected:
         raise CheckpointError(f"{name} does not fit the model:"
-                           + _key_list("missing from the checkpoint", missing)
-                           + _key_list("unexpected in the checkpoint", unexpected))
-    loaded = [k for k in target if k in state_dict]
+                              + _key_list("missing from the checkpoint", missing)
+                              + _key_list("unexpected in the checkpoint", unexpected))
     with torch.no_grad():
         for k in loaded:
             target[k].copy_(state_dict[k])
     return LoadReport(source_format, loaded, ignored, [k for k in target if k not in state_dict],
                       source if isinstance(source, dict) else {})
+
+
+def _check_values(name, state_dict, target, keys):
+    """Refuse values that are no tensors, integer tensors where the model holds floating-point
+    weights (quantised or damaged files: copying would silently cast them) and NaN/inf weights."""
+    not_tensors = [k for k in keys if not isinstance(state_dict[k], torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{name}: {len(not_tensors)} entries are not tensors (e.g. {not_tensors[0]}); "
+                              "the file is damaged")
+    integer = [k for k in keys if target[k].is_floating_point() and not state_dict[k].is_floating_point()]
+    if integer:
+        raise CheckpointError(f"{name}: {len(integer)} weights are stored as {state_dict[integer[0]].dtype} "
+                              f"(e.g. {integer[0]}), not floating point: quantised weights are not supported")
+    non_finite = [k for k in keys if state_dict[k].is_floating_point() and not torch.isfinite(state_dict[k]).all()]
+    if non_finite:
+        raise CheckpointError(f"{name}: {len(non_finite)} tensors hold NaN or infinite values (e.g. {non_finite[0]}); "
+                              "the weights are damaged (a diverged run?)")
 
 
 def _target_keys(model):
@@ -187,7 +220,7 @@ def _check_same_model(model, state_dict, name):
         model_arch == "qcs" and arch == "dcs" and without_theta)
     if arch_clash or (num_classes is not None and num_classes != model_classes):
         raise CheckpointError(f"{name} holds a {arch.upper()} model with {num_classes} classes; "
-                           f"the model is {model_arch.upper()} with {model_classes} classes")
+                              f"the model is {model_arch.upper()} with {model_classes} classes")
 
 
 def _key_list(title, keys):
@@ -216,16 +249,17 @@ def load_backbone(model, source, name="the given state dict"):
             found[key[len(prefix):]] = value
     if not found:
         raise CheckpointError(f"{name} holds no IR50 backbone tensors "
-                           f"({len(state_dict)} tensors in {naming} names)")
+                              f"({len(state_dict)} tensors in {naming} names)")
     backbone = (model.base if isinstance(model, CrossModel) else model).backbone
     target = dict(backbone.state_dict(keep_vars=True))
     missing = [prefix + k for k in target if k not in found]
+    _check_values(name, found, target, [k for k in target if k in found])
     shape_errors = [f"{prefix}{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
                     for k, v in target.items() if k in found and found[k].shape != v.shape]
     if missing or shape_errors:
         raise CheckpointError(f"{name} does not fit the model's backbone (is the model size "
-                           f"right?):" + _key_list("missing from the file", missing)
-                           + _key_list("with other shapes", shape_errors))
+                              f"right?):" + _key_list("missing from the file", missing)
+                              + _key_list("with other shapes", shape_errors))
     with torch.no_grad():
         for key, tensor in target.items():
             tensor.copy_(found[key])

@@ -9,6 +9,7 @@ face-recognition IR50 weights and the `.safetensors` export with its `model_info
 problem with any of them is a `CheckpointError` whose message names the file.
 """
 import json
+import math
 import os
 import pickle
 import random
@@ -73,7 +74,7 @@ def _load_legacy(path, zip_error):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it: "
-                           f"{type(zip_error).__name__})") from None
+                              f"{type(zip_error).__name__})") from None
 
 
 class ForeignObject:
@@ -120,6 +121,7 @@ class CheckpointInfo:
     best_acc: float | None = None
     best_epoch: int | None = None
     foreign_objects: list = field(default_factory=list)
+    weight_dtypes: list = field(default_factory=list)  # of the floating-point tensors; loading makes them float32
 
     @property
     def format_title(self):
@@ -155,7 +157,8 @@ def describe_checkpoint(checkpoint, path=""):
         num_classes=num_classes, size=infer_size(state), num_tensors=len(tensors),
         num_parameters=sum(v.numel() for k, v in tensors.items() if not k.endswith(BN_BUFFERS)),
         unused_tensors=sum(1 for k in state if AUTHOR_UNUSED.match(k) or k.startswith("ir50-unused."))
-        if naming != "ours" else 0)
+        if naming != "ours" else 0,
+        weight_dtypes=sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()}))
     if container == "ours":
         _add_our_metadata(info, checkpoint)
     elif container == "authors":
@@ -181,6 +184,9 @@ def _add_our_metadata(info, checkpoint):
     info.best_epoch = _as_int(checkpoint.get("best_epoch"))
     if checkpoint.get("format") not in (None, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{info.path}: unknown checkpoint format {checkpoint.get('format')!r}")
+    if info.classes and info.num_classes is not None and len(info.classes) != info.num_classes:
+        raise CheckpointError(f"{info.path}: it names {len(info.classes)} classes but its head has "
+                              f"{info.num_classes}; the file is damaged")
 
 
 def _check_our_metadata(path, checkpoint, run_config, config):
@@ -201,11 +207,13 @@ def _check_our_metadata(path, checkpoint, run_config, config):
 def _as_float(value):
     if isinstance(value, torch.Tensor):
         return float(value.item()) if value.numel() == 1 else None
-    return float(value) if isinstance(value, (int, float)) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _as_int(value):
-    return int(value) if isinstance(value, (int, torch.Tensor)) and not isinstance(value, bool) else None
+    if isinstance(value, torch.Tensor):
+        return int(value.item()) if value.numel() == 1 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def foreign_classes(obj, found=None):
@@ -454,6 +462,9 @@ def merge_resumed_config(config, checkpoint, given):
         raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
                          "(an authors' checkpoint can be evaluated with --evaluate)")
     script_arch = saved.get("recipe_arch", saved.get("arch"))
+    if script_arch not in ("dcs", "qcs"):
+        raise UsageError(f"--resume {config['resume']}: its saved settings name no script (recipe_arch is "
+                         f"{script_arch!r}); the file is damaged or not ours")
     if script_arch != config["recipe_arch"]:
         raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
                          f"continue it with main_{script_arch.upper()}.py")
@@ -473,25 +484,58 @@ def merge_resumed_config(config, checkpoint, given):
 
 
 def check_training_state(checkpoint, path):
-    """The counters a resumed run continues from must be what this project writes."""
+    """The counters and states a resumed run continues from must be what this project writes."""
+    problem = training_state_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"--resume {path}: its training state is malformed ({problem}); it cannot be continued")
+
+
+def training_state_problem(checkpoint):
+    """What is wrong with a training checkpoint's counters, optimiser, scheduler, RNG and mid-epoch
+    sums, or None."""
     def whole(value):
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
-    ok = (whole(checkpoint.get("epoch")) and whole(checkpoint.get("step"))
-          and whole(checkpoint.get("best_epoch")) and isinstance(checkpoint.get("best_acc"), (int, float))
-          and isinstance(checkpoint.get("history"), list)
-          and all(key in checkpoint for key in ("optimizer", "scheduler", "rng")))
-    if not ok:
-        raise CheckpointError(f"--resume {path}: its training state (epoch, step, best, history, optimizer, "
-                              "scheduler, RNG) is missing or malformed; it cannot be continued")
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for key in ("epoch", "step", "best_epoch"):
+        if not whole(checkpoint.get(key)):
+            return f"{key} is {checkpoint.get(key)!r}, not a whole number"
+    for key in ("best_acc", "test_at_best"):
+        if key in checkpoint and not number(checkpoint[key]):
+            return f"{key} is {checkpoint.get(key)!r}, not a number"
+    history = checkpoint.get("history")
+    if not isinstance(history, list) or not all(isinstance(row, dict) and whole(row.get("epoch")) for row in history):
+        return "history is not a list of per-epoch rows"
+    optimizer = checkpoint.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list) or not optimizer["param_groups"]:
+        return "optimizer holds no optimiser state"
+    if not isinstance(checkpoint.get("scheduler"), dict) or "last_epoch" not in checkpoint["scheduler"]:
+        return "scheduler holds no schedule state"
+    rng = checkpoint.get("rng")
+    if not isinstance(rng, dict) or not all(key in rng for key in ("python", "numpy", "torch")) \
+            or not isinstance(rng["torch"], torch.Tensor) or not isinstance(rng["numpy"], (list, tuple)) \
+            or len(rng["numpy"]) != 5:
+        return "rng does not hold the python, numpy and torch generator states"
+    sums = checkpoint.get("partial")
+    if checkpoint["step"] and not (isinstance(sums, dict) and all(
+            number(sums.get(key)) for key in ("loss_sum", "correct", "anchors", "seconds"))):
+        return "partial (the sums of the unfinished epoch) is missing or malformed"
+    return None
 
 
 def restore_training(checkpoint, model, optimizer, scheduler):
     """Load a training checkpoint into the run's objects; returns the run's `RunState`."""
     load_weights(model, checkpoint)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    set_rng_states(checkpoint["rng"])
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_states(checkpoint["rng"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
+        raise CheckpointError(f"--resume: its optimiser, schedule or RNG state does not fit this run "
+                              f"({one_line(error, keep=1)})") from None
     return RunState.from_checkpoint(checkpoint)
 
 

@@ -7,6 +7,7 @@ run takes from its checkpoint.
 import argparse
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .device import DEVICE_CHOICES
 from .recipes import recipe
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
+MAX_WORKERS = 64  # DataLoader worker processes; far more than a machine's cores only costs memory
 DEFAULT_DATASET = "RAF-DB"
 # Options a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = {"epochs", "workers", "device", "amp", "compile", "compile_backend", "channels_last",
@@ -35,11 +37,11 @@ CROSS_MODULE_ONLY = ("attention", "matrix", "connection", "cross_drop", "cross_b
                      "distill_weight", "temperature")
 # option → (lowest, highest, whether the bounds themselves are allowed)
 OPTION_RANGES = {
-    "epochs": (1, None, True), "batch_size": (1, None, True), "workers": (0, None, True),
+    "epochs": (1, None, True), "batch_size": (1, None, True), "workers": (0, MAX_WORKERS, True),
     "image_size": (16, MAX_IMAGE_SIDE, True), "lr": (0, None, False), "rho": (0, None, True),
     "gamma": (0, 1, False), "drop": (0, 1, None), "cross_drop": (0, 1, None),
     "temperature": (0, None, False), "distill_weight": (0, None, True), "print_freq": (0, None, True),
-    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True),
+    "save_every": (0, None, True), "seed": (0, 2 ** 32 - 1, True), "anchor_divisor": (1, None, True),
 }
 TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
@@ -47,7 +49,12 @@ SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "data
                    "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
                    "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
                    "select_on": ("test", "val")}
-FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard", "device_augment")
+FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard", "device_augment", "balanced_sampler")
+WHOLE_NUMBERS = ("epochs", "batch_size", "workers", "image_size", "seed", "print_freq", "anchor_divisor",
+                 "num_classes")
+# Settings that hold a text (a path, a list of names, a backend) or nothing, when read from a file.
+TEXTS = ("data_root", "classes", "output_dir", "resume", "evaluate", "predictions", "config", "pretrained",
+         "compile_backend", "size", "run_id", "replayed_from", "branched_from")
 
 
 class UsageError(Exception):
@@ -212,6 +219,8 @@ def resolve_config(arch, args):
     check_ranges(config)
     if config["val_fraction"] is not None and not 0 < config["val_fraction"] < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {config['val_fraction']}")
+    if config["compile"]:
+        check_compile_backend(config["compile_backend"])
     if config["tensorboard"] and not tensorboard_available():
         raise UsageError("--tensorboard needs the tensorboard package: pip install -r requirements-tensorboard.txt")
     if not args.evaluate:
@@ -310,16 +319,21 @@ def check_ranges(config):
 def check_saved_config(config):
     """A configuration read from a file (a checkpoint's, or `config.json`) passes the same checks
     as the command line's, plus the types the command line enforces by parsing."""
+    for key in FLAGS:
+        if not isinstance(config.get(key, False), bool):
+            raise UsageError(f"{flag(key)} must be true or false, got {config[key]!r}")
+    for key in WHOLE_NUMBERS:
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int)):
+            raise UsageError(f"{flag(key)} must be a whole number, got {config[key]!r}")
+    for key in TEXTS:
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise UsageError(f"{flag(key)} must be a text or null, got {config[key]!r}")
+    if config.get("channels_last") not in (None, True, False):
+        raise UsageError(f"--channels-last must be true, false or null, got {config['channels_last']!r}")
     check_ranges(config)
     for key, choices in SETTING_CHOICES.items():
         if key in config and config[key] not in choices:
             raise UsageError(f"{flag(key)} {config[key]!r} is not one of {', '.join(map(str, choices))}")
-    for key in FLAGS:
-        if not isinstance(config.get(key, False), bool):
-            raise UsageError(f"{flag(key)} must be true or false, got {config[key]!r}")
-    for key in ("epochs", "batch_size", "workers", "image_size", "seed", "print_freq", "anchor_divisor"):
-        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int)):
-            raise UsageError(f"{flag(key)} must be a whole number, got {config[key]!r}")
     check_augmentation(config.get("augmentation"), config.get("image_size"))
 
 
@@ -329,11 +343,25 @@ def check_augmentation(augmentation, image_size):
         return
     if not isinstance(augmentation, dict):
         raise UsageError(f"augmentation must be a mapping, got {augmentation!r}")
+    numbers = [v for value in augmentation.values() for v in (value if isinstance(value, (list, tuple)) else [value])
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not all(math.isfinite(v) for v in numbers):
+        raise UsageError(f"augmentation {augmentation!r} holds a value that is not a finite number")
     try:
         train_transform(**augmentation, image_size=image_size)
         test_transform_for(augmentation, image_size=image_size)
     except (TypeError, ValueError) as error:
         raise UsageError(f"augmentation {augmentation!r} is invalid: {error}") from None
+
+
+def check_compile_backend(backend):
+    """`--compile-backend` must name a backend `torch.compile` has here (checked before any work)."""
+    import torch._dynamo  # imported only with --compile: it takes a few seconds
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UsageError(f"--compile-backend {backend!r} is not a torch.compile backend here; "
+                         f"choose one of {', '.join(known)}")
 
 
 def tensorboard_available():

@@ -34,10 +34,31 @@ class RunData:
     extra_loaders: dict = field(default_factory=dict)  # the dataset's extra test splits, by name
 
 
+def check_open_file_limit(workers):
+    """DataLoader workers hand each batch to the main process through file descriptors: below a
+    limit of open files they stall for ever. Raise the soft limit where the hard one allows, else
+    refuse with the remedy."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    needed = 32 + 16 * workers
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if workers == 0 or soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    raise UsageError(f"--workers {workers}: this process may open only {soft} files (ulimit -n), and "
+                     f"{workers} DataLoader workers need about {needed} to hand their batches over; raise "
+                     f"the limit (ulimit -n {needed}) or give fewer --workers (0: load in this process)")
+
+
 def load_training_data(config, device, rank, world_size):
     """The training set, its group sampler and loader, and the loaders evaluated each epoch: test,
     the dataset's extra test splits and, with `--select-on val`, the validation split. With
     `--device-augment`, the training images come as uint8 and `device_augment` does the rest."""
+    check_open_file_limit(config["workers"])
     train_tf, test_tf = transforms_for(config)
     device_augment = None
     if config["device_augment"]:
@@ -119,6 +140,7 @@ def load_split(config, split, transform):
 
 def test_loader(dataset, config, device, rank, world_size):
     """An in-order loader of this rank's share of `dataset`, as `(image, label, index)` batches."""
+    check_open_file_limit(config["workers"])
     indexed = IndexedDataset(dataset)
     shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
     return DataLoader(shard, batch_size=config["batch_size"] * 2, shuffle=False,

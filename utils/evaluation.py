@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from data_preprocessing import DatasetView, canonical_class_name, describe_transform, match_classes
-from data_preprocessing.outputs import atomic_write, check_output_file, refuse_existing
+from data_preprocessing.outputs import OutputError, atomic_write, check_output_file, printable, refuse_existing
 
 from . import distributed as ddp
 from .checkpoint import load_checkpoint
@@ -35,8 +35,10 @@ def run_evaluation(arch, args, logger):
     for path in beside:
         check_output_file(path, "--predictions")
     trained, dataset, model_indices, note = load_evaluation_inputs(config, args, arch)
+    stored = [dtype for dtype in trained.info.weight_dtypes if dtype != "float32"]
     logger.info(f"loaded {config['evaluate']}: {trained.info.format_title}, "
-                f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes")
+                f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes"
+                + (f", {'/'.join(stored)} weights computed in float32" if stored else ""))
     logger.info(f"test transform: {describe_transform(dataset.transform)}"
                 + ("; flip test-time augmentation" if config["tta"] == "flip" else ""))
     if note:
@@ -77,7 +79,11 @@ def write_confusion_figure(logger, config, outputs, result, dataset):
         logger.info(f"confusion matrix figure not written: {path} exists")
         return
     title = f"{Path(config['evaluate']).name} on {config['dataset']}: {result['acc']:.2f}%"
-    plot_confusion(path, result["confusion"], dataset.classes, title)
+    try:
+        plot_confusion(path, result["confusion"], dataset.classes, title)
+    except OutputError as error:  # an extra beside the result, never a reason to fail it
+        logger.info(f"confusion matrix figure not written: {error}")
+        return
     logger.info(f"wrote {path}")
 
 
@@ -115,7 +121,8 @@ def shared_classes(model_classes, dataset, config):
     keep = np.flatnonzero(np.isin(dataset.labels, shared))
     view = DatasetView(dataset, keep, relabel, classes=[dataset.classes[label] for label in shared])
     unknown = [dataset.classes[label] for label, index in enumerate(mapping) if index is None]
-    note = (f"cross-dataset: the model's classes matched to {config['dataset']}'s by name; "
+    pairs = ", ".join(f"{model_classes[mapping[label]]}={dataset.classes[label]}" for label in shared)
+    note = (f"cross-dataset: the model's classes matched to {config['dataset']}'s by name ({pairs}); "
             f"{len(dataset) - len(keep)} images of classes the model does not know "
             f"({', '.join(unknown) or 'none'}) left out; scores over the {len(shared)} shared classes, "
             "from the model's logits of those classes")
@@ -161,7 +168,7 @@ def write_prediction_files(outputs, config, dataset, result, report):
     """The per-image CSV and the summary JSON of `--predictions`."""
     csv_path, json_path = outputs
     atomic_write(csv_path, lambda handle: write_predictions(handle, dataset, result["logits"]), mode="w")
-    summary = dict(checkpoint=str(config["evaluate"]), dataset=config["dataset"],
+    summary = dict(checkpoint=printable(config["evaluate"]), dataset=config["dataset"],
                    test_transform=describe_transform(dataset.transform), tta=config["tta"], images=len(dataset),
                    accuracy=result["acc"], mean_class_accuracy=result["mean_class_acc"],
                    macro_f1=result["macro_f1"], per_class=report,
@@ -177,5 +184,5 @@ def write_predictions(handle, dataset, logits_by_index):
     for index in range(len(dataset)):
         logits = logits_by_index[index]
         pred = max(range(num_classes), key=logits.__getitem__)
-        writer.writerow([dataset.image_names[index], int(dataset.labels[index]), pred]
+        writer.writerow([printable(dataset.image_names[index]), int(dataset.labels[index]), pred]
                         + [f"{v:.6f}" for v in logits])

@@ -48,10 +48,10 @@ def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallbac
         return list(info.classes)
     else:
         raise CheckpointError(f"{info.path} holds no class names ({info.format_title}); "
-                        f"give them with --dataset NAME or --classes a,b,c")
+                              f"give them with --dataset NAME or --classes a,b,c")
     if info.num_classes is not None and len(classes) != info.num_classes:
         raise CheckpointError(f"{source} gives {len(classes)} classes but {info.path} has a "
-                        f"{info.num_classes}-class head")
+                              f"{info.num_classes}-class head")
     return classes
 
 
@@ -74,27 +74,27 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     checkpoint, info = load_checkpoint(path)
     if info.format == "ir50" or info.num_classes is None:
         raise CheckpointError(f"{path} holds {info.format_title}: no classifier to run; "
-                        f"train a model first (main_DCS.py / main_QCS.py)")
+                              f"train a model first (main_DCS.py / main_QCS.py)")
     if arch == "cross" and info.format in ("safetensors", "onnx"):
         raise CheckpointError(f"{path} is a {info.format} export, which holds the base branch only; this needs "
                               f"the cross module: give the DCS or QCS training checkpoint (.pth)")
     if arch == "cross" and info.arch not in ("dcs", "qcs"):
         raise CheckpointError(f"{path} holds a {info.arch.upper()} model without a cross module; "
-                        f"give a DCS or QCS checkpoint")
+                              f"give a DCS or QCS checkpoint")
     classes = resolve_classes(info, dataset, class_list, data_root, fallback_dataset)
     size = size or info.size
     if size is None:
         raise CheckpointError(f"{path}: the tensor shapes match no model size; give --size "
-                        f"({', '.join(MODEL_SIZES)})")
+                              f"({', '.join(MODEL_SIZES)})")
     options = {k: v for k, v in (info.model_config or {}).items()
                if k in ("attention", "matrix", "connection", "proj_drop_rule", "cross_block")}
     model = build_model(info.arch if arch == "cross" else "base", len(classes), size=size, **options)
     try:
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, name=str(path))
     except CheckpointError as error:
         if info.format == "safetensors":
             raise CheckpointError(f"{path}: its tensors do not fit the {size} base branch: {one_line(error)}") from None
-        raise CheckpointError(f"{path}: {error}") from None
+        raise
     model.eval()
     augmentation = info.augmentation
     if info.format != "safetensors":  # an export's recorded transform is the one; {} means Resize only

@@ -1,31 +1,54 @@
 """What a run leaves behind besides its checkpoints: the text log, the per-epoch metrics CSV, the loss
 curves, the confusion matrix figure and, with `--tensorboard`, TensorBoard's event files."""
+import contextlib
 import csv
 import logging
+import os
 import sys
 from pathlib import Path
 
 import matplotlib
 
-from data_preprocessing.outputs import atomic_write
+from data_preprocessing.outputs import OutputError, atomic_write, open_for_append, printable
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def make_logger(run_dir=None, enabled=True):
-    """Logger printing to stdout and, when `run_dir` is given, appending to `run_dir/log.txt`."""
+    """Logger printing to stdout and, when `run_dir` is given, appending to `run_dir/log.txt` (never
+    through a symbolic link). File names that are not UTF-8 are written with escapes (\\xff)."""
+    handlers = [QuietStreamHandler(sys.stdout)]
+    if run_dir is not None and enabled:  # opened first: a refusal is still logged by the old handlers
+        handlers.append(logging.StreamHandler(open_for_append(Path(run_dir) / "log.txt")))
     logger = logging.getLogger("qcs")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
-    handlers = [logging.StreamHandler(sys.stdout)]
-    if run_dir is not None and enabled:
-        handlers.append(logging.FileHandler(Path(run_dir) / "log.txt"))
     for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     return logger
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines as text any UTF-8 stream takes (see `printable`)."""
+
+    def format(self, record):
+        return printable(super().format(record))
+
+
+class QuietStreamHandler(logging.StreamHandler):
+    """A console handler that falls silent when its stream goes away (a closed pipe, `| head`)
+    instead of printing a logging traceback for every later line."""
+
+    def handleError(self, record):
+        if not isinstance(sys.exc_info()[1], (OSError, ValueError)):  # BrokenPipeError, or a closed file
+            super().handleError(record)
+            return
+        with contextlib.suppress(OSError, ValueError):  # also what the stream still buffers, at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        self.stream = open(os.devnull, "w")
 
 
 def loss_columns(num_branches):
@@ -117,7 +140,11 @@ class TensorBoardLog:
     def __init__(self, run_dir, config):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        folder = Path(run_dir) / "tensorboard"
+        if folder.is_symlink():
+            raise OutputError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); refusing to write "
+                              "through it: remove the link")
+        self.writer = SummaryWriter(str(folder))
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in config.items() if v is not None}
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(hyperparameters.items())))

@@ -1,5 +1,6 @@
 """Run folders: created atomically, written by one process at a time, continued only from their
 newest state, removed again when a start fails before anything was trained."""
+import contextlib
 import json
 import os
 import shutil
@@ -7,7 +8,13 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from data_preprocessing.outputs import OutputError, atomic_write_text, output_errors, remove_stale_temporaries
+from data_preprocessing.outputs import (
+    OutputError,
+    atomic_write_text,
+    open_for_append,
+    output_errors,
+    remove_stale_temporaries,
+)
 
 from . import distributed as ddp
 from .checkpoint import read_resume_checkpoint
@@ -34,8 +41,7 @@ def lock_run_dir(run_dir):
     run_dir = Path(run_dir)
     if fcntl is None or run_dir in _held_locks:
         return
-    with output_errors(run_dir / LOCK_NAME, None, "taking the run folder's lock"):
-        handle = open(run_dir / LOCK_NAME, "a+")
+    handle = open_for_append(run_dir / LOCK_NAME)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,19 +67,21 @@ def release_run_dirs():
 
 def create_run_dir(output_dir, run_name):
     """Create and lock a new run folder: `output_dir` (new, or empty) or `log/<run_name>-<time>`.
+    Returns `(folder, made)`: `made` is False for an empty folder the user had made.
 
     Creation and locking leave no window in which two runs could both take the same folder.
     """
     if output_dir is None:
-        return _create_timestamped(Path("log"), run_name)
+        return _create_timestamped(Path("log"), run_name), True
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
+    made = True
     try:
         with output_errors(output_dir, "--output-dir", "creating the folder"):
             output_dir.mkdir(parents=True)
     except FileExistsError:  # an empty folder may be reused; it is checked once locked
-        pass
+        made = False
     had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
     if [p for p in output_dir.iterdir() if p.name != LOCK_NAME]:
@@ -84,7 +92,7 @@ def create_run_dir(output_dir, run_name):
         hint = f", or continue that run with --resume {last}" if last.is_file() else ""
         raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
                               f"choose a new folder{hint}")
-    return output_dir
+    return output_dir, made
 
 
 def _create_timestamped(parent, run_name):
@@ -152,12 +160,13 @@ def same_run(folder, checkpoint):
 
 def prepare_run_dir(config, resume=None):
     """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
-    every rank learns its path. Returns `(folder, created)`.
+    every rank learns its path. Returns `(folder, created)`: `created` is "made" for a folder this
+    process made, "emptied" for an empty one it took, None when it continues a run's own folder.
 
     `resume` is `(plan, folder, source_stat)` from `resume_plan` and the source's `os.stat`
     taken before it was read: a folder whose `last.pth` changed since then is refused.
     """
-    run_dir, created = None, False
+    run_dir, created = None, None
     if ddp.is_main_process():
         if resume is not None and resume[0] == "continue":
             run_dir = resume[1]
@@ -167,8 +176,8 @@ def prepare_run_dir(config, resume=None):
                 raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
                                  "wrote it); resume again from its new state")
         else:
-            run_dir = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
-            created = True
+            run_dir, made = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
+            created = "made" if made else "emptied"
             config["run_id"] = uuid.uuid4().hex
         config["output_dir"] = str(run_dir)
         atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
@@ -181,10 +190,20 @@ def _stat_key(stat_or_path):
 
 
 def discard_failed_start(run_dir, created):
-    """Remove a run folder this process created when nothing was saved in it, so a failed start
-    leaves no folder that blocks `--output-dir`. Returns whether it was removed."""
+    """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
+    remove a folder this process made (`created` "made"), or empty again one the user had made
+    empty (`created` "emptied"; the folder, or the link to it, stays). Returns what was done, as
+    words for the log ("removed", "emptied"), or None."""
     if not created or not ddp.is_main_process() or (run_dir / LAST).exists():
-        return False
+        return None
     release_run_dirs()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
+    with contextlib.suppress(OSError):
+        for entry in run_dir.iterdir():  # all of it is this run's: the folder was new or empty
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if created == "made" and not run_dir.is_symlink():
+            run_dir.rmdir()
+            return "removed"
+    return "emptied" if not any(run_dir.iterdir()) else None

@@ -5,6 +5,7 @@ One training step, top to bottom: `main` → `run_training` → `train_epochs` �
 The settings come from `utils.config`, the data from `utils.data`, the run folder from
 `utils.run_folder`, checkpoints from `utils.checkpoint`, the other files of a run from `utils.reporting`.
 """
+import re
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from .evaluation import run_evaluation
 from .metrics import EpochMeter
 from .reporting import RunReport, epoch_row, make_logger
 from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
-from .runtime import RunControl, signals_handled_by
+from .runtime import RunControl, kill_worker_processes, signals_handled_by
 from .sam import SAM
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
@@ -46,8 +47,9 @@ def main(arch, argv=None):
     except NonFiniteLoss as error:
         logger.error(f"stopped: {error}")
         return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted")
+    except KeyboardInterrupt as error:
+        kill_worker_processes()
+        logger.error(f"interrupted: {error}" if str(error) else "interrupted")
         return 130
     finally:
         release_run_dirs()
@@ -70,7 +72,7 @@ class Run:
     logger: object
     state: RunState
     step_settings: StepSettings
-    created: bool  # this process created the run folder (and removes it if nothing gets saved)
+    created: str | None  # "made"/"emptied": this process took a new folder (undone if nothing gets saved)
 
     @property
     def num_branches(self):
@@ -83,8 +85,9 @@ def run_training(arch, args):
     try:
         return train_epochs(run)
     except BaseException:
-        if discard_failed_start(run.saver.run_dir, run.created):
-            run.logger.info(f"removed the run folder {run.saver.run_dir}: nothing had been saved in it")
+        undone = discard_failed_start(run.saver.run_dir, run.created)
+        if undone:
+            run.logger.info(f"{undone} the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
     finally:
         run.report.close(run.state.history)
@@ -129,7 +132,7 @@ def set_up_run(arch, args):
 def start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note):
     """The run's logger, optimiser, schedule and counters, restored when resuming."""
     logger = make_logger(run_dir, enabled=ddp.is_main_process())
-    if config.get("replayed_from"):
+    if config.get("replayed_from") and resumed is None:
         logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
     if pretrained_note:
@@ -155,6 +158,9 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
               optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
               RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
               created)
+    if config["tensorboard"]:
+        logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
+                    f"(view them with: tensorboard --logdir {run_dir})")
     name = "baseline (base branch alone)" if config["arch"] == "base" else config["arch"].upper()
     logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
@@ -225,6 +231,10 @@ def train_epoch(run, epoch, step_saver):
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
                                             else "No checkpoint had been saved yet")) from None
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        raise UsageError(out_of_memory_advice(run, error)) from None
     except DataError as error:
         saved = run.world_size == 1 and step_saver.save_progress()
         last = run.saver.last_path()
@@ -233,6 +243,24 @@ def train_epoch(run, epoch, step_saver):
         raise DataError(f"{error} ({'progress saved; ' if saved else ''}resume with --resume {last} "
                         "once the data is fixed)") from None
     return (None if stopped else meter.metrics(run.device)), stopped
+
+
+def is_out_of_memory(error):
+    """Whether `error` is an allocator's failure (CUDA's OutOfMemoryError, or the CPU's)."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error) \
+        or "out of memory" in str(error)
+
+
+def out_of_memory_advice(run, error):
+    """One line: what ran out, how much was asked for, and the options that need less."""
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+) ?(bytes|[KMGT]iB)", str(error))
+    size = None if asked is None else (f"{int(asked[1]) / 2 ** 30:.1f} GiB" if asked[2] == "bytes"
+                                       else f"{asked[1]} {asked[2]}")
+    config = run.config
+    return (f"out of memory on {run.device} training with -b {config['batch_size']} at {config['image_size']} px"
+            + (f" (an allocation of {size} failed)" if size else "")
+            + "; lower -b/--batch-size, or use --amp or --checkpoint-backbone"
+            + (", or a smaller --size" if config["size"] != "tiny" else ""))
 
 
 def evaluate_test_splits(run):
@@ -263,11 +291,13 @@ def end_epoch(run, epoch, metrics, seconds):
     row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
     state.history.append(row)
     state.epoch, state.step, state.epoch_sums = epoch + 1, 0, None
-    run.saver.save_last(state)
+    # last.pth last: it commits the epoch. A run stopped before it (a kill, a full disk) resumes from
+    # the previous last.pth and redoes the epoch, rewriting best.pth and the reports exactly.
     if is_best:
         run.saver.save_best(state)
         run.report.best(state, result["confusion"])
     run.report.epoch(state.history, run.num_branches)
+    run.saver.save_last(state)
     run.logger.info(f"epoch {epoch + 1}/{run.config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "

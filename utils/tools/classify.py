@@ -25,6 +25,7 @@ from data_preprocessing.outputs import (
     atomic_write,
     check_output_dir,
     check_output_file,
+    printable,
     refuse_existing,
     remove_stale_temporaries,
 )
@@ -123,12 +124,6 @@ def face_rows(image, name, finder, **where):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
-
-
-def printable(name):
-    """A path as text that can be printed and written as UTF-8: bytes of a file name that are not
-    UTF-8 (kept by Python as surrogate escapes) become backslash escapes such as \\xff."""
-    return os.fsencode(str(name)).decode("utf-8", "backslashreplace")
 
 
 def not_regular(path):

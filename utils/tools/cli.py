@@ -232,6 +232,8 @@ def describe_lines(info):
     lines.append(f"tensors:     {info.num_tensors}" + (f" ({info.unused_tensors} unused by this project)"
                                                        if info.unused_tensors else ""))
     lines.append(f"parameters:  {info.num_parameters:,} (BatchNorm running statistics excluded)")
+    if any(dtype != "float32" for dtype in info.weight_dtypes):
+        lines.append(f"stored as:   {', '.join(info.weight_dtypes)} (loading computes in float32)")
     if info.foreign_objects:
         lines.append(f"foreign pickled objects: {', '.join(info.foreign_objects)} "
                      f"(read as inert stand-ins; plain torch.load cannot unpickle them)")

@@ -25,6 +25,7 @@ from data_preprocessing.outputs import (
     atomic_write,
     check_output_file,
     make_output_dir,
+    printable,
     refuse_existing,
     remove_stale_temporaries,
 )
@@ -32,7 +33,7 @@ from data_preprocessing.outputs import (
 from ..device import autocast, resolve_device
 from ..inference import load_trained_model
 from . import ToolError
-from .classify import detection_wanted, face_finder, faces_of, printable
+from .classify import detection_wanted, face_finder, faces_of
 
 ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")

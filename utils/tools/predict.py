@@ -11,7 +11,7 @@ import csv
 import sys
 from pathlib import Path
 
-from data_preprocessing.outputs import atomic_write, make_output_dir, remove_stale_temporaries
+from data_preprocessing.outputs import atomic_write, make_output_dir, printable, remove_stale_temporaries
 
 from . import ToolError, faces
 from .classify import (
@@ -24,7 +24,6 @@ from .classify import (
     is_photo,
     not_regular,
     photo_warning,
-    printable,
     set_up,
     warn,
     write_json,

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from data_preprocessing.outputs import atomic_write, make_output_dir, remove_stale_temporaries
+from data_preprocessing.outputs import atomic_write, make_output_dir, printable, remove_stale_temporaries
 
 from . import ToolError, faces
 from .classify import (
@@ -27,7 +27,6 @@ from .classify import (
     face_rows,
     is_photo,
     photo_warning,
-    printable,
     set_up,
     write_json,
     write_output,

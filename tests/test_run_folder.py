@@ -1,19 +1,24 @@
-"""Runs never lose work: resume rules, one writer per run folder, failed starts, data errors,
-untrusted checkpoint contents and the small edges of the training and evaluation commands."""
+"""Run folders never lose work: resume rules, one writer per run folder, failed starts, data errors
+and the small edges of the training and evaluation commands. (Checkpoint contents: test_checkpoint.py.)"""
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import utils.data
 import utils.evaluation
+import utils.runtime
 import utils.train
 from helpers import ROOT, folder_dataset, tiny_training_args
+from helpers import tiny_eval_args as eval_options
 from utils.checkpoint import read_checkpoint
 from utils.train import main
 
@@ -22,11 +27,6 @@ def snapshot(folder):
     """Every file of a folder (the lock file aside) with the hash of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
-def eval_options(data, *extra):
-    return ["--dataset", "folder", "--data-root", str(data), "--size", "tiny", "--image-size", "32",
-            "--workers", "0", "-b", "4", *extra]
 
 
 # ------------------------------------------------------------------ resume never rewrites history
@@ -246,85 +246,6 @@ def test_a_one_class_folder_is_refused(arch, extra, tmp_path, capsys):
     assert "training a classifier needs at least 2" in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------ checkpoints are untrusted input
-
-def rewritten(source, target, change):
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    change(checkpoint)
-    torch.save(checkpoint, target)
-    return target
-
-
-def test_a_resumed_config_with_batch_size_zero_is_refused(trained_run_copy, capsys):
-    run = trained_run_copy
-    rewritten(run / "last.pth", run / "last.pth", lambda c: c["run_config"].update(batch_size=0))
-    assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "2"]) == 2
-    assert "saved settings are invalid: --batch-size must be at least 1" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("change,expected", [
-    (lambda c: c["run_config"].update(image_size=100000), "--image-size must be at least 16 and at most 1024"),
-    (lambda c: c["run_config"].update(augmentation="B"), "augmentation must be a mapping"),
-    (lambda c: c["run_config"].update(augmentation=dict(kind="B", resize=100000, rotation=10)),
-     "augmentation {'kind': 'B', 'resize': 100000"),
-    (lambda c: c["config"].update(size="huge"), "--size 'huge' is not one of"),
-    (lambda c: c.update(classes=[1, 2, 3]), "saved class names are malformed"),
-])
-def test_malformed_saved_settings_are_one_line_errors(trained_run, folder_data, tmp_path, change, expected,
-                                                      capsys):
-    from utils.tools.cli import main as tools_main
-
-    checkpoint = rewritten(trained_run / "best.pth", tmp_path / "bad.pth", change)
-    assert main("qcs", eval_options(folder_data, "--evaluate", str(checkpoint))) == 2
-    assert expected in capsys.readouterr().out
-    assert tools_main(["inspect", str(checkpoint)]) == 2
-    assert expected in capsys.readouterr().err
-
-
-class RunsAShellCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_pickle_naming_a_blocked_module_is_one_line_everywhere(trained_run, folder_data, tmp_path,
-                                                                 capsys):
-    from utils.tools.cli import main as tools_main
-
-    marker = tmp_path / "code-ran"
-    checkpoint = tmp_path / "evil.pth"
-    torch.save({**torch.load(trained_run / "last.pth", weights_only=True),
-                "extra": RunsAShellCommand(marker)}, checkpoint)
-    commands = [("qcs", eval_options(folder_data, "--evaluate", str(checkpoint))),
-                ("qcs", ["--resume", str(checkpoint), "--output-dir", str(tmp_path / "r")]),
-                ("dcs", tiny_training_args(folder_data, "--pretrained", str(checkpoint),
-                                           "--output-dir", str(tmp_path / "p")))]
-    for arch, argv in commands:
-        assert main(arch, argv) == 2
-        lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
-        assert len(lines) == 1 and "holds code references (posix.system)" in lines[0], lines
-        assert "was not loaded" in lines[0] and "weights_only" not in lines[0]
-    assert tools_main(["inspect", str(checkpoint)]) == 2
-    assert "holds code references (posix.system)" in capsys.readouterr().err
-    assert not marker.exists()
-
-
-def test_inspect_lists_foreign_objects_in_our_format_too(trained_run, tmp_path, capsys):
-    from utils.tools.cli import main as tools_main
-
-    path = tmp_path / "annotated.pth"
-    torch.save({**torch.load(trained_run / "last.pth", weights_only=True), "notes": [{"by": Note()}]}, path)
-    assert tools_main(["inspect", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "foreign pickled objects: " in out and "Note" in out.split("foreign pickled objects: ")[1]
-
-
-class Note:
-    """A class from outside the project, pickled into a checkpoint."""
-
-
 # ------------------------------------------------------------------ full disk
 
 @pytest.mark.slow
@@ -390,3 +311,196 @@ def test_a_refused_output_dir_is_left_exactly_as_it_was(folder_data, tmp_path, c
     assert main("qcs", tiny_training_args(folder_data, "--output-dir", str(target))) == 2
     assert "already holds files of another run; choose a new folder" in capsys.readouterr().out
     assert sorted(p.name for p in target.iterdir()) == ["draft.tex"]  # no lock file left behind
+
+
+# ------------------------------------------------------------------ no writes through links, no user folder lost
+
+@pytest.mark.parametrize("name", [".lock", "log.txt"])
+def test_a_link_inside_a_run_folder_is_never_written_through(trained_run_copy, tmp_path, name, capsys):
+    run, users_file = trained_run_copy, tmp_path / "notes.txt"
+    users_file.write_text("mine\n")
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(users_file)
+    assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "2"]) == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"{run / name}: is a symbolic link (to {users_file})" in lines[0], lines
+    assert users_file.read_text() == "mine\n"
+    assert read_checkpoint(run / "last.pth")["epoch"] == 1
+
+
+def failing_start(monkeypatch):
+    def broken(*args, **kwargs):
+        raise utils.train.DataError("img/x.png: cannot identify image file")
+
+    monkeypatch.setattr(utils.train, "train_one_epoch", broken)
+
+
+def test_a_failed_start_keeps_a_users_empty_output_dir(folder_data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "mine"
+    run.mkdir()
+    failing_start(monkeypatch)
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(run))) == 2
+    assert f"emptied the run folder {run}" in capsys.readouterr().out
+    assert run.is_dir() and list(run.iterdir()) == []
+    monkeypatch.undo()
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(run))) == 0
+
+
+def test_a_failed_start_in_a_linked_output_dir_leaves_nothing_that_blocks_a_rerun(folder_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    target, link = tmp_path / "disk" / "run", tmp_path / "run"
+    target.mkdir(parents=True)
+    link.symlink_to(target)
+    failing_start(monkeypatch)
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(link))) == 2
+    assert "emptied the run folder" in capsys.readouterr().out
+    assert link.is_symlink() and target.is_dir() and list(target.iterdir()) == []
+    monkeypatch.undo()
+    assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(link))) == 0
+
+
+# ------------------------------------------------------------------ the end of an epoch is one unit
+
+KILL_AT_SAVE = """
+import os, signal, sys
+import utils.checkpoint
+real_save = utils.checkpoint.atomic_save
+def save_then_die(obj, path):
+    if path.name == "last.pth" and {before}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, path)
+    if path.name == "last.pth" and not {before}:
+        os.kill(os.getpid(), signal.SIGKILL)
+utils.checkpoint.atomic_save = save_then_die
+from utils.train import main
+sys.exit(main("qcs", sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before", [True, False])
+def test_a_kill_at_the_end_of_the_only_epoch_is_recovered_by_resuming(folder_data, tmp_path, before):
+    run = tmp_path / "run"
+    argv = tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(run))
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE.format(before=before), *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    if before:  # nothing of the epoch was committed: the failed start keeps no checkpoint
+        assert not (run / "last.pth").exists()
+        assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir",
+                                              str(tmp_path / "again"))) == 0
+        run = tmp_path / "again"
+    else:  # last.pth commits the epoch: everything else was written before it
+        assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "1"]) == 2
+    assert read_checkpoint(run / "best.pth")["best_epoch"] == 1
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,")
+    assert (run / "losses.png").is_file() and (run / "confusion_best.png").is_file()
+
+
+# ------------------------------------------------------------------ stop signals and stuck loaders
+
+def wait_for_step(process, run, step, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if (run / "log.txt").is_file() and f"step {step}/" in (run / "log.txt").read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never logged")
+
+
+@pytest.mark.slow
+def test_sighup_stops_like_sigterm(tmp_path):
+    data = folder_dataset(tmp_path / "data", train_per_class=12)
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(ROOT / "main_DCS.py"),
+                                *tiny_training_args(data, "--epochs", "50", "--print-freq", "1",
+                                                    "--output-dir", str(run))],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(process, run, 2)
+    process.send_signal(signal.SIGHUP)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "SIGHUP: finishing this step" in output, output[-2000:]
+    assert read_checkpoint(run / "last.pth")["step"] >= 2
+
+
+@pytest.mark.slow
+def test_a_stuck_data_loader_worker_cannot_keep_sigterm_from_stopping_the_run(tmp_path):
+    data = folder_dataset(tmp_path / "data", train_per_class=12)
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(ROOT / "main_DCS.py"),
+                                *tiny_training_args(data, "--epochs", "50", "--print-freq", "1",
+                                                    "--output-dir", str(run)), "--workers", "1"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(process, run, 2)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no DataLoader worker found"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGSTOP)  # a worker that never delivers its batch
+    try:
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupted: SIGTERM again: stopped at once" in output and "Traceback" not in output
+
+
+def test_the_grace_time_after_a_stop_signal_ends_a_step_that_hangs(monkeypatch):
+    monkeypatch.setattr(utils.runtime, "MIN_STOP_GRACE_S", 1)
+    control = utils.runtime.RunControl(0, torch.device("cpu"))
+    with pytest.raises(utils.runtime.StopTimeout, match="did not end within 1 s"):
+        with utils.runtime.signals_handled_by(control):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # a step that never ends
+    assert signal.getsignal(signal.SIGTERM) is not control  # handlers restored
+
+
+def test_a_step_that_ends_in_time_after_a_stop_signal_is_saved_not_cut(monkeypatch):
+    monkeypatch.setattr(utils.runtime, "MIN_STOP_GRACE_S", 1)
+    control = utils.runtime.RunControl(0, torch.device("cpu"))
+    with utils.runtime.signals_handled_by(control):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert control.decide() == (True, False)  # the step ended: the alarm is off
+        time.sleep(1.5)  # the save that follows is not cut short
+
+
+def test_too_few_open_files_for_the_workers_is_one_line_within_seconds(folder_data, tmp_path):
+    command = " ".join([sys.executable, str(ROOT / "main_QCS.py"),
+                        *tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(tmp_path / "r")),
+                        "--workers", "2"])
+    started = time.time()
+    result = subprocess.run(["bash", "-c", f"ulimit -n 20; exec {command}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert "--workers 2: this process may open only 20 files (ulimit -n)" in out
+    assert time.time() - started < 60 and not (tmp_path / "r").exists()
+
+
+def test_workers_beyond_the_bound_are_refused(folder_data, tmp_path, capsys):
+    assert main("qcs", tiny_training_args(folder_data, "--workers", "10000", "--output-dir", str(tmp_path / "r"))) == 2
+    assert "--workers must be at least 0 and at most 64, got 10000" in capsys.readouterr().out
+
+
+def test_a_closed_stdout_ends_quietly(folder_data, tmp_path):
+    command = " ".join([sys.executable, str(ROOT / "main_DCS.py"),
+                        *tiny_training_args(folder_data, "--epochs", "2", "--print-freq", "1",
+                                            "--output-dir", str(tmp_path / "r"))])
+    result = subprocess.run(["bash", "-c", f"{command} | head -1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.stderr == "" and len(result.stdout.splitlines()) == 1
+    assert "done: best test accuracy" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_the_log_takes_file_names_that_are_not_utf8(tmp_path):
+    from utils.reporting import make_logger
+
+    name = os.fsdecode(b"caf\xe9.jpg")
+    make_logger(tmp_path).info(f"cannot read {name}")
+    assert (tmp_path / "log.txt").read_text(encoding="utf-8").endswith("cannot read caf\\xe9.jpg\n")
