@@ -210,3 +210,95 @@ def test_seeds_split_over_two_commands_merge_into_one_summary(tmp_path, monkeypa
     assert main([*options, "--seeds", "1", "--out", str(tmp_path / "d"), "--", "--epochs", "3"]) == 0
     assert main(["--merge", str(first), str(tmp_path / "d"), "--out", str(tmp_path / "c")]) == 2
     assert "differ in models, budget or epochs" in capsys.readouterr().err
+
+
+def test_options_compare_sets_per_run_are_refused_after_the_separator(tmp_path, monkeypatch, capsys):
+    calls = record_training(monkeypatch)
+    out = tmp_path / "compare"
+    refused = [  # (options after --, the option named, what to use instead)
+        (["--seed", "5"], "--seed", "--first-seed and --seeds"),  # all seeds ran with seed 5: std 0
+        (["--see=5"], "--seed", "--first-seed and --seeds"),  # an abbreviation the training parser takes
+        (["--output-dir", str(tmp_path / "elsewhere")], "--output-dir", "--out"),  # trained there, then crashed
+        (["--dataset", "FER2013"], "--dataset", "compare's --dataset, before --"),
+        (["--baseline"], "--baseline", "--models"),
+        (["--resume", str(tmp_path / "last.pth")], "--resume", "--first-seed for the missing seeds and a new --out"),
+        (["--evaluate", str(tmp_path / "best.pth")], "--evaluate", "main_QCS.py / main_DCS.py --evaluate"),
+        (["--config", str(tmp_path / "config.json")], "--config", "those options themselves after --"),
+    ]
+    for passed, option, instead in refused:
+        assert main(["--dataset", "demo", "--seeds", "2", "--out", str(out), "--", "--epochs", "1", *passed]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {option} after -- is refused: compare ") and err.count("\n") == 1
+        assert f"; use {instead}" in err
+    assert calls == [] and not out.exists() and not (tmp_path / "elsewhere").exists()
+    # what compare forwards still reaches every run, each with its own seed and folder
+    forwarded = ["--epochs", "1", "--size", "tiny", "--data-root", str(tmp_path / "data"), "-b", "2"]
+    assert main(["--dataset", "demo", "--seeds", "2", "--models", "QCS", "--out", str(out), "--", *forwarded]) == 0
+    assert [(args.seed, args.output_dir, args.size, args.data_root, args.batch_size) for _, _, args in calls] == \
+        [(seed, str(out / f"QCS-seed{seed}"), "tiny", str(tmp_path / "data"), 2) for seed in (0, 1)]
+
+
+def write_csv_rows(path, header, rows):
+    path.write_text("\n".join(",".join(cells) for cells in [header, *rows]) + "\n")
+
+
+def test_merge_of_damaged_folders_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    record_training(monkeypatch)
+    good = tmp_path / "good"
+    assert main(["--dataset", "demo", "--seeds", "2", "--out", str(good), "--", "--epochs", "2"]) == 0
+    capsys.readouterr()
+    metrics = "QCS-seed1/metrics.csv"
+    header = (good / metrics).read_text().splitlines()[0].split(",")
+
+    def replace_line(path, index, edit):
+        lines = path.read_text().splitlines()
+        lines[index] = edit(lines[index])
+        path.write_text("\n".join(lines) + "\n")
+
+    def without_flipped(path):  # a run of another comparison: no extra test split
+        rows = list(csv.DictReader(open(path)))
+        keep = [name for name in header if name != "test_flipped_acc"]
+        write_csv_rows(path, keep, [[row[name] for name in keep] for row in rows])
+
+    damages = [  # (what to damage, how, what the one line names and says)
+        ("summary.csv", lambda p: p.unlink(), "{folder}: no readable summary.csv"),
+        ("summary.csv", lambda p: p.write_bytes(b"\xff\xfe\x00\x81garbled"), "{folder}: no readable summary.csv"),
+        ("summary.csv", lambda p: p.write_text(""), "{path}: no column model, budget, epochs"),
+        ("summary.csv", lambda p: p.write_text("image,class\na.png,happy\n"), "{path}: no column model"),
+        ("summary.csv", lambda p: replace_line(p, 1, lambda line: "QCS,2"), "{path}: line 2 has fewer values"),
+        ("summary.csv", lambda p: replace_line(p, 1, lambda line: line.replace(",epochs,2,", ",epochs,two,")),
+         "{path}: line 2: epochs 'two' is not a whole number"),
+        ("summary.csv", lambda p: p.write_text("model,seeds,budget,epochs\n"), "{path}: no model rows"),
+        (metrics, lambda p: replace_line(p, 2, lambda line: line.replace(",50.0,", ",fifty,", 1)),
+         "{path}: line 3: test_acc is 'fifty', not a number"),
+        (metrics, lambda p: replace_line(p, 1, lambda line: line.rsplit(",", 3)[0]), "{path}: line 2 has fewer"),
+        (metrics, lambda p: replace_line(p, 1, lambda line: line + ",9,9"), "{path}: line 2 has more values"),
+        (metrics, lambda p: p.write_bytes(b"epoch,test_acc\n\xff\xfe1,2\n"), "{path}: cannot read it"),
+        (metrics, without_flipped, "{path}: its accuracy columns test_acc differ from those of"),
+        ("baseline-seed0/config.json", lambda p: p.unlink(), "{path}: cannot read it (No such file"),
+        ("baseline-seed0/config.json", lambda p: p.write_text("{"), "{path}: not valid JSON"),
+        ("baseline-seed0/config.json", lambda p: p.write_text("[]"), "{path}: holds no JSON object"),
+    ]
+    for case, (name, damage, expected) in enumerate(damages):
+        folder, merged = tmp_path / f"damaged{case}", tmp_path / f"merged{case}"
+        shutil.copytree(good, folder)
+        damage(folder / name)
+        assert main(["--merge", str(folder), "--out", str(merged)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert expected.format(folder=folder, path=folder / name) in err, err
+        assert not merged.exists()
+
+    empty, run_folder = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    shutil.copytree(good / "QCS-seed0", run_folder)  # a training run, not a compare folder
+    for folder in (empty, run_folder, good / "summary.md", tmp_path / "missing"):
+        assert main(["--merge", str(folder), "--out", str(tmp_path / "merged")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --merge {folder}: no readable summary.csv") and err.count("\n") == 1
+    # a copy the user made beside the runs is not a run: the merge leaves it out and works
+    shutil.copytree(good / "QCS-seed0", good / "QCS-seed0-old")
+    shutil.copytree(good / "DCS-seed1", good / "DCS-seed01")
+    assert main(["--merge", str(good), "--out", str(tmp_path / "merged")]) == 0
+    assert {r["model"]: r["seeds"] for r in csv.DictReader(open(tmp_path / "merged" / "summary.csv"))} == \
+        {"baseline": "2", "DCS": "2", "QCS": "2"}

@@ -292,3 +292,60 @@ def test_without_the_extras_the_formats_are_one_line_errors_naming_the_file(chec
     code, _, err = run_tool("inspect", tmp_path / "model.onnx")
     assert code == 2 and err.count("\n") == 1 and "pip install -r requirements-onnx.txt" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------ what export and inspect refuse
+
+def test_export_overwrite_never_replaces_or_removes_the_checkpoint_it_exports(checkpoint, tmp_path):
+    pytest.importorskip("safetensors")
+    out = tmp_path / "export"
+    code, _, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", out, "--format", "safetensors")
+    assert code == 0, err
+    (tmp_path / "link.safetensors").symlink_to(out / "model.safetensors")
+    (out / "renamed.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    shutil.copy(checkpoint[1], out / "base_state_dict.pth")  # a checkpoint saved under the state dict's name
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    cases = [  # (--checkpoint, the file of --out the export would replace or remove, what it is)
+        (out / "model.safetensors", out / "model.safetensors", "the checkpoint itself"),  # was removed
+        (tmp_path / "link.safetensors", out / "model.safetensors", "the checkpoint itself"),
+        (out / "renamed.safetensors", out / "model_info.json", "the model_info.json the checkpoint is read with"),
+        (out / "base_state_dict.pth", out / "base_state_dict.pth", "the checkpoint itself"),  # was replaced
+    ]
+    for given, target, what in cases:
+        code, stdout, err = run_tool("export", "--checkpoint", given, "--out", out, "--format", "torchscript",
+                                     "--overwrite")
+        assert (code, stdout) == (2, "")
+        assert err == f"error: --checkpoint {given}: this export would replace or remove {target}, which is " \
+                      f"{what}; export into another --out folder\n"
+        assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def safetensors_export(folder, **info):
+    """A hand-made safetensors export of a tiny 7-class base branch, with `info` in its model_info.json."""
+    from safetensors.torch import save_file
+    folder.mkdir()
+    torch.manual_seed(0)
+    save_file(build_model("base", 7, size="tiny").state_dict(), folder / "model.safetensors")
+    meta = {"classes": FER_CLASSES.split(","), "num_classes": 7, "arch": "base", "size": "tiny",
+            "image_size": IMAGE_SIZE, "augmentation": {"kind": "A"}, **info}
+    (folder / "model_info.json").write_text(json.dumps(meta))
+    return folder / "model.safetensors"
+
+
+def test_a_sha256_entry_that_is_not_a_mapping_of_hex_digests_is_one_line_naming_the_json(tmp_path):
+    pytest.importorskip("safetensors")
+    weights = safetensors_export(tmp_path / "good")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for case, listed in enumerate((["model.safetensors", digest], {"model.safetensors": 5},
+                                   {"model.safetensors": "not-a-digest"}, {"model.safetensors": digest[:-1]},
+                                   None, digest)):
+        weights = safetensors_export(tmp_path / f"case{case}", sha256=listed)
+        info_file = weights.with_name("model_info.json")
+        expected = f"error: {info_file}: 'sha256' must map file names to 64-digit hex SHA-256 digests, got "
+        for argv in (("inspect", weights), ("inspect", weights, "--json"),
+                     ("predict", "--checkpoint", weights, "--no-detect", weights)):
+            code, stdout, err = run_tool(*argv)
+            assert code == 2 and stdout == "" and err.startswith(expected) and err.count("\n") == 1, err
+    weights = safetensors_export(tmp_path / "upper", sha256={"model.safetensors": digest.upper()})
+    code, stdout, _ = run_tool("inspect", weights)
+    assert code == 0 and f"sha256:      {digest} (as listed in model_info.json)" in stdout

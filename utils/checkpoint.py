@@ -293,6 +293,11 @@ def model_info_problem(meta):
         return f"'image_size' must be a whole number of pixels, at least 16, got {side!r}"
     if meta.get("augmentation") is None:
         return "'augmentation' (the train augmentation that sets the test transform) is missing"
+    digests = meta.get("sha256", {})
+    if not isinstance(digests, dict) or not all(
+            isinstance(digest, str) and len(digest) == 64 and not digest.strip("0123456789abcdefABCDEF")
+            for digest in digests.values()):
+        return f"'sha256' must map file names to 64-digit hex SHA-256 digests, got {digests!r:.60}"
     try:
         check_saved_config({key: meta[key] for key in ("image_size", "augmentation", "dataset")
                             if meta.get(key) is not None})

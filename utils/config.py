@@ -5,6 +5,7 @@ command line leaves unset, range checks, options that cannot apply, and the sett
 run takes from its checkpoint.
 """
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -61,6 +62,31 @@ class UsageError(Exception):
     """A problem with the command line or its inputs, reported before any training starts."""
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each option's default shown once: `(default: X)` is added only where the help
+    does not state the default already and there is one to show (not None, not an off switch)."""
+
+    def _format_action(self, action):
+        if action.help is None and shows_default(action):  # argparse prints no help line at all for these
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or not shows_default(action):
+            return help_text
+        return super()._get_help_string(action)
+
+
+def shows_default(action):
+    """Whether `--help` should show the action's default: an option (or optional positional) whose
+    default is a value, not None, an off switch or suppressed (identity: 0 is a value, False is not)."""
+    default = action.default
+    optional = bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+    return optional and default is not None and default is not False and default is not argparse.SUPPRESS
+
+
 def flag(key):
     """`batch_size` → `--batch-size`."""
     return "--" + key.replace("_", "-")
@@ -73,7 +99,7 @@ def build_parser(arch):
         description=f"Train or evaluate {arch.upper()} (IR50+ViT base branch with the "
                     f"{'two' if arch == 'dcs' else 'four'}-branch cross module). Defaults per dataset "
                     "reproduce the authors' released scripts; every one can be overridden.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsOnceFormatter)
     _add_data_options(parser.add_argument_group("data"))
     _add_training_options(parser.add_argument_group("training (defaults: the dataset's released recipe)"))
     _add_model_options(parser.add_argument_group("model (ablations of the paper)"))
@@ -86,7 +112,8 @@ def _add_data_options(data):
                       help="default RAF-DB; with --evaluate of our checkpoint, the dataset it was trained on")
     data.add_argument("--data-root", help="dataset folder (default: ./datas/<dataset>)")
     data.add_argument("--classes", help="comma-separated class names in label order (folder datasets)")
-    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader workers (default: the CPU count, at most 8)")
     data.add_argument("--balanced-sampler", action=argparse.BooleanOptionalAction, default=None,
                       help="class-balanced anchors (default: on for AffectNet only)")
     data.add_argument("--image-size", type=int, help="final image side in pixels (default 224; 56 for demo)")

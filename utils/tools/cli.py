@@ -18,6 +18,7 @@ from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
 from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
+from ..config import DefaultsOnceFormatter
 from ..device import DEVICE_CHOICES, DeviceUnavailable
 from ..inference import DEFAULT_IMAGE_SIZE
 from . import ToolError
@@ -29,17 +30,6 @@ from .onnx_model import OPSET
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 MIN_IMAGE_SIDE = 16  # the smallest input the backbone's three stages take
-
-
-class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds `(default: X)` to an option's help only where the help does not state its default
-    already and there is one to show (not None, not an off switch)."""
-
-    def _get_help_string(self, action):
-        help_text = action.help or ""
-        if "default" in help_text or action.default in (None, False) or action.default is argparse.SUPPRESS:
-            return help_text
-        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -182,17 +172,19 @@ def _add_export(commands):
     p.add_argument("--format", nargs="+", default=["both"], choices=FORMAT_CHOICES, metavar="FORMAT",
                    help="one or more of: torchscript, export (torch.export program), onnx (dynamo exporter, "
                         f"opset {OPSET}, dynamic batch; needs requirements-onnx.txt), safetensors (weights; "
-                        "needs requirements-safetensors.txt), both (torchscript and export), all")
+                        "needs requirements-safetensors.txt), both (torchscript and export), all (default: both)")
     p.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="face crops the check also runs on (the first 32 image files, folders searched "
                         "recursively), besides 3 random inputs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier export in DIR; its model files of formats not "
-                        "written this time are removed, so DIR holds exactly what model_info.json lists")
+                        "written this time are removed, so DIR holds exactly what model_info.json lists "
+                        "(refused when --checkpoint is one of those files: export it into another folder)")
 
 
 def _add_inspect(commands):
     p = commands.add_parser("inspect", help="what a checkpoint or export holds (no model is built)",
+                            formatter_class=DefaultsOnceFormatter,
                             description="Print the format, architecture, classes, training state, "
                                         "tensor counts and SHA-256 of a checkpoint, or of an export's "
                                         ".safetensors / .onnx file (with its model_info.json beside it).")
@@ -263,8 +255,8 @@ def listed_sha256_verdict(path, info, digest):
     """Whether an export's file has the SHA-256 its model_info.json lists (None: not an export, or none listed)."""
     if info.format not in ("safetensors", "onnx"):
         return None
-    listed = (read_model_info(path).get("sha256") or {}).get(path.name)
-    return None if listed is None else listed == digest
+    listed = read_model_info(path).get("sha256", {}).get(path.name)  # a checked mapping of hex digests
+    return None if listed is None else listed.lower() == digest
 
 
 # ------------------------------------------------------------------------------ entry point

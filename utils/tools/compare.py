@@ -4,7 +4,10 @@
                             [-- TRAINING OPTIONS]
     python -m utils.tools.compare --merge DIR [DIR ...] --out NEW
 
-Everything after `--` goes to every training run (for example `--epochs 10 --size small`). The
+Everything after `--` goes to every training run (for example `--epochs 10 --size small`), except
+the options compare sets for each run itself, which are refused there: `--seed` (use `--first-seed`
+and `--seeds`), `--output-dir` (`--out`), `--dataset`, `--baseline` (`--models`), `--resume`,
+`--evaluate`, `--predictions` and `--config`. The
 baseline is the base branch alone (`main_QCS.py --baseline`, so QCS's recipe), DCS runs
 `main_DCS.py`, QCS `main_QCS.py`.
 
@@ -34,6 +37,8 @@ epochs (for example one comparison's seeds run as several commands with `--first
 import argparse
 import csv
 import json
+import math
+import re
 import statistics
 import sys
 from fractions import Fraction
@@ -54,11 +59,23 @@ from data_preprocessing.outputs import (  # noqa: E402
 )
 from models import ARCHS  # noqa: E402
 
-from ..config import UsageError, parse_args, resolve_config  # noqa: E402
+from ..config import UsageError, flag, given_options, parse_args, resolve_config  # noqa: E402
 from ..train import main as train_main  # noqa: E402
 
 MODELS = {"baseline": ("qcs", ["--baseline"]), "DCS": ("dcs", []), "QCS": ("qcs", [])}
 BUDGETS = ("epochs", "images")
+# training options compare sets for each run itself: `{option: (why it is refused after --, what to use instead)}`
+SET_PER_RUN = {
+    "seed": ("compare gives each run its own seed", "--first-seed and --seeds"),
+    "output_dir": ("compare puts each run in its own folder inside --out", "--out"),
+    "dataset": ("compare gives every run its own --dataset", "compare's --dataset, before --"),
+    "baseline": ("compare trains the baseline as one of --models", "--models"),
+    "resume": ("compare starts new runs", "--first-seed for the missing seeds and a new --out, then --merge"),
+    "evaluate": ("compare trains every run", "main_QCS.py / main_DCS.py --evaluate on a run's best.pth"),
+    "predictions": ("compare trains every run", "main_QCS.py / main_DCS.py --evaluate on a run's best.pth"),
+    "config": ("compare gives every run the options after --", "those options themselves after --"),
+}
+METRICS_NUMBERS = ("epoch", "mean_class_acc", "epoch_time_s")  # besides the accuracy columns
 
 
 def build_parser():
@@ -79,6 +96,15 @@ def build_parser():
                         help="train nothing: summarise the finished seeds of these compare folders (same "
                              "models, budget and epochs) into --out")
     return parser
+
+
+def refuse_options_set_per_run(passed):
+    """UsageError naming the first training option after `--` that compare sets for each run itself
+    (abbreviations and `--opt=value` included: the training parser reads them)."""
+    given = given_options("qcs", passed)
+    for option, (reason, instead) in SET_PER_RUN.items():
+        if option in given:
+            raise UsageError(f"{flag(option)} after -- is refused: {reason}; use {instead}")
 
 
 def resolved_settings(model, dataset, passed):
@@ -113,14 +139,48 @@ def budget_note(budget, epochs):
 
 def accuracy_columns(rows):
     """The per-epoch accuracy columns of a metrics.csv: `test_acc`, then extra splits' `*_acc`."""
-    names = [k for k in rows[0] if k.endswith("_acc") and k not in ("train_acc", "best_acc",
-                                                                      "mean_class_acc")]
+    names = [k for k in (rows[0] if rows else [])
+             if k.endswith("_acc") and k not in ("train_acc", "best_acc", "mean_class_acc")]
     return sorted(names, key=lambda k: (k != "test_acc", k))
 
 
 def read_metrics(run_dir):
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a run's `metrics.csv`; UsageError naming the file when it is unreadable or damaged."""
+    path = Path(run_dir) / "metrics.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), reader.fieldnames
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    problem = metrics_problem(columns, rows)
+    if problem:
+        raise UsageError(f"{path}: {problem}; not a training run's metrics.csv")
+    return rows
+
+
+def metrics_problem(columns, rows):
+    """What makes `metrics.csv` rows unusable for the summary and the plot, or None."""
+    missing = [name for name in ("test_acc", *METRICS_NUMBERS) if name not in (columns or [])]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            return f"line {line} has {'more' if None in row else 'fewer'} values than the header"
+    numbers = [*accuracy_columns(rows), *METRICS_NUMBERS, *(["test_at_best"] if "test_at_best" in columns else [])]
+    for line, row in enumerate(rows, start=2):
+        bad = next((column for column in numbers if not is_number(row[column], whole=column == "epoch")), None)
+        if bad:
+            return f"line {line}: {bad} is {row[bad]!r:.30}, not a {'whole ' if bad == 'epoch' else ''}number"
+    return None
+
+
+def is_number(text, whole=False):
+    """Whether `text` is a finite number (with `whole`, an integer)."""
+    try:
+        return int(text) >= 0 if whole else math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def mean_std(values):
@@ -220,6 +280,7 @@ def main(argv=None):
             return merge_command(args, own, passed)
         if args.seeds < 1 or args.first_seed < 0:
             raise UsageError("--seeds must be at least 1 and --first-seed at least 0")
+        refuse_options_set_per_run(passed)
         out = new_output_dir(args.out or f"log/compare-{args.dataset}")
         epochs = planned_epochs(args.models, args.dataset, passed, args.budget)
         make_output_dir(check_output_dir(out, "--out", create=True), "--out")
@@ -270,7 +331,8 @@ def compare(args, out, passed, epochs):
                 print(f"error: training {model} (seed {seed}) ended with exit code {code}", file=sys.stderr)
                 return code
             histories[model].append(read_metrics(run_dir))
-        text = write_reports(out, histories, read_run_configs(out, args.models), args.budget, epochs)
+        configs = {model: read_run_config(out / f"{model}-seed{args.first_seed}") for model in args.models}
+        text = write_reports(out, histories, configs, args.budget, epochs)
     print(text)
     print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'} and {out / 'accuracy.png'}")
     return 0
@@ -287,50 +349,132 @@ def write_reports(out, histories, configs, budget, epochs):
     return text
 
 
-def read_run_configs(folder, models):
-    """`{model: config.json of its first run folder in folder}`."""
-    return {model: json.loads((sorted(folder.glob(f"{model}-seed*"))[0] / "config.json").read_text())
-            for model in models}
+def read_run_config(run_dir):
+    """A run's `config.json`; UsageError naming it when it is unreadable or not a run's settings."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    problem = config_problem(config)
+    if problem:
+        raise UsageError(f"{path}: {problem}; not a training run's config.json")
+    return config
+
+
+def config_problem(config):
+    """What makes a `config.json` unusable for the summary's plot (title, chance line, images budget), or None."""
+    if not isinstance(config, dict):
+        return "holds no JSON object"
+    if not isinstance(config.get("dataset"), str):
+        return f"'dataset' is {config.get('dataset')!r:.30}"
+    if config.get("arch") not in ARCHS:
+        return f"'arch' is {config.get('arch')!r:.30}, not one of {', '.join(ARCHS)}"
+    if not isinstance(config.get("balanced_sampler"), bool):
+        return f"'balanced_sampler' is {config.get('balanced_sampler')!r:.30}, not true or false"
+    whole = {"anchor_divisor": config.get("anchor_divisor") if config["balanced_sampler"] else 1,
+             "num_classes": config.get("num_classes")}  # None: no chance line
+    for key, value in whole.items():
+        if (key == "anchor_divisor" or value is not None) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"'{key}' is {value!r:.30}, not a whole number of at least 1"
+    return None
 
 
 def merged_runs(folders):
     """`(histories, configs, budget, epochs)` of the finished seeds of earlier compare folders (the
     same models, budget and epochs; for example one comparison's seeds split over several commands)."""
-    summaries = []
-    for folder in folders:
-        try:
-            summaries.append(list(csv.DictReader(open(folder / "summary.csv", newline=""))))
-        except OSError as error:
-            raise UsageError(f"--merge {folder}: no readable summary.csv, not a compare folder with a "
-                             f"finished seed ({error.strerror})") from None
-    plans = [{row["model"]: (row["budget"], row["epochs"]) for row in rows} for rows in summaries]
+    plans = [read_plan(folder) for folder in folders]
     if any(plan != plans[0] for plan in plans):
         raise UsageError("--merge: the folders differ in models, budget or epochs: "
                          + "; ".join(f"{folder}: {plan}" for folder, plan in zip(folders, plans)))
     budget = next(iter(plans[0].values()))[0]
-    epochs = {model: int(n) for model, (_, n) in plans[0].items()}
-    histories, seen = {model: [] for model in epochs}, {}
+    epochs = {model: n for model, (_, n) in plans[0].items()}
+    histories, seen, first_runs = {model: [] for model in epochs}, {}, {}
     for folder in folders:
         for seed, runs in finished_seeds(folder, epochs).items():
             if seed in seen:
                 raise UsageError(f"--merge: seed {seed} is in both {seen[seed]} and {folder}")
             seen[seed] = folder
-            for model, rows in runs.items():
+            for model, (run, rows) in runs.items():
+                first_runs.setdefault(model, (run, rows))
+                refuse_other_columns(run, rows, *next(iter(first_runs.values())))
                 histories[model].append(rows)
     if not histories[next(iter(epochs))]:
         raise UsageError("--merge: no seed has finished runs of every model in " + ", ".join(map(str, folders)))
-    return histories, read_run_configs(folders[0], list(epochs)), budget, epochs
+    return histories, {model: read_run_config(run) for model, (run, _) in first_runs.items()}, budget, epochs
+
+
+def read_plan(folder):
+    """`{model: (budget, epochs)}` from a compare folder's `summary.csv`; UsageError naming it when
+    it is missing, unreadable or not a compare summary."""
+    path = folder / "summary.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), reader.fieldnames
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"--merge {folder}: no readable summary.csv, not a compare folder with a finished seed "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    problem = plan_problem(columns, rows)
+    if problem:
+        raise UsageError(f"--merge {path}: {problem}; not a compare summary")
+    return {row["model"]: (row["budget"], int(row["epochs"])) for row in rows}
+
+
+def plan_problem(columns, rows):
+    """What makes `summary.csv` rows unusable as a comparison's models, budget and epochs, or None."""
+    missing = [name for name in ("model", "budget", "epochs") if name not in (columns or [])]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    if not rows:
+        return "no model rows"
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            return f"line {line} has {'more' if None in row else 'fewer'} values than the header"
+        if row["model"] not in MODELS:
+            return f"line {line}: model {row['model']!r:.30} is not one of {', '.join(MODELS)}"
+        if row["budget"] not in BUDGETS:
+            return f"line {line}: budget {row['budget']!r:.30} is not one of {', '.join(BUDGETS)}"
+        if row["budget"] != rows[0]["budget"]:
+            return f"line {line}: budget {row['budget']} differs from line 2's {rows[0]['budget']}"
+        if not is_number(row["epochs"], whole=True) or int(row["epochs"]) < 1:
+            return f"line {line}: epochs {row['epochs']!r:.30} is not a whole number of at least 1"
+        if [other["model"] for other in rows].count(row["model"]) > 1:
+            return f"line {line}: model {row['model']} is listed twice"
+    return None
+
+
+def refuse_other_columns(run, rows, first_run, first_rows):
+    """UsageError when a run's metrics.csv measures other accuracies than the first merged run's (the
+    summary and the plot read the same columns from every run)."""
+    measured, expected = measured_columns(rows), measured_columns(first_rows)
+    if measured != expected:
+        raise UsageError(f"--merge {run / 'metrics.csv'}: its accuracy columns {', '.join(measured)} differ from "
+                         f"those of {first_run / 'metrics.csv'} ({', '.join(expected)}); merge only comparisons "
+                         "run with the same training options")
+
+
+def measured_columns(rows):
+    """The columns of metrics rows that the summary and the plot read."""
+    return [*accuracy_columns(rows), *(["test_at_best"] if "test_at_best" in rows[0] else [])]
 
 
 def finished_seeds(folder, epochs):
-    """`{seed: {model: metrics rows}}` for the seeds of a compare folder whose runs of every model
-    trained all `epochs[model]` epochs (a stopped comparison's last seed may be unfinished)."""
+    """`{seed: {model: (run folder, metrics rows)}}` for the seeds of a compare folder whose runs of
+    every model trained all `epochs[model]` epochs (a stopped comparison's last seed may be
+    unfinished); folders not named as compare names runs (`QCS-seed3`) are not runs."""
     seeds = {}
     for model in epochs:
-        for run in folder.glob(f"{model}-seed*"):
-            rows = read_metrics(run) if (run / "metrics.csv").is_file() else []
+        for run in sorted(folder.glob(f"{model}-seed*")):
+            name = re.fullmatch(rf"{re.escape(model)}-seed(0|[1-9][0-9]*)", run.name)
+            if not name or not (run / "metrics.csv").is_file():
+                continue
+            rows = read_metrics(run)
             if len(rows) == epochs[model]:
-                seeds.setdefault(int(run.name.rsplit("seed", 1)[1]), {})[model] = rows
+                seeds.setdefault(int(name[1]), {})[model] = (run, rows)
     return {seed: runs for seed, runs in sorted(seeds.items()) if len(runs) == len(epochs)}
 
 

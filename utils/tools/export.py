@@ -10,6 +10,7 @@ images of `--check-images`: within `TOLERANCE` (PyTorch), `onnx_model.tolerance`
 """
 import hashlib
 import json
+import os
 import warnings
 
 import torch
@@ -27,7 +28,7 @@ from data_preprocessing.outputs import (
 )
 from models import build_model, count_parameters
 
-from ..checkpoint import EXPORT_INFO_FILE, SAFETENSORS_HINT
+from ..checkpoint import EXPORT_INFO_FILE, SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
 from . import ToolError, onnx_model
 from .predict import expand_inputs
@@ -228,6 +229,7 @@ def run(args):
     formats = formats_of(args.format)
     require_extras(formats)
     out = check_output_dir(args.out, "--out", create=True)
+    refuse_exporting_over_the_checkpoint(args.checkpoint, out)
     refuse_existing([("--out", out / name) for name in ALL_FILES], args.overwrite)
     image_files = check_image_files(args.check_images)
     trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
@@ -249,6 +251,28 @@ def run(args):
     report(args.checkpoint, trained, parameters, paths, diffs, limits, checked_on(image_files))
     print(f"  {out / INFO_FILE}  classes, image size, preprocessing, SHA-256 of the files")
     return 0 if all(diffs[name] < limits[name] for name in diffs) else 1
+
+
+def refuse_exporting_over_the_checkpoint(checkpoint, out):
+    """Before any work: ToolError when a file the export writes or removes in `out` is the checkpoint
+    itself, or (for a .safetensors checkpoint) the model_info.json it is read with."""
+    inputs = [("the checkpoint itself", checkpoint)]
+    if is_safetensors(checkpoint):
+        inputs.append((f"the {INFO_FILE} the checkpoint is read with", os.path.join(os.path.dirname(checkpoint),
+                                                                                   INFO_FILE)))
+    for what, source in inputs:
+        for name in ALL_FILES:
+            if same_file(source, out / name):
+                raise ToolError(f"--checkpoint {checkpoint}: this export would replace or remove {out / name}, "
+                                f"which is {what}; export into another --out folder")
+
+
+def same_file(first, second):
+    """Whether both paths exist and name the same file (a link, a hard link or another spelling of it)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def write_models(model, trained, formats, out):
