@@ -192,3 +192,15 @@ def test_flip_tta_in_training_is_said_in_the_log_and_the_metrics(folder_data, tm
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--tta", "flip", "--output-dir", str(run))) == 0
     assert "(flip TTA)" in capsys.readouterr().out
     assert next(csv.DictReader(open(run / "metrics.csv")))["tta"] == "flip"
+
+
+def test_cross_dataset_evaluation_says_which_class_matched_which(rafdb_model, tmp_path, capsys):
+    path, _ = rafdb_model
+    data = write_layout(tmp_path / "AffectNet", "AffectNet-7", {"test": 2})
+    assert main("qcs", ["--dataset", "AffectNet-7", "--data-root", str(data), "--workers", "0",
+                        "--evaluate", str(path)]) == 0
+    out = capsys.readouterr().out
+    # the by-hand table above, as names: the model's (RAF-DB) class = the dataset's (AffectNet) class
+    pairs = ", ".join(f"{RAF_DB_CLASSES[index]}={name}"
+                      for index, name in zip(RAFDB_INDEX_OF_AFFECTNET, AFFECTNET7_CLASSES))
+    assert f"matched to AffectNet-7's by name ({pairs})" in out

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import utils.data
+import utils.engine
 import utils.evaluation
 import utils.runtime
 import utils.train
@@ -504,3 +505,74 @@ def test_the_log_takes_file_names_that_are_not_utf8(tmp_path):
     name = os.fsdecode(b"caf\xe9.jpg")
     make_logger(tmp_path).info(f"cannot read {name}")
     assert (tmp_path / "log.txt").read_text(encoding="utf-8").endswith("cannot read caf\\xe9.jpg\n")
+
+
+# ------------------------------------------------------------------ the last small edges
+
+def test_out_of_memory_at_the_first_step_says_what_to_lower(folder_data, tmp_path, monkeypatch, capsys):
+    def allocating_too_much(model, images):
+        return torch.empty(2 ** 44)  # 64 TiB: the allocator refuses it at once
+
+    monkeypatch.setattr(utils.engine, "model_outputs", allocating_too_much)
+    assert main("qcs", tiny_training_args(folder_data, "--output-dir", str(tmp_path / "r"))) == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "out of memory on cpu training with -b 4 at 32 px" in lines[0], lines
+    assert "(an allocation of 65536.0 GiB failed); lower -b/--batch-size" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_compile_backend_is_one_line(folder_data, tmp_path, capsys):
+    argv = tiny_training_args(folder_data, "--compile", "--compile-backend", "nope", "--output-dir", str(tmp_path))
+    assert main("qcs", argv) == 2
+    out = capsys.readouterr().out
+    assert "--compile-backend 'nope' is not a torch.compile backend here; choose one of" in out and "inductor" in out
+
+
+def test_resuming_a_replayed_run_does_not_claim_the_replays_options(trained_run, folder_data, tmp_path, capsys):
+    run = tmp_path / "replayed"
+    assert main("qcs", ["--config", str(trained_run / "config.json"), "--seed", "3", "--output-dir", str(run)]) == 0
+    assert "except those given on the command line: --seed" in capsys.readouterr().out
+    assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "settings replayed from" not in out and "resumed" in out
+
+
+def test_tensorboard_says_where_its_event_files_go(folder_data, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    assert main("dcs", tiny_training_args(folder_data, "--epochs", "1", "--tensorboard", "--output-dir", str(run))) == 0
+    assert f"TensorBoard event files go into {run / 'tensorboard'} (view them with: tensorboard --logdir {run})" \
+        in capsys.readouterr().out
+    assert list((run / "tensorboard").iterdir())
+
+
+@pytest.mark.slow  # evaluation in a capability-dropped subprocess
+def test_evaluate_in_a_read_only_run_folder_prints_the_result_and_succeeds(trained_run_copy, folder_data):
+    from helpers import unprivileged_prefix
+
+    prefix, run = unprivileged_prefix(), trained_run_copy
+    run.chmod(0o555)
+    try:
+        result = subprocess.run([*prefix, sys.executable, str(ROOT / "main_QCS.py"),
+                                 *eval_options(folder_data, "--evaluate", str(run / "best.pth"))],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        run.chmod(0o755)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in out, out[-2000:]
+    assert "test accuracy" in out and "confusion matrix figure not written" in out and "permission denied" in out
+
+
+def test_predictions_name_images_whose_names_are_not_utf8(trained_run, tmp_path, capsys):
+    import csv
+    import json
+
+    data = folder_dataset(tmp_path / "data")
+    image = next((data / "test" / "joy").iterdir())
+    os.rename(image, os.fsencode(image.parent) + b"/caf\xe9.png")
+    predictions = tmp_path / "pred.csv"
+    assert main("qcs", eval_options(data, "--evaluate", str(trained_run / "best.pth"),
+                                    "--predictions", str(predictions))) == 0
+    names = [row[0] for row in csv.reader(open(predictions, encoding="utf-8"))][1:]
+    assert "joy/caf\\xe9.png" in names and len(names) == 6
+    assert json.loads(predictions.with_suffix(".json").read_text())["images"] == 6
