@@ -1,1 +1,1 @@
-"""Training engine, recipes, checkpointing, logging and the tools around a trained model."""
+"""The training system (engine, recipes, checkpoints, run folders, reports) and the tools around a trained model."""

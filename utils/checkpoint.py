@@ -8,7 +8,6 @@ A training checkpoint (`last.pth`, `best.pth`) is a dict: `format` (`CHECKPOINT_
 face-recognition IR50 weights and the `.safetensors` export with its `model_info.json`. Every
 problem with any of them is a `CheckpointError` whose message names the file.
 """
-import json
 import math
 import os
 import pickle
@@ -25,7 +24,7 @@ from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
-from .config import DEFAULT_PRETRAINED, RESUME_OVERRIDABLE, UsageError, check_saved_config, flag
+from .config import DEFAULT_PRETRAINED, RESUME_OVERRIDABLE, UsageError, check_saved_config, flag, read_json_file
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -260,15 +259,13 @@ def read_model_info(model_path):
     rebuilding the model and its preprocessing needs.
     """
     json_path = Path(model_path).with_name(EXPORT_INFO_FILE)
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not json_path.exists():
         raise CheckpointError(f"{model_path}: {json_path} is missing; keep the export's {EXPORT_INFO_FILE} "
-                              f"beside its model file") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{json_path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{json_path}: cannot read it ({error})") from None
+                              f"beside its model file")
+    try:
+        meta = read_json_file(json_path)
+    except UsageError as error:
+        raise CheckpointError(str(error)) from None
     problem = model_info_problem(meta)
     if problem:
         raise CheckpointError(f"{json_path}: {problem}")

@@ -255,6 +255,17 @@ def resolve_config(arch, args):
     return config
 
 
+def read_json_file(path):
+    """The JSON document in file `path`; UsageError `<path>: not valid JSON (...)` or `<path>: cannot
+    read it (...)` otherwise."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+
+
 def read_replayed_config(path, arch):
     """`--config RUN/config.json`: an earlier run's resolved settings, checked like the command line's."""
     try:

@@ -36,7 +36,6 @@ epochs (for example one comparison's seeds run as several commands with `--first
 """
 import argparse
 import csv
-import json
 import math
 import re
 import statistics
@@ -59,7 +58,7 @@ from data_preprocessing.outputs import (  # noqa: E402
 )
 from models import ARCHS  # noqa: E402
 
-from ..config import UsageError, flag, given_options, parse_args, resolve_config  # noqa: E402
+from ..config import UsageError, flag, given_options, parse_args, read_json_file, resolve_config  # noqa: E402
 from ..train import main as train_main  # noqa: E402
 
 MODELS = {"baseline": ("qcs", ["--baseline"]), "DCS": ("dcs", []), "QCS": ("qcs", [])}
@@ -352,12 +351,7 @@ def write_reports(out, histories, configs, budget, epochs):
 def read_run_config(run_dir):
     """A run's `config.json`; UsageError naming it when it is unreadable or not a run's settings."""
     path = Path(run_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    config = read_json_file(path)
     problem = config_problem(config)
     if problem:
         raise UsageError(f"{path}: {problem}; not a training run's config.json")
