@@ -452,6 +452,7 @@ def test_a_stuck_data_loader_worker_cannot_keep_sigterm_from_stopping_the_run(tm
     assert "interrupted: SIGTERM again: stopped at once" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_the_grace_time_after_a_stop_signal_ends_a_step_that_hangs(monkeypatch):
     monkeypatch.setattr(utils.runtime, "MIN_STOP_GRACE_S", 1)
     control = utils.runtime.RunControl(0, torch.device("cpu"))
@@ -462,6 +463,7 @@ def test_the_grace_time_after_a_stop_signal_ends_a_step_that_hangs(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is not control  # handlers restored
 
 
+@pytest.mark.slow
 def test_a_step_that_ends_in_time_after_a_stop_signal_is_saved_not_cut(monkeypatch):
     monkeypatch.setattr(utils.runtime, "MIN_STOP_GRACE_S", 1)
     control = utils.runtime.RunControl(0, torch.device("cpu"))
@@ -471,6 +473,7 @@ def test_a_step_that_ends_in_time_after_a_stop_signal_is_saved_not_cut(monkeypat
         time.sleep(1.5)  # the save that follows is not cut short
 
 
+@pytest.mark.slow
 def test_too_few_open_files_for_the_workers_is_one_line_within_seconds(folder_data, tmp_path):
     command = " ".join([sys.executable, str(ROOT / "main_QCS.py"),
                         *tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(tmp_path / "r")),
@@ -489,6 +492,7 @@ def test_workers_beyond_the_bound_are_refused(folder_data, tmp_path, capsys):
     assert "--workers must be at least 0 and at most 64, got 10000" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_quietly(folder_data, tmp_path):
     command = " ".join([sys.executable, str(ROOT / "main_DCS.py"),
                         *tiny_training_args(folder_data, "--epochs", "2", "--print-freq", "1",
@@ -528,6 +532,7 @@ def test_an_unknown_compile_backend_is_one_line(folder_data, tmp_path, capsys):
     assert "--compile-backend 'nope' is not a torch.compile backend here; choose one of" in out and "inductor" in out
 
 
+@pytest.mark.slow
 def test_resuming_a_replayed_run_does_not_claim_the_replays_options(trained_run, folder_data, tmp_path, capsys):
     run = tmp_path / "replayed"
     assert main("qcs", ["--config", str(trained_run / "config.json"), "--seed", "3", "--output-dir", str(run)]) == 0
