@@ -27,6 +27,7 @@ def report():
     return results, "\n".join(texts)
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_train_rows_compare_batched_with_per_branch(report):
     results, _ = report
     base, qcs = results["train"]
@@ -61,6 +62,7 @@ def test_epoch_estimates_hand_worked():
     assert affectnet["anchors"] == 287651 // 12 and affectnet["epochs"] == 100  # QCS: len // 12
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_inference_cost_sampling_and_memory(report):
     results, text = report
     rows = results["inference"]
@@ -81,6 +83,7 @@ def test_inference_cost_sampling_and_memory(report):
     assert "met" not in text.split()  # figures only, no verdicts
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_augment_rows_cover_every_released_transform(report):
     results, text = report
     rows = results["augment"]

@@ -156,6 +156,7 @@ def differences(pil, split):
     return found
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_split_pipeline_has_the_released_distribution(samples):
     pil, uint8, photometric = samples
     assert differences(pil, split_outputs(uint8, photometric)) == {}

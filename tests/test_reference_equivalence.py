@@ -47,6 +47,7 @@ def compare(arch, num_classes, images, state_dict=None, reference_options=None, 
     return max(max_differences(outputs, expected)), report
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_reference_matches_authors_dcs_logits():
     fixture = json.loads((FIXTURES / "reference_DCS_7cls_raf_db.json").read_text())
     with torch.no_grad():
@@ -76,6 +77,7 @@ def test_the_two_block_forms_differ(images):
     assert max(max_differences(prenorm[2:], inplace[2:])) > 1e-3
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_base_branch_alone_matches_reference():
     state_dict = authors_state_dict("QCS", 7)
     inputs = branch_inputs()

@@ -196,6 +196,7 @@ def test_evaluating_authors_checkpoint_gives_their_logits(tmp_path):
     assert torch.allclose(got, expected, atol=2e-4), (got - expected).abs().max()
 
 
+@pytest.mark.slow  # over a few seconds on 2 CPU cores
 def test_evaluate_follows_the_checkpoint_not_the_script(tmp_path, capsys):
     # a DCS FERPlus checkpoint evaluated by main_QCS.py gets DCS FERPlus's test transform:
     # a square resize to 234 then a 224 crop (QCS FERPlus would resize to 232)
