@@ -289,10 +289,10 @@ def test_named_pipes_are_skipped_without_opening_them(checkpoint, tmp_path, caps
     code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--no-detect", "--csv", out,
                             folder, tmp_path / "given.jpg")
     assert code == 0
-    assert f"{folder / 'pipe.png'}: not a regular file (a named pipe)" in err
-    assert f"{tmp_path / 'given.jpg'}: not a regular file (a named pipe)" in err
-    assert [row["error"] for row in read_csv(out)] == ["", "not a regular file (a named pipe)",
-                                                       "not a regular file (a named pipe)"]
+    assert f"{folder / 'pipe.png'}: not a regular file: a named pipe (FIFO)" in err
+    assert f"{tmp_path / 'given.jpg'}: not a regular file: a named pipe (FIFO)" in err
+    assert [row["error"] for row in read_csv(out)] == ["", "not a regular file: a named pipe (FIFO)",
+                                                       "not a regular file: a named pipe (FIFO)"]
 
 
 # -------------------------------------------------------------------- 12. 14. help and module structure

@@ -8,7 +8,6 @@ predict.py nor video.py imports the other; both import this module.
 """
 import json
 import os
-import stat
 import sys
 import warnings
 from collections import deque
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_preprocessing import is_image_file
 from data_preprocessing.datasets import to_rgb
+from data_preprocessing.files import non_regular_kind
 from data_preprocessing.outputs import (
     atomic_write,
     check_output_dir,
@@ -129,14 +129,12 @@ def warn(message):
 def not_regular(path):
     """Why `path` cannot be read as a file without blocking (a named pipe, a device, ...), or None."""
     try:
-        mode = os.stat(path).st_mode
+        kind = non_regular_kind(path)
     except OSError as error:
         return f"cannot read it ({error.strerror})"
-    if stat.S_ISREG(mode):
-        return None
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return "not a regular file (" + next((kind for test, kind in kinds if test(mode)), "a special file") + ")"
+    if kind == "missing":
+        return "cannot read it (no such file)"
+    return None if kind is None else f"not a regular file: {kind}"
 
 
 def load_photo(path):
