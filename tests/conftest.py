@@ -82,3 +82,13 @@ def demo_dataset(tmp_path_factory):
 def demo_root(demo_dataset):
     """The folder of the session's default demo dataset."""
     return demo_dataset[0]
+
+
+@pytest.fixture
+def face_extra():
+    """Skip without the face-detection extra (requirements-faces.txt)."""
+    from utils.tools import faces
+
+    pytest.importorskip("dlib")
+    if not faces.available():
+        pytest.skip("face-recognition-models is not installed")

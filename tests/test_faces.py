@@ -37,14 +37,6 @@ EXIF_ORIENTATION = 0x0112
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-@pytest.fixture
-def extra():
-    """Skip without the face-detection extra (requirements-faces.txt)."""
-    pytest.importorskip("dlib")
-    if not faces.available():
-        pytest.skip("face-recognition-models is not installed")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained tiny QCS in this project's checkpoint format (the labels are not what is tested)."""
@@ -108,7 +100,7 @@ def assert_on_pasted_faces(boxes, pasted=PASTED):
 
 # -------------------------------------------------------------------- detection, rows, options
 
-def test_faces_found_where_pasted_one_row_per_face(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_faces_found_where_pasted_one_row_per_face(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     photo, empty = tmp_path / "group.png", tmp_path / "empty.png"
     composite(shared_dir).save(photo)
     composite(shared_dir, layout={}).save(empty)
@@ -140,7 +132,7 @@ def test_faces_found_where_pasted_one_row_per_face(extra, shared_dir, checkpoint
     assert predictions[4]["error"] == "no face detected"
 
 
-def test_largest_and_min_score_choose_faces(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_largest_and_min_score_choose_faces(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     photo = tmp_path / "group.png"
     composite(shared_dir).save(photo)
     code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--csv", tmp_path / "all.csv", photo)
@@ -166,7 +158,7 @@ def test_largest_and_min_score_choose_faces(extra, shared_dir, checkpoint, tmp_p
     assert code == 1 and "no face detected" in err  # nothing classified
 
 
-def test_exif_orientation_gives_the_same_faces(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_exif_orientation_gives_the_same_faces(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     upright = composite(shared_dir)
     upright.save(tmp_path / "upright.jpg", quality=95)
     # Orientation 6: the stored pixels are turned 90° counterclockwise, a viewer turns them back.
@@ -203,7 +195,7 @@ def similarity_lstsq(source, target):
 
 
 @pytest.mark.parametrize("angle", [0, 12])
-def test_aligned_crop_puts_the_eyes_on_the_template(extra, shared_dir, angle):
+def test_aligned_crop_puts_the_eyes_on_the_template(face_extra, shared_dir, angle):
     side = 224
     finder = faces.FaceFinder(side=side)
     found = finder.find(composite(shared_dir, angle=angle))
@@ -238,7 +230,7 @@ def test_similarity_fit_matches_least_squares():
 # -------------------------------------------------------------------- annotation
 
 @pytest.mark.slow  # several detector passes over large photos or frames
-def test_annotate_draws_boxes_and_refuses_to_overwrite(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_annotate_draws_boxes_and_refuses_to_overwrite(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
     composite(shared_dir).save(photos / "group.png")
@@ -298,7 +290,7 @@ def count_frames(path):
 
 
 @pytest.mark.slow  # several detector passes over large photos or frames
-def test_video_rows_per_frame_and_annotated_copy(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_video_rows_per_frame_and_annotated_copy(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     frames, squares = moving_face(shared_dir)
     clip = tmp_path / "clip.mp4"
     write_video(clip, frames)
@@ -328,7 +320,7 @@ def test_video_rows_per_frame_and_annotated_copy(extra, shared_dir, checkpoint, 
     assert count_frames(tmp_path / "every5" / "clip.mp4") == 24  # every frame, the results held between
 
 
-def test_video_display_rotation_is_applied(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_video_display_rotation_is_applied(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     frames, squares = moving_face(shared_dir, count=6, blank=())
     # stored turned 90° clockwise, with a display matrix that turns it back counterclockwise
     write_video(tmp_path / "rotated.mp4", [frame.transpose(Image.Transpose.ROTATE_270) for frame in frames],
@@ -345,7 +337,7 @@ def test_video_display_rotation_is_applied(extra, shared_dir, checkpoint, tmp_pa
 # -------------------------------------------------------------------- heatmaps on a photo
 
 @pytest.mark.slow  # several detector passes over large photos or frames
-def test_heatmaps_of_faces_in_a_photo(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_heatmaps_of_faces_in_a_photo(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     photo, out = tmp_path / "group.png", tmp_path / "maps.png"
     composite(shared_dir).save(photo)
     code, stdout, _ = run_tool(capsys, "heatmaps", "--checkpoint", checkpoint, "--images", photo, "--out", out)

@@ -27,13 +27,6 @@ EXIF_ORIENTATION = 0x0112
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-@pytest.fixture
-def extra():
-    pytest.importorskip("dlib")
-    if not faces.available():
-        pytest.skip("face-recognition-models is not installed")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained tiny QCS in this project's format, with its logits spread so inputs tell apart."""
@@ -88,7 +81,7 @@ def portrait(shared_dir):
     return canvas
 
 
-def test_a_portrait_gives_exactly_its_face_plain_and_exif_rotated(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_a_portrait_gives_exactly_its_face_plain_and_exif_rotated(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     picture = portrait(shared_dir)
     weak = [score for _, score, _ in faces.FaceFinder(min_score=-0.2).boxes(np.asarray(picture.convert("L")))]
     assert len(weak) == 2 and 0 < min(weak) < faces.DEFAULT_MIN_SCORE  # the patch: a near-zero detection
@@ -108,7 +101,7 @@ def test_a_portrait_gives_exactly_its_face_plain_and_exif_rotated(extra, shared_
         assert x <= bx + bw / 2 <= x + side and y <= by + bh / 2 <= y + side  # on the pasted face
 
 
-def test_largest_never_prefers_a_near_zero_detection(extra, shared_dir, checkpoint, tmp_path, capsys):
+def test_largest_never_prefers_a_near_zero_detection(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     portrait(shared_dir).save(tmp_path / "plain.png")
     out = tmp_path / "largest.csv"
     # --min-score 0 admits the larger patch; --largest still takes the face
@@ -121,7 +114,7 @@ def test_largest_never_prefers_a_near_zero_detection(extra, shared_dir, checkpoi
 
 # -------------------------------------------------------------------- 2. 3. 4. tiny, transparent, broken
 
-def test_a_tiny_image_says_it_is_too_small_for_the_detector(extra, checkpoint, tmp_path, capsys):
+def test_a_tiny_image_says_it_is_too_small_for_the_detector(face_extra, checkpoint, tmp_path, capsys):
     tiny = small_png(tmp_path / "tiny.png", side=10)
     code, _, err = run_tool(capsys, "predict", "--checkpoint", checkpoint, tiny)
     assert code == 1
@@ -172,7 +165,7 @@ def test_a_broken_image_names_its_file(checkpoint, tmp_path, capsys):
 
 # -------------------------------------------------------------------- 5. a huge image
 
-def test_detection_on_a_shrunk_image_maps_boxes_back(extra, shared_dir, monkeypatch):
+def test_detection_on_a_shrunk_image_maps_boxes_back(face_extra, shared_dir, monkeypatch):
     picture = portrait(shared_dir).resize((3200, 2400), Image.BICUBIC)
     full = [face for face in faces.FaceFinder().find(picture) if face.score > 1]  # the FER2013 face
     monkeypatch.setattr(faces, "MAX_DETECTION_PIXELS", 3200 * 2400 // 4)  # searched at half the side
@@ -196,7 +189,7 @@ def peak_of_predict(checkpoint, image):
 
 
 @pytest.mark.slow
-def test_a_12000_px_png_is_searched_in_bounded_memory(extra, checkpoint, tmp_path):
+def test_a_12000_px_png_is_searched_in_bounded_memory(face_extra, checkpoint, tmp_path):
     huge, small = tmp_path / "huge.png", tmp_path / "small.png"
     Image.new("L", (12000, 12000), 128).save(huge)  # a few hundred KB on disk, 144 megapixels
     Image.new("L", (100, 100), 128).save(small)
