@@ -191,12 +191,19 @@ def open_for_append(path, flag=None):
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as error:
-        if error.errno == errno.ELOOP and path.is_symlink():
-            raise OutputError(f"{_label(flag, path)}: is a symbolic link (to {os.readlink(path)}); "
-                              "refusing to write through it: remove the link") from None
+        if error.errno == errno.ELOOP:
+            refuse_link(path, flag)
         with output_errors(path, flag, "opening it"):
             raise
     return os.fdopen(fd, "a+", encoding="utf-8", errors="backslashreplace")
+
+
+def refuse_link(path, flag=None):
+    """`OutputError` when `path` is a symbolic link, which would send the writes somewhere else."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{_label(flag, path)}: is a symbolic link (to {os.readlink(path)}); "
+                          "refusing to write through it: remove the link") from None
 
 
 def printable(text):

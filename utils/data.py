@@ -58,7 +58,6 @@ def load_training_data(config, device, rank, world_size):
     """The training set, its group sampler and loader, and the loaders evaluated each epoch: test,
     the dataset's extra test splits and, with `--select-on val`, the validation split. With
     `--device-augment`, the training images come as uint8 and `device_augment` does the rest."""
-    check_open_file_limit(config["workers"])
     train_tf, test_tf = transforms_for(config)
     device_augment = None
     if config["device_augment"]:

@@ -38,6 +38,10 @@ def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallbac
     if class_list is not None:
         classes = [c.strip() for c in class_list.split(",") if c.strip()]
         source = "--classes"
+        twice = next((name for index, name in enumerate(classes) if name in classes[:index]), None)
+        if twice is not None:
+            raise CheckpointError(f"--classes names {twice!r} twice; give each class of the head once, "
+                                  "in label order")
     elif dataset is not None:
         try:
             classes = dataset_classes(dataset, data_root)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import matplotlib
 
-from data_preprocessing.outputs import OutputError, atomic_write, open_for_append, printable
+from data_preprocessing.outputs import atomic_write, open_for_append, printable, refuse_link
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -141,9 +141,7 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
         folder = Path(run_dir) / "tensorboard"
-        if folder.is_symlink():
-            raise OutputError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); refusing to write "
-                              "through it: remove the link")
+        refuse_link(folder)
         self.writer = SummaryWriter(str(folder))
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                            for k, v in config.items() if v is not None}

@@ -314,7 +314,6 @@ def count(number, noun):
 def load_prediction_model(args):
     """`(TrainedModel, device of its inputs, where it runs)`: a checkpoint's base branch in PyTorch,
     or with `--onnx` an ONNX export in onnxruntime (same call shape: N×3×S×S in, logits out)."""
-    check_class_list(args.classes)
     if args.onnx is None:
         trained = load_trained_model(args.checkpoint, dataset=args.dataset, class_list=args.classes,
                                      data_root=args.data_root, size=args.size, image_size=args.image_size)
@@ -336,16 +335,6 @@ def load_prediction_model(args):
     trained, where = onnx_model.load_onnx_classifier(args.onnx, args.device)
     trained.model = TestTimeModel(trained.model, tta=args.tta)
     return trained, torch.device("cpu"), where + (", flip TTA" if args.tta == "flip" else "")
-
-
-def check_class_list(class_list):
-    """`--classes`: names that are all different (the count is checked against the head when it is loaded)."""
-    if class_list is None:
-        return
-    names = [name.strip() for name in class_list.split(",") if name.strip()]
-    twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
-    if twice is not None:
-        raise ToolError(f"--classes names {twice!r} twice; give each class of the head once, in label order")
 
 
 def inference_options(args):
