@@ -7,6 +7,7 @@ The settings come from `utils.config`, the data from `utils.data`, the run folde
 """
 import re
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,8 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
     if pretrained_note:
         logger.info(pretrained_note)
+    if created == "restarted":
+        logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
@@ -298,9 +301,11 @@ def end_epoch(run, epoch, metrics, step_saver):
         result, extra = evaluate_test_splits(run)
     except DataError as error:  # the trained steps are kept: a resumed run evaluates them again
         saved = run.world_size == 1 and step_saver.save_progress()
-        raise DataError(f"{error} ({kept(run, saved)})") from None
+        raise DataError(f"{error} ({kept(run, saved, 'the data')})") from None
     lr = run.optimizer.param_groups[0]["lr"]
-    run.scheduler.step()
+    with warnings.catch_warnings():  # a run resumed after its last step takes none before this
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+        run.scheduler.step()
     chosen = extra["val"] if on_val else result["acc"]
     is_best = state.best_epoch == 0 or chosen > state.best_acc  # the first epoch is a best
     if is_best:
@@ -335,14 +340,14 @@ def write_after_last(run, confusion, tensorboard=True):
         raise OutputError(f"{error} ({kept(run, True)})") from None
 
 
-def kept(run, saved):
-    """What a run stopped by an error keeps, and how to go on."""
+def kept(run, saved, cause="this"):
+    """What a run stopped by an error keeps, and how to go on once `cause` is fixed."""
     last = run.saver.last_path()
     if not last.exists():
         return "no checkpoint had been saved yet"
     what = f"epoch {run.state.epoch} is saved in {last}" if saved and not run.state.step else \
         "progress saved" if saved else f"{last} is kept"
-    return f"{what}; resume with --resume {last} once this is fixed"
+    return f"{what}; resume with --resume {last} once {cause} is fixed"
 
 
 def complete_epoch_end(run):
