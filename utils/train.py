@@ -357,11 +357,11 @@ def complete_epoch_end(run):
     if run.created is not None or state.step or not state.epoch:
         return
     best_now = state.best_epoch == state.epoch
-    missing = unfinished_epoch_end(folder, best_now)
+    missing = ddp.broadcast_object(unfinished_epoch_end(folder, best_now) if ddp.is_main_process() else None)
     if not missing:
         return
     confusion = None
-    if best_now:  # last.pth holds the best epoch's weights
+    if best_now and {"best.pth", "confusion_best.png"} & set(missing):  # last.pth holds the best weights
         rng = rng_states()
         confusion = evaluate_test_splits(run)[0]["confusion"]
         set_rng_states(rng)
