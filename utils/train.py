@@ -304,7 +304,7 @@ def end_epoch(run, epoch, metrics, step_saver):
         raise DataError(f"{error} ({kept(run, saved, 'the data')})") from None
     lr = run.optimizer.param_groups[0]["lr"]
     with warnings.catch_warnings():  # a run resumed after its last step takes none before this
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
         run.scheduler.step()
     chosen = extra["val"] if on_val else result["acc"]
     is_best = state.best_epoch == 0 or chosen > state.best_acc  # the first epoch is a best
