@@ -85,7 +85,7 @@ def run_counting(monkeypatch, data, run, stop_at=None, error=None):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """The uninterrupted run: its metrics and the names of its writes, in order."""
+    """The uninterrupted run: its metrics, the names of its writes in order, and its figures."""
     run = tmp_path_factory.mktemp("reference") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -93,11 +93,15 @@ def reference(data, tmp_path_factory):
         code, names = run_counting(monkeypatch, data, run)
     torch.set_num_threads(threads)
     assert code == 0
-    return metrics(run), names
+    return metrics(run), names, figures(run)
+
+
+def figures(run):
+    return {name: (run / name).read_bytes() for name in ("losses.png", "confusion_best.png")}
 
 
 def test_the_epoch_end_commits_with_last_pth_then_writes_what_derives_from_it(reference):
-    rows, names = reference
+    rows, names, _ = reference
     epoch_end = ["last.pth", "best.pth", "metrics.csv", "confusion_best.png", "losses.png"]
     assert names == ["config.json", *epoch_end, *epoch_end]
     assert [row["epoch"] for row in rows] == ["1", "2"] and rows[0]["best_acc"] < rows[1]["best_acc"]
@@ -107,20 +111,19 @@ def test_the_epoch_end_commits_with_last_pth_then_writes_what_derives_from_it(re
 @pytest.mark.parametrize("stop_at", range(1, 12))
 def test_a_stop_before_any_write_is_rerun_to_the_same_metrics(stop_at, reference, data, tmp_path,
                                                               monkeypatch, one_thread):
-    rows, names = reference
+    rows, names, drawn = reference
     run = tmp_path / "run"
     with pytest.raises(Stop, match=names[stop_at - 1]):
         run_counting(monkeypatch, data, run, stop_at)
     assert run.is_dir()
     assert rerun(data, run) == 0
-    assert metrics(run) == rows
+    assert metrics(run) == rows and figures(run) == drawn
     assert read_checkpoint(run / "best.pth")["best_epoch"] == 2
-    assert (run / "losses.png").stat().st_size and (run / "confusion_best.png").stat().st_size
 
 
 def test_a_write_error_after_last_pth_keeps_the_folder_and_says_how_to_go_on(reference, data, tmp_path,
                                                                              monkeypatch, one_thread, capsys):
-    rows, names = reference
+    rows, names, _ = reference
     run = tmp_path / "run"
     full = OSError(errno.ENOSPC, "No space left on device", str(run / "best.pth"))
     assert run_counting(monkeypatch, data, run, names.index("best.pth") + 1, full)[0] == 2
@@ -145,7 +148,7 @@ def test_a_write_error_at_the_first_last_pth_removes_the_folder_it_made(referenc
 
 def test_a_figure_that_fails_is_a_warning_and_the_rerun_draws_it(reference, data, tmp_path, monkeypatch,
                                                                   one_thread, capsys):
-    rows, _ = reference
+    rows, *_ = reference
     run = tmp_path / "run"
 
     def broken(*args):
@@ -175,7 +178,7 @@ def test_a_class_folder_whose_name_is_not_utf8_is_drawn(data, tmp_path, one_thre
 
 def test_a_text_file_named_jpg_in_the_test_split_keeps_the_trained_epoch(reference, data, tmp_path, one_thread,
                                                                           capsys):
-    rows, _ = reference
+    rows, *_ = reference
     broken = tmp_path / "data"
     shutil.copytree(data, broken)
     text = broken / "test" / "joy" / "notes.jpg"
@@ -224,7 +227,7 @@ sys.exit(main("qcs", sys.argv[1:]))
 @pytest.mark.parametrize("before", ["last.pth", "best.pth"])
 def test_a_sigkill_at_the_first_epoch_end_is_rerun_to_the_same_metrics(before, reference, data, tmp_path,
                                                                        one_thread, capsys):
-    rows, _ = reference
+    rows, *_ = reference
     run = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", KILLED.format(before=before), *command(data, run)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
@@ -254,7 +257,7 @@ def small_disk(tmp_path):
 def test_a_disk_full_after_last_pth_keeps_the_folder_and_resumes_to_the_same_metrics(reference, data, tmp_path,
                                                                                       small_disk, one_thread,
                                                                                       capsys):
-    rows, _ = reference
+    rows, *_ = reference
     run = small_disk / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
         with pytest.raises(Stop):  # to learn the size of last.pth
