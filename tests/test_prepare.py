@@ -58,11 +58,11 @@ def test_rafdb_refuses_overwrite_and_checks_images(tmp_path):
     images = tmp_path / "aligned"
     images.mkdir()
     for name in ("train_00001", "train_00002", "train_00003", "test_0001"):
-        (images / f"{name}_aligned.jpg").write_bytes(b"")
+        Image.new("RGB", (4, 4)).save(images / f"{name}_aligned.jpg")
     out = tmp_path / "out"
     with pytest.raises(PrepareError, match="1 aligned image.*test_0002_aligned.jpg"):
         prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
-    (images / "test_0002_aligned.jpg").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(images / "test_0002_aligned.jpg")
     prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
 
     (out / "raf_db_basic_test.txt").write_text("mine\n")
@@ -192,7 +192,7 @@ def test_ferplus_usage_mismatch_names_lines(tmp_path):
 ])
 def test_ferplus_bad_row_names_file_and_line(tmp_path, row, message):
     fer_path, plus_path = write_ferplus_inputs(tmp_path, [FERPLUS_ROWS[0], row])
-    with pytest.raises(PrepareError) as error:
+    with pytest.raises(DataError) as error:  # the Usage row is bad in both files: both are reported
         prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
                                  "--out", str(tmp_path / "out")])
     assert message in str(error.value)
