@@ -1,8 +1,9 @@
 """ONNX: the base branch exported with the dynamo exporter, and run with onnxruntime.
 
-Needs the extra of `requirements-onnx.txt` (onnx and onnxscript to export, onnxruntime to run),
-imported only when used. `OnnxModel` has the call shape of the PyTorch network (an N×3×S×S
-float tensor in, N×K logits out), so `predict` runs either one; `load_onnx_classifier` gives it with
+Needs the extra of `requirements-onnx.txt` (onnx and onnxscript to export, onnxruntime to run,
+onnx to check that no weight holds NaN or an infinite value), imported only when used.
+`OnnxModel` has the call shape of the PyTorch network (an N×3×S×S float tensor in, N×K logits
+out), so `predict` runs either one; `load_onnx_classifier` gives it with
 the classes and preprocessing of the `model_info.json` beside the file, as a `TrainedModel`.
 """
 import importlib
