@@ -556,7 +556,7 @@ def test_affectnet_refuses_an_image_listed_twice(tmp_path, repeat):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-@pytest.mark.parametrize("crop", [[], ["--crop"]])
+@pytest.mark.parametrize("crop", [[], ["--workers", "2"], ["--crop"]])
 def test_affectnet_refuses_an_image_that_does_not_decode(tmp_path, crop):
     train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
     truncated_jpeg(images / "2" / "c.png")  # a JPEG under a .png name: PIL goes by the content
