@@ -507,3 +507,26 @@ def test_an_export_killed_part_way_is_cleaned_up_by_the_next_one(checkpoint, tmp
     code, _, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", out, "--format", "torchscript")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["base_state_dict.pth", "model_info.json", "model_torchscript.pt"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 3 MiB filesystem (tmpfs; skipped where mounting is not allowed), which an export of
+    every format fills part-way."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs is not allowed here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_an_export_that_fills_the_disk_leaves_nothing_behind(checkpoint, small_filesystem):
+    out = small_filesystem / "exported"
+    code, _, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", out, "--format", "both")
+    assert code == 2
+    assert err == f"error: --out {out / 'model_exported.pt2'}: no space left on device (ENOSPC while writing)\n"
+    assert list(small_filesystem.iterdir()) == []  # not even the --out folder it created

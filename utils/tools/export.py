@@ -289,6 +289,8 @@ def staging(out):
     make_output_dir(stage, "--out")
     try:
         yield stage
+    except OutputError as error:  # name the file where it was to go, not its hidden stage
+        raise OutputError(str(error).replace(f"{stage}{os.sep}", f"{out}{os.sep}")) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in created:  # deepest first; a folder that holds something stays
