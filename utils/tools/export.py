@@ -204,8 +204,9 @@ def preprocessing(trained):
             "antialias_note": "PIL's Image.resize(..., Image.BILINEAR): its filter widens when shrinking",
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}",
-            "colour": "EXIF orientation applied first; transparent areas (alpha, or a palette's transparent "
-                      "colour) composited onto white (255, 255, 255), then RGB",
+            "colour": "EXIF orientation applied first; 16-bit grayscale (or wider) divided by 257 and rounded "
+                      "to 8 bits; transparent areas (alpha, or a palette's transparent colour) composited onto "
+                      "white (255, 255, 255), then RGB",
             "face": {"aligned": True, "what": "an aligned face crop, as predict makes it: dlib's 5 landmarks "
                                               "mapped onto 'template' by a similarity transform (bilinear)",
                      "landmarks": list(faces.LANDMARK_NAMES),
