@@ -531,3 +531,14 @@ def test_an_export_that_fills_the_disk_leaves_nothing_behind(checkpoint, small_f
     assert code == 2
     assert err == f"error: --out {out / 'model_exported.pt2'}: no space left on device (ENOSPC while writing)\n"
     assert list(small_filesystem.iterdir()) == []  # not even the --out folder it created
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_an_export_that_fails_its_check_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    from utils.tools import export
+    monkeypatch.setattr(export, "TOLERANCE", 0.0)  # reloaded PyTorch files are bit-identical: 0 < 0 fails
+    out = tmp_path / "exported"
+    code, stdout, err = run_tool("export", "--checkpoint", checkpoint[1], "--out", out, "--format", "torchscript")
+    assert code == 1 and "FAILED" in stdout and f"{out / 'model_torchscript.pt'}" in stdout
+    assert err == f"nothing written to {out}: a reloaded file does not give the checkpoint's logits\n"
+    assert not out.exists()
