@@ -546,9 +546,11 @@ def load_pretrained(model, path):
     exists. Returns the line to log (None when there is nothing to say)."""
     if path in (None, "", "none"):
         return None
+    if path == str(DEFAULT_PRETRAINED) and model.config["size"] != "paper":
+        # the released IR50 file only fits the paper size; a smaller preset never reads it
+        return (f"the IR50 backbone starts from random weights (the default --pretrained, {path}, "
+                f"is for --size paper only)")
     if not Path(path).is_file():
-        if path == str(DEFAULT_PRETRAINED) and model.config["size"] != "paper":
-            return None
         if path != str(DEFAULT_PRETRAINED):
             raise FileNotFoundError(f"--pretrained {path} does not exist")
         hint = "" if model.config.get("vit_init") == "xavier" else (
