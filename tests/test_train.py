@@ -515,7 +515,7 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path, free_port
     log = (run / "log.txt").read_text()
     assert f"interrupted at epoch {checkpoint['epoch'] + 1}, step {checkpoint['step']}/" in log, output[-2000:]
     # 36 images, 18 per rank, batch 4: the saved sums cover both ranks' anchors of the epoch so far
-    assert checkpoint["epoch"] < 50 and checkpoint["partial"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
+    assert checkpoint["epoch"] < 50 and checkpoint["epoch_sums"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
 
 
 @pytest.mark.slow
