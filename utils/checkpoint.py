@@ -541,8 +541,13 @@ def training_state_problem(checkpoint):
         return f"rng_by_rank does not hold the generator states of its {world_size} ranks"
     sums_key = epoch_sums_key(checkpoint)
     sums = checkpoint.get(sums_key)
-    if checkpoint["step"] and not (isinstance(sums, dict) and all(
-            number(sums.get(key)) for key in ("loss_sum", "correct", "anchors", "seconds"))):
+
+    def has_sums(sums, keys=("loss_sum", "correct", "anchors")):
+        return isinstance(sums, dict) and all(number(sums.get(key)) for key in keys)
+
+    if checkpoint["step"] and not (has_sums(sums, ("loss_sum", "correct", "anchors", "seconds")) and (
+            "by_rank" not in sums or isinstance(sums["by_rank"], list) and len(sums["by_rank"]) == world_size
+            and all(map(has_sums, sums["by_rank"])))):
         return f"{sums_key} (the sums of the unfinished epoch) is missing or malformed"
     return None
 

@@ -223,6 +223,9 @@ class EpochProgress:
 
     def _save(self):
         sums = dict(self.meter.global_state(self.run.device), seconds=self.seconds())
+        by_rank = ddp.gather_objects(self.meter.local_state())  # a collective: every rank takes part
+        if len(by_rank) > 1:
+            sums["by_rank"] = by_rank
         state = self.run.state
         state.epoch, state.step, state.epoch_sums, state.groups_done = self.epoch, self.step, sums, self.groups_done()
         self.run.saver.save_last(state)
@@ -235,8 +238,7 @@ def train_epoch(run, epoch, progress):
     state = run.state
     run.data.sampler.set_epoch(epoch, progress.groups_done())
     loader = epoch_loader(run.data, state.step)
-    # the ranks' sums are added together: the steps before a resume count once, on rank 0
-    meter = EpochMeter(state.epoch_sums if ddp.is_main_process() else None, steps=state.step)
+    meter = EpochMeter(own_epoch_sums(state, run.world_size), steps=state.step)
     try:
         _, stopped = train_one_epoch(run.train_model, loader, run.optimizer, run.device, epoch, run.step_settings,
                                      meter, after_step=progress)
@@ -256,6 +258,16 @@ def train_epoch(run, epoch, progress):
         raise DataError(f"{error} ({'progress saved; ' if saved else ''}resume with --resume {last} "
                         "once the data is fixed)") from None
     return (None if stopped else meter.metrics(run.device)), stopped
+
+
+def own_epoch_sums(state, world_size):
+    """The sums this rank's meter starts from: its own when the saved run had as many ranks, else
+    all of them on rank 0 (the ranks' sums are added together: the steps before a resume count once)."""
+    sums = state.epoch_sums or {}
+    by_rank = sums.get("by_rank") or []
+    if len(by_rank) == world_size:
+        return by_rank[ddp.rank()]
+    return sums if ddp.is_main_process() else None
 
 
 def is_out_of_memory(error):
