@@ -534,8 +534,10 @@ def training_state_problem(checkpoint):
     if not is_rng_states(checkpoint.get("rng")):
         return "rng does not hold the python, numpy and torch generator states"
     world_size = checkpoint.get("world_size", 1)
-    if not whole(world_size) or not world_size or not whole(checkpoint.get("groups_done") or 0):
-        return f"world_size {world_size!r} or groups_done {checkpoint.get('groups_done')!r} is not a whole number"
+    if not whole(world_size) or not world_size:
+        return f"world_size is {world_size!r}, not a number of processes"
+    if not whole(checkpoint.get("groups_done") or 0):
+        return f"groups_done is {checkpoint['groups_done']!r}, not a whole number"
     by_rank = checkpoint.get("rng_by_rank", [checkpoint["rng"]] * world_size)
     if not isinstance(by_rank, list) or len(by_rank) != world_size or not all(map(is_rng_states, by_rank)):
         return f"rng_by_rank does not hold the generator states of its {world_size} ranks"
