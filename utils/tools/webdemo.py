@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -63,17 +64,19 @@ class Classifier:
         self.detecting, self.modelling = threading.Lock(), threading.Lock()
 
     def frame(self, image, name="frame"):
-        """`(rows, {"detect_ms", "model_ms"})` of one upright RGB image, as `predict --video` does a frame."""
-        start = time.perf_counter()
+        """`(rows, {"detect_ms", "model_ms"})` of one upright RGB image, as `predict --video` does a frame
+        (the times each stage worked on it, not those it waited for the other frame)."""
         with self.detecting:
+            start = time.perf_counter()
             rows, crops = face_rows(image, name, self.finder)
-        found = time.perf_counter()
+            detect = time.perf_counter() - start
         with self.modelling:
+            start = time.perf_counter()
             batch = PendingBatch(self.trained.model, self.transform, self.device, batch_size=1)
             batch.add(None, None, rows, crops)
             batch.flush()
-        done = time.perf_counter()
-        return rows, {"detect_ms": 1000 * (found - start), "model_ms": 1000 * (done - found)}
+            model = time.perf_counter() - start
+        return rows, {"detect_ms": 1000 * detect, "model_ms": 1000 * model}
 
     def photo(self, path):
         """`(rows, (width, height) or None)` of one image file, exactly as `predict` classifies it."""
@@ -283,6 +286,10 @@ def make_server(host, port, demo):
     return server
 
 
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args):
     """The `demo` command: serve the page until Ctrl-C."""
     if args.top_k < 1:
@@ -294,6 +301,7 @@ def run(args):
     host, port = server.server_address[:2]
     print(f"serving the demo on http://{host}:{port}/ (Ctrl-C stops it); loading the model ...", flush=True)
     threading.Thread(target=demo.load, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)  # `kill` removes the uploads' folder too
     try:
         server.serve_forever()
     except KeyboardInterrupt:
