@@ -44,6 +44,7 @@ WAIT = 30  # s: the longest wait for the page
 
 selenium = pytest.importorskip("selenium", reason="the browser tests need Selenium (pip install selenium)")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -180,7 +181,10 @@ def browser(inputs):
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-video-capture={inputs.clip}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    except WebDriverException as error:  # installed but cannot start here (a missing library, a version mismatch)
+        pytest.skip(f"Chromium did not start: {error.msg}")
     driver.set_script_timeout(WAIT)
     yield driver
     driver.quit()
@@ -280,12 +284,15 @@ def test_webcam_labels_match_predict_video(inputs, server, browser, screenshots,
     shown_fps = browser.find_element(By.ID, "cam-fps").text
     browser.save_screenshot(str(screenshots / "webcam.png"))
     browser.find_element(By.ID, "cam-stop").click()
+    warming_up = next(index for index, found in enumerate(results) if found[0]["error"] is None)
+    assert warming_up <= 2  # a camera's first frames may be blank
     labels = set()
-    for faces_of_frame in results:
-        assert len(faces_of_frame) == 1 and faces_of_frame[0]["error"] is None
+    for faces_of_frame in results[warming_up:]:
+        assert len(faces_of_frame) == 1 and faces_of_frame[0]["error"] is None, faces_of_frame
         shown = np.array([faces_of_frame[0]["probabilities"][name] for name in CLASSES])  # keys come back sorted
         nearest = np.abs(references - shown).max(1).argmin()
-        assert np.abs(references[nearest] - shown).max() < 0.05  # the same frame, through a camera and a JPEG
+        # the same frame, through a camera and a JPEG
+        assert np.abs(references[nearest] - shown).max() < 0.05, (faces_of_frame, frames[nearest])
         assert faces_of_frame[0]["top_k"][0]["class"] == frames[nearest]["top_k"][0]["class"]
         labels.add(faces_of_frame[0]["top_k"][0]["class"])
     assert labels == {CLASSES[LABEL_A], CLASSES[LABEL_B]}  # both faces of the clip were seen

@@ -505,7 +505,7 @@ def build_parser():
     parser.add_argument("--webcam-frames", type=positive, default=40, help="frames per webcam measurement")
     parser.add_argument("--webcam-detect-pixels", type=positive, default=MAX_DETECTION_PIXELS,
                         help="webcam part: frames larger than this are searched for faces shrunk (demo's "
-                             "--detect-pixels)")
+                             "--detect-pixels; default: as predict)")
     return parser
 
 

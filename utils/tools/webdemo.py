@@ -13,6 +13,7 @@ two frames in flight overlap: the next frame is searched for faces while the mod
 this one (the two cores at once).
 """
 import contextlib
+import copy
 import errno
 import io
 import json
@@ -58,8 +59,12 @@ class Classifier:
     """The loaded model and face finder, shared by the request threads. Detection and the model each
     run one call at a time (their own lock), so two frames in flight use the two stages at once."""
 
-    def __init__(self, trained, device, where, finder, k):
+    def __init__(self, trained, device, where, finder, k, frame_pixels=None):
         self.trained, self.device, self.where, self.finder, self.k = trained, device, where, finder, k
+        self.frame_finder = finder  # `frame_pixels`: webcam frames searched shrunk to at most that many pixels
+        if finder is not None and frame_pixels:
+            self.frame_finder = copy.copy(finder)
+            self.frame_finder.max_pixels = frame_pixels
         self.transform = trained.transform()
         self.detecting, self.modelling = threading.Lock(), threading.Lock()
 
@@ -68,7 +73,7 @@ class Classifier:
         (the times each stage worked on it, not those it waited for the other frame)."""
         with self.detecting:
             start = time.perf_counter()
-            rows, crops = face_rows(image, name, self.finder)
+            rows, crops = face_rows(image, name, self.frame_finder)
             detect = time.perf_counter() - start
         with self.modelling:
             start = time.perf_counter()
@@ -102,7 +107,8 @@ class Demo:
         try:
             trained, device, where = load_prediction_model(self.args)
             finder = face_finder(self.args, self.detect, trained.image_size)
-            self.classifier = Classifier(trained, device, where, finder, min(self.args.top_k, len(trained.classes)))
+            self.classifier = Classifier(trained, device, where, finder, min(self.args.top_k, len(trained.classes)),
+                                         self.args.detect_pixels)
             print(f"model ready: {trained.size} model, {trained.image_size}px input, {where}", flush=True)
         except Exception as error:  # noqa: BLE001 -- any load failure becomes the page's message
             self.error = f"the model could not be loaded: {error}"
@@ -294,6 +300,8 @@ def run(args):
     """The `demo` command: serve the page until Ctrl-C."""
     if args.top_k < 1:
         raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.detect_pixels is not None and args.detect_pixels < 1:
+        raise ToolError(f"--detect-pixels must be at least 1, got {args.detect_pixels}")
     detect = detection_wanted(args.detect)
     face_finder(args, detect, 1)  # the detection options checked before anything is served
     demo = Demo(args, detect)
