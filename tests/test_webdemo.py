@@ -31,6 +31,7 @@ from utils.inference import load_trained_model
 from utils.tools import cli as tools
 from utils.tools import faces
 from utils.tools.heatmaps import level_maps, photo_group
+from utils.tools.webdemo import Classifier
 
 CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 IMAGE_SIZE = 64
@@ -51,6 +52,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
+    pytest.mark.slow,  # a browser and server processes: about 50 s for the module on a busy 2-core machine
     pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                        reason="the browser tests need Chromium and chromedriver (apt-get install chromium "
                               "chromium-driver; .ci/run installs them)"),
@@ -358,3 +360,17 @@ def test_a_port_in_use_is_one_error_line(inputs, server, capsys):
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"error: cannot serve on 127.0.0.1:{server.port}")
     assert get_json(server.port, "/api/info")["ready"]
+
+
+def test_detect_pixels_finds_the_face_in_a_smaller_search(inputs):
+    """`--detect-pixels 76800`: the 200 px face of a 640×480 frame, searched at 320×240, is the same face."""
+    trained = load_trained_model(inputs.checkpoint)
+    finder = faces.FaceFinder(side=IMAGE_SIZE)
+    frame = face_photo(FACE_A)
+    full, _ = Classifier(trained, torch.device("cpu"), "cpu", finder, 3).frame(frame)
+    quarter, _ = Classifier(trained, torch.device("cpu"), "cpu", finder, 3, frame_pixels=320 * 240).frame(frame)
+    assert finder.max_pixels == faces.MAX_DETECTION_PIXELS  # photos are still searched as predict does
+    assert len(full) == len(quarter) == 1
+    # the detector's boxes step with its pyramid (a box 17% larger here); the landmarks, which the alignment uses, agree
+    np.testing.assert_allclose(quarter[0].landmarks, full[0].landmarks, atol=full[0].box[2] / 20)
+    assert quarter[0].top(CLASSES, 1)[0][0] == full[0].top(CLASSES, 1)[0][0] == CLASSES[LABEL_A]
