@@ -490,7 +490,8 @@ def build_parser():
     parser.add_argument("--checkpoint-backbone", action="store_true")
     parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--parts", nargs="+", default=[part for part in PARTS if part != "webcam"], choices=PARTS,
+                        help="sections to run (default: all but webcam, which needs --webcam-face)")
     parser.add_argument("--fit-batch", type=positive, default=24, help="batch of the memory part")
     parser.add_argument("--inference-batches", nargs="+", type=positive, default=[1, 32],
                         help="batches of the inference part")
