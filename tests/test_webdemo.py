@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from argparse import Namespace
 from pathlib import Path
@@ -264,6 +265,10 @@ def test_bad_photos_are_a_message_and_the_server_goes_on(inputs, server, browser
         assert message in browser.find_element(By.ID, "photo-message").text
         assert not browser.find_elements(By.CSS_SELECTOR, "#photo-faces .face")
     browser.save_screenshot(str(screenshots / "photo-no-face.png"))
+    too_big = urllib.request.Request(f"{server.url}api/photo?name=big.png", data=bytes(65 * 2 ** 20))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(too_big, timeout=WAIT)
+    assert refused.value.code == 413 and "more than the 64 MB" in json.load(refused.value)["error"]
     photo_result(browser, inputs.photo_b)  # and the next good photo is classified
     assert browser.find_element(By.CSS_SELECTOR, "#photo-faces .face").get_attribute("data-label") == CLASSES[LABEL_B]
     assert [path.parent.name for path in server.temporary.glob("*/*")] == []  # each upload removed
