@@ -1,11 +1,19 @@
-"""Reading input files safely: never block on a non-regular file, and say where a text file stops being UTF-8."""
+"""Every file the project reads goes through here: regular files only (a named pipe, device or
+socket is refused at once, never waited on), sizes and JSON nesting bounded, and every `OSError`
+one line naming the path, the cause and, where there is one, the remedy (`describe_os_error`,
+which the writing side, `outputs.py`, shares)."""
 from __future__ import annotations
 
+import errno
+import itertools
+import json
 import os
+import re
 import stat
 from typing import BinaryIO
 
-__all__ = ["NotRegularFileError", "open_regular_file", "non_regular_kind", "invalid_utf8_position"]
+__all__ = ["NotRegularFileError", "open_regular_file", "non_regular_kind", "invalid_utf8_position", "FileError",
+           "InputError", "describe_os_error", "read_bytes", "read_text", "read_json"]
 
 # O_NONBLOCK makes opening a named pipe return at once instead of waiting for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -67,3 +75,107 @@ def invalid_utf8_position(path) -> str:
                         f"(byte 0x{bad:02x} at byte offset {offset + error.start})")
             offset += len(line)
     return f"{os.fspath(path)}: not UTF-8 text"
+
+
+# ------------------------------------------------------------------------------ errors, in one line
+
+class FileError(Exception):
+    """A file that cannot be read or written; the message is one line naming it (and its option)."""
+
+
+class InputError(FileError):
+    """An input file that cannot be read: missing, not a regular file, too large, damaged."""
+
+
+MAX_TEXT_BYTES = 64 * 2 ** 20  # a configuration, list or CSV file larger than this is not one
+MAX_JSON_DEPTH = 64            # nesting beyond this is refused before parsing (no RecursionError)
+
+_CAUSES = {
+    errno.ENOENT: "no such file or folder",
+    errno.ENOSPC: "no space left on device",
+    errno.EFBIG: "file too large for the limit set on this process (ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "a name in the path is too long (file systems take up to 255 bytes a name): "
+                        "choose a shorter one",
+    errno.ELOOP: "too many levels of symbolic links (a link that leads back to itself?): "
+                 "fix or remove the link",
+    errno.EMFILE: "too many open files in this process: raise the limit (ulimit -n) or use fewer workers",
+    errno.ENFILE: "too many open files on this system: close other programs or raise the system's limit",
+}
+if hasattr(errno, "EDQUOT"):  # not on every platform
+    _CAUSES[errno.EDQUOT] = "disk quota exceeded"
+
+
+def label(flag, path):
+    """`--flag path`, or the path alone without a flag."""
+    return f"{flag} {os.fspath(path)}" if flag else os.fspath(path)
+
+
+def os_error_cause(error):
+    """The plain cause of an OSError: a known errno in words (with its remedy), else the system's text."""
+    if isinstance(error, NotRegularFileError):
+        return f"{error.kind}, not a regular file"
+    if error.errno in _CAUSES:
+        return _CAUSES[error.errno]
+    return (os.strerror(error.errno) if error.errno else str(error)).lower()
+
+
+def describe_os_error(error, path, flag=None, doing=None):
+    """`<flag> <path>: <cause> (<ERRNO>[ while <doing>])`: any OSError met with `path`, in one line."""
+    if isinstance(error, NotRegularFileError):
+        return f"{label(flag, path)}: {os_error_cause(error)}"
+    code = errno.errorcode.get(error.errno, str(error.errno))
+    return f"{label(flag, path)}: {os_error_cause(error)} ({code}{f' while {doing}' if doing else ''})"
+
+
+# ------------------------------------------------------------------------------ reading
+
+def read_bytes(path, flag=None, limit=MAX_TEXT_BYTES):
+    """The bytes of the regular file `path`, at most `limit` of them; InputError (one line naming
+    `flag` and `path`) for a missing, unreadable, non-regular or larger file. Never blocks."""
+    try:
+        with open_regular_file(path) as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise InputError(describe_os_error(error, path, flag, "reading it")) from None
+    if len(data) > limit:
+        raise InputError(f"{label(flag, path)}: larger than {limit // 2 ** 20} MiB; not a file this reads")
+    return data
+
+
+def read_text(path, flag=None, limit=MAX_TEXT_BYTES):
+    """The UTF-8 text of `path` (a leading byte-order mark dropped), read as `read_bytes` does;
+    InputError saying where it stops being UTF-8."""
+    data = read_bytes(path, flag, limit)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{label(flag, path)}: not UTF-8 text (byte 0x{data[error.start]:02x} at line {line}, "
+                         f"byte offset {error.start})") from None
+
+
+def read_json(path, flag=None, limit=MAX_TEXT_BYTES, max_depth=MAX_JSON_DEPTH):
+    """The JSON document in `path`, read as `read_text` does, nested at most `max_depth` deep;
+    InputError `<path>: not valid JSON (...)` otherwise."""
+    text = read_text(path, flag, limit)
+    if json_depth(text) > max_depth:
+        raise InputError(f"{label(flag, path)}: not valid JSON here (nested more than {max_depth} deep)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{label(flag, path)}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text):
+    """The deepest nesting of arrays and objects in JSON `text` (brackets inside strings ignored)."""
+    steps = (1 if bracket in "[{" else -1 for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)))
+    return max(itertools.accumulate(steps, initial=0))

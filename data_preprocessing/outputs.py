@@ -10,6 +10,9 @@ tools share it (nothing here knows about models or options beyond the flag names
 - `atomic_write` (and `atomic_write_text`, `make_output_dir`, `output_errors`): an `OSError`
   saying the disk is full, the file too large, the folder read-only or not writable, or a path
   part missing or of the wrong kind becomes `OutputError("<path>: <cause> (<ERRNO> while ...)")`.
+- `CreatedPaths`: outputs claimed when a command starts (created exclusively), and everything the
+  command made removed again when it fails.
+- `open_for_append` / `refuse_link`: never written through a symbolic or hard link.
 - `remove_stale_temporaries`: the temporary files of writers that were killed.
 """
 import contextlib
@@ -18,10 +21,13 @@ import io
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
+from .files import FileError, describe_os_error, label as _label, os_error_cause
 
-class OutputError(Exception):
+
+class OutputError(FileError):
     """An output that must not or cannot be written; the message names the flag and the path."""
 
 
@@ -29,19 +35,7 @@ TEMPORARY_SUFFIX = ".tmp"
 PROBE_NAME = "write-check"  # the writability probe's temporary file: `.write-check.XXXXXXXX.tmp`
 # `.NAME.` + 8 random characters (hex here, [a-z0-9_] from the tempfile-based writer before) + `.tmp`
 _RANDOM_PART = r"\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX)
-
-_CAUSES = {
-    errno.ENOSPC: "no space left on device",
-    errno.EFBIG: "file too large for the limit set on this process (ulimit -f)",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EROFS: "read-only file system",
-    errno.ENOTDIR: "a part of the path is not a folder",
-    errno.EISDIR: "it is a folder, not a file",
-}
-if hasattr(errno, "EDQUOT"):  # not on every platform
-    _CAUSES[errno.EDQUOT] = "disk quota exceeded"
-MAPPED_ERRNOS = frozenset(_CAUSES) | {errno.ENOENT}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 # ------------------------------------------------------------------------------ refusing to overwrite
@@ -124,7 +118,7 @@ def _require_writable(folder, label, what=None):
     try:
         _probe(folder)
     except OSError as error:
-        raise OutputError(f"{label}: {what} ({_CAUSES.get(error.errno, error.strerror)})") from None
+        raise OutputError(f"{label}: {what} ({os_error_cause(error)})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{label}: {what} (permission denied)")
 
@@ -134,10 +128,6 @@ def _probe(folder):
     path, fd = _create_temporary(Path(folder), PROBE_NAME)
     os.close(fd)
     os.remove(path)
-
-
-def _label(flag, path):
-    return f"{flag} {path}" if flag else str(path)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -186,24 +176,45 @@ def atomic_write_text(text, path, flag=None):
 
 def open_for_append(path, flag=None):
     """`path` opened for reading and appending as UTF-8 text (created if missing), never through a
-    symbolic link: a link there would send the writes into another file, so it is an `OutputError`."""
+    link: a symbolic link or a second name of another file (a hard link) would send the writes into
+    that file, so either is an `OutputError`, as is a named pipe or device (checked once opened)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
             refuse_link(path, flag)
         with output_errors(path, flag, "opening it"):
             raise
+    try:
+        _refuse_shared(os.fstat(fd), path, flag)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
     return os.fdopen(fd, "a+", encoding="utf-8", errors="backslashreplace")
 
 
 def refuse_link(path, flag=None):
-    """`OutputError` when `path` is a symbolic link, which would send the writes somewhere else."""
+    """`OutputError` when `path` is a symbolic link or a file with other names (hard links): writing
+    it in place would change another file."""
     path = Path(path)
     if path.is_symlink():
         raise OutputError(f"{_label(flag, path)}: is a symbolic link (to {os.readlink(path)}); "
                           "refusing to write through it: remove the link") from None
+    with contextlib.suppress(OSError):
+        _refuse_shared(os.lstat(path), path, flag)
+
+
+def _refuse_shared(status, path, flag):
+    """A regular file with more than one name, or something that is not a regular file, is not ours to write."""
+    if not stat.S_ISREG(status.st_mode):
+        if stat.S_ISDIR(status.st_mode):
+            return
+        raise OutputError(f"{_label(flag, path)}: not a regular file; refusing to write to it: remove it")
+    if status.st_nlink > 1:
+        raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
+                          "refusing to write through it: remove this name")
 
 
 def printable(text):
@@ -233,7 +244,7 @@ def output_errors(path, flag=None, doing=None):
     try:
         yield
     except OSError as error:
-        if error.errno not in MAPPED_ERRNOS or not _about(error, Path(path)):
+        if error.errno is None or not _about(error, Path(path)):
             raise
         raise OutputError(describe_output_error(error, path, flag, doing)) from None
 
@@ -250,15 +261,87 @@ def _about(error, path):
 def describe_output_error(error, path, flag=None, doing=None):
     """`<flag> <path>: <plain cause> (<ERRNO> while <doing>)` for an `OSError` met writing `path`."""
     path = Path(path)
-    blocking = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    blocking = None
+    with contextlib.suppress(OSError):  # the path itself may be the problem (too long, a loop)
+        blocking = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), None)
     if error.errno == errno.ENOENT:
-        cause = f"folder {path.parent} does not exist"
+        error = FileNotFoundError(errno.ENOENT, f"folder {path.parent} does not exist")
     elif error.errno == errno.ENOTDIR and blocking is not None:
-        cause = f"{blocking} is not a folder"
+        error = NotADirectoryError(errno.ENOTDIR, f"{blocking} is not a folder")
     else:
-        cause = _CAUSES.get(error.errno, (error.strerror or str(error)).lower())
-    code = errno.errorcode.get(error.errno, str(error.errno))
-    return f"{_label(flag, path)}: {cause} ({code}{f' while {doing}' if doing else ''})"
+        return describe_os_error(error, path, flag, doing)
+    code = errno.errorcode[error.errno]
+    return f"{_label(flag, path)}: {error.strerror} ({code}{f' while {doing}' if doing else ''})"
+
+
+# ------------------------------------------------------------------------------ claiming outputs
+
+class CreatedPaths:
+    """What a command created, so that a failure removes exactly that and nothing else.
+
+    `claim` takes a new output file when the command starts (created exclusively, so of two
+    commands naming the same file one is refused at once), `make_dir` records every folder it
+    makes, `add` a file written later. Used as a context manager, an exception (Ctrl-C included)
+    undoes it all: the recorded files, then the recorded folders that are empty, deepest first.
+    """
+
+    def __init__(self):
+        self.files, self.folders = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None:
+            self.undo()
+
+    def claim(self, path, flag=None):
+        """Create `path` as an empty placeholder, exclusively and never through a link (its missing
+        folders too, recorded); `OutputError` when it exists or cannot be created. Returns the Path."""
+        path = Path(path)
+        self.make_dir(path.parent, flag)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+        except FileExistsError:
+            raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it") from None
+        except OSError as error:
+            if error.errno == errno.EISDIR or os.path.isdir(path):
+                raise OutputError(f"{_label(flag, path)}: is a folder, not a file") from None
+            raise OutputError(describe_output_error(error, path, flag, "creating it")) from None
+        self.files.append(path)
+        return path
+
+    def make_dir(self, path, flag=None):
+        """`mkdir -p path`, recording each folder made; `OutputError` as `make_output_dir`. Returns the Path."""
+        path = Path(path)
+        missing = []
+        with output_errors(path, flag, "creating the folder"):
+            for folder in (path, *path.parents):
+                if os.path.lexists(folder):
+                    break
+                missing.append(folder)
+        for folder in reversed(missing):
+            try:
+                with output_errors(path, flag, "creating the folder"):
+                    folder.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: not ours
+                continue
+            self.folders.append(folder)
+        return make_output_dir(path, flag)
+
+    def add(self, path):
+        """Record a file this command wrote (to be removed if it fails)."""
+        self.files.append(Path(path))
+
+    def undo(self):
+        """Remove the recorded files, then the recorded folders left empty (deepest first)."""
+        for path in reversed(self.files):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in reversed(self.folders):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self.files, self.folders = [], []
 
 
 # ------------------------------------------------------------------------------ temporary files
