@@ -4,7 +4,9 @@ one line naming the path, the cause and, where there is one, the remedy (`descri
 which the writing side, `outputs.py`, shares)."""
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import itertools
 import json
 import os
@@ -13,7 +15,7 @@ import stat
 from typing import BinaryIO
 
 __all__ = ["NotRegularFileError", "open_regular_file", "non_regular_kind", "invalid_utf8_position", "FileError",
-           "InputError", "describe_os_error", "read_bytes", "read_text", "read_json"]
+           "InputError", "describe_os_error", "read_bytes", "read_text", "read_json", "read_csv"]
 
 # O_NONBLOCK makes opening a named pipe return at once instead of waiting for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -179,3 +181,13 @@ def json_depth(text):
     """The deepest nesting of arrays and objects in JSON `text` (brackets inside strings ignored)."""
     steps = (1 if bracket in "[{" else -1 for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)))
     return max(itertools.accumulate(steps, initial=0))
+
+
+def read_csv(path, flag=None, limit=MAX_TEXT_BYTES):
+    """`(columns, rows)` of the CSV file `path` with a header line (rows as dicts), read as
+    `read_text` does; InputError naming the file and the line for a malformed one."""
+    reader = csv.DictReader(io.StringIO(read_text(path, flag, limit), newline=""))
+    try:
+        return reader.fieldnames, list(reader)
+    except csv.Error as error:
+        raise InputError(f"{label(flag, path)}: not CSV ({error} at line {reader.line_num})") from None

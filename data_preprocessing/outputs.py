@@ -24,7 +24,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from .files import FileError, describe_os_error, label as _label, os_error_cause
+from .files import FileError, describe_os_error, os_error_cause
+from .files import label as _label
 
 
 class OutputError(FileError):

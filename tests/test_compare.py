@@ -273,9 +273,9 @@ def test_merge_of_damaged_folders_is_one_line_naming_the_file(tmp_path, monkeypa
          "{path}: line 3: test_acc is 'fifty', not a number"),
         (metrics, lambda p: replace_line(p, 1, lambda line: line.rsplit(",", 3)[0]), "{path}: line 2 has fewer"),
         (metrics, lambda p: replace_line(p, 1, lambda line: line + ",9,9"), "{path}: line 2 has more values"),
-        (metrics, lambda p: p.write_bytes(b"epoch,test_acc\n\xff\xfe1,2\n"), "{path}: cannot read it"),
+        (metrics, lambda p: p.write_bytes(b"epoch,test_acc\n\xff\xfe1,2\n"), "{path}: not UTF-8 text (byte 0xff"),
         (metrics, without_flipped, "{path}: its accuracy columns test_acc differ from those of"),
-        ("baseline-seed0/config.json", lambda p: p.unlink(), "{path}: cannot read it (No such file"),
+        ("baseline-seed0/config.json", lambda p: p.unlink(), "{path}: no such file or folder (ENOENT"),
         ("baseline-seed0/config.json", lambda p: p.write_text("{"), "{path}: not valid JSON"),
         ("baseline-seed0/config.json", lambda p: p.write_text("[]"), "{path}: holds no JSON object"),
     ]

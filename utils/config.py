@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE, test_transform_for, train_transform
+from data_preprocessing.files import InputError, read_bytes, read_json
 from models import ARCHS, DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS, build_model
 
 from .device import DEVICE_CHOICES
@@ -255,24 +256,22 @@ def resolve_config(arch, args):
     return config
 
 
-def read_json_file(path):
-    """The JSON document in file `path`; UsageError `<path>: not valid JSON (...)` or `<path>: cannot
-    read it (...)` otherwise."""
+def read_json_file(path, flag=None):
+    """The JSON document in file `path` (a regular file, size and nesting bounded); UsageError
+    `<path>: not valid JSON (...)` or `<path>: <why it cannot be read>` otherwise."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+        return read_json(path, flag)
+    except InputError as error:
+        raise UsageError(str(error)) from None
 
 
 def read_replayed_config(path, arch):
     """`--config RUN/config.json`: an earlier run's resolved settings, checked like the command line's."""
     try:
-        saved = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except (OSError, ValueError) as error:
+        saved = json.loads(read_bytes(path, "--config"))
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    except (RecursionError, ValueError) as error:
         raise UsageError(f"--config {path}: not a readable JSON file ({error})") from None
     if not isinstance(saved, dict) or "recipe_arch" not in saved:
         raise UsageError(f"--config {path}: not a run's config.json (no recipe_arch)")

@@ -49,6 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data_preprocessing import DATASET_NAMES  # noqa: E402
+from data_preprocessing.files import InputError, read_csv  # noqa: E402
 from data_preprocessing.outputs import (  # noqa: E402
     OutputError,
     atomic_write,
@@ -147,11 +148,9 @@ def read_metrics(run_dir):
     """The rows of a run's `metrics.csv`; UsageError naming the file when it is unreadable or damaged."""
     path = Path(run_dir) / "metrics.csv"
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), reader.fieldnames
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+        columns, rows = read_csv(path)
+    except InputError as error:
+        raise UsageError(str(error)) from None
     problem = metrics_problem(columns, rows)
     if problem:
         raise UsageError(f"{path}: {problem}; not a training run's metrics.csv")
@@ -406,12 +405,10 @@ def read_plan(folder):
     it is missing, unreadable or not a compare summary."""
     path = folder / "summary.csv"
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), reader.fieldnames
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        columns, rows = read_csv(path)
+    except InputError as error:
         raise UsageError(f"--merge {folder}: no readable summary.csv, not a compare folder with a finished seed "
-                         f"({getattr(error, 'strerror', None) or error})") from None
+                         f"({error})") from None
     problem = plan_problem(columns, rows)
     if problem:
         raise UsageError(f"--merge {path}: {problem}; not a compare summary")
