@@ -75,9 +75,10 @@ def check_output_file(path, flag, create_parent=False):
     """
     path = Path(path)
     label = _label(flag, path)
-    if path.is_dir():
-        raise OutputError(f"{label}: is a folder, not a file")
-    _check_folder(path.parent, label, create_parent)
+    with output_errors(path, flag, "checking it"):  # a name too long, a link loop
+        if path.is_dir():
+            raise OutputError(f"{label}: is a folder, not a file")
+        _check_folder(path.parent, label, create_parent)
     return path
 
 
@@ -89,14 +90,15 @@ def check_output_dir(path, flag, create=False):
     """
     path = Path(path)
     label = _label(flag, path)
-    if os.path.lexists(path) and not path.is_dir():
-        raise OutputError(f"{label}: is a file, not a folder")
-    if path.is_dir():
-        _require_writable(path, label)
-    elif not create:
-        raise OutputError(f"{label}: folder {path} does not exist")
-    else:
-        _check_folder(path, label, create=True)
+    with output_errors(path, flag, "checking it"):  # a name too long, a link loop
+        if os.path.lexists(path) and not path.is_dir():
+            raise OutputError(f"{label}: is a file, not a folder")
+        if path.is_dir():
+            _require_writable(path, label)
+        elif not create:
+            raise OutputError(f"{label}: folder {path} does not exist")
+        else:
+            _check_folder(path, label, create=True)
     return path
 
 
@@ -296,19 +298,18 @@ class CreatedPaths:
         if kind is not None:
             self.undo()
 
-    def claim(self, path, flag=None):
-        """Create `path` as an empty placeholder, exclusively and never through a link (its missing
-        folders too, recorded); `OutputError` when it exists or cannot be created. Returns the Path."""
-        path = Path(path)
-        self.make_dir(path.parent, flag)
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
-        except FileExistsError:
-            raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it") from None
-        except OSError as error:
-            if error.errno == errno.EISDIR or os.path.isdir(path):
-                raise OutputError(f"{_label(flag, path)}: is a folder, not a file") from None
-            raise OutputError(describe_output_error(error, path, flag, "creating it")) from None
+    def claim(self, path, flag=None, create_parent=False):
+        """Create `path` as an empty placeholder, exclusively and never through a link (with
+        `create_parent` its missing folders too, recorded); `OutputError` when it exists or cannot
+        be written (checked as `check_output_file` does). Returns the Path."""
+        path = check_output_file(path, flag, create_parent)
+        if create_parent:
+            self.make_dir(path.parent, flag)
+        with output_errors(path, flag, "creating it"):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+            except FileExistsError:
+                raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it") from None
         self.files.append(path)
         return path
 
@@ -333,6 +334,10 @@ class CreatedPaths:
     def add(self, path):
         """Record a file this command wrote (to be removed if it fails)."""
         self.files.append(Path(path))
+
+    def keep(self):
+        """The results are written: what is recorded stays, whatever fails after (printing, say)."""
+        self.files, self.folders = [], []
 
     def undo(self):
         """Remove the recorded files, then the recorded folders left empty (deepest first)."""

@@ -22,9 +22,9 @@ from data_preprocessing import is_image_file
 from data_preprocessing.datasets import to_rgb
 from data_preprocessing.files import non_regular_kind
 from data_preprocessing.outputs import (
+    CreatedPaths,
     atomic_write,
     check_output_dir,
-    check_output_file,
     printable,
     refuse_existing,
     remove_stale_temporaries,
@@ -251,13 +251,14 @@ def write_output(path, flag, write):
     atomic_write(path, write, mode="w", flag=flag)
 
 
-def claim_prediction_outputs(args):
-    """Before any work: --csv / --json must be new files in existing, writable folders."""
-    named = [("--csv", args.csv), ("--json", args.json)]
-    refuse_existing(named, overwrite_flag=None)  # predict never overwrites
-    for flag, path in named:
+def claim_prediction_outputs(args, created):
+    """Before any work: --csv / --json are created, empty, as new files in existing, writable
+    folders (predict never overwrites; of two runs naming the same file, the second is refused)."""
+    if args.csv and args.json and Path(args.csv).resolve() == Path(args.json).resolve():
+        raise ToolError("--csv and --json name the same file")
+    for flag, path in (("--csv", args.csv), ("--json", args.json)):
         if path:
-            check_output_file(path, flag)
+            created.claim(path, flag)
 
 
 # ------------------------------------------------------------------------------ annotation
@@ -358,14 +359,13 @@ class Setup:
     k: int            # classes listed per face
     finder: object    # faces.FaceFinder, or None without detection
     targets: dict     # {input: annotated copy}
+    created: CreatedPaths  # what this run made, removed again if it fails
 
 
-def set_up(args, list_inputs, annotation_suffix=None):
-    """`(inputs, Setup)` before any work on the inputs: the outputs claimed, the inputs listed
-    (`list_inputs()`), the model loaded, the face finder built."""
-    claim_prediction_outputs(args)
-    if args.csv and args.json and Path(args.csv).resolve() == Path(args.json).resolve():
-        raise ToolError("--csv and --json name the same file")
+def set_up(args, list_inputs, created, annotation_suffix=None):
+    """`(inputs, Setup)` before any work on the inputs: the outputs claimed (recorded in `created`),
+    the inputs listed (`list_inputs()`), the model loaded, the face finder built."""
+    claim_prediction_outputs(args, created)
     detect = detection_wanted(args.detect)
     files = list_inputs()
     targets = claim_annotations(args.annotate, files, annotation_suffix)
@@ -373,4 +373,4 @@ def set_up(args, list_inputs, annotation_suffix=None):
     if args.top_k < 1:
         raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
     k = min(args.top_k, len(trained.classes))
-    return files, Setup(trained, device, where, k, face_finder(args, detect, trained.image_size), targets)
+    return files, Setup(trained, device, where, k, face_finder(args, detect, trained.image_size), targets, created)

@@ -11,10 +11,12 @@ export (--onnx), predict and inspect a safetensors one.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE
+from data_preprocessing.files import describe_os_error
 from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
 
@@ -292,28 +294,52 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         check_image_size(args)
-        if args.command == "predict" and args.video:
-            from . import video
-            return video.run(args)
-        if args.command == "predict":
-            from . import predict
-            return predict.run(args)
-        if args.command == "heatmaps":
-            from . import heatmaps
-            return heatmaps.run(args)
-        if args.command == "demo":
-            from . import webdemo
-            return webdemo.run(args)
-        if args.command == "export":
-            from . import export
-            return export.run(args)
-        return run_inspect(args)
+        code = run_command(args)
+        sys.stdout.flush()  # a full or closed standard output fails here, not at exit
+        return code
     except (ToolError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:
+        if standard_output_works():
+            raise
+        print(f"error: {describe_os_error(error, 'standard output', doing='printing')}; the files named were "
+              "written before", file=sys.stderr)
+        return 1
+
+
+def run_command(args):
+    """Run the command `args` names; returns its exit status."""
+    if args.command == "predict" and args.video:
+        from . import video
+        return video.run(args)
+    if args.command == "predict":
+        from . import predict
+        return predict.run(args)
+    if args.command == "heatmaps":
+        from . import heatmaps
+        return heatmaps.run(args)
+    if args.command == "demo":
+        from . import webdemo
+        return webdemo.run(args)
+    if args.command == "export":
+        from . import export
+        return export.run(args)
+    return run_inspect(args)
+
+
+def standard_output_works():
+    """Whether standard output takes what was printed; when not (a full device, a closed pipe), it is
+    pointed at the null device, so that exiting does not fail on it again."""
+    try:
+        sys.stdout.flush()
+        return True
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
 
 
 if __name__ == "__main__":

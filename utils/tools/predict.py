@@ -6,12 +6,11 @@ Photos go through `faces.py` first when the face-detection extra is installed (o
 Unreadable or non-image files and images without a face become error rows; they never stop the
 batch. `--annotate DIR` draws the results on copies of the images; `--video` is in `video.py`.
 """
-import contextlib
 import csv
 import sys
 from pathlib import Path
 
-from data_preprocessing.outputs import atomic_write, make_output_dir, printable, remove_stale_temporaries
+from data_preprocessing.outputs import CreatedPaths, atomic_write, printable, remove_stale_temporaries
 
 from . import ToolError, faces
 from .classify import (
@@ -130,19 +129,21 @@ def write_csv(path, rows, classes, k):
 
 
 class Annotator:
-    """`on_image` for `predict_files`: writes each image's annotated copy to its target, counting them."""
+    """`on_image` for `predict_files`: writes each image's annotated copy to its target, counting them
+    (and recording them, and the folders made for them, in `created`)."""
 
-    def __init__(self, targets, classes):
-        self.targets, self.classes, self.written = targets, classes, 0
+    def __init__(self, targets, classes, created):
+        self.targets, self.classes, self.created, self.written = targets, classes, created, 0
 
     def __call__(self, path, image, rows):
         target = Path(self.targets[path])
-        folder = make_output_dir(target.parent, "--annotate")
+        folder = self.created.make_dir(target.parent, "--annotate")
         remove_stale_temporaries(folder, target.name)
         drawn = annotate(image, rows, self.classes)
         image_format = _image_format(target)
         options = {"quality": 92} if image_format == "JPEG" else {}
         atomic_write(target, lambda handle: drawn.save(handle, format=image_format, **options), flag="--annotate")
+        self.created.add(target)
         self.written += 1
 
 
@@ -168,16 +169,26 @@ def input_files(args):
 
 def run(args):
     """The `predict` command on images; returns the exit status (1 when nothing could be classified,
-    130 when interrupted: the rows classified so far are written to --csv/--json, marked partial)."""
-    files, setup = set_up(args, lambda: input_files(args))
+    130 when interrupted: the rows classified so far are written to --csv/--json, marked partial).
+
+    The outputs are claimed first and written before anything is printed; a failure removes
+    everything the run created."""
+    with CreatedPaths() as created:
+        files, setup = set_up(args, lambda: input_files(args), created)
+        return classify_and_report(args, files, setup)
+
+
+def classify_and_report(args, files, setup):
     trained = setup.trained
-    annotator = Annotator(setup.targets, trained.classes) if setup.targets else None
+    annotator = Annotator(setup.targets, trained.classes, setup.created) if setup.targets else None
     rows = []
     try:
         predict_files(trained, files, setup.device, args.batch_size, finder=setup.finder, on_image=annotator,
                       warn_photos=args.detect is None and setup.finder is None, rows=rows)
     except KeyboardInterrupt:
         return interrupted(args, rows, setup, len(files))
+    written = write_outputs(args, rows, setup)
+    setup.created.keep()
     for row in rows:
         if not row.error:
             print(format_row(row, trained.classes, setup.k))
@@ -186,18 +197,19 @@ def run(args):
           f"{trained.image_size}px input, {setup.where})")
     if annotator is not None:
         print(f"wrote {count(annotator.written, 'annotated image')} to {args.annotate}")
-    write_outputs(args, rows, setup)
+    for path in written:
+        print(f"wrote {printable(path)}")
     return 0 if classified else 1
 
 
 def write_outputs(args, rows, setup, partial=None):
-    """--csv and --json, each written atomically; `partial` says why they hold only some inputs."""
+    """--csv and --json, each written atomically over its claimed placeholder; returns their paths.
+    `partial` says why they hold only some inputs."""
     if args.csv:
         write_csv(args.csv, rows, setup.trained.classes, setup.k)
-        print(f"wrote {printable(args.csv)}")
     if args.json:
         write_json(args.json, rows, setup.trained, setup.k, args.checkpoint, partial)
-        print(f"wrote {printable(args.json)}")
+    return [path for path in (args.csv, args.json) if path]
 
 
 def interrupted(args, rows, setup, total):
@@ -206,9 +218,11 @@ def interrupted(args, rows, setup, total):
     done = [row for row in rows if row.image not in pending]  # the files whose every row is classified
     files_done = len({row.image for row in done})
     partial = f"interrupted after {files_done} of {total} files"
+    if not done:
+        setup.created.undo()  # nothing done: the claimed, still empty --csv/--json go again
     if done and (args.csv or args.json):
-        with contextlib.redirect_stdout(sys.stderr):
-            write_outputs(args, done, setup, partial)
+        for path in write_outputs(args, done, setup, partial):
+            print(f"wrote {printable(path)}", file=sys.stderr)
         kept = f"; wrote the {count(len(done), 'row')} of those files (partial)"
     else:
         kept = "; nothing written" if args.csv or args.json else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from data_preprocessing.outputs import atomic_write, make_output_dir, printable, remove_stale_temporaries
+from data_preprocessing.outputs import CreatedPaths, atomic_write, printable, remove_stale_temporaries
 
 from . import ToolError, faces
 from .classify import (
@@ -141,11 +141,17 @@ class VideoWriter:
 # ------------------------------------------------------------------------------ the command
 
 def run(args):
-    """`predict --video`: returns the exit status (1 when no face was classified)."""
+    """`predict --video`: returns the exit status (1 when no face was classified). The outputs are
+    claimed first and written before anything is printed; a failure removes what the run created."""
     every = 1 if args.every is None else args.every
     if every < 1:
         raise ToolError(f"--every must be at least 1, got {every}")
-    files, setup = set_up(args, lambda: video_input(args), ".mp4")
+    with CreatedPaths() as created:
+        files, setup = set_up(args, lambda: video_input(args), created, ".mp4")
+        return analyse_and_report(args, files, setup, every)
+
+
+def analyse_and_report(args, files, setup, every):
     trained, device, k, finder, targets = setup.trained, setup.device, setup.k, setup.finder, setup.targets
     path = files[0]
     target = targets.get(path)
@@ -153,20 +159,23 @@ def run(args):
     if target is None:
         rows, counts = analyse(path, trained, device, finder, every, warn_photos=warn_photos)
     else:
-        folder = make_output_dir(target.parent, "--annotate")
+        folder = setup.created.make_dir(target.parent, "--annotate")
         remove_stale_temporaries(folder, target.name)
         written = {}
         atomic_write(target, lambda handle: written.update(
             result=analyse(path, trained, device, finder, every, handle, warn_photos)), flag="--annotate")
+        setup.created.add(target)
         rows, counts = written["result"]
-    for line in report(path, rows, counts, every, trained.classes):
-        print(line)
     if args.csv:
         write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
-        print(f"wrote {args.csv}")
     if args.json:
         write_json(args.json, rows, trained, k, args.checkpoint)
-        print(f"wrote {args.json}")
+    setup.created.keep()
+    for line in report(path, rows, counts, every, trained.classes):
+        print(line)
+    for output in (args.csv, args.json):
+        if output:
+            print(f"wrote {output}")
     if target is not None:
         print(f"wrote {target} ({counts['written']} frames)")
     return 0 if any(not row.error for row in rows) else 1
