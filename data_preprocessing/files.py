@@ -39,11 +39,14 @@ def kind_of_mode(mode: int) -> str:
 
 def non_regular_kind(path) -> str | None:
     """None when `path` is a regular file (symbolic links followed), else what it is in words; a
-    broken symbolic link reads "a broken symbolic link", a missing path "missing"."""
+    broken symbolic link reads "a broken symbolic link", a missing path "missing", a path that
+    cannot be looked at says why ("a symbolic link loop", "unreadable (permission denied)")."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "a broken symbolic link" if os.path.islink(path) else "missing"
+    except OSError as error:
+        return "a symbolic link loop" if error.errno == errno.ELOOP else f"unreadable ({os_error_cause(error)})"
     return None if stat.S_ISREG(mode) else kind_of_mode(mode)
 
 

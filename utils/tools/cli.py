@@ -304,10 +304,10 @@ def main(argv=None):
         print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
-        if standard_output_works():
+        if error.filename is not None or standard_output_works():
             raise
-        print(f"error: {describe_os_error(error, 'standard output', doing='printing')}; the files named were "
-              "written before", file=sys.stderr)
+        print(f"error: {describe_os_error(error, 'standard output', doing='printing')}; every output file "
+              "was written before it", file=sys.stderr)
         return 1
 
 
@@ -332,10 +332,10 @@ def run_command(args):
 
 
 def standard_output_works():
-    """Whether standard output takes what was printed; when not (a full device, a closed pipe), it is
-    pointed at the null device, so that exiting does not fail on it again."""
+    """Whether standard output takes a line (a blank one); when not (a full device, a closed pipe), it
+    is pointed at the null device, so that exiting does not fail on it again."""
     try:
-        sys.stdout.flush()
+        print(flush=True)
         return True
     except OSError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
