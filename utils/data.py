@@ -17,6 +17,7 @@ from data_preprocessing.device_augment import DeviceAugment, split_train_transfo
 from models import ARCHS
 
 from .config import UsageError, transforms_for
+from .limits import TRAINING_ADDRESS_SPACE, LimitError, check_address_space, check_open_files
 from .runtime import leave_signals_to_main
 
 
@@ -35,29 +36,21 @@ class RunData:
 
 
 def check_open_file_limit(workers):
-    """DataLoader workers hand each batch to the main process through file descriptors: below a
-    limit of open files they stall for ever. Raise the soft limit where the hard one allows, else
-    refuse with the remedy."""
+    """The open-file limit for `workers` DataLoader workers (see `limits.check_open_files`); UsageError."""
     try:
-        import resource
-    except ImportError:  # not POSIX
-        return
-    needed = 32 + 16 * workers
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if workers == 0 or soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-        return
-    raise UsageError(f"--workers {workers}: this process may open only {soft} files (ulimit -n), and "
-                     f"{workers} DataLoader workers need about {needed} to hand their batches over; raise "
-                     f"the limit (ulimit -n {needed}) or give fewer --workers (0: load in this process)")
+        check_open_files(workers)
+    except LimitError as error:
+        raise UsageError(str(error)) from None
 
 
 def load_training_data(config, device, rank, world_size):
     """The training set, its group sampler and loader, and the loaders evaluated each epoch: test,
     the dataset's extra test splits and, with `--select-on val`, the validation split. With
     `--device-augment`, the training images come as uint8 and `device_augment` does the rest."""
+    try:
+        check_address_space(TRAINING_ADDRESS_SPACE, "a training run")
+    except LimitError as error:
+        raise UsageError(str(error)) from None
     train_tf, test_tf = transforms_for(config)
     device_augment = None
     if config["device_augment"]:
