@@ -54,7 +54,13 @@ def open_regular_file(path) -> BinaryIO:
     """`path` opened for binary reading; NotRegularFileError (an OSError) instead of blocking when it
     is a named pipe, or instead of reading a device or folder. The check is on the opened file, so
     nothing can swap the file between the check and the read."""
-    descriptor = os.open(path, _OPEN_FLAGS)
+    try:
+        descriptor = os.open(path, _OPEN_FLAGS)
+    except OSError as error:  # a socket cannot be opened at all (ENXIO): say what it is
+        kind = non_regular_kind(path) if error.errno == errno.ENXIO else None
+        if kind:
+            raise NotRegularFileError(path, kind) from None
+        raise
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
@@ -148,7 +154,8 @@ def read_bytes(path, flag=None, limit=MAX_TEXT_BYTES):
     except OSError as error:
         raise InputError(describe_os_error(error, path, flag, "reading it")) from None
     if len(data) > limit:
-        raise InputError(f"{label(flag, path)}: larger than {limit // 2 ** 20} MiB; not a file this reads")
+        size = f"{limit // 2 ** 20} MiB" if limit >= 2 ** 20 else f"{limit} bytes"
+        raise InputError(f"{label(flag, path)}: larger than {size}; not a file this reads")
     return data
 
 
