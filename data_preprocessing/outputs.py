@@ -243,14 +243,15 @@ def make_output_dir(path, flag=None):
 def output_errors(path, flag=None, doing=None):
     """Turn an `OSError` about writing `path` (disk full, no permission, ...) into one-line `OutputError`.
 
-    Other errors, and errors naming a file that is not `path`, a folder above it or a file beside
-    it (an input read while writing), pass through unchanged. Also for writers that cannot go
+    Other exceptions, FileExistsError (its callers decide what an existing path means) and errors
+    naming a file that is not `path`, a folder above it or a file beside it (an input read while
+    writing), pass through unchanged. Also for writers that cannot go
     through `atomic_write` (images saved into a checked folder).
     """
     try:
         yield
     except OSError as error:
-        if error.errno is None or not _about(error, Path(path)):
+        if error.errno in (None, errno.EEXIST) or not _about(error, Path(path)):  # callers handle EEXIST
             raise
         raise OutputError(describe_output_error(error, path, flag, doing)) from None
 

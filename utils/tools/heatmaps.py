@@ -13,6 +13,7 @@ a negative pair). Each pair is its own batch of one, because CSA takes the min/m
 matrices over the whole batch.
 """
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 from data_preprocessing.outputs import (
+    CreatedPaths,
     atomic_write,
     check_output_file,
     make_output_dir,
@@ -313,8 +315,19 @@ def photo_group(args, trained, detect):
 
 
 def run(args):
-    """The `heatmaps` command."""
-    claim_heatmap_outputs(args)
+    """The `heatmaps` command: its outputs claimed first (new ones created exclusively, their
+    folders made), the figures written before anything is printed; a failure removes what it created."""
+    with CreatedPaths() as created:
+        claim_heatmap_outputs(args, created)
+        lines = draw(args)
+        created.keep()
+    for line in lines:
+        print(line)
+    return 0
+
+
+def draw(args):
+    """Compute and write the figures; returns the lines to print."""
     if not 0 <= args.seed <= MAX_SEED:
         raise ToolError(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
     if args.samples_per_class < 1:
@@ -338,29 +351,31 @@ def run(args):
     with autocast(device, args.amp):
         grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].float().cpu()
     save(group_figure([display_image(x) for x in images], grids, titles, heading), args.out, "--out")
-    print("group: " + ", ".join(titles))
-    print(f"wrote {args.out} ({len(images)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})")
+    lines = ["group: " + ", ".join(titles),
+             f"wrote {args.out} ({len(images)} rows × {len(COLUMNS)} columns: {', '.join(COLUMNS)})"]
     if args.class_grid:
         with autocast(device, args.amp):
             fused, counts, mean_faces = class_grid_maps(model, dataset, args.samples_per_class, args.seed, device)
         heading = (f"{arch} fused anchor weights by class pair (≤{args.samples_per_class} pairs per cell, "
                    f"pair weights softmax(agg(S)))")
         save(class_grid_figure(mean_faces, fused, dataset.classes, heading), args.class_grid, "--class-grid")
-        print(f"wrote {args.class_grid} ({dataset.num_classes}×{dataset.num_classes} cells, "
-              f"{counts.min()}–{counts.max()} pairs per cell)")
-    return 0
+        lines.append(f"wrote {args.class_grid} ({dataset.num_classes}×{dataset.num_classes} cells, "
+                     f"{counts.min()}–{counts.max()} pairs per cell)")
+    return lines
 
 
-def claim_heatmap_outputs(args):
+def claim_heatmap_outputs(args, created):
     """Before any work: --out and --class-grid are two different PNG paths that can be written
-    (their folders are created if needed), and new unless --overwrite."""
+    (their folders made, recorded in `created`), and new ones created exclusively unless --overwrite."""
     named = [("--out", args.out), ("--class-grid", args.class_grid)]
     if args.class_grid and Path(args.class_grid).resolve() == Path(args.out).resolve():
         raise ToolError(f"--out and --class-grid both name {args.out}; the grid would replace the group figure")
     refuse_existing(named, args.overwrite)
     for flag, path in named:
-        if path:
-            check_output_file(path, flag, create_parent=True)
+        if path and not os.path.lexists(path):
+            created.claim(path, flag, create_parent=True)
+        elif path:
+            check_output_file(path, flag)
 
 
 def save(figure, path, flag):
