@@ -24,6 +24,11 @@ import secrets
 import stat
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: claims are exclusive, but a killed run's placeholder is not taken over
+    fcntl = None
+
 from .files import FileError, describe_os_error, os_error_cause
 from .files import label as _label
 
@@ -293,7 +298,7 @@ class CreatedPaths:
     """
 
     def __init__(self):
-        self.files, self.folders = [], []
+        self.files, self.folders, self.held = [], [], []
 
     def __enter__(self):
         return self
@@ -304,17 +309,25 @@ class CreatedPaths:
 
     def claim(self, path, flag=None, create_parent=False):
         """Create `path` as an empty placeholder, exclusively and never through a link (with
-        `create_parent` its missing folders too, recorded); `OutputError` when it exists or cannot
-        be written (checked as `check_output_file` does). Returns the Path."""
+        `create_parent` its missing folders too, recorded), and lock it for as long as this
+        process runs; `OutputError` when it exists or cannot be written (checked as
+        `check_output_file` does). An empty placeholder no running process holds (a killed run's)
+        is taken over. Returns the Path."""
         path = check_output_file(path, flag, create_parent)
         if create_parent:
             self.make_dir(path.parent, flag)
         with output_errors(path, flag, "creating it"):
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+                fd, made = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666), True
             except FileExistsError:
-                raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it") from None
-        self.files.append(path)
+                fd, made = _unheld_placeholder(path), False
+        if fd is None or not _lock(fd):  # another run took it between our create and our lock
+            if fd is not None:
+                os.close(fd)
+            raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it")
+        self.held.append(fd)
+        if made:
+            self.files.append(path)
         return path
 
     def make_dir(self, path, flag=None):
@@ -341,7 +354,12 @@ class CreatedPaths:
 
     def keep(self):
         """The results are written: what is recorded stays, whatever fails after (printing, say)."""
-        self.files, self.folders = [], []
+        self._release()
+
+    def _release(self):
+        for fd in self.held:
+            os.close(fd)
+        self.files, self.folders, self.held = [], [], []
 
     def undo(self):
         """Remove the recorded files, then the recorded folders left empty (deepest first)."""
@@ -351,7 +369,34 @@ class CreatedPaths:
         for folder in reversed(self.folders):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
-        self.files, self.folders = [], []
+        self._release()
+
+
+def _lock(fd):
+    """Take the exclusive lock of an open file without waiting; False when another process holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unheld_placeholder(path):
+    """An open descriptor of `path` when it is an empty regular file with one name that no process
+    holds locked (a killed run's claim), else None."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    except OSError:
+        return None
+    status = os.fstat(fd)
+    if stat.S_ISREG(status.st_mode) and status.st_size == 0 and status.st_nlink == 1:
+        return fd
+    os.close(fd)
+    return None
 
 
 # ------------------------------------------------------------------------------ temporary files

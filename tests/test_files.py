@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -214,6 +215,33 @@ def test_two_predict_runs_naming_one_csv_one_refused_at_once(tiny, tmp_path, cap
     assert second["code"] == 2
     assert one_error_line(second["err"]) == f"--csv {csv_path} already exists; refusing to overwrite it"
     assert len(csv_path.read_text().splitlines()) == 4 and f"wrote {csv_path}" in capsys.readouterr().out
+
+
+def test_a_killed_runs_claim_is_taken_over_a_live_ones_is_not(tiny, tmp_path, capsys):
+    csv_path = tmp_path / "out.csv"
+    child = os.fork()
+    if child == 0:  # claims the output like a starting predict, then is killed before it writes
+        CreatedPaths().claim(csv_path, "--csv")
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert os.waitpid(child, 0)[1] == signal.SIGKILL and csv_path.stat().st_size == 0
+    assert predict(tiny, "--csv", csv_path) == 0  # the placeholder nobody holds is taken over
+    assert len(csv_path.read_text().splitlines()) == 4
+    held = tmp_path / "held.csv"
+    (from_child, to_parent), (from_parent, to_child) = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:  # claims and stays alive until told to go
+        CreatedPaths().claim(held, "--csv")
+        os.write(to_parent, b"claimed")
+        os.read(from_parent, 1)
+        os._exit(0)
+    assert os.read(from_child, 7) == b"claimed"
+    try:
+        capsys.readouterr()
+        assert predict(tiny, "--csv", held) == 2
+        assert one_error_line(capsys.readouterr().err) == f"--csv {held} already exists; refusing to overwrite it"
+    finally:
+        os.write(to_child, b"x")
+        os.waitpid(child, 0)
 
 
 def test_predict_writes_its_csv_before_printing_to_a_full_standard_output(tiny, tmp_path, capsys, monkeypatch):
