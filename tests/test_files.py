@@ -180,6 +180,7 @@ def test_a_symbolic_link_loop_in_a_dataset_folder_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------ writing
 
+@pytest.mark.timeout(60)
 def test_hard_links_are_refused_as_log_lock_and_appended_files(tmp_path):
     user_file = tmp_path / "thesis.txt"
     user_file.write_text("my thesis\n")
@@ -195,6 +196,9 @@ def test_hard_links_are_refused_as_log_lock_and_appended_files(tmp_path):
         os.remove(run_dir / name)
     release_run_dirs()
     assert user_file.read_text() == "my thesis\n"
+    fifo(run_dir / "log.txt")  # nor into a named pipe (and without waiting for a reader)
+    with pytest.raises(OutputError, match="log.txt: not a regular file; refusing to write to it: remove it$"):
+        make_logger(run_dir)
     os.link(user_file, run_dir / "config.json")  # an atomic rewrite replaces the name, never the linked file
     atomic_write_text("{}", run_dir / "config.json")
     assert user_file.read_text() == "my thesis\n" and (run_dir / "config.json").read_text() == "{}"
