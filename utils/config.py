@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE, test_transform_for, train_transform
 from models import ARCHS, DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS, build_model
+from models.architectures import architecture, scripts
 
 from .device import DEVICE_CHOICES
 from .recipes import recipe
@@ -48,7 +49,7 @@ TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
 SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "dataset": DATASET_NAMES,
                    "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
-                   "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
+                   "recipe_arch": scripts(), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
                    "select_on": ("test", "val")}
 FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard", "device_augment", "balanced_sampler")
 WHOLE_NUMBERS = ("epochs", "batch_size", "workers", "image_size", "seed", "print_freq", "anchor_divisor",
@@ -97,7 +98,7 @@ def build_parser(arch):
     parser = argparse.ArgumentParser(
         prog=f"main_{arch.upper()}.py",
         description=f"Train or evaluate {arch.upper()} (IR50+ViT base branch with the "
-                    f"{'two' if arch == 'dcs' else 'four'}-branch cross module). Defaults per dataset "
+                    f"{architecture(arch).cross_module}). Defaults per dataset "
                     "reproduce the authors' released scripts; every one can be overridden.",
         formatter_class=DefaultsOnceFormatter)
     _add_data_options(parser.add_argument_group("data"))

@@ -13,7 +13,7 @@ import torch
 
 from data_preprocessing import DataError
 from data_preprocessing.outputs import OutputError
-from models import ARCHS
+from models.architectures import architecture
 
 from . import distributed as ddp
 from .checkpoint import CheckpointError, RunState, Saver, load_pretrained, restore_training
@@ -76,7 +76,7 @@ class Run:
 
     @property
     def num_branches(self):
-        return ARCHS[self.config["arch"]]
+        return architecture(self.config["arch"]).branches
 
 
 def run_training(arch, args):
@@ -153,7 +153,8 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
                           temperature=config["temperature"]),
         amp=config["amp"], channels_last=channels_last, augment=data.device_augment,
         image_names=data.train_set.image_names, logger=logger, print_freq=config["print_freq"],
-        epochs=config["epochs"], images_per_step=config["batch_size"] * ARCHS[config["arch"]] * world_size)
+        epochs=config["epochs"],
+        images_per_step=config["batch_size"] * architecture(config["arch"]).branches * world_size)
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
               optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
               RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
@@ -161,7 +162,8 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     if config["tensorboard"]:
         logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
                     f"(view them with: tensorboard --logdir {run_dir})")
-    name = "baseline (base branch alone)" if config["arch"] == "base" else config["arch"].upper()
+    arch = architecture(config["arch"])
+    name = arch.title if arch.cross else f"{arch.title} (base branch alone)"
     logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
                 f"{world_size} process(es) on {device}; run folder {run_dir}")
