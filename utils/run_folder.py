@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 from data_preprocessing.outputs import (
@@ -23,6 +24,14 @@ from .config import UsageError
 RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
 LAST = "last.pth"
 LOCK_NAME = ".lock"
+
+
+class NewFolder(str, Enum):
+    """How a new run took its folder: MADE it, or EMPTIED it, a folder the user had made empty
+    (a failed start removes what it made, or empties that folder again)."""
+    MADE = "made"
+    EMPTIED = "emptied"
+
 _held_locks = {}  # run folder → open lock file, for as long as this process works in it
 
 try:
@@ -160,13 +169,14 @@ def same_run(folder, checkpoint):
 
 def prepare_run_dir(config, resume=None):
     """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
-    every rank learns its path. Returns `(folder, created)`: `created` is "made" for a folder this
-    process made, "emptied" for an empty one it took, None when it continues a run's own folder.
+    every rank learns its path. Returns `(folder, new_folder)`: `new_folder` is `NewFolder.MADE` for
+    a folder this process made, `NewFolder.EMPTIED` for an empty one it took, None when it continues
+    a run's own folder.
 
     `resume` is `(plan, folder, source_stat)` from `resume_plan` and the source's `os.stat`
     taken before it was read: a folder whose `last.pth` changed since then is refused.
     """
-    run_dir, created = None, None
+    run_dir, new_folder = None, None
     if ddp.is_main_process():
         if resume is not None and resume[0] == "continue":
             run_dir = resume[1]
@@ -177,11 +187,11 @@ def prepare_run_dir(config, resume=None):
                                  "wrote it); resume again from its new state")
         else:
             run_dir, made = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
-            created = "made" if made else "emptied"
+            new_folder = NewFolder.MADE if made else NewFolder.EMPTIED
             config["run_id"] = uuid.uuid4().hex
         config["output_dir"] = str(run_dir)
         atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
-    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), created
+    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), new_folder
 
 
 def _stat_key(stat_or_path):
@@ -189,12 +199,12 @@ def _stat_key(stat_or_path):
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def discard_failed_start(run_dir, created):
+def discard_failed_start(run_dir, new_folder):
     """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
-    remove a folder this process made (`created` "made"), or empty again one the user had made
-    empty (`created` "emptied"; the folder, or the link to it, stays). Returns what was done, as
+    remove a folder this process made (`NewFolder.MADE`), or empty again one the user had made
+    empty (`NewFolder.EMPTIED`; the folder, or the link to it, stays). Returns what was done, as
     words for the log ("removed", "emptied"), or None."""
-    if not created or not ddp.is_main_process() or (run_dir / LAST).exists():
+    if not new_folder or not ddp.is_main_process() or (run_dir / LAST).exists():
         return None
     release_run_dirs()
     with contextlib.suppress(OSError):
@@ -203,7 +213,7 @@ def discard_failed_start(run_dir, created):
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-        if created == "made" and not run_dir.is_symlink():
+        if new_folder == NewFolder.MADE and not run_dir.is_symlink():
             run_dir.rmdir()
             return "removed"
     return "emptied" if not any(run_dir.iterdir()) else None

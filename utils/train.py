@@ -23,8 +23,8 @@ from .device import DeviceUnavailable, place_model, resolve_device, use_channels
 from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
 from .evaluation import run_evaluation
 from .metrics import EpochMeter
-from .reporting import RunReport, epoch_row, make_logger
-from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
+from .reporting import RunReport, epoch_row, log_into, make_logger
+from .run_folder import NewFolder, discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
 from .runtime import RunControl, kill_worker_processes, signals_handled_by
 from .sam import SAM
 
@@ -40,7 +40,7 @@ def main(arch, argv=None):
     try:
         if args.evaluate:
             return run_evaluation(arch, args, logger)
-        return run_training(arch, args)
+        return run_training(arch, args, logger)
     except USER_ERRORS as error:
         logger.error(f"error: {error}")
         return 2
@@ -72,20 +72,20 @@ class Run:
     logger: object
     state: RunState
     step_settings: StepSettings
-    created: str | None  # "made"/"emptied": this process took a new folder (undone if nothing gets saved)
+    new_folder: NewFolder | None  # the folder this process took for the run (undone if nothing gets saved)
 
     @property
     def num_branches(self):
         return architecture(self.config["arch"]).branches
 
 
-def run_training(arch, args):
+def run_training(arch, args, logger):
     """Train (or continue) a run; returns the exit status (130 when stopped by a signal)."""
-    run = set_up_run(arch, args)
+    run = set_up_run(arch, args, logger)
     try:
         return train_epochs(run)
     except BaseException:
-        undone = discard_failed_start(run.saver.run_dir, run.created)
+        undone = discard_failed_start(run.saver.run_dir, run.new_folder)
         if undone:
             run.logger.info(f"{undone} the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
@@ -108,7 +108,7 @@ def train_epochs(run):
     return finish(run)
 
 
-def set_up_run(arch, args):
+def set_up_run(arch, args, logger):
     """Resolve the settings, load the data, build or restore the model and create the run folder."""
     config = resolve_config(arch, args)
     config, resumed, resume = read_resume_source(config, args.given) if config["resume"] else (config, None, None)
@@ -121,17 +121,19 @@ def set_up_run(arch, args):
     config["num_classes"] = data.train_set.num_classes
     model = model_from_config(config)
     pretrained_note = load_pretrained(model, config["pretrained"]) if resumed is None else None
-    run_dir, created = prepare_run_dir(config, resume)
+    run_dir, new_folder = prepare_run_dir(config, resume)
     try:
-        return start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note)
+        return start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note,
+                         logger)
     except BaseException:
-        discard_failed_start(run_dir, created)
+        discard_failed_start(run_dir, new_folder)
         raise
 
 
-def start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note):
-    """The run's logger, optimiser, schedule and counters, restored when resuming."""
-    logger = make_logger(run_dir, enabled=ddp.is_main_process())
+def start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note, logger):
+    """The run's optimiser, schedule and counters, restored when resuming; `logger` now also writes
+    the run folder's log."""
+    log_into(logger, run_dir, enabled=ddp.is_main_process())
     if config.get("replayed_from") and resumed is None:
         logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
@@ -145,7 +147,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     state = RunState()
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
-        where = "into the new run folder" if created else "in its run folder"
+        where = "into the new run folder" if new_folder else "in its run folder"
         logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}")
     classes = data.train_set.classes
     step_settings = StepSettings(
@@ -158,7 +160,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
               optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
               RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
-              created)
+              new_folder)
     if config["tensorboard"]:
         logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
                     f"(view them with: tensorboard --logdir {run_dir})")
