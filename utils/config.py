@@ -315,10 +315,10 @@ def refuse_inapplicable(config, given):
 def inapplicable_options(config):
     """`(option, why it has no effect)` for every option this configuration ignores."""
     ignored = []
-    if config["arch"] == "base":
+    if not architecture(config["arch"]).cross:
         ignored += [(key, "with --baseline (no cross module)") for key in CROSS_MODULE_ONLY]
-    elif config["arch"] == "dcs":
-        ignored.append(("matrix", "with main_DCS.py (the S/D terms are QCS's)"))
+    elif not architecture(config["arch"]).diff_class_pairs:
+        ignored.append(("matrix", f"with main_{architecture(config['arch']).title}.py (the S/D terms are QCS's)"))
     if config["connection"] != "vit":
         ignored.append(("cross_drop", f"with --connection {config['connection']} (no cross ViT)"))
     if config["select_on"] != "val":
@@ -328,7 +328,7 @@ def inapplicable_options(config):
     elif config["distill"] not in TEMPERATURE_DISTILLS:
         ignored.append(("temperature", f"with --distill {config['distill']} (only {' and '.join(TEMPERATURE_DISTILLS)} "
                                        "have a temperature)"))
-    cross_vit_drop = config["arch"] != "base" and config["connection"] == "vit" and config["cross_drop"] > 0
+    cross_vit_drop = architecture(config["arch"]).cross and config["connection"] == "vit" and config["cross_drop"] > 0
     if config["drop"] == 0 and not cross_vit_drop:
         ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
                                           "cross ViT): both rules give no projection dropout"))
