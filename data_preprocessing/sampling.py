@@ -4,7 +4,8 @@ For an anchor i of class y: positive = uniform over the other samples of class y
 negative = uniform over all samples of other classes ("by_sample"), or, as the released QCS
 AffectNet sampler does, a class drawn uniformly among the other classes and then a sample of it
 ("by_class"); negative2 = uniform over the other samples of the negative's class. DCS uses
-(anchor, positive), QCS all four, the baseline the anchor alone.
+(anchor, positive), QCS all four, the baseline the anchor alone; a group may be any layout of
+these roles that starts with the anchor (a negative2 needs a negative before it).
 
 The sampler runs in the main process (DataLoader workers only load images) and, like
 DistributedSampler, gives each rank its own shard of the epoch's anchors, padded to equal length.
@@ -21,6 +22,10 @@ from .datasets import ImageListDataset
 from .errors import DataError
 
 __all__ = ["GroupSampler", "GroupDataset", "ClassIndex"]
+
+ROLES = ("anchor", "positive", "negative", "negative2")
+# The group of each released size: the baseline's, DCS's and QCS's.
+LAYOUTS = {1: ROLES[:1], 2: ROLES[:2], 4: ROLES}
 
 
 class ClassIndex:
@@ -81,7 +86,8 @@ NEGATIVE_RULES = ("by_sample", "by_class")
 
 
 class GroupSampler(torch.utils.data.Sampler):
-    """Yields (a,) for group_size 1, (a, p) for 2 or (a, p, n, n2) for 4, as dataset indices.
+    """Yields (a,) for group_size 1, (a, p) for 2 or (a, p, n, n2) for 4, as dataset indices;
+    `group_size` may instead be a layout of `ROLES`, such as ("anchor", "positive", "negative").
 
     Anchors per epoch: a permutation of all samples, or for `balanced` a class-balanced draw with
     replacement (weights 1/count, len(labels)//`anchor_divisor` anchors). `negatives` picks the
@@ -95,8 +101,9 @@ class GroupSampler(torch.utils.data.Sampler):
     def __init__(self, labels, group_size: int, seed: int = 0, balanced: bool = False,
                  num_replicas: int | None = 1, rank: int | None = 0, class_names: Sequence[str] | None = None,
                  anchor_divisor: int = 8, negatives: str = "by_sample"):
-        if group_size not in (1, 2, 4):
+        if not isinstance(group_size, tuple) and group_size not in LAYOUTS:
             raise ValueError(f"group_size must be 1 (baseline), 2 (DCS) or 4 (QCS), got {group_size!r}")
+        self.roles = check_layout(LAYOUTS.get(group_size, group_size))
         if negatives not in NEGATIVE_RULES:
             raise ValueError(f"negatives must be one of {NEGATIVE_RULES}, got {negatives!r}")
         if int(anchor_divisor) < 1:
@@ -105,7 +112,7 @@ class GroupSampler(torch.utils.data.Sampler):
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.index = ClassIndex(labels, class_names)
-        self.group_size = group_size
+        self.group_size = len(self.roles)
         self.seed = int(seed)
         self.balanced = balanced
         self.num_replicas = num_replicas
@@ -127,8 +134,9 @@ class GroupSampler(torch.utils.data.Sampler):
             names = ", ".join(self.index.class_label(c) for c in singles)
             raise DataError(f"class {names} has a single sample: it cannot give a positive (another "
                             f"image of the same class); add images or drop the class")
-        if self.group_size == 4 and len(present) < 2:
-            raise DataError("QCS groups need at least two classes for the negative pair; "
+        if "negative" in self.roles and len(present) < 2:
+            raise DataError(f"{'QCS groups need' if self.group_size == 4 else 'a negative needs'} at least two "
+                            "classes for the negative pair; "
                             f"labels hold only class {self.index.class_label(int(present[0]))}")
 
     def set_epoch(self, epoch: int, groups_done: int = 0) -> None:
@@ -146,17 +154,17 @@ class GroupSampler(torch.utils.data.Sampler):
 
     def sample_groups(self, anchors, rng: np.random.Generator) -> np.ndarray:
         """Groups [len(anchors), group_size] for the given anchor indices (vectorised, O(1) per item)."""
-        anchors = np.asarray(anchors, dtype=np.int64).reshape(-1)
-        if self.group_size == 1:
-            return anchors[:, None]
-        positives = self.index.draw_other_of_same_class(anchors, rng)
-        if self.group_size == 2:
-            return np.stack([anchors, positives], axis=1)
+        drawn = {"anchor": np.asarray(anchors, dtype=np.int64).reshape(-1)}
         draw_negative = (self.index.draw_other_class_by_class if self.negatives == "by_class"
                          else self.index.draw_other_class)
-        negatives = draw_negative(anchors, rng)
-        negatives2 = self.index.draw_other_of_same_class(negatives, rng)
-        return np.stack([anchors, positives, negatives, negatives2], axis=1)
+        for role in self.roles[1:]:  # in group order: the random stream follows the layout
+            if role == "positive":
+                drawn[role] = self.index.draw_other_of_same_class(drawn["anchor"], rng)
+            elif role == "negative":
+                drawn[role] = draw_negative(drawn["anchor"], rng)
+            else:
+                drawn[role] = self.index.draw_other_of_same_class(drawn["negative"], rng)
+        return np.stack([drawn[role] for role in self.roles], axis=1)
 
     def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
         """All anchors of the epoch (before sharding)."""
@@ -176,6 +184,16 @@ class GroupSampler(torch.utils.data.Sampler):
         return rest[self.rank::self.num_replicas]
 
 
+def check_layout(roles):
+    """`roles` as a tuple, if it is a layout of `ROLES` that a group can be drawn by; else ValueError."""
+    roles = tuple(roles)
+    if not (roles[:1] == ("anchor",) and len(set(roles)) == len(roles) and set(roles) <= set(ROLES)
+            and ("negative2" not in roles or "negative" in roles[:roles.index("negative2")])):
+        raise ValueError(f"a group layout starts with the anchor and takes each of {', '.join(ROLES)} at most "
+                         f"once, a negative before a negative2; got {roles}")
+    return roles
+
+
 def _replicas_and_rank(num_replicas, rank) -> tuple[int, int]:
     """Defaults from torch.distributed when None and a process group is running."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -193,22 +211,25 @@ def _replicas_and_rank(num_replicas, rank) -> tuple[int, int]:
 class GroupDataset(torch.utils.data.Dataset):
     """Turns a group of indices into (images, y, y_n, indices); each image gets its own transform draw.
 
-    y is the label of the anchor, y_n that of the negative (index 2) for groups of 4, else y.
+    y is the label of the anchor, y_n that of the negative where the group has one, else y.
+    `roles`: the groups' layout (default: the released layout of the group's size).
     """
 
-    def __init__(self, base: ImageListDataset):
+    def __init__(self, base: ImageListDataset, roles=None):
         self.base = base
+        self.roles = None if roles is None else check_layout(roles)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, group):
         indices = [int(i) for i in group]
-        if len(indices) not in (1, 2, 4):
+        roles = self.roles or LAYOUTS.get(len(indices))
+        if roles is None or len(roles) != len(indices):
             raise ValueError(f"a group holds 1 (baseline), 2 (DCS) or 4 (QCS) indices, got {len(indices)}: "
                              f"{indices}")
         images = tuple(self.base[i][0] for i in indices)
         labels = self.base.labels
         y = int(labels[indices[0]])
-        y_n = int(labels[indices[2]]) if len(indices) == 4 else y
+        y_n = int(labels[indices[roles.index("negative")]]) if "negative" in roles else y
         return images, y, y_n, torch.tensor(indices, dtype=torch.long)

@@ -1,9 +1,28 @@
-"""Models: the IR50+ViT base branch, DCS and QCS, and weight loading; the method is in METHOD.md."""
-from .build import ARCHS, OPTION_CHOICES, build_model, count_parameters, inference_model
-from .losses import DISTILL_CHOICES, TEMPERATURE_DISTILLS, distill_loss, group_loss, group_targets
-from .qcs import MODEL_SIZES, BaseBranch, CrossModel
-from .weights import CheckpointError, LoadReport, describe_state_dict, load_backbone, load_weights
+"""Models: the IR50+ViT base branch, DCS and QCS, and weight loading; the method is in METHOD.md.
 
-__all__ = ["ARCHS", "DISTILL_CHOICES", "OPTION_CHOICES", "MODEL_SIZES", "TEMPERATURE_DISTILLS", "BaseBranch",
-           "CheckpointError", "CrossModel", "LoadReport", "build_model", "count_parameters", "describe_state_dict",
-           "distill_loss", "group_loss", "group_targets", "inference_model", "load_backbone", "load_weights"]
+The names below load their module on first use, so `models.architectures` (no torch) can be read
+without importing torch.
+"""
+import importlib
+
+_MODULE_OF = {
+    "ARCHS": "build", "OPTION_CHOICES": "build", "build_model": "build", "count_parameters": "build",
+    "inference_model": "build",
+    "DISTILL_CHOICES": "losses", "TEMPERATURE_DISTILLS": "losses", "distill_loss": "losses", "group_loss": "losses",
+    "group_targets": "losses",
+    "MODEL_SIZES": "qcs", "BaseBranch": "qcs", "CrossModel": "qcs",
+    "CheckpointError": "weights", "LoadReport": "weights", "describe_state_dict": "weights",
+    "load_backbone": "weights", "load_weights": "weights",
+    "ARCHITECTURES": "architectures", "Architecture": "architectures", "architecture": "architectures",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+
+
+def __dir__():
+    return __all__

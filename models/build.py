@@ -1,10 +1,12 @@
 """`build_model`: one entry point for the base, DCS and QCS networks and their ablations."""
 from torch import nn
 
+from .architectures import ARCHITECTURES, architecture
 from .qcs import MODEL_SIZES, BaseBranch, CrossModel
 from .vit import LINEAR_INITS
 
-ARCHS = {"base": 1, "dcs": 2, "qcs": 4}
+# `{name: branches}` of the released architectures
+ARCHS = {name: a.branches for name, a in ARCHITECTURES.items()}
 OPTION_CHOICES = {
     "size": tuple(MODEL_SIZES),
     "attention": ("csa", "sdpa"),
@@ -45,10 +47,10 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
     dims = MODEL_SIZES[size]
     base = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
                       checkpoint_backbone=checkpoint_backbone, vit_init=vit_init)
-    if arch == "base":
+    if not architecture(arch).cross:
         model = base
     else:
-        model = CrossModel(base, ARCHS[arch], num_classes, dims["dim"], dims["num_heads"],
+        model = CrossModel(base, architecture(arch).branches, num_classes, dims["dim"], dims["num_heads"],
                            attention=attention, matrix=matrix, connection=connection,
                            cross_block=config["cross_block"],
                            cross_drop=cross_drop,
@@ -61,12 +63,11 @@ def released_cross_block(arch, num_classes, choice="auto"):
     """The cross-block form: `choice`, or for "auto" the released one (pre-norm for 8-class DCS)."""
     if choice != "auto":
         return choice
-    return "prenorm" if arch == "dcs" and num_classes == 8 else "inplace"
+    return architecture(arch).released_cross_block(num_classes)
 
 
 def _check_options(config):
-    if config["arch"] not in ARCHS:
-        raise ValueError(f"unknown arch {config['arch']!r}; choose one of {', '.join(ARCHS)}")
+    architecture(config["arch"])
     if not isinstance(config["num_classes"], int) or config["num_classes"] < 2:
         raise ValueError(f"num_classes must be an integer ≥ 2, got {config['num_classes']!r}")
     for name, choices in OPTION_CHOICES.items():

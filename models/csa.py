@@ -8,12 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import with_branches
 from .vit import Mlp
-
-# Partner layout of a group. DCS: (anchor, positive). QCS: the closed loop
-# 1–2 (S), 2–4 (D), 4–3 (S), 3–1 (D) over (anchor, positive, negative, negative2).
-SAME_CLASS_PAIRS = {2: ((0, 1),), 4: ((0, 1), (2, 3))}
-DIFF_CLASS_PAIRS = {2: (), 4: ((0, 2), (1, 3))}
 
 
 def distance_matrix(q_y, q_x):
@@ -51,10 +47,11 @@ def group_terms(num_branches, k, matrix="sd"):
     DCS: S₁₂. QCS, the closed loop 1–2 (S), 2–4 (D), 4–3 (S), 3–1 (D): S₁₂, S₃₄ with scale 1 and
     D₁₃, D₂₄ with scale k (the `S + k·D` of Eq. 9); its "S only" / "D only" ablations have no k.
     """
-    same = [(i, j, True, 1.0) for i, j in SAME_CLASS_PAIRS[num_branches]]
-    if num_branches == 2:
+    layout = with_branches(num_branches)  # the partner layout: models/architectures.py
+    same = [(i, j, True, 1.0) for i, j in layout.same_class_pairs]
+    if not layout.diff_class_pairs:
         return same
-    diff = [(i, j, False, k if matrix == "sd" else 1.0) for i, j in DIFF_CLASS_PAIRS[num_branches]]
+    diff = [(i, j, False, k if matrix == "sd" else 1.0) for i, j in layout.diff_class_pairs]
     return {"sd": same + diff, "s": same, "d": diff}[matrix]
 
 
@@ -110,7 +107,7 @@ class CrossBlock(nn.Module):
         self.proj = nn.Linear(dim, dim * 2)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.theta = nn.Parameter(torch.zeros(())) if num_branches == 4 and matrix == "sd" else None
+        self.theta = nn.Parameter(torch.zeros(())) if with_branches(num_branches).learns_k(matrix) else None
         self.attention, self.matrix, self.form = attention, matrix, form
 
     def forward(self, tokens):

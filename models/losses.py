@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from .architectures import with_branches
+
 # `--distill` forms: "kl" and "l2" are the release's helpers; "kl-detached" and "mse" are ours.
 DISTILL_CHOICES = ("none", "kl", "l2", "kl-detached", "mse")
 # The forms that use `temperature`.
@@ -12,8 +14,7 @@ def group_targets(y, y_n, num_outputs):
     """Targets in output order: QCS `(y, y, y_n, y_n)` twice, DCS `(y, y)` twice, baseline `(y,)`."""
     if num_outputs == 1:
         return (y,)
-    num_branches = num_outputs // 2
-    per_branch = (y, y, y_n, y_n) if num_branches == 4 else (y,) * num_branches
+    per_branch = tuple({"y": y, "y_n": y_n}[t] for t in with_branches(num_outputs // 2).targets)
     return per_branch * 2
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .architectures import describe_keys, with_branches
 from .qcs import BaseBranch, CrossModel
 
 # The authors' module names → ours (applied in order, after stripping `module.`).
@@ -109,13 +110,8 @@ def _ir50_name(key):
 
 
 def describe_state_dict(state_dict):
-    """`(arch, num_classes)` of a state dict in our names; arch in base/dcs/qcs."""
-    if any(k.startswith("cross_blocks.") and k.endswith(".theta") for k in state_dict):
-        arch = "qcs"
-    elif any(k.startswith("cross_blocks.") for k in state_dict):
-        arch = "dcs"
-    else:
-        arch = "base"
+    """`(arch, num_classes)` of a state dict in our names; arch a registered architecture's name."""
+    arch = describe_keys(state_dict)
     head = state_dict.get("base.vit.head.classifier.weight", state_dict.get("vit.head.classifier.weight"))
     if head is not None and (not isinstance(head, torch.Tensor) or head.dim() != 2 or not head.shape[0]):
         shape = tuple(head.shape) if isinstance(head, torch.Tensor) else type(head).__name__
@@ -209,15 +205,13 @@ def _known_unused(key, model):
 
 def _check_same_model(model, state_dict, name):
     model_arch = getattr(model, "config", {}).get("arch") or ("base" if isinstance(model, BaseBranch) else
-                                                              {2: "dcs", 4: "qcs"}[model.num_branches])
+                                                              with_branches(model.num_branches).name)
     model_classes = model.base.vit.head.classifier.out_features if isinstance(model, CrossModel) \
         else model.vit.head.classifier.out_features
     prefixed = state_dict if isinstance(model, CrossModel) else {"base." + k: v for k, v in state_dict.items()}
     arch, num_classes = describe_state_dict(prefixed)
-    # a QCS model without θ (S or D only) has the key set of DCS
-    without_theta = isinstance(model, CrossModel) and model.cross_blocks[0].theta is None
-    arch_clash = model_arch != "base" and arch != model_arch and not (
-        model_arch == "qcs" and arch == "dcs" and without_theta)
+    # a model may hold the key set of another architecture (QCS without θ, S or D only, that of DCS)
+    arch_clash = isinstance(model, CrossModel) and arch not in (model_arch, describe_keys(model.state_dict()))
     if arch_clash or (num_classes is not None and num_classes != model_classes):
         raise CheckpointError(f"{name} holds a {arch.upper()} model with {num_classes} classes; "
                               f"the model is {model_arch.upper()} with {model_classes} classes")

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from data_preprocessing.outputs import atomic_write
-from models import ARCHS, MODEL_SIZES, CheckpointError, describe_state_dict, load_backbone, load_weights
+from models import MODEL_SIZES, CheckpointError, describe_state_dict, load_backbone, load_weights
+from models.architectures import ARCHITECTURES, scripts
 from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
@@ -306,7 +307,7 @@ def model_info_problem(meta):
 
 def export_info(path, meta, export_format, num_tensors, num_parameters):
     """The CheckpointInfo of an exported model file, from its checked `model_info.json`."""
-    source_arch = meta.get("source_arch") if meta.get("source_arch") in ARCHS else None
+    source_arch = meta.get("source_arch") if meta.get("source_arch") in ARCHITECTURES else None
     return CheckpointInfo(
         path=str(path), format=export_format, naming="ours", arch="base", num_classes=len(meta["classes"]),
         size=meta["size"], num_tensors=num_tensors, num_parameters=num_parameters, classes=list(meta["classes"]),
@@ -481,7 +482,7 @@ def merge_resumed_config(config, checkpoint, given):
         raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
                          "(an authors' checkpoint can be evaluated with --evaluate)")
     script_arch = saved.get("recipe_arch", saved.get("arch"))
-    if script_arch not in ("dcs", "qcs"):
+    if script_arch not in scripts():
         raise UsageError(f"--resume {config['resume']}: its saved settings name no script (recipe_arch is "
                          f"{script_arch!r}); the file is damaged or not ours")
     if script_arch != config["recipe_arch"]:

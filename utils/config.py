@@ -15,6 +15,7 @@ from pathlib import Path
 from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE, test_transform_for, train_transform
 from data_preprocessing.files import InputError, read_bytes, read_json
 from models import ARCHS, DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS, build_model
+from models.architectures import architecture, scripts
 
 from .device import DEVICE_CHOICES
 from .recipes import recipe
@@ -49,7 +50,7 @@ TTA_CHOICES = ("none", "flip")
 # Settings with a fixed set of values, as a resumed run's saved configuration must hold them.
 SETTING_CHOICES = {**{key: OPTION_CHOICES[key] for key in OPTION_CHOICES}, "dataset": DATASET_NAMES,
                    "distill": DISTILL_CHOICES, "device": DEVICE_CHOICES, "arch": tuple(ARCHS),
-                   "recipe_arch": ("dcs", "qcs"), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
+                   "recipe_arch": scripts(), "negatives": ("by_sample", "by_class"), "tta": TTA_CHOICES,
                    "select_on": ("test", "val")}
 FLAGS = ("baseline", "amp", "compile", "checkpoint_backbone", "tensorboard", "device_augment", "balanced_sampler")
 WHOLE_NUMBERS = ("epochs", "batch_size", "workers", "image_size", "seed", "print_freq", "anchor_divisor",
@@ -98,7 +99,7 @@ def build_parser(arch):
     parser = argparse.ArgumentParser(
         prog=f"main_{arch.upper()}.py",
         description=f"Train or evaluate {arch.upper()} (IR50+ViT base branch with the "
-                    f"{'two' if arch == 'dcs' else 'four'}-branch cross module). Defaults per dataset "
+                    f"{architecture(arch).cross_module}). Defaults per dataset "
                     "reproduce the authors' released scripts; every one can be overridden.",
         formatter_class=DefaultsOnceFormatter)
     _add_data_options(parser.add_argument_group("data"))
@@ -313,10 +314,10 @@ def refuse_inapplicable(config, given):
 def inapplicable_options(config):
     """`(option, why it has no effect)` for every option this configuration ignores."""
     ignored = []
-    if config["arch"] == "base":
+    if not architecture(config["arch"]).cross:
         ignored += [(key, "with --baseline (no cross module)") for key in CROSS_MODULE_ONLY]
-    elif config["arch"] == "dcs":
-        ignored.append(("matrix", "with main_DCS.py (the S/D terms are QCS's)"))
+    elif not architecture(config["arch"]).diff_class_pairs:
+        ignored.append(("matrix", f"with main_{architecture(config['arch']).title}.py (the S/D terms are QCS's)"))
     if config["connection"] != "vit":
         ignored.append(("cross_drop", f"with --connection {config['connection']} (no cross ViT)"))
     if config["select_on"] != "val":
@@ -326,7 +327,7 @@ def inapplicable_options(config):
     elif config["distill"] not in TEMPERATURE_DISTILLS:
         ignored.append(("temperature", f"with --distill {config['distill']} (only {' and '.join(TEMPERATURE_DISTILLS)} "
                                        "have a temperature)"))
-    cross_vit_drop = config["arch"] != "base" and config["connection"] == "vit" and config["cross_drop"] > 0
+    cross_vit_drop = architecture(config["arch"]).cross and config["connection"] == "vit" and config["cross_drop"] > 0
     if config["drop"] == 0 and not cross_vit_drop:
         ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
                                           "cross ViT): both rules give no projection dropout"))

@@ -14,7 +14,7 @@ from data_preprocessing import (
     stratified_holdout,
 )
 from data_preprocessing.device_augment import DeviceAugment, split_train_transform
-from models import ARCHS
+from models.architectures import architecture
 
 from .config import UsageError, transforms_for
 from .limits import TRAINING_ADDRESS_SPACE, LimitError, check_address_space, check_open_files
@@ -60,7 +60,8 @@ def load_training_data(config, device, rank, world_size):
     if train_set.num_classes < 2:
         raise DataError(f"{config['dataset']} at {config['data_root'] or 'its default folder'}: "
                         f"{train_set.num_classes} class; training a classifier needs at least 2")
-    sampler = GroupSampler(train_set.labels, ARCHS[config["arch"]], seed=config["seed"],
+    roles = architecture(config["arch"]).roles
+    sampler = GroupSampler(train_set.labels, roles, seed=config["seed"],
                            balanced=config["balanced_sampler"], anchor_divisor=config["anchor_divisor"],
                            negatives=config["negatives"], num_replicas=world_size, rank=rank,
                            class_names=train_set.classes)
@@ -69,7 +70,7 @@ def load_training_data(config, device, rank, world_size):
     loader_args = dict(num_workers=config["workers"], pin_memory=device.type == "cuda",
                        persistent_workers=config["workers"] > 0, worker_init_fn=leave_signals_to_main,
                        generator=torch.Generator().manual_seed(config["seed"] + rank))
-    train_loader = DataLoader(GroupDataset(train_set), batch_size=config["batch_size"], sampler=sampler,
+    train_loader = DataLoader(GroupDataset(train_set, roles), batch_size=config["batch_size"], sampler=sampler,
                               **loader_args)
 
     def loader_of(dataset):

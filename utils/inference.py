@@ -9,6 +9,7 @@ import torch
 
 from data_preprocessing import DataError, dataset_classes, test_transform_for
 from models import MODEL_SIZES, build_model, load_weights
+from models.architectures import is_cross, scripts
 
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, one_line
 from .recipes import recipe
@@ -82,7 +83,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     if arch == "cross" and info.format in ("safetensors", "onnx"):
         raise CheckpointError(f"{path} is a {info.format} export, which holds the base branch only; this needs "
                               f"the cross module: give the DCS or QCS training checkpoint (.pth)")
-    if arch == "cross" and info.arch not in ("dcs", "qcs"):
+    if arch == "cross" and not is_cross(info.arch):
         raise CheckpointError(f"{path} holds a {info.arch.upper()} model without a cross module; "
                               f"give a DCS or QCS checkpoint")
     classes = resolve_classes(info, dataset, class_list, data_root, fallback_dataset)
@@ -111,7 +112,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
 
 def _released_augmentation(info, dataset, recipe_arch):
     """The train augmentation of the released recipe the file was most likely trained with."""
-    arch = info.arch if info.arch in ("dcs", "qcs") else recipe_arch
+    arch = info.arch if info.arch in scripts() else recipe_arch
     if dataset is None or arch is None:
         return {}
     return recipe(arch, dataset)["augmentation"]

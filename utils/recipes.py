@@ -1,6 +1,8 @@
 """Per-dataset training defaults: the authors' released scripts' settings, one table."""
 from dataclasses import asdict, dataclass, field
 
+from models.architectures import architecture
+
 # Train augmentations (data_preprocessing.transforms); the test transform follows from them.
 AUG_A = dict(kind="A")
 AUG_A_NO_JITTER = dict(kind="A", color_jitter=False)
@@ -49,7 +51,6 @@ FALLBACK_DATASET = "RAF-DB"
 BALANCED_BY_DEFAULT = ("AffectNet-7", "AffectNet-8")
 # The released QCS AffectNet sampler draws the negative's class uniformly and takes len//12 anchors.
 NEGATIVES_BY_CLASS = {("qcs", "AffectNet-7"), ("qcs", "AffectNet-8")}
-ANCHOR_DIVISOR = {"dcs": 8, "qcs": 12}
 
 
 def recipe(arch, dataset):
@@ -58,4 +59,4 @@ def recipe(arch, dataset):
     row = DEMO[arch] if dataset == "demo" else RELEASED.get((arch, dataset), RELEASED[(arch, FALLBACK_DATASET)])
     return dict(asdict(row), balanced_sampler=dataset in BALANCED_BY_DEFAULT,
                 negatives="by_class" if (arch, dataset) in NEGATIVES_BY_CLASS else "by_sample",
-                anchor_divisor=ANCHOR_DIVISOR[arch])
+                anchor_divisor=architecture(arch).anchor_divisor)

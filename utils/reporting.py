@@ -16,19 +16,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def make_logger(run_dir=None, enabled=True):
-    """Logger printing to stdout and, when `run_dir` is given, appending to `run_dir/log.txt` (never
-    through a symbolic link). File names that are not UTF-8 are written with escapes (\\xff)."""
-    handlers = [QuietStreamHandler(sys.stdout)]
-    if run_dir is not None and enabled:  # opened first: a refusal is still logged by the old handlers
-        handlers.append(logging.StreamHandler(open_for_append(Path(run_dir) / "log.txt")))
-    logger = logging.getLogger("qcs")
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if enabled else logging.WARNING)
-    for handler in handlers:
-        handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
+    """A new logger printing to stdout, and to `run_dir/log.txt` when `run_dir` is given (see
+    `log_into`). File names that are not UTF-8 are written with escapes (\\xff). The logger is
+    an object of its own, handed to whatever logs, not one from the process-wide registry."""
+    logger = logging.Logger("qcs")
+    logger.addHandler(_formatted(QuietStreamHandler(sys.stdout)))
+    log_into(logger, run_dir, enabled)
     return logger
+
+
+def log_into(logger, run_dir, enabled=True):
+    """Let `logger` also append to `run_dir/log.txt` (never through a symbolic link; no file for
+    `run_dir` None); `enabled` False (ranks after the first) keeps its warnings and errors only."""
+    if run_dir is not None and enabled:  # a refusal to open it is still logged to stdout
+        logger.addHandler(_formatted(logging.StreamHandler(open_for_append(Path(run_dir) / "log.txt"))))
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+
+
+def _formatted(handler):
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handler
 
 
 class PrintableFormatter(logging.Formatter):

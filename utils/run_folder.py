@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 from data_preprocessing.outputs import (
@@ -33,6 +34,16 @@ AFTER_LAST = ("best.pth", "metrics.csv", "confusion_best.png", "losses.png")
 BEST_ONLY = ("best.pth", "confusion_best.png")
 # all a run leaves before its first last.pth (besides temporaries): a killed one of them is taken again
 BEFORE_FIRST_EPOCH = frozenset({RUN_MARKER, "log.txt", LOCK_NAME, "tensorboard"})
+
+
+class NewFolder(str, Enum):
+    """How a new run took its folder: MADE it, EMPTIED it (a folder the user had made empty), or
+    RESTARTED it (the folder of a run killed before it saved an epoch; see `restartable`). A failed
+    start removes what it made, or empties that folder again."""
+    MADE = "made"
+    EMPTIED = "emptied"
+    RESTARTED = "restarted"
+
 _held_locks = {}  # run folder → open lock file, for as long as this process works in it
 
 try:
@@ -77,28 +88,27 @@ def release_run_dirs():
 
 def create_run_dir(output_dir, run_name):
     """Create and lock a new run folder: `output_dir` (new, or empty) or `log/<run_name>-<time>`.
-    Returns `(folder, created)`: "made"; "emptied" for an empty folder the user had made;
-    "restarted" for the folder of a run killed before it saved anything (see `restartable`).
+    Returns `(folder, NewFolder)`.
 
     Creation and locking leave no window in which two runs could both take the same folder.
     """
     if output_dir is None:
-        return _create_timestamped(Path("log"), run_name), "made"
+        return _create_timestamped(Path("log"), run_name), NewFolder.MADE
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
-    created = "made"
+    new_folder = NewFolder.MADE
     try:
         with output_errors(output_dir, "--output-dir", "creating the folder"):
             output_dir.mkdir(parents=True)
     except FileExistsError:  # an empty folder may be reused; it is checked once locked
-        created = "emptied"
+        new_folder = NewFolder.EMPTIED
     had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
     held = [p for p in output_dir.iterdir() if p.name != LOCK_NAME]
     if held and restartable(output_dir, held):
         shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)  # its events start again
-        return output_dir, "restarted"
+        return output_dir, NewFolder.RESTARTED
     if held:
         release_run_dirs()
         if not had_lock_file:  # leave another run's folder as it was
@@ -107,7 +117,7 @@ def create_run_dir(output_dir, run_name):
         hint = f", or continue that run with --resume {last}" if last.is_file() else ""
         raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
                               f"choose a new folder{hint}")
-    return output_dir, created
+    return output_dir, new_folder
 
 
 def restartable(folder, entries):
@@ -188,14 +198,13 @@ def same_run(folder, checkpoint):
 
 def prepare_run_dir(config, resume=None):
     """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
-    every rank learns its path. Returns `(folder, created)`: `created` is "made" for a folder this
-    process made, "emptied" for an empty one it took, "restarted" for one a killed run left before
-    saving anything (see `create_run_dir`), None when it continues a run's own folder.
+    every rank learns its path. Returns `(folder, new_folder)`: a `NewFolder` for a folder this
+    process took, None when it continues a run's own folder.
 
     `resume` is `(plan, folder, source_stat)` from `resume_plan` and the source's `os.stat`
     taken before it was read: a folder whose `last.pth` changed since then is refused.
     """
-    run_dir, created = None, None
+    run_dir, new_folder = None, None
     if ddp.is_main_process():
         if resume is not None and resume[0] == "continue":
             run_dir = resume[1]
@@ -205,11 +214,11 @@ def prepare_run_dir(config, resume=None):
                 raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
                                  "wrote it); resume again from its new state")
         else:
-            run_dir, created = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
+            run_dir, new_folder = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
             config["run_id"] = uuid.uuid4().hex
         config["output_dir"] = str(run_dir)
         atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
-    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), created
+    return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), new_folder
 
 
 def _stat_key(stat_or_path):
@@ -217,12 +226,12 @@ def _stat_key(stat_or_path):
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def discard_failed_start(run_dir, created):
+def discard_failed_start(run_dir, new_folder):
     """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
-    remove a folder this process made (`created` "made"), or empty again one it took (`created`
-    "emptied" or "restarted"; the folder, or the link to it, stays). Returns what was done, as
+    remove a folder this process made (`NewFolder.MADE`), or empty again one it took
+    (`NewFolder.EMPTIED` or `RESTARTED`; the folder, or the link to it, stays). Returns what was done, as
     words for the log ("removed", "emptied"), or None."""
-    if not created or not ddp.is_main_process() or (run_dir / LAST).exists():
+    if not new_folder or not ddp.is_main_process() or (run_dir / LAST).exists():
         return None
     release_run_dirs()
     with contextlib.suppress(OSError):
@@ -231,7 +240,7 @@ def discard_failed_start(run_dir, created):
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-        if created == "made" and not run_dir.is_symlink():
+        if new_folder == NewFolder.MADE and not run_dir.is_symlink():
             run_dir.rmdir()
             return "removed"
     return "emptied" if not any(run_dir.iterdir()) else None

@@ -14,7 +14,7 @@ import torch
 
 from data_preprocessing import DataError
 from data_preprocessing.outputs import OutputError
-from models import ARCHS
+from models.architectures import architecture
 
 from . import distributed as ddp
 from .checkpoint import (
@@ -32,8 +32,9 @@ from .device import DeviceUnavailable, place_model, resolve_device, use_channels
 from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
 from .evaluation import run_evaluation
 from .metrics import EpochMeter
-from .reporting import RunReport, epoch_row, make_logger
+from .reporting import RunReport, epoch_row, log_into, make_logger
 from .run_folder import (
+    NewFolder,
     discard_failed_start,
     prepare_run_dir,
     read_resume_source,
@@ -55,7 +56,7 @@ def main(arch, argv=None):
     try:
         if args.evaluate:
             return run_evaluation(arch, args, logger)
-        return run_training(arch, args)
+        return run_training(arch, args, logger)
     except USER_ERRORS as error:
         logger.error(f"error: {error}")
         return 2
@@ -87,20 +88,20 @@ class Run:
     logger: object
     state: RunState
     step_settings: StepSettings
-    created: str | None  # "made"/"emptied": this process took a new folder (undone if nothing gets saved)
+    new_folder: NewFolder | None  # the folder this process took for the run (undone if nothing gets saved)
 
     @property
     def num_branches(self):
-        return ARCHS[self.config["arch"]]
+        return architecture(self.config["arch"]).branches
 
 
-def run_training(arch, args):
+def run_training(arch, args, logger):
     """Train (or continue) a run; returns the exit status (130 when stopped by a signal)."""
-    run = set_up_run(arch, args)
+    run = set_up_run(arch, args, logger)
     try:
         return train_epochs(run)
     except BaseException:
-        undone = discard_failed_start(run.saver.run_dir, run.created)
+        undone = discard_failed_start(run.saver.run_dir, run.new_folder)
         if undone:
             run.logger.info(f"{undone} the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
@@ -124,7 +125,7 @@ def train_epochs(run):
     return finish(run)
 
 
-def set_up_run(arch, args):
+def set_up_run(arch, args, logger):
     """Resolve the settings, load the data, build or restore the model and create the run folder."""
     config = resolve_config(arch, args)
     config, resumed, resume = read_resume_source(config, args.given) if config["resume"] else (config, None, None)
@@ -137,23 +138,25 @@ def set_up_run(arch, args):
     config["num_classes"] = data.train_set.num_classes
     model = model_from_config(config)
     pretrained_note = load_pretrained(model, config["pretrained"]) if resumed is None else None
-    run_dir, created = prepare_run_dir(config, resume)
+    run_dir, new_folder = prepare_run_dir(config, resume)
     try:
-        return start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note)
+        return start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note,
+                         logger)
     except BaseException:
-        discard_failed_start(run_dir, created)
+        discard_failed_start(run_dir, new_folder)
         raise
 
 
-def start_run(config, resumed, data, model, device, world_size, run_dir, created, pretrained_note):
-    """The run's logger, optimiser, schedule and counters, restored when resuming."""
-    logger = make_logger(run_dir, enabled=ddp.is_main_process())
+def start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note, logger):
+    """The run's optimiser, schedule and counters, restored when resuming; `logger` now also writes
+    the run folder's log."""
+    log_into(logger, run_dir, enabled=ddp.is_main_process())
     if config.get("replayed_from") and resumed is None:
         logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
     if pretrained_note:
         logger.info(pretrained_note)
-    if created == "restarted":
+    if new_folder == NewFolder.RESTARTED:
         logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
@@ -163,7 +166,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     state = RunState()
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
-        where = "into the new run folder" if created else "in its run folder"
+        where = "into the new run folder" if new_folder else "in its run folder"
         regrouped = (f" (saved by {state.world_size} process(es), continued by {world_size}: the epoch goes on "
                      "with the groups none of them trained)" if state.step and state.world_size != world_size else "")
         logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}{regrouped}")
@@ -174,15 +177,17 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
                           temperature=config["temperature"]),
         amp=config["amp"], channels_last=channels_last, augment=data.device_augment,
         image_names=data.train_set.image_names, logger=logger, print_freq=config["print_freq"],
-        epochs=config["epochs"], images_per_step=config["batch_size"] * ARCHS[config["arch"]] * world_size)
+        epochs=config["epochs"],
+        images_per_step=config["batch_size"] * architecture(config["arch"]).branches * world_size)
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
               optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
               RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
-              created)
+              new_folder)
     if config["tensorboard"]:
         logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
                     f"(view them with: tensorboard --logdir {run_dir})")
-    name = "baseline (base branch alone)" if config["arch"] == "base" else config["arch"].upper()
+    arch = architecture(config["arch"])
+    name = arch.title if arch.cross else f"{arch.title} (base branch alone)"
     logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
                 f"{world_size} process(es) on {device}; run folder {run_dir}")
@@ -379,7 +384,7 @@ def complete_epoch_end(run):
     """Continuing a run's own folder from an epoch end: write the files a stop kept from being
     written after its last.pth, as the uninterrupted run would have (the RNG states stay as saved)."""
     state, folder = run.state, run.saver.run_dir
-    if run.created is not None or state.step or not state.epoch:
+    if run.new_folder is not None or state.step or not state.epoch:
         return
     best_now = state.best_epoch == state.epoch
     missing = ddp.broadcast_object(unfinished_epoch_end(folder, best_now) if ddp.is_main_process() else None)

@@ -53,6 +53,7 @@ from torch.utils.data import default_collate
 from data_preprocessing import GroupSampler, ImageListDataset, train_transform
 from data_preprocessing.device_augment import split_train_transform
 from models import ARCHS, MODEL_SIZES, build_model, group_loss, inference_model
+from models.architectures import architecture, scripts
 from models.summary import model_summary
 
 from ..device import (
@@ -109,7 +110,7 @@ def make_group(arch, batch, size, device, seed=1):
     generator = torch.Generator().manual_seed(seed)
     image_size = DEFAULT_IMAGE_SIZE if size == "paper" else MODEL_SIZES[size]["input_size"]
     images = [torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
-              for _ in range(ARCHS[arch])]
+              for _ in range(architecture(arch).branches)]
     y = torch.arange(batch, device=device) % 7
     return images, y, (y + 1) % 7
 
@@ -136,7 +137,7 @@ def train_row(arch, args):
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=3e-6)
     runs = {"batched": torch.compile(model) if args.compile else model}
     row = dict(arch=arch, batch=args.batch)
-    if arch != "base":
+    if architecture(arch).cross:
         runs["per-branch"] = model.forward_per_branch
         row["loss_max_abs_diff"] = first_pass_difference(model, images, y, y_n)
     times = alternating_times({name: (lambda m=m: sam_step(m, optimizer, images, y, y_n, amp=args.amp))
@@ -153,7 +154,7 @@ def epoch_estimates(rows):
     """Seconds per epoch and per released recipe at each row's batched rate (DCS/QCS rows)."""
     estimates = []
     for row in rows:
-        if row["arch"] == "base":
+        if row["arch"] not in scripts():  # the baseline has no recipe of its own
             continue
         for dataset, anchors in EPOCH_ANCHORS.items():
             settings = recipe(row["arch"], dataset)

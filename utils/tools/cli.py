@@ -19,6 +19,7 @@ from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE
 from data_preprocessing.files import describe_os_error
 from data_preprocessing.outputs import OutputError
 from models import MODEL_SIZES
+from models.architectures import is_cross
 
 from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
 from ..config import DefaultsOnceFormatter
@@ -225,10 +226,10 @@ def describe_lines(info):
                      + ", exported)")
     elif info.arch is not None:
         lines.append(f"arch:        {info.arch.upper()}" + (" (the base branch alone: a baseline)"
-                                                            if info.arch == "base" else
+                                                            if not is_cross(info.arch) else
                                                             " (base branch + cross module)"))
     lines.append(f"model size:  {info.size or 'unknown (shapes match no preset)'}")
-    if info.model_config and info.arch != "base":
+    if info.model_config and is_cross(info.arch):
         options = ", ".join(f"{k}={info.model_config[k]}" for k in
                             ("attention", "matrix", "connection", "cross_block") if k in info.model_config)
         lines.append(f"options:     {options}")

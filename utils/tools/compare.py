@@ -57,12 +57,14 @@ from data_preprocessing.outputs import (  # noqa: E402
     check_output_dir,
     make_output_dir,
 )
-from models import ARCHS  # noqa: E402
+from models.architectures import ARCHITECTURES, architecture, scripts  # noqa: E402
 
 from ..config import UsageError, flag, given_options, parse_args, read_json_file, resolve_config  # noqa: E402
 from ..train import main as train_main  # noqa: E402
 
-MODELS = {"baseline": ("qcs", ["--baseline"]), "DCS": ("dcs", []), "QCS": ("qcs", [])}
+# `{title: (training script, its options)}`; the baseline trains with QCS's script and recipe
+MODELS = {ARCHITECTURES["base"].title: ("qcs", ["--baseline"]),
+          **{ARCHITECTURES[name].title: (name, []) for name in scripts()}}
 BUDGETS = ("epochs", "images")
 # training options compare sets for each run itself: `{option: (why it is refused after --, what to use instead)}`
 SET_PER_RUN = {
@@ -116,7 +118,7 @@ def resolved_settings(model, dataset, passed):
 def images_per_epoch(settings):
     """Training images per epoch, per training image: branches × the share of images drawn as anchors."""
     anchors = Fraction(1, settings["anchor_divisor"]) if settings["balanced_sampler"] else Fraction(1)
-    return ARCHS[settings["arch"]] * anchors
+    return architecture(settings["arch"]).branches * anchors
 
 
 def planned_epochs(models, dataset, passed, budget):
@@ -363,8 +365,8 @@ def config_problem(config):
         return "holds no JSON object"
     if not isinstance(config.get("dataset"), str):
         return f"'dataset' is {config.get('dataset')!r:.30}"
-    if config.get("arch") not in ARCHS:
-        return f"'arch' is {config.get('arch')!r:.30}, not one of {', '.join(ARCHS)}"
+    if config.get("arch") not in ARCHITECTURES:
+        return f"'arch' is {config.get('arch')!r:.30}, not one of {', '.join(ARCHITECTURES)}"
     if not isinstance(config.get("balanced_sampler"), bool):
         return f"'balanced_sampler' is {config.get('balanced_sampler')!r:.30}, not true or false"
     whole = {"anchor_divisor": config.get("anchor_divisor") if config["balanced_sampler"] else 1,

@@ -13,6 +13,7 @@ faces upscaled ×4, left/right mirrored and pooled): eye centres at 0.40 of the 
 FER2013/FERPlus crops show it, and within the eye height (about 0.35–0.4) of RAF-DB's aligned
 faces and AffectNet's crops, which are not here to be measured.
 """
+import functools
 import importlib.util
 import math
 import os
@@ -89,19 +90,19 @@ def _predictor_path():
     return path if os.path.isfile(path) else None
 
 
-_models = {}
-
-
 def _load_models():
-    """`(detector, shape predictor)`, loaded once; MissingExtra when the extra is not installed."""
+    """`(detector, shape predictor)`; MissingExtra when the extra is not installed."""
     if not available():
         raise MissingExtra(f"face detection needs the optional packages dlib-bin and face-recognition-models, "
                            f"which are not installed; install them with: {EXTRA_HINT}")
-    if not _models:
-        import dlib
-        _models["detector"] = dlib.get_frontal_face_detector()
-        _models["predictor"] = dlib.shape_predictor(_predictor_path())
-    return _models["detector"], _models["predictor"]
+    return _dlib_models(_predictor_path())
+
+
+@functools.cache
+def _dlib_models(predictor_path):
+    """dlib's detector and the shape predictor at `predictor_path`, read once a process (seconds each)."""
+    import dlib
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path)
 
 
 # ------------------------------------------------------------------------------ images

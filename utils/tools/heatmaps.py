@@ -31,13 +31,13 @@ from data_preprocessing.outputs import (
     refuse_existing,
     remove_stale_temporaries,
 )
+from models.architectures import with_branches
 
 from ..device import autocast, resolve_device
 from ..inference import load_trained_model
 from . import ToolError
 from .classify import detection_wanted, face_finder, faces_of
 
-ROLES = {2: ("anchor", "positive"), 4: ("anchor", "positive", "negative", "negative2")}
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
 CELL_INCHES = 2.2
 DPI = 100
@@ -61,14 +61,14 @@ def draw_group(labels, num_branches, anchor=None, seed=0):
     if not 0 <= anchor < len(labels):
         raise ToolError(f"--anchor {anchor} is outside the split (0..{len(labels) - 1})")
     group = [anchor, _other_of_class(labels, anchor, rng)]
-    if num_branches == 4:
+    if "negative" in with_branches(num_branches).roles:
         counts = np.bincount(labels)
         candidates = np.flatnonzero((labels != labels[anchor]) & (counts[labels] >= 2))
         if not len(candidates):
             raise ToolError("no other class has two images in the split; QCS needs a negative pair")
         negative = int(rng.choice(candidates))
         group += [negative, _other_of_class(labels, negative, rng)]
-    return group
+    return group[:num_branches]
 
 
 def _other_of_class(labels, index, rng):
@@ -304,7 +304,7 @@ def photo_group(args, trained, detect):
     file's left to right, detected and aligned as `predict` does (the file itself without detection)."""
     finder = face_finder(args, detect, trained.image_size)
     faces, titles = faces_in_files([Path(p) for p in args.images], finder, trained.transform())
-    roles = ROLES[trained.model.num_branches]
+    roles = with_branches(trained.model.num_branches).roles
     if len(faces) < len(roles):
         raise ToolError(f"a {trained.info.arch.upper()} group is {len(roles)} faces ({', '.join(roles)}); "
                         f"--images gave {len(faces)}: {', '.join(titles)}")
@@ -346,7 +346,7 @@ def draw(args):
         group = draw_group(dataset.labels, model.num_branches, args.anchor, args.seed)
         images = [dataset[i][0] for i in group]
         titles = [f"{role} #{index}: {dataset.classes[dataset.labels[index]]}"
-                  for role, index in zip(ROLES[model.num_branches], group)]
+                  for role, index in zip(with_branches(model.num_branches).roles, group)]
         heading = f"{arch} CSA weights, {args.dataset} {args.split} (anchor {group[0]}, seed {args.seed})"
     with autocast(device, args.amp):
         grids = level_maps(model.to(device), [x[None].to(device) for x in images])[:, :, 0].float().cpu()
