@@ -179,8 +179,9 @@ class RunReport:
     """The files a run rewrites after each epoch's `last.pth` (rank 0 only): `metrics.csv`, then
     `confusion_best.png` on a new best and `losses.png` and, with `--tensorboard`, its event files."""
 
-    def __init__(self, run_dir, config, classes, enabled=True):
+    def __init__(self, run_dir, config, classes, logger, enabled=True):
         self.run_dir, self.config, self.classes, self.enabled = run_dir, config, classes, enabled
+        self.logger = logger
         self.tensorboard = TensorBoardLog(run_dir, config) if enabled and config.get("tensorboard") else None
 
     def epoch(self, state, num_branches, confusion=None, tensorboard=True):
@@ -202,15 +203,14 @@ class RunReport:
                 self._figure("TensorBoard's confusion_best",
                              lambda: self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch))
 
-    @staticmethod
-    def _figure(name, draw):
+    def _figure(self, name, draw):
         try:
             draw()
         except Exception as error:  # noqa: BLE001 (matplotlib's errors have no common class)
             plt.close("all")
             reason = (str(error).strip().splitlines() or [""])[0]
-            logging.getLogger("qcs").warning(f"warning: {name} not written ({type(error).__name__}: "
-                                             f"{printable(reason)}); the numbers it shows are in metrics.csv")
+            self.logger.warning(f"warning: {name} not written ({type(error).__name__}: "
+                                f"{printable(reason)}); the numbers it shows are in metrics.csv")
 
     def close(self, history):
         """End of the run (also when it stops early): close the TensorBoard event file."""

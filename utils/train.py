@@ -181,7 +181,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, new_fol
         images_per_step=config["batch_size"] * architecture(config["arch"]).branches * world_size)
     run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
               optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
-              RunReport(run_dir, config, classes, enabled=ddp.is_main_process()), logger, state, step_settings,
+              RunReport(run_dir, config, classes, logger, enabled=ddp.is_main_process()), logger, state, step_settings,
               new_folder)
     if config["tensorboard"]:
         logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
