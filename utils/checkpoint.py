@@ -24,7 +24,7 @@ from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
-from .config import DEFAULT_PRETRAINED, RESUME_OVERRIDABLE, UsageError, check_saved_config, flag, read_json_file
+from .settings import DEFAULT_PRETRAINED, RESUMABLE, UsageError, check, flag, names, read_json_file
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -197,8 +197,8 @@ def _check_our_metadata(path, checkpoint, run_config, config):
                                 or not all(isinstance(name, str) for name in classes)):
         raise CheckpointError(f"{path}: its saved class names are malformed ({classes!r:.80})")
     try:
-        check_saved_config(run_config)
-        check_saved_config(config)
+        check(run_config)
+        check(config)
     except UsageError as error:
         raise CheckpointError(f"{path}: its saved settings are invalid: {error}") from None
 
@@ -277,27 +277,21 @@ def model_info_problem(meta):
     if not isinstance(meta, dict):
         return f"holds no JSON object; it is not an export's {EXPORT_INFO_FILE}"
     classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        return f"'classes' must be a list of at least 2 class names, got {classes!r:.60}"
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        return f"'classes' must be a list of at least 2 distinct class names, got {classes!r:.60}"
     if meta.get("num_classes", len(classes)) != len(classes):
         return f"'num_classes' is {meta['num_classes']!r} but 'classes' lists {len(classes)}"
     if meta.get("arch") != "base":
         return f"'arch' must be \"base\" (an export holds the base branch), got {meta.get('arch')!r}"
-    if meta.get("size") not in MODEL_SIZES:
-        return f"'size' must be one of {', '.join(MODEL_SIZES)}, got {meta.get('size')!r}"
-    side = meta.get("image_size")
-    if isinstance(side, bool) or not isinstance(side, int) or side < 16:
-        return f"'image_size' must be a whole number of pixels, at least 16, got {side!r}"
-    if meta.get("augmentation") is None:
-        return "'augmentation' (the train augmentation that sets the test transform) is missing"
     digests = meta.get("sha256", {})
     if not isinstance(digests, dict) or not all(
             isinstance(digest, str) and len(digest) == 64 and not digest.strip("0123456789abcdefABCDEF")
             for digest in digests.values()):
         return f"'sha256' must map file names to 64-digit hex SHA-256 digests, got {digests!r:.60}"
     try:
-        check_saved_config({key: meta[key] for key in ("image_size", "augmentation", "dataset")
-                            if meta.get(key) is not None})
+        check({key: meta[key] for key in ("dataset",) if meta.get(key) is not None}
+              | {key: meta.get(key) for key in ("size", "image_size", "augmentation")}, label=repr)
     except UsageError as error:
         return f"invalid settings: {error}"
     return None
@@ -470,16 +464,16 @@ def merge_resumed_config(config, checkpoint, given):
     if script_arch != config["recipe_arch"]:
         raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
                          f"continue it with main_{script_arch.upper()}.py")
-    conflicts = sorted(k for k in given - RESUME_OVERRIDABLE if saved.get(k) != config[k])
+    conflicts = sorted(k for k in given - set(names(RESUMABLE)) if saved.get(k) != config[k])
     if conflicts:
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
                          + ", ".join(f"{flag(k)} {config[k]} (saved: {saved.get(k)})" for k in conflicts))
     merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
-    for key in RESUME_OVERRIDABLE:
+    for key in names(RESUMABLE):
         merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
     merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
     try:
-        check_saved_config(merged)
+        check(merged)
     except UsageError as error:
         raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
     return merged

@@ -12,6 +12,7 @@ from models import MODEL_SIZES, build_model, load_weights
 
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, one_line
 from .recipes import recipe
+from .settings import MODEL, names
 
 DEFAULT_IMAGE_SIZE = 224  # every released recipe
 
@@ -90,8 +91,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     if size is None:
         raise CheckpointError(f"{path}: the tensor shapes match no model size; give --size "
                               f"({', '.join(MODEL_SIZES)})")
-    options = {k: v for k, v in (info.model_config or {}).items()
-               if k in ("attention", "matrix", "connection", "proj_drop_rule", "cross_block")}
+    options = {k: v for k, v in (info.model_config or {}).items() if k in names(MODEL) and k != "size"}
     model = build_model(info.arch if arch == "cross" else "base", len(classes), size=size, **options)
     try:
         load_weights(model, checkpoint, name=str(path))
