@@ -8,7 +8,6 @@ A training checkpoint (`last.pth`, `best.pth`) is a dict: `format` (`CHECKPOINT_
 face-recognition IR50 weights and the `.safetensors` export with its `model_info.json`. Every
 problem with any of them is a `CheckpointError` whose message names the file.
 """
-import math
 import os
 import pickle
 import random
@@ -24,7 +23,7 @@ from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
-from .settings import DEFAULT_PRETRAINED, RESUMABLE, UsageError, check, flag, names, read_json_file
+from .settings import DEFAULT_PRETRAINED, RESUMABLE, STATE, UsageError, check, flag, names, problem, read_json_file
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -161,8 +160,7 @@ def describe_checkpoint(checkpoint, path=""):
     if container == "ours":
         _add_our_metadata(info, checkpoint)
     elif container == "authors":
-        info.epoch = _as_int(checkpoint.get("epoch"))
-        info.best_acc = _as_float(checkpoint.get("best_acc"))
+        info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
     info.foreign_objects = foreign_classes(checkpoint)
     return info
 
@@ -178,9 +176,8 @@ def _add_our_metadata(info, checkpoint):
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
     info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
-    info.epoch = _as_int(checkpoint.get("epoch"))
-    info.best_acc = _as_float(checkpoint.get("best_acc"))
-    info.best_epoch = _as_int(checkpoint.get("best_epoch"))
+    info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
+    info.best_epoch = _counter(checkpoint, "best_epoch")
     if checkpoint.get("format") not in (None, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{info.path}: unknown checkpoint format {checkpoint.get('format')!r}")
     if info.classes and info.num_classes is not None and len(info.classes) != info.num_classes:
@@ -203,16 +200,12 @@ def _check_our_metadata(path, checkpoint, run_config, config):
         raise CheckpointError(f"{path}: its saved settings are invalid: {error}") from None
 
 
-def _as_float(value):
-    if isinstance(value, torch.Tensor):
-        return float(value.item()) if value.numel() == 1 else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _as_int(value):
-    if isinstance(value, torch.Tensor):
-        return int(value.item()) if value.numel() == 1 else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _counter(checkpoint, key):
+    """A counter of the file as a plain number, or None where it holds none the schema allows."""
+    value = checkpoint.get(key)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return None if value is None or problem(STATE[key], value) else value
 
 
 def foreign_classes(obj, found=None):
@@ -489,27 +482,26 @@ def check_training_state(checkpoint, path):
 def training_state_problem(checkpoint):
     """What is wrong with a training checkpoint's counters, optimiser, scheduler, RNG and mid-epoch
     sums, or None."""
-    def whole(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    for key in ("epoch", "step", "best_epoch"):
-        if not whole(checkpoint.get(key)):
-            return f"{key} is {checkpoint.get(key)!r}, not a whole number"
-    for key in ("best_acc", "test_at_best"):
-        if key in checkpoint and not number(checkpoint[key]):
-            return f"{key} is {checkpoint.get(key)!r}, not a number"
+    scheduler = checkpoint.get("scheduler")
+    if not isinstance(scheduler, dict) or "last_epoch" not in scheduler:
+        return "scheduler holds no schedule state"
+    try:
+        check({key: checkpoint.get(key) for key in ("epoch", "step", "best_epoch")}
+              | {key: checkpoint[key] for key in ("best_acc", "test_at_best") if key in checkpoint}
+              | {key: scheduler.get(key) for key in ("last_epoch", "gamma")}, label=str, schema=STATE)
+    except UsageError as error:
+        return str(error)
+    if (scheduler["last_epoch"], scheduler["gamma"]) != (checkpoint["epoch"], checkpoint["run_config"].get("gamma")):
+        return (f"the schedule (last_epoch {scheduler['last_epoch']}, gamma {scheduler['gamma']}) is not the run's "
+                f"(epoch {checkpoint['epoch']}, --gamma {checkpoint['run_config'].get('gamma')})")
     history = checkpoint.get("history")
-    if not isinstance(history, list) or not all(isinstance(row, dict) and whole(row.get("epoch")) for row in history):
+    if not isinstance(history, list) or not all(
+            isinstance(row, dict) and not problem(STATE["epoch"], row.get("epoch")) for row in history):
         return "history is not a list of per-epoch rows"
     optimizer = checkpoint.get("optimizer")
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
             or not isinstance(optimizer.get("param_groups"), list) or not optimizer["param_groups"]:
         return "optimizer holds no optimiser state"
-    if not isinstance(checkpoint.get("scheduler"), dict) or "last_epoch" not in checkpoint["scheduler"]:
-        return "scheduler holds no schedule state"
     rng = checkpoint.get("rng")
     if not isinstance(rng, dict) or not all(key in rng for key in ("python", "numpy", "torch")) \
             or not isinstance(rng["torch"], torch.Tensor) or not isinstance(rng["numpy"], (list, tuple)) \
@@ -517,7 +509,7 @@ def training_state_problem(checkpoint):
         return "rng does not hold the python, numpy and torch generator states"
     sums = checkpoint.get("partial")
     if checkpoint["step"] and not (isinstance(sums, dict) and all(
-            number(sums.get(key)) for key in ("loss_sum", "correct", "anchors", "seconds"))):
+            not problem(STATE["sum"], sums.get(key)) for key in ("loss_sum", "correct", "anchors", "seconds"))):
         return "partial (the sums of the unfinished epoch) is missing or malformed"
     return None
 

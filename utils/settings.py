@@ -182,6 +182,12 @@ SETTINGS = (
     Setting("replay_overrides", list, nullable=True),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
+# The counters of a training checkpoint and of its schedule, checked as the settings are.
+STATE = {setting.name: setting for setting in (
+    Setting("epoch", int, bounds=f"[0, {MAX_COUNT}]"), Setting("step", int, bounds=f"[0, {MAX_COUNT ** 2}]"),
+    Setting("best_epoch", int, bounds=f"[0, {MAX_COUNT}]"), Setting("best_acc", float, bounds="[0, 100]"),
+    Setting("test_at_best", float, bounds="[0, 100]"), Setting("last_epoch", int, bounds=f"[0, {MAX_COUNT}]"),
+    Setting("sum", float, bounds="[0, inf)"), BY_NAME["gamma"])}
 
 
 def names(role):
@@ -265,15 +271,12 @@ def augmentation_problem(augmentation, image_size):
     return None
 
 
-def check(values, label=flag, required=()):
+def check(values, label=flag, schema=BY_NAME):
     """UsageError, one line naming the setting (`label(name)`), for the first value in the
-    mapping `values` that its setting does not allow; names `required` must be present.
-    Keys that name no setting (ones a newer or older release wrote) are left alone."""
-    for name in required:
-        if name not in values:
-            values = {**values, name: None}
+    mapping `values` that its setting in `schema` does not allow. Keys that name no setting
+    (ones a newer or older release wrote) are left alone."""
     for name, value in values.items():
-        setting = BY_NAME.get(name)
+        setting = schema.get(name)
         message = problem(setting, value) if setting else None
         if message is None and setting and setting.kind is dict and value is not None:
             message = augmentation_problem(value, values.get("image_size"))

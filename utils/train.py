@@ -23,6 +23,7 @@ from .device import DeviceUnavailable, place_model, resolve_device, use_channels
 from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
 from .evaluation import run_evaluation
 from .metrics import EpochMeter
+from .recipes import fallback_note
 from .reporting import RunReport, epoch_row, make_logger
 from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
 from .runtime import RunControl, kill_worker_processes, signals_handled_by
@@ -135,8 +136,9 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     if config.get("replayed_from") and resumed is None:
         logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
-    if pretrained_note:
-        logger.info(pretrained_note)
+    for note in (fallback_note(config), pretrained_note):
+        if note:
+            logger.info(note)
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
