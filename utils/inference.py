@@ -74,8 +74,6 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     stands in for a base-branch-only file). A `.safetensors` export is rebuilt from its
     `model_info.json`, whose transform is the one (base branch only: `arch="cross"` refuses it).
     """
-    if image_size is not None and image_size < 16:
-        raise CheckpointError(f"--image-size must be at least 16 pixels, got {image_size}")
     checkpoint, info = load_checkpoint(path)
     if info.format == "ir50" or info.num_classes is None:
         raise CheckpointError(f"{path} holds {info.format_title}: no classifier to run; "

@@ -203,27 +203,19 @@ def flag(key):
 # ------------------------------------------------------------------------------ checking values
 
 def _interval(bounds):
-    """"(0, 1]" → (0.0, 1.0, low excluded, high excluded)."""
-    low, high = bounds[1:-1].split(",")
-    return float(low), float(high), bounds[0] == "(", bounds[-1] == ")"
-
-
-def _number(text):
-    return f"{float(text):g}" if float(text) < 1e6 else text.strip()
+    """"(0, 1]" → (0, 1, low excluded, high excluded); "inf": no bound."""
+    low, high = (float(end) if end == "inf" else int(end) for end in bounds[1:-1].split(", "))
+    return low, high, bounds[0] == "(", bounds[-1] == ")"
 
 
 def describe_bounds(bounds):
     """The allowed range in words, as the messages give it."""
     low, high, low_open, high_open = _interval(bounds)
-    lo, hi = _number(bounds[1:-1].split(",")[0]), _number(bounds[1:-1].split(",")[1])
-    if low_open and high_open and math.isfinite(high):
-        return f"between {lo} and {hi} (exclusive)"
-    if high_open and math.isfinite(high):
-        return f"in [{lo}, {hi})"
-    words = f"> {lo}" if low_open else f"at least {lo}"
-    if math.isfinite(high):
-        words += f" and ≤ {hi}" if low_open else f" and at most {hi}"
-    return words
+    if high == math.inf:
+        return f"> {low}" if low_open else f"at least {low}"
+    if high_open:
+        return f"between {low} and {high} (exclusive)" if low_open else f"in [{low}, {high})"
+    return f"> {low} and ≤ {high}" if low_open else f"at least {low} and at most {high}"
 
 
 def problem(setting, value):
