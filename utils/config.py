@@ -22,7 +22,9 @@ from .settings import (
     RECIPE,
     TEMPERATURE_DISTILLS,
     TRAINING,
+    DefaultsOnceFormatter,
     UsageError,
+    build_parser,
     check,
     flag,
     given_options,
@@ -31,8 +33,9 @@ from .settings import (
     read_json_file,
 )
 
-__all__ = ["DEFAULT_PRETRAINED", "UsageError", "flag", "given_options", "parse_args", "read_json_file",
-           "resolve_config", "model_from_config", "transforms_for"]
+# re-exported: the settings' home was this module
+__all__ = ["DEFAULT_PRETRAINED", "DefaultsOnceFormatter", "UsageError", "build_parser", "flag", "given_options",
+           "parse_args", "read_json_file", "resolve_config", "model_from_config", "transforms_for"]
 
 
 def resolve_config(arch, args):
