@@ -234,3 +234,12 @@ def test_the_recipe_note_is_in_the_runs_log(trained_run):
     note = ("folder has no released recipe: it takes RAF-DB's QCS recipe: lr 0.001 (given; the recipe's 3e-06), "
             "epochs 1 (given; the recipe's 200), batch size 4 (given; the recipe's 24), augmentation kind=A")
     assert note in (trained_run / "log.txt").read_text()
+
+
+def test_a_resumed_checkpoints_compile_backend_is_checked_before_any_work(tmp_path, capsys):
+    checkpoint = torch.load(FIXTURES / "release_run" / "last.pth", map_location="cpu", weights_only=True)
+    checkpoint["run_config"]["compile_backend"] = "no-such-backend"
+    torch.save(checkpoint, tmp_path / "last.pth")
+    assert main("qcs", ["--resume", str(tmp_path / "last.pth"), "--epochs", "3", "--compile"]) == 2
+    assert "its saved settings are invalid: --compile-backend 'no-such-backend' is not a torch.compile backend " \
+           "here" in one_line(capsys.readouterr().out)

@@ -23,7 +23,18 @@ from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
-from .settings import DEFAULT_PRETRAINED, RESUMABLE, STATE, UsageError, check, flag, names, problem, read_json_file
+from .settings import (
+    DEFAULT_PRETRAINED,
+    RESUMABLE,
+    STATE,
+    UsageError,
+    check,
+    check_compile_backend,
+    flag,
+    names,
+    problem,
+    read_json_file,
+)
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -467,6 +478,8 @@ def merge_resumed_config(config, checkpoint, given):
     merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
     try:
         check(merged)
+        if merged["compile"]:  # a saved backend this torch lacks
+            check_compile_backend(merged["compile_backend"])
     except UsageError as error:
         raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
     return merged

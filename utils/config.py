@@ -26,6 +26,7 @@ from .settings import (
     UsageError,
     build_parser,
     check,
+    check_compile_backend,
     flag,
     given_options,
     names,
@@ -135,16 +136,6 @@ def inapplicable_options(config):
         ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
                                           "cross ViT): both rules give no projection dropout"))
     return ignored
-
-
-def check_compile_backend(backend):
-    """`--compile-backend` must name a backend `torch.compile` has here (checked before any work)."""
-    import torch._dynamo  # imported only with --compile: it takes a few seconds
-
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if backend not in known:
-        raise UsageError(f"--compile-backend {backend!r} is not a torch.compile backend here; "
-                         f"choose one of {', '.join(known)}")
 
 
 def tensorboard_available():

@@ -276,6 +276,16 @@ def check(values, label=flag, schema=BY_NAME):
             raise UsageError(f"{label(name)} {message}")
 
 
+def check_compile_backend(backend):
+    """`--compile-backend` must name a backend `torch.compile` has here (checked before any work)."""
+    import torch._dynamo  # imported only with --compile: it takes a few seconds
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UsageError(f"--compile-backend {backend!r} is not a torch.compile backend here; "
+                         f"choose one of {', '.join(known)}")
+
+
 def check_options(args, shared=("dataset", "image_size", "batch_size", "seed", "size", "device", "lr")):
     """A tool's options that share a run setting's name and meaning, checked as the run's; unset
     ones (None: taken from the checkpoint) are skipped."""
