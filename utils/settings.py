@@ -220,16 +220,13 @@ def describe_bounds(bounds):
 
 def problem(setting, value):
     """What is wrong with `value` for `setting` (a message without the name), or None."""
-    if value is None:
-        return None if setting.nullable else _type_problem(setting, value)
-    if setting.kind is bool:
-        return None if isinstance(value, bool) else _type_problem(setting, value)
-    if setting.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        return _type_problem(setting, value)
-    if setting.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return _type_problem(setting, value)
-    if setting.kind in (str, dict, list) and not isinstance(value, setting.kind):
-        return _type_problem(setting, value)
+    kinds = (int, float) if setting.kind is float else setting.kind  # a whole number is a number too
+    if value is None and setting.nullable:
+        return None
+    if not isinstance(value, kinds) or (isinstance(value, bool) and setting.kind is not bool):
+        kind = {bool: "true, false" if setting.nullable else "true or false", int: "a whole number",
+                float: "a number", str: "a text", dict: "a mapping", list: "a list"}[setting.kind]
+        return f"must be {kind}{' or null' if setting.nullable else ''}, got {value!r}"
     if setting.choices is not None and value not in setting.choices:
         return f"{value!r} is not one of {', '.join(map(str, setting.choices))}"
     if setting.bounds is not None:
@@ -238,13 +235,6 @@ def problem(setting, value):
         if not ok or (setting.kind is float and not math.isfinite(value)):  # NaN fails every comparison
             return f"must be {describe_bounds(setting.bounds)}, got {value}"
     return None
-
-
-def _type_problem(setting, value):
-    if setting.kind is bool:
-        return f"must be true{', false or null' if setting.nullable else ' or false'}, got {value!r}"
-    kind = {int: "a whole number", float: "a number", str: "a text", dict: "a mapping", list: "a list"}[setting.kind]
-    return f"must be {kind}{' or null' if setting.nullable else ''}, got {value!r}"
 
 
 def augmentation_problem(augmentation, image_size):

@@ -273,10 +273,7 @@ def check_shared_options(args):
     side = getattr(args, "image_size", None)
     if side is not None and not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
         raise ToolError(f"--image-size must be {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels, got {side}")
-    try:
-        check_options(args, shared=("batch_size",))
-    except UsageError as error:
-        raise ToolError(str(error)) from None
+    check_options(args, shared=("batch_size",))
 
 
 def main(argv=None):
@@ -296,7 +293,7 @@ def main(argv=None):
             from . import export
             return export.run(args)
         return run_inspect(args)
-    except (ToolError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
+    except (ToolError, UsageError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

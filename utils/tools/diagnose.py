@@ -130,15 +130,12 @@ def report(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.images < 2 or args.image_size < 16 or not args.lr > 0:
-        parser.error("--images must be at least 2, --image-size at least 16 and --lr > 0")
+    if args.images < 2:
+        parser.error("--images must be at least 2")
     try:
         check_options(args)
-    except UsageError as error:
-        parser.error(str(error))
-    try:
         report(args)
-    except DataError as error:
+    except (DataError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
