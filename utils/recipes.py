@@ -68,11 +68,10 @@ def fallback_note(config):
     if dataset == "demo" or (arch, dataset) in RELEASED:
         return None
     defaults = recipe(arch, dataset)
-    parts = []
-    for key, text in (("lr", "lr {}"), ("epochs", "epochs {}"), ("batch_size", "batch size {}"),
-                      ("augmentation", "augmentation {}")):
-        given = "" if config[key] == defaults[key] else f" (given; the recipe's {_shown(defaults[key])})"
-        parts.append(text.format(_shown(config[key])) + given)
+    parts = [f"{label} {_shown(config[key])}"
+             + ("" if config[key] == defaults[key] else f" (given; the recipe's {_shown(defaults[key])})")
+             for key, label in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch size"),
+                                ("augmentation", "augmentation"))]
     return f"{dataset} has no released recipe: it takes {FALLBACK_DATASET}'s {arch.upper()} recipe: {', '.join(parts)}"
 
 
