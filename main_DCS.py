@@ -1,10 +1,10 @@
 """Train / resume / evaluate DCS (two-branch Dual Cross Similarity). See --help."""
 import sys
 
-from utils.settings import parse_args
+from utils.settings import parse_or_exit
 
 if __name__ == "__main__":
-    parse_args("dcs")  # --help and malformed options answer before torch is imported
+    parse_or_exit("dcs")  # --help and usage errors answer before torch is imported
     from utils.train import main
 
     sys.exit(main("dcs"))

@@ -108,15 +108,33 @@ def test_evaluate_accepts_its_own_options(tmp_path, capsys):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def run_script(script, *argv):
+    """`python SCRIPT ARGV...` at 80 columns: (exit status, stdout, whether torch was imported)."""
+    probe = ("import runpy, sys\nscript, sys.argv = sys.argv[1], sys.argv[1:]\ncode = 0\ntry:\n"
+             "    runpy.run_path(script, run_name='__main__')\nexcept SystemExit as stop:\n    code = stop.code\n"
+             "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, script, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    out, _, last = done.stdout.rstrip("\n").rpartition("\n")
+    code, torch_imported = last.split()
+    return int(code), out + "\n" if out else "", torch_imported == "True"
+
+
 @pytest.mark.parametrize("arch", ["qcs", "dcs"])
 def test_help_is_the_previous_releases_and_imports_no_torch(arch):
     script = f"main_{arch.upper()}.py"
-    probe = ("import runpy, sys\nsys.argv = [sys.argv[1], '--help']\ntry:\n    runpy.run_path(sys.argv[0], "
-             "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe, script], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
     expected = (FIXTURES / "help" / f"{script[:-3]}.txt").read_text()  # saved before the schema existed
-    assert done.stdout == expected + "torch imported: False\n", done.stderr
+    assert run_script(script, "--help") == (0, expected, False)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["-b", "0"], "error: --batch-size must be at least 1 and at most 1000000, got 0"),
+    (["--evaluate", "x.pth", "--epochs", "0"], "error: --epochs only applies to training; --evaluate follows the "
+                                               "checkpoint"),
+])
+def test_a_usage_error_answers_before_torch_is_imported(argv, expected):
+    code, out, torch_imported = run_script("main_QCS.py", *argv)
+    assert code == 2 and not torch_imported and out.count("\n") == 1 and out.rstrip().endswith(expected), out
 
 
 def one_line(out):

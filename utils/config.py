@@ -21,7 +21,6 @@ from .settings import (
     NOT_REPLAYED,
     RECIPE,
     TEMPERATURE_DISTILLS,
-    TRAINING,
     DefaultsOnceFormatter,
     UsageError,
     build_parser,
@@ -32,6 +31,7 @@ from .settings import (
     names,
     parse_args,
     read_json_file,
+    refuse_mode_conflicts,
 )
 
 # re-exported: the settings' home was this module
@@ -88,24 +88,6 @@ def read_replayed_config(path, arch):
     except UsageError as error:
         raise UsageError(f"--config {path}: its settings are invalid: {error}") from None
     return saved
-
-
-def refuse_mode_conflicts(args, given):
-    """Options that belong to another mode (training, resuming, evaluating) than the one asked for."""
-    if args.resume and args.evaluate:
-        raise UsageError("--resume and --evaluate cannot be used together")
-    if args.config and args.resume:
-        raise UsageError("--config starts a new run from an earlier run's settings; --resume continues a "
-                         "run with its own: give one of them")
-    if args.predictions and not args.evaluate:
-        raise UsageError("--predictions is only used with --evaluate")
-    if "compile_backend" in given and not args.compile:
-        raise UsageError("--compile-backend is only used with --compile")
-    if args.evaluate:
-        training = [flag(key) for key in names(TRAINING) if key in given]
-        if training:
-            raise UsageError(f"{', '.join(training)} only appl{'ies' if len(training) == 1 else 'y'} to "
-                             "training; --evaluate follows the checkpoint")
 
 
 def refuse_inapplicable(config, given):

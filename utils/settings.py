@@ -11,6 +11,8 @@ import copy
 import json
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,6 +357,36 @@ def parse_args(arch, argv=None):
     args = build_parser(arch).parse_args(argv)
     args.given = given_options(arch, argv)
     return args
+
+
+def refuse_mode_conflicts(args, given):
+    """Options that belong to another mode (training, resuming, evaluating) than the one asked for."""
+    if args.resume and args.evaluate:
+        raise UsageError("--resume and --evaluate cannot be used together")
+    if args.config and args.resume:
+        raise UsageError("--config starts a new run from an earlier run's settings; --resume continues a "
+                         "run with its own: give one of them")
+    if args.predictions and not args.evaluate:
+        raise UsageError("--predictions is only used with --evaluate")
+    if "compile_backend" in given and not args.compile:
+        raise UsageError("--compile-backend is only used with --compile")
+    if args.evaluate:
+        training = [flag(key) for key in names(TRAINING) if key in given]
+        if training:
+            raise UsageError(f"{', '.join(training)} only appl{'ies' if len(training) == 1 else 'y'} to "
+                             "training; --evaluate follows the checkpoint")
+
+
+def parse_or_exit(arch):
+    """The command line of `main_<ARCH>.py`, with the options given checked before torch is imported:
+    `--help` answers at once, and so does a usage error (one line, exit status 2)."""
+    args = parse_args(arch)
+    try:
+        refuse_mode_conflicts(args, args.given)
+        check({key: value for key, value in vars(args).items() if key in args.given})
+    except UsageError as error:
+        print(f"{time.strftime('%H:%M:%S')} error: {error}")
+        sys.exit(2)
 
 
 def given_options(arch, argv):
