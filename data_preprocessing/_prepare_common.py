@@ -9,11 +9,14 @@ import csv
 import math
 import sys
 from collections import Counter
+from multiprocessing import Pool
 from pathlib import Path
 
-from data_preprocessing.datasets import ListLayout
-from data_preprocessing.errors import DataError
+from PIL import Image, UnidentifiedImageError
+
+from data_preprocessing.errors import DataError, RowErrors
 from data_preprocessing.files import invalid_utf8_position, non_regular_kind
+from data_preprocessing.layouts import ListLayout
 from data_preprocessing.outputs import (
     OutputError,
     atomic_write,
@@ -90,9 +93,11 @@ def write_list_file(path: Path, entries) -> None:
                  mode="w", flag="--out")
 
 
-def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict, class_names=None) -> list[Path]:
+def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict, class_names=None,
+                       left_out: dict | None = None) -> list[Path]:
     """Write each split's list file under ``out_dir`` (named by ``layout``), print how many images
-    each kept, in total and per class, and return the paths written."""
+    each kept, in total and per class, and how many rows the documented rules left out
+    (``left_out``: ``{reason: count}``), and return the paths written."""
     class_names = layout.classes if class_names is None else class_names
     written = []
     for split, entries in entries_by_split.items():
@@ -100,6 +105,9 @@ def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict
         write_list_file(path, entries)
         written.append(path)
         print(f"{layout.name} {split}: {count_summary(entries, class_names)}")
+    if left_out is not None:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in left_out.items())
+        print(f"{layout.name}: {sum(left_out.values())} row(s) left out ({reasons})")
     print(f"wrote {', '.join(path.name for path in written)} in {out_dir}")
     return written
 
@@ -111,15 +119,21 @@ def count_summary(entries, class_names) -> str:
     return f"{len(entries)} images ({per_class})"
 
 
-def read_csv_rows(path: Path, expected_header, flag: str, header_optional: bool = False):
+def read_csv_rows(path: Path, expected_header, flag: str, bad_rows: RowErrors, header_optional: bool = False):
     """Yield ``(line_number, row)`` for the data rows of a CSV file, checking its header.
 
     The header must start with ``expected_header`` (case-insensitive). With
     ``header_optional`` a first row that does not look like the header is taken
-    as data. Every row must have at least ``len(expected_header)`` fields.
+    as data. A row with fewer than ``len(expected_header)`` fields is recorded in
+    ``bad_rows`` and skipped.
     """
     try:
-        yield from _csv_rows(path, expected_header, flag, header_optional)
+        for line_number, row in _csv_rows(path, expected_header, flag, header_optional):
+            if len(row) < len(expected_header):
+                bad_rows.add(PrepareError(f"{path}:{line_number}: expected {len(expected_header)} comma-separated "
+                                          f"fields, got {len(row)}"))
+            else:
+                yield line_number, row
     except UnicodeDecodeError:
         raise utf8_error(path, flag) from None
 
@@ -138,18 +152,10 @@ def _csv_rows(path: Path, expected_header, flag: str, header_optional: bool):
                 raise PrepareError(f"{flag} {path}:{reader.line_num}: expected header starting with "
                                    f"{','.join(expected_header)}, got {','.join(first[:len(expected)])}")
             pending = [(reader.line_num, first)]
-        for line_number, row in pending:
-            yield _checked_row(path, line_number, row, len(expected))
+        yield from pending
         for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            yield _checked_row(path, reader.line_num, row, len(expected))
-
-
-def _checked_row(path, line_number: int, row, width: int):
-    if len(row) < width:
-        raise PrepareError(f"{path}:{line_number}: expected {width} comma-separated fields, got {len(row)}")
-    return line_number, row
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, row
 
 
 def parse_int(text: str, path, line_number: int, what: str) -> int:
@@ -161,6 +167,34 @@ def parse_int(text: str, path, line_number: int, what: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise PrepareError(f"{path}:{line_number}: {what} must be an integer, got {text!r}")
     return int(value)
+
+
+def decode_problem(task) -> str | None:
+    """Why the image ``path`` of ``task = (path, where)`` cannot be decoded, or None (runs in workers)."""
+    path, where = task
+    try:
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))  # a JPEG is decoded at 1/8 scale: all its data is still read
+            image.load()  # a truncated or damaged file fails here
+    except UnidentifiedImageError:
+        return f"{where} {path}: not an image file (no format recognised)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"{where} {path}: not a readable image ({error})"
+    return None
+
+
+def check_images_decode(tasks, workers: int = 1) -> None:
+    """Decode every ``(image path, where it is listed)``; PrepareError naming each one that does not
+    (up to MAX_BAD_ROWS), so a broken image is refused here rather than when training reaches it."""
+    bad_rows = RowErrors()
+    if workers > 1:
+        with Pool(workers) as pool:
+            problems = list(pool.imap(decode_problem, tasks, chunksize=64))
+    else:
+        problems = map(decode_problem, tasks)
+    for problem in filter(None, problems):
+        bad_rows.add(PrepareError(problem))
+    bad_rows.raise_any()
 
 
 def run_main(prepare, argv=None) -> int:

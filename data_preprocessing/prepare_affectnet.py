@@ -30,6 +30,7 @@ from PIL import Image
 
 from data_preprocessing._prepare_common import (
     PrepareError,
+    check_images_decode,
     claim_prepared_outputs,
     layout_list_paths,
     parse_int,
@@ -39,8 +40,9 @@ from data_preprocessing._prepare_common import (
     run_main,
     write_layout_lists,
 )
-from data_preprocessing.datasets import LIST_LAYOUTS
+from data_preprocessing.errors import RowErrors
 from data_preprocessing.images import clamp_box
+from data_preprocessing.layouts import LIST_LAYOUTS
 from data_preprocessing.outputs import OutputError, output_errors
 
 LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
@@ -52,25 +54,38 @@ MAX_MISSING_SHOWN = 5
 WORKERS_PER_CPU, MAX_WORKERS = 4, 64  # cropping is CPU-bound: more processes than this only cost memory
 
 
-def read_annotations(path: Path, flag: str) -> list[dict]:
-    """Rows with an expression of 0..7, as dicts (csv, line, name, box, label)."""
-    kept = []
-    for line_number, row in read_csv_rows(path, AFFECTNET_HEADER, flag, header_optional=True):
-        name = row[0].strip()
-        relative = PurePosixPath(name.replace("\\", "/"))
-        if not name or relative.is_absolute() or ".." in relative.parts or any(c.isspace() for c in name):
-            raise PrepareError(f"{path}:{line_number}: subDirectory_filePath {name!r} must be a relative "
-                               f"path without spaces")
-        expression = parse_int(row[6], path, line_number, "expression")
-        if not 0 <= expression <= MAX_EXPRESSION_CODE:
-            raise PrepareError(f"{path}:{line_number}: expression {row[6]!r} is outside 0..{MAX_EXPRESSION_CODE}")
-        box = [parse_int(row[col], path, line_number, AFFECTNET_HEADER[col]) for col in range(1, 5)]
-        if box[2] <= 0 or box[3] <= 0:
-            raise PrepareError(f"{path}:{line_number}: face_width and face_height must be > 0, got {box[2:]}")
-        if expression < len(LIST_LAYOUTS["AffectNet-8"].classes):
-            kept.append({"csv": str(path), "line": line_number, "name": relative.as_posix(),
-                         "box": tuple(box), "label": expression})
-    return kept
+def read_annotations(path: Path, flag: str, bad_rows: RowErrors, seen: dict) -> tuple[list[dict], int]:
+    """Rows with an expression of 0..7, as dicts (csv, line, name, box, label), and the number of rows
+    left out (codes 8..10). A bad row is recorded in ``bad_rows``; ``seen`` maps each image name
+    to where it was first listed, across both CSV files, so an image listed twice is refused."""
+    kept, left_out = [], 0
+    for line_number, row in read_csv_rows(path, AFFECTNET_HEADER, flag, bad_rows, header_optional=True):
+        with bad_rows.row():
+            name, box, expression = _parse_row(row, path, line_number)
+            if name in seen:
+                raise PrepareError(f"{path}:{line_number}: image {name!r} already listed at {seen[name]}")
+            seen[name] = f"{path}:{line_number}"
+            if expression < len(LIST_LAYOUTS["AffectNet-8"].classes):
+                kept.append({"csv": str(path), "line": line_number, "name": name, "box": box, "label": expression})
+            else:
+                left_out += 1
+    return kept, left_out
+
+
+def _parse_row(row, path: Path, line_number: int) -> tuple[str, tuple, int]:
+    """``(relative image name, face box, expression code)`` of one checked CSV row."""
+    name = row[0].strip()
+    relative = PurePosixPath(name.replace("\\", "/"))
+    if not name or relative.is_absolute() or ".." in relative.parts or any(c.isspace() for c in name):
+        raise PrepareError(f"{path}:{line_number}: subDirectory_filePath {name!r} must be a relative "
+                           f"path without spaces")
+    expression = parse_int(row[6], path, line_number, "expression")
+    if not 0 <= expression <= MAX_EXPRESSION_CODE:
+        raise PrepareError(f"{path}:{line_number}: expression {row[6]!r} is outside 0..{MAX_EXPRESSION_CODE}")
+    box = [parse_int(row[col], path, line_number, AFFECTNET_HEADER[col]) for col in range(1, 5)]
+    if box[2] <= 0 or box[3] <= 0:
+        raise PrepareError(f"{path}:{line_number}: face_width and face_height must be > 0, got {box[2:]}")
+    return relative.as_posix(), tuple(box), expression
 
 
 def check_images_exist(images_dir: Path, rows) -> None:
@@ -113,30 +128,26 @@ def crop_one(task) -> CropFailure | None:
 
 
 def crop_faces(rows, images_dir: Path, crop_dir: Path, workers: int) -> None:
-    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError naming the
-    first bad input after all were tried, OutputError at the first face that cannot be written."""
-    unique = {row["name"]: row for row in rows}  # an image listed twice is cropped once
-    tasks = [(str(images_dir / name), str(crop_dir / name), row["box"], f"{row['csv']}:{row['line']}")
-             for name, row in unique.items()]
+    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError naming each bad
+    input (up to a bound) after all were tried, OutputError at the first face that cannot be written."""
+    tasks = [(str(images_dir / row["name"]), str(crop_dir / row["name"]), row["box"], f"{row['csv']}:{row['line']}")
+             for row in rows]
     if workers > 1:
         with Pool(workers) as pool:  # leaving the block terminates the workers, also on OutputError
-            errors = _input_failures(pool.imap(crop_one, tasks, chunksize=64))
+            _raise_failures(pool.imap(crop_one, tasks, chunksize=64))
     else:
-        errors = _input_failures(map(crop_one, tasks))
-    if errors:
-        raise PrepareError(f"{len(errors)} face(s) could not be cropped; first: {errors[0].message}")
+        _raise_failures(map(crop_one, tasks))
 
 
-def _input_failures(results) -> list[CropFailure]:
-    """The failures among ``results``; stops with OutputError at the first failed write (a full
-    disk fails every later face too)."""
-    failures = []
-    for failure in results:
-        if failure is not None and failure.output:
+def _raise_failures(results) -> None:
+    """OutputError at the first failed write (a full disk fails every later face too); otherwise,
+    once all are done, the bad inputs together."""
+    bad_rows = RowErrors()
+    for failure in filter(None, results):
+        if failure.output:
             raise OutputError(failure.message)
-        if failure is not None:
-            failures.append(failure)
-    return failures
+        bad_rows.add(PrepareError(failure.message))
+    bad_rows.raise_any()
 
 
 def workers_limit() -> int:
@@ -181,19 +192,28 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     claim_prepared_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
                   folders=[out_dir / CROP_DIR] if args.crop else [])
 
-    rows = {"train": read_annotations(csv_paths["train"], "--train-csv"),
-            "test": read_annotations(csv_paths["test"], "--val-csv")}
+    bad_rows, seen = RowErrors(), {}
+    train, train_left_out = read_annotations(csv_paths["train"], "--train-csv", bad_rows, seen)
+    test, test_left_out = read_annotations(csv_paths["test"], "--val-csv", bad_rows, seen)
+    bad_rows.raise_any()
+    rows = {"train": train, "test": test}
     if images_dir is not None:
-        check_images_exist(images_dir, rows["train"] + rows["test"])
+        check_images_exist(images_dir, train + test)
     if args.crop:
-        crop_faces(rows["train"] + rows["test"], images_dir, out_dir / CROP_DIR, args.workers)
+        crop_faces(train + test, images_dir, out_dir / CROP_DIR, args.workers)
+    elif images_dir is not None:  # cropping decodes every image; without it, check that each one does
+        check_images_decode([(images_dir / row["name"], f"{row['csv']}:{row['line']}:") for row in train + test],
+                            args.workers)
 
     written = {}
     for layout in LAYOUTS:
         num_classes = len(layout.classes)
         entries = {split: [(row["name"], row["label"]) for row in split_rows if row["label"] < num_classes]
                    for split, split_rows in rows.items()}
-        write_layout_lists(out_dir, layout, entries)
+        left_out = {"with expression 8..10 (None, Uncertain, Non-Face)": train_left_out + test_left_out}
+        if num_classes < len(LIST_LAYOUTS["AffectNet-8"].classes):
+            left_out["with expression 7 (Contempt)"] = sum(row["label"] >= num_classes for row in train + test)
+        write_layout_lists(out_dir, layout, entries, left_out=left_out)
         written.update({(split, num_classes): split_entries for split, split_entries in entries.items()})
     return written
 

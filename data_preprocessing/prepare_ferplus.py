@@ -31,13 +31,10 @@ from data_preprocessing._prepare_common import (
     run_main,
     write_layout_lists,
 )
-from data_preprocessing.datasets import (
-    FER2013_USAGE_TO_SPLIT,
-    LIST_LAYOUTS,
-    parse_fer2013_pixels,
-    read_fer2013_rows,
-)
+from data_preprocessing.errors import RowErrors
+from data_preprocessing.fer2013 import FER2013_USAGE_TO_SPLIT, parse_fer2013_pixels, read_fer2013_rows
 from data_preprocessing.images import IMAGE_EXTENSIONS, is_image_file
+from data_preprocessing.layouts import LIST_LAYOUTS
 from data_preprocessing.outputs import make_output_dir, output_errors
 
 LAYOUT = LIST_LAYOUTS["FERPlus"]
@@ -88,57 +85,69 @@ def _check_usage(usage: str, path, line_number) -> None:
                            f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
 
 
-def read_ferplus_votes(ferplus_path: Path) -> list[tuple[int, str, str, list[int]]]:
-    """Validated ``(line, usage, image name, votes)`` for every data row of fer2013new.csv."""
+def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, list[int]] | None]:
+    """Validated ``(line, usage, image name, votes)`` for every data row of fer2013new.csv (None for
+    a bad row, which is recorded in ``bad_rows``)."""
     rows = []
     seen: dict[str, int] = {}
-    for line_number, row in read_csv_rows(ferplus_path, FERPLUS_HEADER, "--ferplus"):
-        usage, name = row[0].strip(), row[1].strip()
-        _check_usage(usage, ferplus_path, line_number)
-        votes = _parse_votes(row, ferplus_path, line_number)
-        if name:
-            _check_image_name(name, ferplus_path, line_number, seen)
-        rows.append((line_number, usage, name, votes))
+    for line_number, row in read_csv_rows(ferplus_path, FERPLUS_HEADER, "--ferplus", bad_rows):
+        checked = None
+        with bad_rows.row():
+            usage, name = row[0].strip(), row[1].strip()
+            _check_usage(usage, ferplus_path, line_number)
+            votes = _parse_votes(row, ferplus_path, line_number)
+            if name:
+                _check_image_name(name, ferplus_path, line_number, seen)
+            checked = (line_number, usage, name, votes)
+        rows.append(checked)
     return rows
 
 
-def read_faces(fer2013_path: Path, ferplus_path: Path) -> list[tuple[str, np.ndarray, str, list[int]]]:
-    """``(image name, 48x48 pixels, usage, votes)`` of every FERPlus row with an image name, with both
-    files read and checked in full, so a bad row is refused before anything is written. fer2013.csv
-    is streamed: only the decoded faces are kept (48*48 bytes each)."""
-    plus_rows = read_ferplus_votes(ferplus_path)
-    faces, first_problem, fer_count = [], None, 0
-    for fer_row in read_fer2013_rows(fer2013_path):
+def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, np.ndarray, str, list[int]]], int]:
+    """``(image name, 48x48 pixels, usage, votes)`` of every FERPlus row with an image name, and the
+    number of rows without one, with both files read and checked in full, so bad rows (all of them,
+    up to a bound) are refused before anything is written. fer2013.csv is streamed: only the decoded
+    faces are kept (48*48 bytes each)."""
+    bad_rows, fer_bad_rows, mismatches = RowErrors(), RowErrors(), RowErrors()
+    plus_rows = read_ferplus_votes(ferplus_path, bad_rows)
+    faces, unnamed, fer_count = [], 0, 0
+    for fer_row in read_fer2013_rows(fer2013_path, fer_bad_rows):
         fer_count += 1
-        if fer_count > len(plus_rows) or first_problem is not None:
+        if fer_row.index >= len(plus_rows) or plus_rows[fer_row.index] is None:
             continue  # only counting: the count mismatch is the error to report
-        plus_line, usage, name, votes = plus_rows[fer_count - 1]
+        plus_line, usage, name, votes = plus_rows[fer_row.index]
         if fer_row.usage != usage:
-            first_problem = PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
-                                         f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond")
+            mismatches.add(PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
+                                        f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond"))
         elif name:  # rows without a name have no FERPlus image
-            faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
-    if fer_count != len(plus_rows):
+            with fer_bad_rows.row():
+                faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
+        unnamed += not name
+    bad_rows.merge(fer_bad_rows)
+    bad_rows.raise_any()
+    if fer_count != len(plus_rows):  # every row is good here
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
                            f"has {len(plus_rows)}; the rows must correspond one to one")
-    if first_problem is not None:
-        raise first_problem
-    return faces
+    mismatches.raise_any()
+    return faces, unnamed
 
 
-def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> dict[str, list[tuple[str, int]]]:
-    """Write the images and return the kept ``(image name, label)`` entries per split."""
-    faces = read_faces(fer2013_path, ferplus_path)
+def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> tuple[dict[str, list[tuple[str, int]]], dict]:
+    """Write the images; return the kept ``(image name, label)`` entries per split and the rows left
+    out by the documented rules, ``{reason: count}``."""
+    faces, unnamed = read_faces(fer2013_path, ferplus_path)
     image_dir = make_output_dir(out_dir / LAYOUT.image_dir, "--out")
     entries: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
+    no_majority = 0
     for name, pixels, usage, votes in faces:
         with output_errors(image_dir / name, "--out", "saving the image"):
             Image.fromarray(pixels, "L").save(image_dir / name)
         label = majority_vote(votes)
         if label is not None:
             entries[FER2013_USAGE_TO_SPLIT[usage]].append((name, label))
+        no_majority += label is None
     print(f"wrote images to {image_dir}")
-    return entries
+    return entries, {"without an image name": unnamed, "with no majority among the 8 emotions": no_majority}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +168,8 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     out_dir = Path(args.out)
     claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path], args.overwrite,
                   folders=[out_dir / LAYOUT.image_dir])
-    entries = convert(fer2013_path, ferplus_path, out_dir)
-    write_layout_lists(out_dir, LAYOUT, entries)
+    entries, left_out = convert(fer2013_path, ferplus_path, out_dir)
+    write_layout_lists(out_dir, LAYOUT, entries, left_out=left_out)
     return entries
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from data_preprocessing._prepare_common import (
     PrepareError,
+    check_images_decode,
     claim_prepared_outputs,
     layout_list_paths,
     parse_int,
@@ -26,7 +27,8 @@ from data_preprocessing._prepare_common import (
     utf8_error,
     write_layout_lists,
 )
-from data_preprocessing.datasets import LIST_LAYOUTS
+from data_preprocessing.errors import RowErrors
+from data_preprocessing.layouts import LIST_LAYOUTS
 
 LAYOUT = LIST_LAYOUTS["RAF-DB"]
 MAX_MISSING_SHOWN = 5
@@ -51,36 +53,47 @@ def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
 def _parse_partition_lines(path: Path) -> dict[str, list[tuple[str, int]]]:
     splits: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
+    bad_rows = RowErrors()
+    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is accepted, as in the CSV readers
         for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise PrepareError(f"{path}:{line_number}: expected '<image name> <label>', got {line.strip()!r}")
-            name, label_text = fields
-            split = name.split("_", 1)[0]
-            if split not in splits or "/" in name or "\\" in name:
-                raise PrepareError(f"{path}:{line_number}: image name {name!r} must start with "
-                                   f"'train_' or 'test_' and contain no folder")
-            label = parse_int(label_text, path, line_number, "label")
-            if not 1 <= label <= len(LAYOUT.classes):
-                raise PrepareError(f"{path}:{line_number}: label {label_text!r} is outside 1..{len(LAYOUT.classes)}")
-            if name in seen:
-                raise PrepareError(f"{path}:{line_number}: image {name!r} already listed on line {seen[name]}")
-            seen[name] = line_number
-            splits[split].append((aligned_name(name), label - 1))
+            if line.split():
+                with bad_rows.row():
+                    split, name, label = _parse_line(line, path, line_number, seen)
+                    splits[split].append((aligned_name(name), label - 1))
+    bad_rows.raise_any()
     if not seen:
         raise PrepareError(f"{path}: no image lines found")
     return splits
 
 
-def check_images_exist(images_dir: Path, splits) -> None:
-    """PrepareError naming the first few listed aligned images that are not in ``images_dir``."""
-    missing = [name for entries in splits.values() for name, _ in entries if not (images_dir / name).is_file()]
+def _parse_line(line: str, path: Path, line_number: int, seen: dict) -> tuple[str, str, int]:
+    """``(split, image name, label 1..7)`` of one line; ``seen`` maps each name to its first line."""
+    fields = line.split()
+    if len(fields) != 2:
+        raise PrepareError(f"{path}:{line_number}: expected '<image name> <label>', got {line.strip()!r}")
+    name, label_text = fields
+    split = name.split("_", 1)[0]
+    if split not in LAYOUT.list_files or "/" in name or "\\" in name:
+        raise PrepareError(f"{path}:{line_number}: image name {name!r} must start with "
+                           f"'train_' or 'test_' and contain no folder")
+    label = parse_int(label_text, path, line_number, "label")
+    if not 1 <= label <= len(LAYOUT.classes):
+        raise PrepareError(f"{path}:{line_number}: label {label_text!r} is outside 1..{len(LAYOUT.classes)}")
+    if name in seen:
+        raise PrepareError(f"{path}:{line_number}: image {name!r} already listed on line {seen[name]}")
+    seen[name] = line_number
+    return split, name, label
+
+
+def check_images(images_dir: Path, splits) -> None:
+    """PrepareError naming the first few listed aligned images that are not in ``images_dir``, then
+    each one that does not decode."""
+    names = [name for entries in splits.values() for name, _ in entries]
+    missing = [name for name in names if not (images_dir / name).is_file()]
     if missing:
         shown = ", ".join(missing[:MAX_MISSING_SHOWN]) + (" ..." if len(missing) > MAX_MISSING_SHOWN else "")
         raise PrepareError(f"--images {images_dir}: {len(missing)} aligned image(s) listed but missing: {shown}")
+    check_images_decode([(images_dir / name, "--images") for name in names])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +115,7 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite)
     splits = parse_partition_list(list_path)
     if images_dir is not None:
-        check_images_exist(images_dir, splits)
+        check_images(images_dir, splits)
     write_layout_lists(out_dir, LAYOUT, splits)
     return splits
 

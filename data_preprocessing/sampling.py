@@ -87,7 +87,9 @@ class GroupSampler(torch.utils.data.Sampler):
     replacement (weights 1/count, len(labels)//`anchor_divisor` anchors). `negatives` picks the
     negative "by_sample" or "by_class" (see above). Groups depend only on (seed, epoch); call
     `set_epoch` each epoch. Each of `num_replicas` ranks gets every num_replicas-th group of the
-    epoch, padded to equal length.
+    epoch not yet trained, padded to equal length by repeating the epoch's first groups. The
+    groups trained by all ranks together are always the first ones of the epoch, whatever the
+    number of ranks, so a run saved mid-epoch continues at the right groups with any number.
     """
 
     def __init__(self, labels, group_size: int, seed: int = 0, balanced: bool = False,
@@ -110,6 +112,7 @@ class GroupSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.negatives = negatives
         self.epoch = 0
+        self.groups_done = 0
         num_images = self.index.labels.size
         self.num_anchors = num_images // int(anchor_divisor) if balanced else num_images
         if self.num_anchors < 1:
@@ -128,12 +131,15 @@ class GroupSampler(torch.utils.data.Sampler):
             raise DataError("QCS groups need at least two classes for the negative pair; "
                             f"labels hold only class {self.index.class_label(int(present[0]))}")
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch; groups differ from epoch to epoch and are the same on every rank."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, groups_done: int = 0) -> None:
+        """Choose the epoch, and how many of its groups all ranks together have already trained
+        (after a mid-epoch resume); groups differ from epoch to epoch and are the same on every rank."""
+        if int(groups_done) < 0:
+            raise ValueError(f"groups_done must be >= 0, got {groups_done}")
+        self.epoch, self.groups_done = int(epoch), int(groups_done)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_anchors / self.num_replicas)
+        return math.ceil(max(self.num_anchors - self.groups_done, 0) / self.num_replicas)
 
     def __iter__(self):
         return iter(map(tuple, self.epoch_groups().tolist()))
@@ -161,14 +167,13 @@ class GroupSampler(torch.utils.data.Sampler):
         return rng.permutation(num_images)
 
     def epoch_groups(self) -> np.ndarray:
-        """This rank's groups [len(self), group_size] for the current epoch."""
+        """This rank's groups [len(self), group_size] of the current epoch's untrained ones."""
         rng = np.random.default_rng([self.seed, self.epoch])
         groups = self.sample_groups(self.epoch_anchors(rng), rng)
-        per_rank = len(self)
-        total = per_rank * self.num_replicas
-        if total > len(groups):  # pad by repeating from the start, like DistributedSampler
-            groups = np.concatenate([groups] * math.ceil(total / len(groups)))
-        return groups[self.rank:total:self.num_replicas]
+        rest = groups[self.groups_done:]
+        padding = len(self) * self.num_replicas - len(rest)  # like DistributedSampler: from the start
+        rest = np.concatenate([rest, np.resize(groups, (padding, groups.shape[1]))])
+        return rest[self.rank::self.num_replicas]
 
 
 def _replicas_and_rank(num_replicas, rank) -> tuple[int, int]:

@@ -183,6 +183,9 @@ CRAFTED = {
     "empty rng": (lambda c: c.update(rng={}), "rng does not hold the python, numpy and torch"),
     "empty optimizer": (lambda c: c.update(optimizer={}), "optimizer holds no optimiser state"),
     "bad partial": (lambda c: c.update(step=1, partial={"loss_sum": "x"}), "partial (the sums of the unfinished"),
+    "world size 0": (lambda c: c.update(world_size=0), "world_size is 0, not a number of processes"),
+    "one rank's rng of two": (lambda c: c.update(world_size=2, rng_by_rank=[c["rng"]]),
+                              "rng_by_rank does not hold the generator states of its 2 ranks"),
     "rotation inf": (lambda c: c["run_config"].update(augmentation=dict(kind="B", resize=40, rotation=float("inf"))),
                      "holds a value that is not a finite number"),
     "rotation nan": (lambda c: c["run_config"].update(augmentation=dict(kind="B", resize=40, rotation=float("nan"))),
@@ -225,3 +228,16 @@ def test_a_missing_script_name_in_a_config_file_is_one_line(tmp_path, capsys):
     assert main("qcs", ["--config", str(path)]) == 2
     assert "not a run's config.json (no recipe_arch)" in capsys.readouterr().out
     assert not os.path.exists(tmp_path / "log")
+
+
+def test_a_mid_epoch_checkpoint_from_before_positions_were_recorded_still_reads(trained_run):
+    # files written before the rename and the per-rank records: `partial`, no world_size or groups_done
+    from utils.checkpoint import RunState, read_checkpoint, training_state_problem
+    checkpoint = read_checkpoint(trained_run / "last.pth")
+    for key in ("epoch_sums", "world_size", "groups_done"):
+        checkpoint.pop(key)
+    sums = {"loss_sum": 1.5, "correct": 2.0, "anchors": 4.0, "seconds": 0.5}
+    checkpoint.update(step=1, partial=sums)
+    assert training_state_problem(checkpoint) is None
+    state = RunState.from_checkpoint(checkpoint)
+    assert (state.step, state.epoch_sums, state.world_size, state.groups_done) == (1, sums, 1, None)

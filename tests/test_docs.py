@@ -159,3 +159,143 @@ def test_run_folders_under_log_are_skipped_but_results_are_kept():
     assert _documented(Path("log/README.md"))
     assert not _documented(Path("log/demo-qcs-20261201/notes.md"))
     assert not _documented(Path(".venv/lib/site-packages/pkg/README.md"))
+
+
+# --- module tables and code imports -------------------------------------------------------------
+
+MODULE_TABLE_READMES = ["models/README.md", "data_preprocessing/README.md", "utils/README.md",
+                        "utils/tools/README.md", "tests/README.md"]
+PY_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)\.py`")
+BACKTICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")
+
+
+def table_rows(text):
+    """`(header cells, row cells)` for every row of every Markdown table outside code fences."""
+    header = None
+    for _, line in outside_fences(text):
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = [cell.lower() for cell in cells]
+        elif not set("".join(cells)) <= set("-: "):
+            yield header, cells
+
+
+def documented_modules(readme):
+    """`{module name: imports cell or None}` for the rows of `readme`'s module tables (rows whose
+    first cell names `.py` files)."""
+    modules = {}
+    for header, cells in table_rows(readme.read_text(encoding="utf-8")):
+        imports = cells[header.index("imports (inside the project)")] \
+            if "imports (inside the project)" in header else None
+        for name in PY_NAME.findall(cells[0]):
+            modules[name] = imports
+    return modules
+
+
+def project_packages(root):
+    return {entry.name for entry in root.iterdir() if (entry / "__init__.py").is_file()}
+
+
+def project_imports(path, package, root=REPO):
+    """The project names a module imports (at any depth): a sibling module of `package` by its name,
+    another top-level package of the project by the package's name."""
+    import ast
+    tops = project_packages(root)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                names = [f"{package}.{name}" for name in names]
+            else:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if name.startswith(package + ".") and (path.parent / f"{parts[package.count('.') + 1]}.py").is_file():
+                found.add(parts[package.count(".") + 1])
+            elif parts[0] in tops and parts[0] != package.split(".")[0]:
+                found.add(parts[0])
+    return found
+
+
+def module_table_problems(root=REPO, readmes=MODULE_TABLE_READMES):
+    """One line for each module a README's table names that does not exist, each module of the
+    folder the table leaves out, and each imports cell that differs from the module's imports."""
+    problems = []
+    for relative in readmes:
+        readme = root / relative
+        folder, package = readme.parent, ".".join(Path(relative).parent.parts)
+        documented = {name: cell for name, cell in documented_modules(readme).items()
+                      if name not in ("__init__", "__main__")}
+        pattern = "test_*.py" if package == "tests" else "*.py"
+        present = {path.stem for path in folder.glob(pattern)} - {"__init__", "__main__"}
+        problems += [f"{relative}: `{name}.py` is in the table but not in {folder.name}/"
+                     for name in sorted(set(documented) - present)]
+        problems += [f"{relative}: `{name}.py` is missing from the table"
+                     for name in sorted(present - set(documented))]
+        for name, cell in sorted(documented.items()):
+            if cell is None or name not in present or cell == "everything below":
+                continue
+            said = {token.split(".")[0] if token.split(".")[0] != package else token.split(".")[1]
+                    for token in BACKTICKED.findall(cell)}
+            actual = project_imports(folder / f"{name}.py", package, root)
+            if said != actual:
+                problems.append(f"{relative}: `{name}.py` imports {sorted(actual)}, the table says {sorted(said)}")
+    return problems
+
+
+def test_module_tables_match_the_code():
+    assert module_table_problems() == []
+
+
+def test_a_wrong_module_table_is_reported(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "alpha.py").write_text("from . import beta\nimport pkg.gamma\n")
+    (package / "beta.py").write_text("def f():\n    from other import thing\n")
+    (package / "gamma.py").write_text("")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "__init__.py").write_text("")
+    (package / "README.md").write_text(
+        "| file | what | imports (inside the project) |\n|---|---|---|\n"
+        "| `alpha.py` | a | `beta` |\n| `beta.py` | b | `other.thing` |\n| `gone.py` | g | — |\n")
+    assert module_table_problems(tmp_path, ["pkg/README.md"]) == [
+        "pkg/README.md: `gone.py` is in the table but not in pkg/",
+        "pkg/README.md: `gamma.py` is missing from the table",
+        "pkg/README.md: `alpha.py` imports ['beta', 'gamma'], the table says ['beta']",
+    ]
+
+
+def python_blocks(text):
+    """The source of every fenced block marked `python`."""
+    block, lines = False, []
+    for line in text.splitlines():
+        if block and line.strip().startswith("```"):
+            yield "\n".join(lines)
+            block, lines = False, []
+        elif block:
+            lines.append(line)
+        elif line.strip() == "```python":
+            block = True
+
+
+def test_imports_in_the_documentation_name_what_the_code_has():
+    import ast
+    import importlib
+    tops, missing = project_packages(REPO), []
+    for path in markdown_files(REPO):
+        for source in python_blocks(path.read_text(encoding="utf-8")):
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in tops:
+                    module = importlib.import_module(node.module)
+                    missing += [f"{path.relative_to(REPO)}: {node.module}.{alias.name}"
+                                for alias in node.names if not hasattr(module, alias.name)]
+    assert missing == []

@@ -134,3 +134,11 @@ def test_a_missing_ir50_points_to_the_xavier_init(tmp_path, monkeypatch):
         note = load_pretrained(build_model("base", 7, vit_init=init), str(DEFAULT_PRETRAINED))
         assert note.startswith(f"warning: {DEFAULT_PRETRAINED} not found")
         assert ("--vit-init xavier lets it learn" in note) == hinted
+
+
+def test_a_smaller_size_never_reads_the_default_ir50(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_PRETRAINED).parent.mkdir(parents=True)
+    (tmp_path / DEFAULT_PRETRAINED).write_bytes(b"a paper-size file a tiny model cannot take")
+    note = load_pretrained(build_model("base", 7, size="tiny"), str(DEFAULT_PRETRAINED))
+    assert "starts from random weights" in note and "--size paper only" in note

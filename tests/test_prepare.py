@@ -2,6 +2,9 @@
 
 import csv
 import errno
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,11 +61,11 @@ def test_rafdb_refuses_overwrite_and_checks_images(tmp_path):
     images = tmp_path / "aligned"
     images.mkdir()
     for name in ("train_00001", "train_00002", "train_00003", "test_0001"):
-        (images / f"{name}_aligned.jpg").write_bytes(b"")
+        Image.new("RGB", (4, 4)).save(images / f"{name}_aligned.jpg")
     out = tmp_path / "out"
     with pytest.raises(PrepareError, match="1 aligned image.*test_0002_aligned.jpg"):
         prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
-    (images / "test_0002_aligned.jpg").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(images / "test_0002_aligned.jpg")
     prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
 
     (out / "raf_db_basic_test.txt").write_text("mine\n")
@@ -192,7 +195,7 @@ def test_ferplus_usage_mismatch_names_lines(tmp_path):
 ])
 def test_ferplus_bad_row_names_file_and_line(tmp_path, row, message):
     fer_path, plus_path = write_ferplus_inputs(tmp_path, [FERPLUS_ROWS[0], row])
-    with pytest.raises(PrepareError) as error:
+    with pytest.raises(DataError) as error:  # the Usage row is bad in both files: both are reported
         prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path),
                                  "--out", str(tmp_path / "out")])
     assert message in str(error.value)
@@ -457,3 +460,115 @@ def test_list_files_are_written_atomically(tmp_path):
         write_list_file(path, entries_then_crash())
     assert read_lines(path) == ["a.png 0", "b.png 1"]
     assert [p.name for p in path.parent.iterdir()] == ["train.txt"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- every bad row, left-out rows
+
+def truncated_jpeg(path):
+    """A real JPEG cut after half its bytes: PIL opens it, decoding the pixels fails."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_rafdb_reports_every_bad_line_in_one_run(tmp_path):
+    raw = tmp_path / "labels.txt"
+    raw.write_text("train_00001.jpg 5\ntrain_00002.jpg 9\nval_1.jpg 3\ntest_0001.jpg x\ntrain_00001.jpg 2\n")
+    with pytest.raises(DataError) as error:
+        prepare_rafdb.prepare(["--list", str(raw), "--out", str(tmp_path / "out")])
+    lines = str(error.value).splitlines()
+    assert lines[0] == "4 bad rows; fix them all, then rerun:"
+    assert [line.split(": ", 1)[0].strip() for line in lines[1:]] == [f"{raw}:{n}" for n in (2, 3, 4, 5)]
+    assert "outside 1..7" in lines[1] and "already listed on line 1" in lines[4]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_rows_are_named_up_to_a_bound_and_the_rest_counted(tmp_path, capsys):
+    raw = tmp_path / "labels.txt"
+    raw.write_text("".join(f"train_{i:05d}.jpg 0\n" for i in range(25)))  # label 0: all 25 lines bad
+    assert prepare_rafdb.main(["--list", str(raw), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: 25 bad rows; fix them all, then rerun:"
+    assert len(err) == 1 + 20 + 1 and err[-1] == "  ... and 5 more"
+    assert err[20].startswith(f"  {raw}:20: label '0' is outside 1..7")
+
+
+def test_rafdb_accepts_a_byte_order_mark(tmp_path):
+    raw = tmp_path / "list_patition_label.txt"
+    raw.write_bytes(b"\xef\xbb\xbf" + RAF_LIST.encode())  # as Windows' Notepad saves UTF-8
+    prepare_rafdb.prepare(["--list", str(raw), "--out", str(tmp_path / "out")])
+    assert read_lines(tmp_path / "out" / "raf_db_basic_train.txt")[0] == "train_00001_aligned.jpg 4"
+
+
+def test_rafdb_refuses_images_that_do_not_decode(tmp_path):
+    raw = tmp_path / "list.txt"
+    raw.write_text(RAF_LIST)
+    images = tmp_path / "aligned"
+    images.mkdir()
+    for name in ("train_00001", "train_00002", "test_0001", "test_0002"):
+        Image.new("RGB", (4, 4)).save(images / f"{name}_aligned.jpg")
+    truncated_jpeg(images / "train_00003_aligned.jpg")
+    (images / "test_0002_aligned.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as error:
+        prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
+    message = str(error.value)
+    assert message.startswith("2 bad rows")
+    assert f"--images {images / 'train_00003_aligned.jpg'}: not a readable image (image file is truncated" in message
+    assert f"--images {images / 'test_0002_aligned.jpg'}: not an image file" in message
+    assert not (out / "raf_db_basic_train.txt").exists()
+
+
+def test_ferplus_counts_the_rows_it_leaves_out(tmp_path, capsys):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path)
+    prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(tmp_path / "o")])
+    # FERPLUS_ROWS: one row without a name, five whose vote gives no emotion (worked out beside them)
+    assert ("FERPlus: 6 row(s) left out (1 without an image name, 5 with no majority among the 8 emotions)"
+            in capsys.readouterr().out)
+
+
+def test_ferplus_names_the_bad_pixel_value(tmp_path):
+    fer_path, plus_path = write_ferplus_inputs(tmp_path, FERPLUS_ROWS[:3])
+    lines = fer_path.read_text().splitlines()
+    emotion, pixels, usage = lines[2].split(",")
+    values = pixels.split()
+    values[100] = "300"
+    lines[2] = ",".join([emotion, " ".join(values), usage])
+    fer_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"fer2013.csv:3: pixels must be 2304 values 0..255 \(48x48\), got 2304 "
+                                        r"values; value 300 \(pixel 101\) is outside 0..255$"):
+        prepare_ferplus.prepare(["--fer2013", str(fer_path), "--ferplus", str(plus_path), "--out", str(tmp_path / "o")])
+
+
+def test_affectnet_counts_the_rows_it_leaves_out(tmp_path, capsys):
+    train_csv, val_csv, _ = write_affectnet_inputs(tmp_path)
+    prepare_affectnet.prepare(["--train-csv", str(train_csv), "--val-csv", str(val_csv), "--out", str(tmp_path / "o")])
+    printed = capsys.readouterr().out  # codes 8..10: d, e, i; Contempt: b, h
+    assert ("AffectNet-7: 5 row(s) left out (3 with expression 8..10 (None, Uncertain, Non-Face), "
+            "2 with expression 7 (Contempt))") in printed
+    assert "AffectNet-8: 3 row(s) left out (3 with expression 8..10 (None, Uncertain, Non-Face))" in printed
+
+
+@pytest.mark.parametrize("repeat", [AFFECTNET_TRAIN[0], ("1/a.png", (5, 4, 10, 8), 3)], ids=["same", "disagreeing"])
+def test_affectnet_refuses_an_image_listed_twice(tmp_path, repeat):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path, val=[*AFFECTNET_VAL, repeat])
+    with pytest.raises(PrepareError, match=rf"validation.csv:4: image '1/a.png' already listed at {train_csv}:2$"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("crop", [[], ["--workers", "2"], ["--crop"]])
+def test_affectnet_refuses_an_image_that_does_not_decode(tmp_path, crop):
+    train_csv, val_csv, images = write_affectnet_inputs(tmp_path)
+    truncated_jpeg(images / "2" / "c.png")  # a JPEG under a .png name: PIL goes by the content
+    with pytest.raises(PrepareError, match=r"training.csv:4.*image file is truncated"):
+        prepare_affectnet.prepare(affectnet_args(train_csv, val_csv, images, tmp_path / "o", *crop))
+    assert not (tmp_path / "o" / "affectnet_training-cls8-v7.txt").exists()
+
+
+def test_the_prepare_scripts_import_no_torch():
+    code = ("import sys, data_preprocessing.prepare_rafdb, data_preprocessing.prepare_ferplus, "
+            "data_preprocessing.prepare_affectnet; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'torchvision')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]"

@@ -21,7 +21,7 @@ HAND_CHECKED = {  # whole entries as --help prints them, whitespace collapsed
     "predict": ["--top-k TOP_K (default: 3)", "--size {paper,small,tiny} model size (default: from the checkpoint)"],
     "heatmaps": ["--seed SEED draws the anchor, partners and grid samples (0..4294967295) (default: 0)"],
     "export": ["--format FORMAT [FORMAT ...] one or more of: torchscript, export (torch.export program), onnx "
-               "(dynamo exporter, opset 18, dynamic batch; needs requirements-onnx.txt), safetensors (weights; "
+               "(dynamo exporter, opset 20, dynamic batch; needs requirements-onnx.txt), safetensors (weights; "
                "needs requirements-safetensors.txt), both (torchscript and export), all (default: both)"],
     "inspect": ["--json print the description as JSON"],
 }

@@ -515,7 +515,7 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_the_same_step(tmp_path, free_port
     log = (run / "log.txt").read_text()
     assert f"interrupted at epoch {checkpoint['epoch'] + 1}, step {checkpoint['step']}/" in log, output[-2000:]
     # 36 images, 18 per rank, batch 4: the saved sums cover both ranks' anchors of the epoch so far
-    assert checkpoint["epoch"] < 50 and checkpoint["partial"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
+    assert checkpoint["epoch"] < 50 and checkpoint["epoch_sums"]["anchors"] == 2 * min(4 * checkpoint["step"], 18)
 
 
 @pytest.mark.slow
@@ -536,3 +536,112 @@ def test_sigterm_to_the_process_group_with_workers_writes_last_pth(tmp_path):
     assert process.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "resume with --resume" in output
     assert read_checkpoint(run / "last.pth")["step"] >= 2
+
+
+# Runs the QCS script and writes, per rank, each epoch's start and every training group it loads
+# (loading happens in the training process with --workers 0, one batch per step); with STOP_AT
+# "E,N", rank 1 sends itself SIGTERM on loading its N-th group of epoch E (0-based).
+RECORDING_SCRIPT = """
+import json, os, signal, sys
+sys.path.insert(0, {root!r})
+from data_preprocessing.sampling import GroupDataset, GroupSampler
+from utils.train import main
+
+rank = int(os.environ.get("RANK", "0"))
+record = open(os.environ["GROUPS_LOG"] + f".{{rank}}", "w")
+stop_at = os.environ.get("STOP_AT")
+stop_at = tuple(map(int, stop_at.split(","))) if stop_at else None
+seen = {{"epoch": None, "count": 0}}
+set_epoch, get_item = GroupSampler.set_epoch, GroupDataset.__getitem__
+
+def recording_set_epoch(self, epoch, *rest):
+    seen.update(epoch=epoch, count=0)
+    record.write(f"epoch {{epoch}}\\n")
+    return set_epoch(self, epoch, *rest)
+
+def recording_get_item(self, group):
+    seen["count"] += 1
+    record.write(json.dumps(list(map(int, group))) + "\\n")
+    record.flush()
+    if rank == 1 and (seen["epoch"], seen["count"]) == stop_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return get_item(self, group)
+
+GroupSampler.set_epoch, GroupDataset.__getitem__ = recording_set_epoch, recording_get_item
+sys.exit(main("qcs", sys.argv[1:]))
+"""
+
+
+def _recorded_groups(log, rank, epoch):
+    """The groups rank `rank` loaded in epoch `epoch` (0-based), in order."""
+    groups, current = [], None
+    for line in Path(f"{log}.{rank}").read_text().splitlines():
+        if line.startswith("epoch "):
+            current = int(line.split()[1])
+        elif current == epoch:
+            groups.append(tuple(json.loads(line)))
+    return groups
+
+
+def _interleaved(first, second):
+    """Two ranks' groups in the epoch's order: rank r holds every second group from the r-th."""
+    return [group for pair in zip(first, second) for group in pair] + first[len(second):]
+
+
+@pytest.mark.slow
+def test_a_two_process_mid_epoch_stop_resumes_exactly_with_two_and_at_the_untrained_groups_with_one(
+        tmp_path, free_port):
+    # 15 images: 8 groups per rank (the last of rank 1 repeats the epoch's first), 3 steps of 3, 2, 2
+    data = folder_dataset(tmp_path / "data", train_per_class=5)
+    script = tmp_path / "recording_qcs.py"
+    script.write_text(RECORDING_SCRIPT.format(root=str(ROOT)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("STOP_AT", None)
+
+    def run(name, processes, *options, stop_at=None, expected_rc=0, port=free_port):
+        launcher = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                                        "--master_port", str(port)] if processes > 1 else [])
+        command = [*launcher, str(script), *options]
+        run_env = {**env, "GROUPS_LOG": str(tmp_path / name), **({"STOP_AT": stop_at} if stop_at else {})}
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=run_env), expected_rc, tmp_path / name
+
+    def finish(started):
+        process, expected_rc, log = started
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == expected_rc, output[-3000:]
+        return output, log
+
+    settings = args(data, "-b", "3", "--epochs", "2")
+    straight = run("straight", 2, *settings, "--output-dir", str(tmp_path / "straight"))
+    stopped = run("stopped", 2, *settings, "--output-dir", str(tmp_path / "stopped"), stop_at="1,1",
+                  expected_rc=1, port=free_port + 1 if free_port < 65535 else free_port - 1)
+    _, straight_log = finish(straight)
+    _, stopped_log = finish(stopped)  # torchrun reports a child's 130 as a failure
+    mid_epoch = tmp_path / "stopped" / "last.pth"
+    saved = read_checkpoint(mid_epoch)
+    assert (saved["epoch"], saved["step"], saved["world_size"], saved["groups_done"]) == (1, 1, 2, 6)
+    assert len(saved["rng_by_rank"]) == 2 and not torch.equal(saved["rng_by_rank"][0]["torch"],
+                                                              saved["rng_by_rank"][1]["torch"])
+
+    # two processes again: the run an uninterrupted one would have been, bit for bit
+    again = run("again", 2, "--resume", str(mid_epoch), "--output-dir", str(tmp_path / "again"))
+    alone = run("alone", 1, "--resume", str(mid_epoch), "--output-dir", str(tmp_path / "alone"))
+    finish(again)
+    alone_output, alone_log = finish(alone)
+    expected = read_checkpoint(tmp_path / "straight" / "last.pth")
+    got = read_checkpoint(tmp_path / "again" / "last.pth")
+    for key, value in expected["model"].items():
+        assert torch.equal(value, got["model"][key]), key
+    for row, row_expected in zip(got["history"], expected["history"], strict=True):
+        row, row_expected = dict(row), dict(row_expected)
+        row.pop("epoch_time_s"), row_expected.pop("epoch_time_s")
+        assert row == row_expected
+
+    # one process: the second epoch's groups, each once, as the uninterrupted run ordered them
+    epoch_order = _interleaved(_recorded_groups(straight_log, 0, 1), _recorded_groups(straight_log, 1, 1))
+    before_stop = _interleaved(_recorded_groups(stopped_log, 0, 1), _recorded_groups(stopped_log, 1, 1))
+    assert len(epoch_order) == 16 and len(before_stop) == 6
+    assert before_stop + _recorded_groups(alone_log, 0, 1) == epoch_order[:15]
+    assert "(saved by 2 process(es), continued by 1: the epoch goes on" in alone_output
+    assert len(read_checkpoint(tmp_path / "alone" / "last.pth")["history"]) == 2

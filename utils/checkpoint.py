@@ -4,7 +4,8 @@ settings, and the checkpoint side of resuming.
 A training checkpoint (`last.pth`, `best.pth`) is a dict: `format` (`CHECKPOINT_FORMAT`), `config`
 (the model's), `model` (its state dict), `classes`, `optimizer`, `scheduler`, `rng`, `run_config`
 (the run's resolved settings) and the run's counters (`epoch`, `step`, `best_acc`, `best_epoch`,
-`test_at_best`, `history`, `partial`). Reading also takes the authors' releases, bare state dicts,
+`test_at_best`, `history`, `epoch_sums`, `world_size`, `groups_done`); a run of several processes
+adds `rng_by_rank`, every rank's RNG states. Reading also takes the authors' releases, bare state dicts,
 face-recognition IR50 weights and the `.safetensors` export with its `model_info.json`. Every
 problem with any of them is a `CheckpointError` whose message names the file.
 """
@@ -387,23 +388,34 @@ class RunState:
     best_epoch: int = 0
     test_at_best: float = 0.0
     history: list = field(default_factory=list)  # one metrics.csv row per completed epoch
-    # the training sums (and seconds) of the `step` steps of an unfinished epoch; saved as `partial`
-    epoch_sums: dict | None = None
+    epoch_sums: dict | None = None  # the training sums (and seconds) of the `step` steps of an unfinished epoch
+    world_size: int = 1  # the processes that trained the run when it was saved
+    # groups of epoch `epoch` trained by all ranks together: the epoch's first ones (rank r of
+    # `world_size` trained groups r, r + world_size, ... below it); None: not recorded (older files)
+    groups_done: int | None = None
 
     def as_checkpoint(self):
-        saved = asdict(self)
-        saved["partial"] = saved.pop("epoch_sums")
-        return saved
+        return asdict(self)
 
     @classmethod
     def from_checkpoint(cls, checkpoint):
         return cls(epoch=checkpoint["epoch"], step=checkpoint["step"], best_acc=checkpoint["best_acc"],
                    best_epoch=checkpoint["best_epoch"], test_at_best=checkpoint.get("test_at_best", 0.0),
-                   history=list(checkpoint["history"]), epoch_sums=checkpoint.get("partial"))
+                   history=list(checkpoint["history"]), epoch_sums=checkpoint.get(epoch_sums_key(checkpoint)),
+                   world_size=checkpoint.get("world_size", ddp.world_size()),
+                   groups_done=checkpoint.get("groups_done"))
 
 
-def training_checkpoint(model, optimizer, scheduler, state, config, classes):
-    """Everything needed to continue a run exactly."""
+def epoch_sums_key(checkpoint):
+    """The key of a checkpoint's unfinished-epoch sums: `epoch_sums`, or `partial` in files
+    written before it was renamed."""
+    return next((key for key in ("epoch_sums", "partial") if checkpoint.get(key) is not None), "epoch_sums")
+
+
+def training_checkpoint(model, optimizer, scheduler, state, config, classes, rng_by_rank=None):
+    """Everything needed to continue a run exactly; `rng_by_rank`: every rank's `rng_states()`
+    (default: this process's alone)."""
+    rng_by_rank = rng_by_rank or [rng_states()]
     return {
         "format": CHECKPOINT_FORMAT,
         "config": dict(model.config),
@@ -411,14 +423,16 @@ def training_checkpoint(model, optimizer, scheduler, state, config, classes):
         "classes": list(classes),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": rng_states(),
+        "rng": rng_by_rank[0],
+        **({"rng_by_rank": rng_by_rank} if len(rng_by_rank) > 1 else {}),
         "run_config": config,
         **state.as_checkpoint(),
     }
 
 
 class Saver:
-    """Writes the run's `last.pth` and `best.pth` (rank 0 only), each atomically."""
+    """Writes the run's `last.pth` and `best.pth` (rank 0, with every rank's RNG states), each
+    atomically; every rank calls it."""
 
     def __init__(self, run_dir, model, optimizer, scheduler, config, classes):
         self.run_dir, self.model, self.optimizer, self.scheduler = run_dir, model, optimizer, scheduler
@@ -429,15 +443,16 @@ class Saver:
         return self.run_dir / "last.pth"
 
     def save_last(self, state):
-        if self.enabled:
-            atomic_save(self._checkpoint(state), self.last_path())
+        self._save(state, self.last_path())
 
     def save_best(self, state):
-        if self.enabled:
-            atomic_save(self._checkpoint(state), self.run_dir / "best.pth")
+        self._save(state, self.run_dir / "best.pth")
 
-    def _checkpoint(self, state):
-        return training_checkpoint(self.model, self.optimizer, self.scheduler, state, self.config, self.classes)
+    def _save(self, state, path):
+        rng_by_rank = ddp.gather_objects(rng_states())  # a collective: every rank takes part
+        if self.enabled:
+            atomic_save(training_checkpoint(self.model, self.optimizer, self.scheduler, state, self.config,
+                                            self.classes, rng_by_rank), path)
 
 
 # ------------------------------------------------------------------------------ resuming and --pretrained
@@ -501,6 +516,7 @@ def training_state_problem(checkpoint):
     try:
         check({key: checkpoint.get(key) for key in ("epoch", "step", "best_epoch")}
               | {key: checkpoint[key] for key in ("best_acc", "test_at_best") if key in checkpoint}
+              | {"groups_done": checkpoint.get("groups_done") or 0}
               | {key: scheduler.get(key) for key in ("last_epoch", "gamma")}, label=str, schema=STATE)
     except UsageError as error:
         return str(error)
@@ -515,25 +531,47 @@ def training_state_problem(checkpoint):
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
             or not isinstance(optimizer.get("param_groups"), list) or not optimizer["param_groups"]:
         return "optimizer holds no optimiser state"
-    rng = checkpoint.get("rng")
-    if not isinstance(rng, dict) or not all(key in rng for key in ("python", "numpy", "torch")) \
-            or not isinstance(rng["torch"], torch.Tensor) or not isinstance(rng["numpy"], (list, tuple)) \
-            or len(rng["numpy"]) != 5:
+    if not is_rng_states(checkpoint.get("rng")):
         return "rng does not hold the python, numpy and torch generator states"
-    sums = checkpoint.get("partial")
-    if checkpoint["step"] and not (isinstance(sums, dict) and all(
-            not problem(STATE["sum"], sums.get(key)) for key in ("loss_sum", "correct", "anchors", "seconds"))):
-        return "partial (the sums of the unfinished epoch) is missing or malformed"
+    world_size = checkpoint.get("world_size", 1)
+    if problem(STATE["world_size"], world_size):
+        return f"world_size is {world_size!r}, not a number of processes"
+    by_rank = checkpoint.get("rng_by_rank", [checkpoint["rng"]] * world_size)
+    if not isinstance(by_rank, list) or len(by_rank) != world_size or not all(map(is_rng_states, by_rank)):
+        return f"rng_by_rank does not hold the generator states of its {world_size} ranks"
+    sums_key = epoch_sums_key(checkpoint)
+    sums = checkpoint.get(sums_key)
+
+    def has_sums(sums, keys=("loss_sum", "correct", "anchors")):
+        return isinstance(sums, dict) and not any(problem(STATE["sum"], sums.get(key)) for key in keys)
+
+    if checkpoint["step"] and not (has_sums(sums, ("loss_sum", "correct", "anchors", "seconds")) and (
+            "by_rank" not in sums or isinstance(sums["by_rank"], list) and len(sums["by_rank"]) == world_size
+            and all(map(has_sums, sums["by_rank"])))):
+        return f"{sums_key} (the sums of the unfinished epoch) is missing or malformed"
     return None
 
 
+def is_rng_states(rng):
+    """Whether `rng` holds the python, numpy and torch generator states, as `rng_states` saves them."""
+    return isinstance(rng, dict) and all(key in rng for key in ("python", "numpy", "torch")) \
+        and isinstance(rng["torch"], torch.Tensor) and isinstance(rng["numpy"], (list, tuple)) \
+        and len(rng["numpy"]) == 5
+
+
 def restore_training(checkpoint, model, optimizer, scheduler):
-    """Load a training checkpoint into the run's objects; returns the run's `RunState`."""
+    """Load a training checkpoint into the run's objects; returns the run's `RunState`.
+
+    Each rank takes its own saved RNG states; a rank the saved run did not have keeps its own
+    seeding, and a file that holds one process's states gives them to every rank.
+    """
     load_weights(model, checkpoint)
+    by_rank = checkpoint.get("rng_by_rank", [checkpoint["rng"]] * ddp.world_size())
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_states(checkpoint["rng"])
+        if ddp.rank() < len(by_rank):
+            set_rng_states(by_rank[ddp.rank()])
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as error:
         raise CheckpointError(f"--resume: its optimiser, schedule or RNG state does not fit this run "
                               f"({one_line(error, keep=1)})") from None
@@ -545,9 +583,11 @@ def load_pretrained(model, path):
     exists. Returns the line to log (None when there is nothing to say)."""
     if path in (None, "", "none"):
         return None
+    if path == str(DEFAULT_PRETRAINED) and model.config["size"] != "paper":
+        # the released IR50 file only fits the paper size; a smaller preset never reads it
+        return (f"the IR50 backbone starts from random weights (the default --pretrained, {path}, "
+                f"is for --size paper only)")
     if not Path(path).is_file():
-        if path == str(DEFAULT_PRETRAINED) and model.config["size"] != "paper":
-            return None
         if path != str(DEFAULT_PRETRAINED):
             raise FileNotFoundError(f"--pretrained {path} does not exist")
         hint = "" if model.config.get("vit_init") == "xavier" else (

@@ -17,7 +17,7 @@ from data_preprocessing.device_augment import DeviceAugment, split_train_transfo
 from models import ARCHS
 
 from .config import UsageError, transforms_for
-from .runtime import SkipFirst, leave_signals_to_main
+from .runtime import leave_signals_to_main
 
 
 @dataclass
@@ -107,12 +107,12 @@ def training_splits(config, train_tf, test_tf):
     return DatasetView(train, kept), DatasetView(same_images, held)
 
 
-def epoch_loader(data, config, first_step):
-    """The epoch's group loader; after a mid-epoch resume, without the groups already trained."""
+def epoch_loader(data, first_step):
+    """The epoch's group loader; after a mid-epoch resume, one of its own over the groups the
+    sampler still holds (those not yet trained)."""
     if not first_step:
         return data.train_loader
-    skipping = SkipFirst(data.sampler, first_step * config["batch_size"])
-    return DataLoader(GroupDataset(data.train_set), batch_size=config["batch_size"], sampler=skipping,
+    return DataLoader(GroupDataset(data.train_set), batch_size=data.train_loader.batch_size, sampler=data.sampler,
                       **{**data.loader_args, "persistent_workers": False})
 
 

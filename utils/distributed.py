@@ -22,8 +22,18 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized()
 
 
+def rank():
+    """This process's rank (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size():
+    """The number of processes of the run (1 in a single process)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main_process():
-    return not is_distributed() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def all_reduce_sum(tensor):

@@ -40,6 +40,13 @@ class EpochMeter:
         self.anchors += batch
         self.steps += 1
 
+    def local_state(self):
+        """This rank's own sums, as plain numbers (a resume by as many ranks gives each its own back,
+        so the sums add up in the same order as in a run that was not stopped)."""
+        output_sums = None if self.output_loss_sums is None else torch.as_tensor(self.output_loss_sums).tolist()
+        return dict(output_loss_sums=output_sums, loss_sum=float(self.loss_sum), correct=float(self.correct),
+                    anchors=float(self.anchors), branches=self.branches)
+
     def global_state(self, device):
         """The sums over all ranks, as plain numbers (a collective under DDP: call on every rank)."""
         count = 0 if self.output_loss_sums is None else len(self.output_loss_sums)

@@ -1,5 +1,4 @@
-"""A long run under a scheduler: signals, stop and save decisions agreed by all ranks, and the
-sampler that continues an epoch where a saved run left it."""
+"""A long run under a scheduler: signals, and stop and save decisions agreed by all ranks."""
 import multiprocessing
 import signal
 import sys
@@ -102,18 +101,3 @@ class RunControl:
     def saved(self):
         self.last_save = time.monotonic()
 
-
-class SkipFirst(torch.utils.data.Sampler):
-    """The sampler's sequence without its first `count` items (resuming mid-epoch)."""
-
-    def __init__(self, sampler, count):
-        self.sampler, self.count = sampler, count
-
-    def __iter__(self):
-        iterator = iter(self.sampler)
-        for _ in range(self.count):
-            next(iterator, None)
-        return iterator
-
-    def __len__(self):
-        return max(len(self.sampler) - self.count, 0)

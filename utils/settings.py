@@ -189,7 +189,8 @@ STATE = {setting.name: setting for setting in (
     Setting("epoch", int, bounds=f"[0, {MAX_COUNT}]"), Setting("step", int, bounds=f"[0, {MAX_COUNT ** 2}]"),
     Setting("best_epoch", int, bounds=f"[0, {MAX_COUNT}]"), Setting("best_acc", float, bounds="[0, 100]"),
     Setting("test_at_best", float, bounds="[0, 100]"), Setting("last_epoch", int, bounds=f"[0, {MAX_COUNT}]"),
-    Setting("sum", float, bounds="[0, inf)"), BY_NAME["gamma"])}
+    Setting("sum", float, bounds="[0, inf)"), Setting("world_size", int, bounds=f"[1, {MAX_COUNT}]"),
+    Setting("groups_done", int, bounds=f"[0, {MAX_COUNT ** 2}]"), BY_NAME["gamma"])}
 
 
 def names(role):

@@ -99,12 +99,12 @@ def train_epochs(run):
     control = RunControl(run.config["save_every"], run.device)
     with signals_handled_by(control):
         for epoch in range(run.state.epoch, run.config["epochs"]):
-            step_saver = MidEpochSaver(run, control, epoch)
-            metrics, stopped = train_epoch(run, epoch, step_saver)
+            progress = EpochProgress(run, control, epoch)
+            metrics, stopped = train_epoch(run, epoch, progress)
             if stopped:
                 run.logger.info(f"resume with --resume {run.saver.last_path()}")
                 return 130
-            end_epoch(run, epoch, metrics, step_saver.seconds())
+            end_epoch(run, epoch, metrics, progress.seconds())
             control.saved()
     return finish(run)
 
@@ -148,7 +148,10 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
         where = "into the new run folder" if created else "in its run folder"
-        logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}")
+        regrouped = (f" (saved by {state.world_size} process(es), continued by {world_size}: the epoch goes on "
+                     "with the groups none of them trained)" if state.step and state.world_size != world_size else "")
+        logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}{regrouped}")
+    state.world_size = world_size
     classes = data.train_set.classes
     step_settings = StepSettings(
         loss_options=dict(distill=config["distill"], distill_weight=config["distill_weight"],
@@ -180,15 +183,24 @@ def wrap_for_training(model, config, device, world_size):
     return model
 
 
-class MidEpochSaver:
-    """The engine's `after_step` for one epoch: on an agreed stop or a due save, write a resumable
-    `last.pth` holding the epoch's progress, and say whether the epoch must end now."""
+class EpochProgress:
+    """How far one epoch has got (steps, sums, seconds, the groups all ranks trained), kept as a
+    resumable `last.pth` on an agreed stop or a due save. Called after each step (the engine's
+    `after_step`), it says whether the epoch must end now."""
 
     def __init__(self, run, control, epoch):
+        state = run.state
         self.run, self.control, self.epoch = run, control, epoch
-        self.step = self.saved_step = run.state.step
-        self.seconds_before = (run.state.epoch_sums or {}).get("seconds", 0.0)
+        self.first_step = self.step = self.saved_step = state.step
+        self.groups_per_step = run.config["batch_size"] * run.world_size
+        # a file that does not record it: each rank trained `step` full batches of its own share
+        self.first_groups = state.step * self.groups_per_step if state.groups_done is None else state.groups_done
+        self.seconds_before = (state.epoch_sums or {}).get("seconds", 0.0)
         self.start, self.meter = time.perf_counter(), None
+
+    def groups_done(self):
+        """The epoch's groups trained so far by all ranks together: always its first ones."""
+        return self.first_groups + (self.step - self.first_step) * self.groups_per_step
 
     def seconds(self):
         """Training seconds of this epoch so far, including those before a resume."""
@@ -213,22 +225,25 @@ class MidEpochSaver:
 
     def _save(self):
         sums = dict(self.meter.global_state(self.run.device), seconds=self.seconds())
-        self.run.state.epoch, self.run.state.step, self.run.state.epoch_sums = self.epoch, self.step, sums
-        self.run.saver.save_last(self.run.state)
+        by_rank = ddp.gather_objects(self.meter.local_state())  # a collective: every rank takes part
+        if len(by_rank) > 1:
+            sums["by_rank"] = by_rank
+        state = self.run.state
+        state.epoch, state.step, state.epoch_sums, state.groups_done = self.epoch, self.step, sums, self.groups_done()
+        self.run.saver.save_last(state)
         self.control.saved()
         self.saved_step = self.step
 
 
-def train_epoch(run, epoch, step_saver):
-    """Train epoch `epoch` (0-based) from where the run stands; returns `(metrics, stopped)`."""
+def train_epoch(run, epoch, progress):
+    """Train epoch `epoch` (0-based) from where `progress` stands; returns `(metrics, stopped)`."""
     state = run.state
-    run.data.sampler.set_epoch(epoch)
-    loader = epoch_loader(run.data, run.config, state.step)
-    # the ranks' sums are added together: the steps before a resume count once, on rank 0
-    meter = EpochMeter(state.epoch_sums if ddp.is_main_process() else None, steps=state.step)
+    run.data.sampler.set_epoch(epoch, progress.groups_done())
+    loader = epoch_loader(run.data, state.step)
+    meter = EpochMeter(own_epoch_sums(state, run.world_size), steps=state.step)
     try:
         _, stopped = train_one_epoch(run.train_model, loader, run.optimizer, run.device, epoch, run.step_settings,
-                                     meter, after_step=step_saver)
+                                     meter, after_step=progress)
     except NonFiniteLoss as error:
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
@@ -238,13 +253,23 @@ def train_epoch(run, epoch, step_saver):
             raise
         raise UsageError(out_of_memory_advice(run, error)) from None
     except DataError as error:
-        saved = run.world_size == 1 and step_saver.save_progress()
+        saved = run.world_size == 1 and progress.save_progress()
         last = run.saver.last_path()
         if not last.exists():
             raise DataError(f"{error} (no checkpoint had been saved yet)") from None
         raise DataError(f"{error} ({'progress saved; ' if saved else ''}resume with --resume {last} "
                         "once the data is fixed)") from None
     return (None if stopped else meter.metrics(run.device)), stopped
+
+
+def own_epoch_sums(state, world_size):
+    """The sums this rank's meter starts from: its own when the saved run had as many ranks, else
+    all of them on rank 0 (the ranks' sums are added together: the steps before a resume count once)."""
+    sums = state.epoch_sums or {}
+    by_rank = sums.get("by_rank") or []
+    if len(by_rank) == world_size:
+        return by_rank[ddp.rank()]
+    return sums if ddp.is_main_process() else None
 
 
 def is_out_of_memory(error):
@@ -292,7 +317,7 @@ def end_epoch(run, epoch, metrics, seconds):
     row.update({"test_at_best": state.test_at_best} if on_val else {})
     row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
     state.history.append(row)
-    state.epoch, state.step, state.epoch_sums = epoch + 1, 0, None
+    state.epoch, state.step, state.epoch_sums, state.groups_done = epoch + 1, 0, None, 0
     # last.pth last: it commits the epoch. A run stopped before it (a kill, a full disk) resumes from
     # the previous last.pth and redoes the epoch, rewriting best.pth and the reports exactly.
     if is_best:

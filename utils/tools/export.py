@@ -8,9 +8,12 @@ and `predict --onnx` to run one. Every written model is loaded back and must giv
 checkpoint's logits on random inputs in a batch of a size other than the traced one, and on the
 images of `--check-images`: within `TOLERANCE` (PyTorch), `onnx_model.tolerance` (onnxruntime).
 """
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import sys
 import warnings
 
 import torch
@@ -24,13 +27,12 @@ from data_preprocessing.outputs import (
     make_output_dir,
     output_errors,
     refuse_existing,
-    remove_stale_temporaries,
 )
 from models import build_model, count_parameters
 
 from ..checkpoint import EXPORT_INFO_FILE, SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
-from . import ToolError, onnx_model
+from . import ToolError, faces, onnx_model
 from .predict import expand_inputs
 
 MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2",
@@ -42,6 +44,7 @@ INFO_FILE = EXPORT_INFO_FILE
 TOLERANCE = 1e-5
 CHECK_BATCH = 3  # differs from the example batches, so a batch size baked in would show
 CHECK_IMAGES = 32  # the first images of --check-images that the check runs on
+STAGE_DIR = ".export-in-progress"  # inside --out: the files are written here, then moved into place
 
 
 def formats_of(names):
@@ -196,19 +199,32 @@ def preprocessing(trained):
     steps = trained.transform().transforms
     crop = any(type(t).__name__ == "CenterCrop" for t in steps)
     resize = {"resize": list(steps[0].size), "center_crop": side} if crop else {"resize": [side, side]}
-    return {**resize, "interpolation": "bilinear (PIL)", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}"}
+    return {**resize, "resize_order": "[height, width] (PIL's resize takes (width, height))",
+            "interpolation": "bilinear (PIL)", "antialias": True,
+            "antialias_note": "PIL's Image.resize(..., Image.BILINEAR): its filter widens when shrinking",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "input": f"RGB scaled to [0, 1], then (x - mean) / std; float32 Nx3x{side}x{side}",
+            "colour": "EXIF orientation applied first; 16-bit grayscale (or wider) divided by 257 and rounded "
+                      "to 8 bits; transparent areas (alpha, or a palette's transparent colour) composited onto "
+                      "white (255, 255, 255), then RGB",
+            "face": {"aligned": True, "what": "an aligned face crop, as predict makes it: dlib's 5 landmarks "
+                                              "mapped onto 'template' by a similarity transform (bilinear)",
+                     "landmarks": list(faces.LANDMARK_NAMES),
+                     "template": [[round(float(v), 3) for v in point] for point in faces.TEMPLATE],
+                     "template_units": "(x, y) as fractions of the crop's width and height"}}
 
 
 def model_info(trained, checkpoint, formats, parameters, paths, diffs, limits, image_files):
-    """What `model_info.json` holds: enough to rebuild the model and its preprocessing, and the check."""
+    """What `model_info.json` holds: enough to rebuild the model and its preprocessing, and the check;
+    the source checkpoint by file name and SHA-256 (no local path ships with the model)."""
     info = {
         "classes": trained.classes, "num_classes": len(trained.classes), "arch": "base",
         "image_size": trained.image_size, "size": trained.size,
         "dataset": trained.info.dataset, "augmentation": trained.augmentation,
         "preprocessing": preprocessing(trained),
         "output": "logits over the classes, in this order",
-        "source_checkpoint": str(checkpoint), "source_format": trained.info.format,
+        "source_checkpoint": os.path.basename(checkpoint), "source_sha256": sha256_of(checkpoint),
+        "source_format": trained.info.format,
         "source_arch": trained.info.arch, "source_model_config": trained.info.model_config,
         "parameters": parameters,
         "files": {path.name: path.stat().st_size for path in paths},
@@ -225,7 +241,11 @@ def model_info(trained, checkpoint, formats, parameters, paths, diffs, limits, i
 
 
 def run(args):
-    """The `export` command; returns 1 when a reloaded artifact does not reproduce the logits."""
+    """The `export` command; returns 1 when a reloaded artifact does not reproduce the logits.
+
+    Everything is written into a hidden folder inside `--out` and moved into place only once every
+    file has been written and checked, so a failure leaves `--out` as it was (and removes it when
+    this command created it)."""
     formats = formats_of(args.format)
     require_extras(formats)
     out = check_output_dir(args.out, "--out", create=True)
@@ -237,20 +257,58 @@ def run(args):
     if trained.info.dataset is None and args.dataset:
         trained.info.dataset = args.dataset  # recorded in model_info.json: --evaluate's default dataset
     model = trained.model.cpu()
-    make_output_dir(out, "--out")
-    for name in ALL_FILES:
-        remove_stale_temporaries(out, name)
-    paths = write_models(model, trained, formats, out)
-    batches = check_batches(trained, image_files)
-    diffs = {name: max_abs_diff(model, RELOADERS[name](path, trained), batches) for name, path in paths.items()}
-    limits = tolerances(model, formats, batches)
-    parameters = count_parameters(model)
-    info = model_info(trained, args.checkpoint, formats, parameters, paths.values(), diffs, limits, image_files)
-    remove_unlisted_models(out, formats)
-    atomic_write_text(json.dumps(info, indent=2) + "\n", out / INFO_FILE, flag="--out")
-    report(args.checkpoint, trained, parameters, paths, diffs, limits, checked_on(image_files))
+    with staging(out) as stage:
+        paths = write_models(model, trained, formats, stage)
+        batches = check_batches(trained, image_files)
+        diffs = {name: max_abs_diff(model, RELOADERS[name](path, trained), batches) for name, path in paths.items()}
+        limits = tolerances(model, formats, batches)
+        parameters = count_parameters(model)
+        info = model_info(trained, args.checkpoint, formats, parameters, paths.values(), diffs, limits, image_files)
+        atomic_write_text(json.dumps(info, indent=2) + "\n", stage / INFO_FILE, flag="--out")
+        passed = all(diffs[name] < limits[name] for name in diffs)
+        if passed:
+            publish(stage, out, formats)
+        report(args.checkpoint, trained, parameters, {name: out / path.name for name, path in paths.items()},
+               info["files"], diffs, limits, checked_on(image_files))
+    if not passed:
+        print(f"nothing written to {out}: a reloaded file does not give the checkpoint's logits", file=sys.stderr)
+        return 1
     print(f"  {out / INFO_FILE}  classes, image size, preprocessing, SHA-256 of the files")
-    return 0 if all(diffs[name] < limits[name] for name in diffs) else 1
+    return 0
+
+
+@contextlib.contextmanager
+def staging(out):
+    """A fresh hidden folder `out/STAGE_DIR` to write the export into (one left by a killed export is
+    removed first); on leaving, it is removed, and so are the folders this command created for `out`
+    when nothing was moved into them."""
+    created = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
+    stage = out / STAGE_DIR
+    if stage.is_dir() and not stage.is_symlink():
+        with output_errors(stage, "--out", "removing an unfinished export"):
+            shutil.rmtree(stage)
+    make_output_dir(stage, "--out")
+    try:
+        yield stage
+    except OutputError as error:  # name the file where it was to go, not its hidden stage
+        raise OutputError(str(error).replace(f"{stage}{os.sep}", f"{out}{os.sep}")) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # deepest first; a folder that holds something stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def publish(stage, out, formats):
+    """Move the staged files into `out` (`model_info.json` last) and delete an earlier export's model
+    files of formats not written now (only reached with --overwrite), so the folder holds exactly
+    what model_info.json lists."""
+    for name in [*sorted(set(ALL_FILES) - {INFO_FILE}), INFO_FILE]:
+        with output_errors(out / name, "--out", "moving it into place"):
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
 
 
 def refuse_exporting_over_the_checkpoint(checkpoint, out):
@@ -293,8 +351,8 @@ def write_models(model, trained, formats, out):
     return paths
 
 
-def report(checkpoint, trained, parameters, paths, diffs, limits, checked):
-    """One line per written file: its size, the max abs logit difference and the verdict."""
+def report(checkpoint, trained, parameters, paths, sizes, diffs, limits, checked):
+    """One line per file: its size, the max abs logit difference and the verdict."""
     side = trained.image_size
     print(f"base branch of {checkpoint}: {parameters:,} parameters, {len(trained.classes)} classes, "
           f"{trained.size} model, {side}×{side} input; checked on {checked}")
@@ -303,16 +361,7 @@ def report(checkpoint, trained, parameters, paths, diffs, limits, checked):
         what = (f"onnxruntime max abs logit diff {diffs[name]:.3g} (tolerance {limits[name]:.3g}, opset "
                 f"{onnx_model.OPSET})" if name == "onnx" else f"reloaded max abs diff {diffs[name]:.3g}"
                 + ("" if verdict == "ok" else f" (must be < {limits[name]:g})"))
-        print(f"  {path}  {_megabytes(path.stat().st_size)}  {what}  {verdict}")
-
-
-def remove_unlisted_models(out, formats):
-    """Delete an earlier export's model files of formats not written now (only reached with
-    --overwrite), so the folder holds exactly what model_info.json lists."""
-    for name, file_name in MODEL_FILES.items():
-        if name not in formats:
-            with output_errors(out / file_name, "--out", "removing it"):
-                (out / file_name).unlink(missing_ok=True)
+        print(f"  {path}  {_megabytes(sizes[path.name])}  {what}  {verdict}")
 
 
 def _megabytes(num_bytes):

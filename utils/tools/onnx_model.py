@@ -1,8 +1,9 @@
 """ONNX: the base branch exported with the dynamo exporter, and run with onnxruntime.
 
-Needs the extra of `requirements-onnx.txt` (onnx and onnxscript to export, onnxruntime to run),
-imported only when used. `OnnxModel` has the call shape of the PyTorch network (an N×3×S×S
-float tensor in, N×K logits out), so `predict` runs either one; `load_onnx_classifier` gives it with
+Needs the extra of `requirements-onnx.txt` (onnx and onnxscript to export, onnxruntime to run,
+onnx to check that no weight holds NaN or an infinite value), imported only when used.
+`OnnxModel` has the call shape of the PyTorch network (an N×3×S×S float tensor in, N×K logits
+out), so `predict` runs either one; `load_onnx_classifier` gives it with
 the classes and preprocessing of the `model_info.json` beside the file, as a `TrainedModel`.
 """
 import importlib
@@ -17,9 +18,10 @@ from ..device import DeviceUnavailable
 from ..inference import TrainedModel
 from . import ToolError
 
-# torchlib, the dynamo exporter's op library, is written at opset 18: no version conversion of the
-# graph, and onnxruntime runs it from 1.14 (2023) on.
-OPSET = 18
+# Opset 20 has a Gelu operator, which the exporter then uses for the network's GELU: OpenCV's DNN
+# module (cv2.dnn.readNetFromONNX, 5.1) dies with a segmentation fault on opset 18's spelling of it
+# (Div, Erf, Add, Mul, Mul) and loads this one. onnxruntime runs opset 20 from 1.17 (2024) on.
+OPSET = 20
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # Max abs logit difference allowed between onnxruntime and PyTorch, relative to the largest |logit|
 # (at least 1). The graph computes the same fp32 ops in another order, with other (fused) kernels:
@@ -56,8 +58,29 @@ def export_onnx(model, image_size, path):
     program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, verbose=False,
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"x": {0: batch}})
+    check_initializers(program.model_proto, path)
     data = program.model_proto.SerializeToString()
     atomic_write(path, lambda handle: handle.write(data), flag="--out", buffered=True)
+
+
+def check_initializers(proto, path):
+    """CheckpointError when a floating-point initializer (a weight) of the graph holds NaN or an
+    infinite value, as for a checkpoint's tensors: the model would print nan% for every face."""
+    from onnx import numpy_helper
+    arrays = ((tensor.name, numpy_helper.to_array(tensor)) for tensor in proto.graph.initializer)
+    bad = [name for name, array in arrays if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} initializers hold NaN or infinite values (e.g. {bad[0]}); "
+                              f"the weights are damaged")
+
+
+def read_graph(path):
+    """The ONNX graph of `path` (read with `onnx`), or ToolError when it is not one."""
+    import onnx
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and onnx's own
+        raise ToolError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
 
 
 # ------------------------------------------------------------------------------ running
@@ -104,10 +127,11 @@ def providers_for(device):
 
 def load_onnx_classifier(path, device="auto"):
     """`(TrainedModel around an OnnxModel, label of where it runs)` for `predict --onnx`."""
-    require("--onnx", ("onnxruntime",))
+    require("--onnx", ("onnxruntime", "onnx"))
     if not path.is_file():
         raise ToolError(f"--onnx {path}: no such file")
     meta = read_model_info(path)
+    check_initializers(read_graph(path), path)
     model = OnnxModel(path, providers_for(device))
     check_fits(path, model, meta)
     info = export_info(path, meta, "onnx", num_tensors=0, num_parameters=meta.get("parameters") or 0)
@@ -128,14 +152,10 @@ def check_fits(path, model, meta):
 def describe(path):
     """`(CheckpointInfo, extra lines)` of an ONNX export: its graph read with `onnx`, its JSON beside it."""
     require("inspecting an .onnx file", ("onnx",))
-    import onnx
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     meta = read_model_info(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and onnx's own
-        raise ToolError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+    proto = read_graph(path)
     initializers = proto.graph.initializer
     info = export_info(path, meta, "onnx", len(initializers), meta.get("parameters") or 0)
     opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
