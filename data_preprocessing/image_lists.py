@@ -64,6 +64,9 @@ class ImageListDataset(torch.utils.data.Dataset):
         except NotRegularFileError as err:
             raise DataError(f"cannot read image {path}" + self._listed_in() + f": it is {err.kind}, "
                             f"not a regular file") from None
+        except Image.UnidentifiedImageError:  # its message names the open file object, not the path
+            raise DataError(f"cannot read image {path}" + self._listed_in() + ": not an image file "
+                            "(or in a format Pillow cannot read)") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # corrupt or hostile files
             raise DataError(f"cannot read image {path}" + self._listed_in() + f": {err}") from err
 

@@ -124,3 +124,20 @@ def test_cuda_without_cuda_is_one_line(capsys):
         pytest.skip("this machine has CUDA")
     assert benchmark.main(["--device", "cuda", "--parts", "cost"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_webcam_rows_find_the_face_in_every_frame(face_extra, shared_dir):
+    face = shared_dir / "data" / "fer2013-mini" / "test" / "surprise" / "PrivateTest_10712253.jpg"
+    texts = []
+    results = benchmark.run(tiny_args("--parts", "webcam", "--webcam-face", str(face), "--webcam-frames", "2"),
+                            emit=texts.append)
+    rows = results["webcam"]
+    assert [row["in_flight"] for row in rows] == [1, 2] and all(row["frames"] == 2 for row in rows)
+    assert all(row["faces"] == 1 and row["fps"] > 0 and row["model_ms"] > 0 for row in rows)
+    assert "frames/s" in texts[-1]
+
+
+def test_webcam_without_a_face_says_so():
+    texts = []
+    assert benchmark.run(tiny_args("--parts", "webcam"), emit=texts.append)["webcam"] is None
+    assert "skipped: needs --webcam-face" in texts[-1]

@@ -360,45 +360,6 @@ def test_a_failed_start_in_a_linked_output_dir_leaves_nothing_that_blocks_a_reru
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(link))) == 0
 
 
-# ------------------------------------------------------------------ the end of an epoch is one unit
-
-KILL_AT_SAVE = """
-import os, signal, sys
-import utils.checkpoint
-real_save = utils.checkpoint.atomic_save
-def save_then_die(obj, path):
-    if path.name == "last.pth" and {before}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_save(obj, path)
-    if path.name == "last.pth" and not {before}:
-        os.kill(os.getpid(), signal.SIGKILL)
-utils.checkpoint.atomic_save = save_then_die
-from utils.train import main
-sys.exit(main("qcs", sys.argv[1:]))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("before", [True, False])
-def test_a_kill_at_the_end_of_the_only_epoch_is_recovered_by_resuming(folder_data, tmp_path, before):
-    run = tmp_path / "run"
-    argv = tiny_training_args(folder_data, "--epochs", "1", "--output-dir", str(run))
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE.format(before=before), *argv], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stdout + killed.stderr
-    if before:  # nothing of the epoch was committed: the failed start keeps no checkpoint
-        assert not (run / "last.pth").exists()
-        assert main("qcs", tiny_training_args(folder_data, "--epochs", "1", "--output-dir",
-                                              str(tmp_path / "again"))) == 0
-        run = tmp_path / "again"
-    else:  # last.pth commits the epoch: everything else was written before it
-        assert main("qcs", ["--resume", str(run / "last.pth"), "--epochs", "1"]) == 2
-    assert read_checkpoint(run / "best.pth")["best_epoch"] == 1
-    rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].startswith("1,")
-    assert (run / "losses.png").is_file() and (run / "confusion_best.png").is_file()
-
-
 # ------------------------------------------------------------------ stop signals and stuck loaders
 
 def wait_for_step(process, run, step, timeout=180):

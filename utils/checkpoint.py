@@ -457,14 +457,16 @@ class Saver:
 
 # ------------------------------------------------------------------------------ resuming and --pretrained
 
-def read_resume_checkpoint(config, given):
+def read_resume_checkpoint(config, given, ended=lambda checkpoint: True):
     """`--resume`: `(config with the checkpoint's settings merged in, checkpoint)`, refusing a file
-    that is not a continuable training checkpoint of this project or has no epoch left to train."""
+    that is not a continuable training checkpoint of this project or has nothing left to do: no
+    epoch to train, and `ended(checkpoint)`, its last epoch end was written in full."""
     source = config["resume"]
     resumed = read_checkpoint(source)
     config = merge_resumed_config(config, resumed, given)
     check_training_state(resumed, source)
-    if config["epochs"] < resumed["epoch"] or (config["epochs"] == resumed["epoch"] and not resumed["step"]):
+    done = config["epochs"] == resumed["epoch"] and not resumed["step"] and ended(resumed)
+    if config["epochs"] < resumed["epoch"] or done:
         raise UsageError(f"--resume {source}: the run has already trained {resumed['epoch']} epochs; "
                          f"give --epochs above {resumed['epoch']} to continue it")
     return config, resumed

@@ -121,8 +121,9 @@ def confusion_figure(confusion, class_names, title):
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
     size = 1.0 + 0.8 * len(class_names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    labels = [printable(name) for name in class_names]  # a name that is not UTF-8 cannot be drawn
     sns.heatmap(rates.numpy(), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=ax,
-                xticklabels=class_names, yticklabels=class_names)
+                xticklabels=labels, yticklabels=labels)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     return fig
@@ -168,31 +169,41 @@ class TensorBoardLog:
 
 
 class RunReport:
-    """The files a run rewrites after each epoch (rank 0 only): `metrics.csv`, `losses.png`,
-    `confusion_best.png` on a new best and, with `--tensorboard`, its event files."""
+    """The files a run rewrites after each epoch's `last.pth` (rank 0 only): `metrics.csv`, then
+    `confusion_best.png` on a new best and `losses.png` and, with `--tensorboard`, its event files."""
 
     def __init__(self, run_dir, config, classes, enabled=True):
         self.run_dir, self.config, self.classes, self.enabled = run_dir, config, classes, enabled
         self.tensorboard = TensorBoardLog(run_dir, config) if enabled and config.get("tensorboard") else None
 
-    def epoch(self, history, num_branches):
-        """After an epoch's checkpoints: the metrics CSV, the loss curves and the event file."""
+    def epoch(self, state, num_branches, confusion=None, tensorboard=True):
+        """The metrics CSV, then the figures: the confusion matrix when `confusion` is given (a new
+        best) and the loss curves. A figure that cannot be made is a warning, not a failure: it
+        only shows what metrics.csv holds."""
         if not self.enabled:
             return
-        write_metrics(self.run_dir / "metrics.csv", history, num_branches)
-        plot_losses(self.run_dir / "losses.png", history, num_branches)
-        if self.tensorboard:
-            self.tensorboard.log_epoch(history[-1])
-
-    def best(self, state, confusion):
-        """The confusion matrix of a new best epoch."""
-        if not self.enabled:
-            return
+        write_metrics(self.run_dir / "metrics.csv", state.history, num_branches)
         title = (f"{self.config['arch'].upper()} {self.config['dataset']}, epoch {state.best_epoch}: "
                  f"{state.best_acc:.2f}%")
-        plot_confusion(self.run_dir / "confusion_best.png", confusion, self.classes, title)
-        if self.tensorboard:
-            self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch)
+        if confusion is not None:
+            self._figure("confusion_best.png",
+                         lambda: plot_confusion(self.run_dir / "confusion_best.png", confusion, self.classes, title))
+        self._figure("losses.png", lambda: plot_losses(self.run_dir / "losses.png", state.history, num_branches))
+        if self.tensorboard and tensorboard:
+            self.tensorboard.log_epoch(state.history[-1])
+            if confusion is not None:
+                self._figure("TensorBoard's confusion_best",
+                             lambda: self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch))
+
+    @staticmethod
+    def _figure(name, draw):
+        try:
+            draw()
+        except Exception as error:  # noqa: BLE001 (matplotlib's errors have no common class)
+            plt.close("all")
+            reason = (str(error).strip().splitlines() or [""])[0]
+            logging.getLogger("qcs").warning(f"warning: {name} not written ({type(error).__name__}: "
+                                             f"{printable(reason)}); the numbers it shows are in metrics.csv")
 
     def close(self, history):
         """End of the run (also when it stops early): close the TensorBoard event file."""

@@ -1,5 +1,10 @@
 """Run folders: created atomically, written by one process at a time, continued only from their
-newest state, removed again when a start fails before anything was trained."""
+newest state, removed again when a start fails before anything was trained.
+
+A stop at any moment leaves a folder that resumes: each epoch end writes `last.pth` first (it
+commits the epoch), then the files derived from it (`AFTER_LAST`), which a resume writes again
+when a stop kept them from being written. A folder whose run was killed before its first
+`last.pth` holds nothing trained, and the same command takes it again."""
 import contextlib
 import json
 import os
@@ -23,6 +28,11 @@ from .config import UsageError
 RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
 LAST = "last.pth"
 LOCK_NAME = ".lock"
+# written after last.pth at each epoch end, in this order (best.pth and the confusion figure on a new best)
+AFTER_LAST = ("best.pth", "metrics.csv", "confusion_best.png", "losses.png")
+BEST_ONLY = ("best.pth", "confusion_best.png")
+# all a run leaves before its first last.pth (besides temporaries): a killed one of them is taken again
+BEFORE_FIRST_EPOCH = frozenset({RUN_MARKER, "log.txt", LOCK_NAME, "tensorboard"})
 _held_locks = {}  # run folder → open lock file, for as long as this process works in it
 
 try:
@@ -67,24 +77,29 @@ def release_run_dirs():
 
 def create_run_dir(output_dir, run_name):
     """Create and lock a new run folder: `output_dir` (new, or empty) or `log/<run_name>-<time>`.
-    Returns `(folder, made)`: `made` is False for an empty folder the user had made.
+    Returns `(folder, created)`: "made"; "emptied" for an empty folder the user had made;
+    "restarted" for the folder of a run killed before it saved anything (see `restartable`).
 
     Creation and locking leave no window in which two runs could both take the same folder.
     """
     if output_dir is None:
-        return _create_timestamped(Path("log"), run_name), True
+        return _create_timestamped(Path("log"), run_name), "made"
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
-    made = True
+    created = "made"
     try:
         with output_errors(output_dir, "--output-dir", "creating the folder"):
             output_dir.mkdir(parents=True)
     except FileExistsError:  # an empty folder may be reused; it is checked once locked
-        made = False
+        created = "emptied"
     had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
-    if [p for p in output_dir.iterdir() if p.name != LOCK_NAME]:
+    held = [p for p in output_dir.iterdir() if p.name != LOCK_NAME]
+    if held and restartable(output_dir, held):
+        shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)  # its events start again
+        return output_dir, "restarted"
+    if held:
         release_run_dirs()
         if not had_lock_file:  # leave another run's folder as it was
             (output_dir / LOCK_NAME).unlink(missing_ok=True)
@@ -92,7 +107,15 @@ def create_run_dir(output_dir, run_name):
         hint = f", or continue that run with --resume {last}" if last.is_file() else ""
         raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
                               f"choose a new folder{hint}")
-    return output_dir, made
+    return output_dir, created
+
+
+def restartable(folder, entries):
+    """Whether `entries` (of the locked `folder`) are what a run killed before its first epoch
+    ended leaves: its `config.json`, its log, TensorBoard's folder, nothing else and no `last.pth`."""
+    names = {entry.name for entry in entries}
+    return RUN_MARKER in names and names <= BEFORE_FIRST_EPOCH and (folder / RUN_MARKER).is_file() \
+        and not (folder / "tensorboard").is_symlink()
 
 
 def _create_timestamped(parent, run_name):
@@ -118,11 +141,16 @@ def read_resume_source(config, given):
     if not source.is_file():
         raise FileNotFoundError(f"--resume {source}: no such file")
     source_stat = source.stat()  # taken before reading: a change while starting is noticed
-    config, resumed = read_resume_checkpoint(config, given)
+    own_last = source.name == LAST and "output_dir" not in given  # a stopped epoch end is finished there
+    config, resumed = read_resume_checkpoint(config, given, *[_epoch_end_written(source.parent)] * own_last)
     plan, folder = resume_plan(config, resumed, given)
     if plan == "branch":
         config["branched_from"] = str(source.resolve())
     return config, resumed, (plan, folder, source_stat)
+
+
+def _epoch_end_written(folder):
+    return lambda checkpoint: not unfinished_epoch_end(folder, checkpoint["best_epoch"] == checkpoint["epoch"])
 
 
 def resume_plan(config, checkpoint, given):
@@ -161,7 +189,8 @@ def same_run(folder, checkpoint):
 def prepare_run_dir(config, resume=None):
     """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
     every rank learns its path. Returns `(folder, created)`: `created` is "made" for a folder this
-    process made, "emptied" for an empty one it took, None when it continues a run's own folder.
+    process made, "emptied" for an empty one it took, "restarted" for one a killed run left before
+    saving anything (see `create_run_dir`), None when it continues a run's own folder.
 
     `resume` is `(plan, folder, source_stat)` from `resume_plan` and the source's `os.stat`
     taken before it was read: a folder whose `last.pth` changed since then is refused.
@@ -176,8 +205,7 @@ def prepare_run_dir(config, resume=None):
                 raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
                                  "wrote it); resume again from its new state")
         else:
-            run_dir, made = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
-            created = "made" if made else "emptied"
+            run_dir, created = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
             config["run_id"] = uuid.uuid4().hex
         config["output_dir"] = str(run_dir)
         atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
@@ -191,8 +219,8 @@ def _stat_key(stat_or_path):
 
 def discard_failed_start(run_dir, created):
     """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
-    remove a folder this process made (`created` "made"), or empty again one the user had made
-    empty (`created` "emptied"; the folder, or the link to it, stays). Returns what was done, as
+    remove a folder this process made (`created` "made"), or empty again one it took (`created`
+    "emptied" or "restarted"; the folder, or the link to it, stays). Returns what was done, as
     words for the log ("removed", "emptied"), or None."""
     if not created or not ddp.is_main_process() or (run_dir / LAST).exists():
         return None
@@ -207,3 +235,12 @@ def discard_failed_start(run_dir, created):
             run_dir.rmdir()
             return "removed"
     return "emptied" if not any(run_dir.iterdir()) else None
+
+
+def unfinished_epoch_end(folder, best_now):
+    """The files of the epoch end `folder/last.pth` committed that a stop kept from being written:
+    missing, or older than it (each is written after it). `best_now`: that epoch was a new best."""
+    committed = os.stat(folder / LAST).st_mtime_ns
+    names = [name for name in AFTER_LAST if best_now or name not in BEST_ONLY]
+    return [name for name in names if not (folder / name).is_file()
+            or os.stat(folder / name).st_mtime_ns < committed]

@@ -7,6 +7,7 @@ The settings come from `utils.config`, the data from `utils.data`, the run folde
 """
 import re
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,15 @@ from data_preprocessing.outputs import OutputError
 from models import ARCHS
 
 from . import distributed as ddp
-from .checkpoint import CheckpointError, RunState, Saver, load_pretrained, restore_training
+from .checkpoint import (
+    CheckpointError,
+    RunState,
+    Saver,
+    load_pretrained,
+    restore_training,
+    rng_states,
+    set_rng_states,
+)
 from .config import UsageError, model_from_config, parse_args, resolve_config
 from .data import RunData, epoch_loader, load_training_data
 from .device import DeviceUnavailable, place_model, resolve_device, use_channels_last
@@ -25,7 +34,13 @@ from .evaluation import run_evaluation
 from .metrics import EpochMeter
 from .recipes import fallback_note
 from .reporting import RunReport, epoch_row, make_logger
-from .run_folder import discard_failed_start, prepare_run_dir, read_resume_source, release_run_dirs
+from .run_folder import (
+    discard_failed_start,
+    prepare_run_dir,
+    read_resume_source,
+    release_run_dirs,
+    unfinished_epoch_end,
+)
 from .runtime import RunControl, kill_worker_processes, signals_handled_by
 from .sam import SAM
 
@@ -98,13 +113,14 @@ def train_epochs(run):
     """The loop over the run's remaining epochs."""
     control = RunControl(run.config["save_every"], run.device)
     with signals_handled_by(control):
+        complete_epoch_end(run)
         for epoch in range(run.state.epoch, run.config["epochs"]):
             progress = EpochProgress(run, control, epoch)
             metrics, stopped = train_epoch(run, epoch, progress)
             if stopped:
                 run.logger.info(f"resume with --resume {run.saver.last_path()}")
                 return 130
-            end_epoch(run, epoch, metrics, progress.seconds())
+            end_epoch(run, epoch, metrics, progress)
             control.saved()
     return finish(run)
 
@@ -139,6 +155,8 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, created
     for note in (fallback_note(config), pretrained_note):
         if note:
             logger.info(note)
+    if created == "restarted":
+        logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
     optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
@@ -302,35 +320,80 @@ def evaluate_test_splits(run):
     return result, extra
 
 
-def end_epoch(run, epoch, metrics, seconds):
-    """Step the schedule, evaluate, and write last.pth, best.pth (on a new best) and the reports."""
+def end_epoch(run, epoch, metrics, progress):
+    """Evaluate, step the schedule, then commit the epoch with last.pth and write after it best.pth
+    (on a new best), metrics.csv and the figures: a stop at any point leaves a folder that resumes."""
     state, on_val = run.state, run.config["select_on"] == "val"
+    try:
+        result, extra = evaluate_test_splits(run)
+    except DataError as error:  # the trained steps are kept: a resumed run evaluates them again
+        saved = run.world_size == 1 and progress.save_progress()
+        raise DataError(f"{error} ({kept(run, saved, 'the data')})") from None
     lr = run.optimizer.param_groups[0]["lr"]
-    run.scheduler.step()
-    result, extra = evaluate_test_splits(run)
+    with warnings.catch_warnings():  # a run resumed after its last step takes none before this
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        run.scheduler.step()
     chosen = extra["val"] if on_val else result["acc"]
     is_best = state.best_epoch == 0 or chosen > state.best_acc  # the first epoch is a best
     if is_best:
         state.best_acc, state.best_epoch, state.test_at_best = chosen, epoch + 1, result["acc"]
-    row = epoch_row(epoch, lr, metrics, result, state, seconds, run.num_branches)
+    row = epoch_row(epoch, lr, metrics, result, state, progress.seconds(), run.num_branches)
     row.update({f"{split}_acc": acc for split, acc in extra.items()})
     row.update({"test_at_best": state.test_at_best} if on_val else {})
     row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
     state.history.append(row)
     state.epoch, state.step, state.epoch_sums, state.groups_done = epoch + 1, 0, None, 0
-    # last.pth last: it commits the epoch. A run stopped before it (a kill, a full disk) resumes from
-    # the previous last.pth and redoes the epoch, rewriting best.pth and the reports exactly.
-    if is_best:
-        run.saver.save_best(state)
-        run.report.best(state, result["confusion"])
-    run.report.epoch(state.history, run.num_branches)
-    run.saver.save_last(state)
+    try:
+        run.saver.save_last(state)
+    except OutputError as error:
+        raise OutputError(f"{error} ({kept(run, False)})") from None
+    write_after_last(run, result["confusion"] if is_best else None)
     run.logger.info(f"epoch {epoch + 1}/{run.config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
-                    f"{best_summary(run)}  {seconds:.1f}s"
+                    f"{best_summary(run)}  {row['epoch_time_s']:.1f}s"
                     + "".join(f"  {split} {acc:.2f}%" for split, acc in extra.items())
                     + ("  (flip TTA)" if run.config["tta"] == "flip" else ""))
+
+
+def write_after_last(run, confusion, tensorboard=True):
+    """best.pth (when `confusion`, the new best's, is given), metrics.csv and the figures, all derived
+    from the state last.pth holds. A failure keeps the folder: the resume writes them again."""
+    try:
+        if confusion is not None:
+            run.saver.save_best(run.state)
+        run.report.epoch(run.state, run.num_branches, confusion, tensorboard)
+    except OutputError as error:
+        raise OutputError(f"{error} ({kept(run, True)})") from None
+
+
+def kept(run, saved, cause="this"):
+    """What a run stopped by an error keeps, and how to go on once `cause` is fixed."""
+    last = run.saver.last_path()
+    if not last.exists():
+        return "no checkpoint had been saved yet"
+    what = f"epoch {run.state.epoch} is saved in {last}" if saved and not run.state.step else \
+        "progress saved" if saved else f"{last} is kept"
+    return f"{what}; resume with --resume {last} once {cause} is fixed"
+
+
+def complete_epoch_end(run):
+    """Continuing a run's own folder from an epoch end: write the files a stop kept from being
+    written after its last.pth, as the uninterrupted run would have (the RNG states stay as saved)."""
+    state, folder = run.state, run.saver.run_dir
+    if run.created is not None or state.step or not state.epoch:
+        return
+    best_now = state.best_epoch == state.epoch
+    missing = ddp.broadcast_object(unfinished_epoch_end(folder, best_now) if ddp.is_main_process() else None)
+    if not missing:
+        return
+    confusion = None
+    if best_now and {"best.pth", "confusion_best.png"} & set(missing):  # last.pth holds the best weights
+        rng = rng_states()
+        confusion = evaluate_test_splits(run)[0]["confusion"]
+        set_rng_states(rng)
+    write_after_last(run, confusion, tensorboard=False)
+    run.logger.info(f"wrote what the end of epoch {state.epoch} had left unwritten: {', '.join(missing)}")
 
 
 def best_summary(run):

@@ -4,6 +4,7 @@
         [--device auto|cpu|cuda] [--amp] [--compile] [--channels-last] [--checkpoint-backbone]
         [--repeats 3] [--warmup 1] [--parts train inference cost sampling memory augment] [--fit-batch 24]
         [--augment-batches 8] [--inference-batches 1 32] [--inference-variants fp32 bf16+cl ...]
+        [--parts webcam --webcam-face FACE.jpg [--webcam-frames 40] [--webcam-detect-pixels 76800]]
 
 - train: anchors/s of a full SAM step (`utils.engine.sam_step`: two forward+backward passes and
   the Adam step) with the branches of a group batched through the base network, and, for DCS/QCS,
@@ -22,16 +23,24 @@
   batches of 24) for the released PIL pipeline and for the worker part of `--device-augment` (decode
   and geometric steps, uint8), their ratio, and the ms/image of `--device-augment`'s photometric part
   on --device (batches of 24).
+- webcam (needs --webcam-face and the face-detection extra): the `demo` page's webcam path on a
+  640x480 JPEG frame holding that face at 200 px, with the base branch of --size (random weights,
+  the fast path with --amp/--channels-last/--compile): per-frame ms of JPEG decoding, detection,
+  the model and drawing the result on the frame (as `predict --video --annotate` does; the page
+  draws on a canvas instead), then frames/s one frame at a time and with two in flight, as the page
+  sends them (one frame detected while the other is classified).
 
 Timings are medians over --repeats samples after --warmup untimed runs; compared runs alternate
 (A B, B A, ...) so that load from other processes hits them alike.
 """
 import argparse
 import copy
+import io
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,11 +65,13 @@ from ..device import (
     to_device,
 )
 from ..engine import model_outputs, sam_step
-from ..inference import DEFAULT_IMAGE_SIZE
+from ..inference import DEFAULT_IMAGE_SIZE, TrainedModel
 from ..recipes import RELEASED, recipe
 from ..sam import SAM
+from .faces import MAX_DETECTION_PIXELS
 
-PARTS = ("train", "inference", "cost", "sampling", "memory", "augment")
+PARTS = ("train", "inference", "cost", "sampling", "memory", "augment", "webcam")
+WEBCAM_FRAME, WEBCAM_FACE_SIDE = (640, 480), 200
 # Anchors per epoch: RAF-DB basic, FERPlus after the majority vote (about), AffectNet-8 balanced.
 EPOCH_ANCHORS = {"RAF-DB": 12271, "FERPlus": 28500, "AffectNet-8": 287651}
 AFFECTNET_COUNTS = (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750)  # AffectNet-8 train
@@ -326,6 +337,66 @@ def photometric_ms(photometric, args):
     return 1000 * statistics.median(times["device"]) / AUGMENT_BATCH
 
 
+def webcam_jpeg(face_path):
+    """A 640x480 JPEG, as the page sends a camera frame: gray noise with the face pasted at 200 px in the middle."""
+    rng = np.random.default_rng(0)
+    frame = Image.fromarray(rng.integers(96, 160, WEBCAM_FRAME[::-1], dtype=np.uint8)).convert("RGB")
+    face = Image.open(face_path).convert("RGB").resize((WEBCAM_FACE_SIDE,) * 2, Image.BICUBIC)
+    frame.paste(face, ((WEBCAM_FRAME[0] - WEBCAM_FACE_SIDE) // 2, (WEBCAM_FRAME[1] - WEBCAM_FACE_SIDE) // 2))
+    buffer = io.BytesIO()
+    frame.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def webcam_rows(args):
+    """The demo's webcam path (`webdemo.Classifier.frame`): per-stage ms/frame one frame at a time, and
+    frames/s with one and with two frames in flight; None without --webcam-face or the face extra."""
+    from . import faces
+    from .classify import annotate, decode_photo
+    from .webdemo import Classifier
+
+    if args.webcam_face is None or not faces.available():
+        return None
+    torch.manual_seed(0)
+    image_size = DEFAULT_IMAGE_SIZE if args.size == "paper" else MODEL_SIZES[args.size]["input_size"]
+    model = fast_path(inference_model(build_model("qcs", 7, size=args.size)).eval(), args.device, amp=args.amp,
+                      channels_last=args.channels_last, compile=args.compile)
+    classes = [f"class {i}" for i in range(7)]
+    trained = TrainedModel(model, None, classes, args.size, image_size, {"kind": "A"})
+    finder = faces.FaceFinder(side=image_size, max_pixels=args.webcam_detect_pixels)
+    classifier = Classifier(trained, args.device, str(args.device), finder, k=3)
+    jpeg = webcam_jpeg(args.webcam_face)
+
+    def one_frame():
+        start = time.perf_counter()
+        image, _ = decode_photo(io.BytesIO(jpeg))
+        decoded = time.perf_counter()
+        rows, timing = classifier.frame(image)
+        drawing = time.perf_counter()
+        annotate(image, rows, classes)
+        return dict(decode_ms=1000 * (decoded - start), **timing, draw_ms=1000 * (time.perf_counter() - drawing),
+                    faces=sum(1 for row in rows if not row.error))
+
+    for _ in range(max(1, args.warmup)):
+        one_frame()
+    rows = []
+    for in_flight in (1, 2):
+        frames, start = [], time.perf_counter()
+        each = args.webcam_frames // in_flight
+        workers = [threading.Thread(target=lambda: frames.extend(one_frame() for _ in range(each)))  # noqa: B023
+                   for _ in range(in_flight)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wall = time.perf_counter() - start
+        rows.append(dict(in_flight=in_flight, frames=len(frames), fps=len(frames) / wall,
+                         faces=statistics.mean(f["faces"] for f in frames),
+                         **{key: statistics.median(f[key] for f in frames)
+                            for key in ("decode_ms", "detect_ms", "model_ms", "draw_ms")}))
+    return rows
+
+
 def table(headers, rows):
     """A fixed-width text table."""
     cells = [[str(h) for h in headers]] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
@@ -387,6 +458,14 @@ def run(args, emit=print):
                   "released / (worker + device)", "recipes"],
                  [[r["transform"], r["released_ms"], r["worker_ms"], r["worker_ratio"], r["device_ms"],
                    r["total_ratio"], r["recipes"]] for r in rows]))
+    if "webcam" in args.parts:
+        rows = results["webcam"] = webcam_rows(args)
+        headers = ["in flight", "frames", "frames/s", "faces/frame", "decode ms", "detect ms", "model ms", "draw ms"]
+        emit(f"\nWebcam path of `demo`: {WEBCAM_FRAME[0]}x{WEBCAM_FRAME[1]} JPEG frames, one face, base branch "
+             f"({args.size}), detection searching at most {args.webcam_detect_pixels} pixels; per-stage medians\n"
+             + ("skipped: needs --webcam-face and the face-detection extra (requirements-faces.txt)" if rows is None
+                else table(headers, [[r["in_flight"], r["frames"], r["fps"], r["faces"], r["decode_ms"],
+                                      r["detect_ms"], r["model_ms"], r["draw_ms"]] for r in rows])))
     return results
 
 
@@ -411,7 +490,8 @@ def build_parser():
     parser.add_argument("--checkpoint-backbone", action="store_true")
     parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--parts", nargs="+", default=[part for part in PARTS if part != "webcam"], choices=PARTS,
+                        help="sections to run (default: all but webcam, which needs --webcam-face)")
     parser.add_argument("--fit-batch", type=positive, default=24, help="batch of the memory part")
     parser.add_argument("--inference-batches", nargs="+", type=positive, default=[1, 32],
                         help="batches of the inference part")
@@ -421,6 +501,12 @@ def build_parser():
                              "at the paper size)")
     parser.add_argument("--augment-batches", type=positive, default=8,
                         help="batches of 24 images per timing sample of the augment part's workers")
+    parser.add_argument("--webcam-face", metavar="IMAGE", help="webcam part: a face photo or crop (pasted at "
+                        f"{WEBCAM_FACE_SIDE} px on the {WEBCAM_FRAME[0]}x{WEBCAM_FRAME[1]} frame)")
+    parser.add_argument("--webcam-frames", type=positive, default=40, help="frames per webcam measurement")
+    parser.add_argument("--webcam-detect-pixels", type=positive, default=MAX_DETECTION_PIXELS,
+                        help="webcam part: frames larger than this are searched for faces shrunk (demo's "
+                             "--detect-pixels; default: as predict)")
     return parser
 
 

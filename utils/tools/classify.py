@@ -146,10 +146,15 @@ def load_photo(path):
     problem = not_regular(path)
     if problem:
         return None, problem
+    return decode_photo(path)
+
+
+def decode_photo(source):
+    """`load_photo` of a path or binary file object (e.g. an uploaded image in memory), without the file check."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PHOTO_PIXELS is the limit here
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_PHOTO_PIXELS:
                     return None, (f"{image.width}×{image.height} px is more than the {MAX_PHOTO_PIXELS // 10 ** 6} "
                                   f"megapixels this tool reads")

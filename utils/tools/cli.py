@@ -4,6 +4,7 @@
 - heatmaps: CSA weight maps of a group of images and a class-by-class grid (paper Fig. 5/7)
 - export:   the inference network as TorchScript / torch.export / ONNX / safetensors, with a JSON
 - inspect:  what a checkpoint or exported file holds, and its SHA-256, without building a model
+- demo:     a local web page classifying the faces of photos and of the webcam, live
 
 Each accepts this project's checkpoints and the authors' released ones; predict also an ONNX
 export (--onnx), predict and inspect a safetensors one.
@@ -47,6 +48,7 @@ def build_parser():
     _add_heatmaps(commands)
     _add_export(commands)
     _add_inspect(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -198,6 +200,24 @@ def _add_inspect(commands):
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
+def _add_demo(commands):
+    p = _model_command(commands, "demo", "a local web page: faces of photos and of the webcam, live",
+                       "Serve a page (standard library only, nothing fetched from the internet) that "
+                       "classifies the faces of an uploaded photo or of the browser's webcam as predict "
+                       "does, and shows the CSA maps of two faces (DCS/QCS checkpoints).", onnx=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--top-k", type=int, default=3)
+    _device_option(p)
+    _speed_options(p)
+    p.add_argument("--tta", default="none", choices=("none", "flip"),
+                   help="flip: score each face by the mean of its logits and its mirror's")
+    _detection_options(p)
+    p.add_argument("--detect-pixels", type=int, metavar="N",
+                   help="search webcam frames for faces shrunk to at most N pixels (76800: 320x240, about 4x "
+                        "faster, faces of 160 px and up in a 640x480 frame; default: the full frame, as predict)")
+
+
 # ------------------------------------------------------------------------------ inspect
 
 def describe_lines(info):
@@ -289,6 +309,9 @@ def main(argv=None):
         if args.command == "heatmaps":
             from . import heatmaps
             return heatmaps.run(args)
+        if args.command == "demo":
+            from . import webdemo
+            return webdemo.run(args)
         if args.command == "export":
             from . import export
             return export.run(args)

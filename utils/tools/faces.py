@@ -128,14 +128,17 @@ class FaceFinder:
     `largest`: keep only the largest face (of those scoring at least LARGEST_SCORE_SHARE of the
     best); `upsample`: times the image is doubled before detection (each finds faces half as
     large, 80 px at 0, at about 4× the time); `side`: the aligned crop's side in pixels. Images
-    over MAX_DETECTION_PIXELS (after upsampling) are searched shrunk.
+    over `max_pixels` (after upsampling; default MAX_DETECTION_PIXELS) are searched shrunk by a whole
+    factor (the alignment still samples the full image).
     """
 
-    def __init__(self, min_score=DEFAULT_MIN_SCORE, largest=False, upsample=0, side=112):
+    def __init__(self, min_score=DEFAULT_MIN_SCORE, largest=False, upsample=0, side=112,
+                 max_pixels=None):
         if not 0 <= upsample <= MAX_UPSAMPLE:
             raise ToolError(f"--upsample must be 0..{MAX_UPSAMPLE} (each step doubles the image), got {upsample}")
         self.detector, self.predictor = _load_models()
         self.min_score, self.largest, self.upsample, self.side = min_score, largest, upsample, side
+        self.max_pixels = max_pixels or MAX_DETECTION_PIXELS
 
     def smallest_face(self):
         """The side in pixels of the smallest face the detector finds at this `upsample`."""
@@ -153,7 +156,7 @@ class FaceFinder:
     def shrink_factor(self, size):
         """The whole factor by which an image of `size` is reduced for detection (1: not at all)."""
         searched = size[0] * size[1] * 4 ** self.upsample
-        return max(1, math.ceil(math.sqrt(searched / MAX_DETECTION_PIXELS)))
+        return max(1, math.ceil(math.sqrt(searched / self.max_pixels)))
 
     def find(self, image):
         """The faces of an RGB PIL image, left to right (the largest only with `largest`)."""

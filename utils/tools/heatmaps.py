@@ -98,6 +98,12 @@ def pair_weights_from_tokens(model, anchor_tokens, partner_tokens):
     return model.csa_maps(base_tokens=torch.stack([anchor_tokens, partner_tokens])[:, None])  # G=2, B=1
 
 
+def level_and_fused(grids):
+    """The panels drawn: the levels' grids and their mean (fused), × tokens per grid (1 = uniform weight)."""
+    side = grids.shape[-1]
+    return torch.cat([grids, grids.mean(0, keepdim=True)]) * side * side
+
+
 def upsample(grid, height, width):
     """A side×side grid (or a stack of them) resized bilinearly to height×width."""
     stacked = grid.reshape(-1, 1, *grid.shape[-2:]).float()
@@ -131,8 +137,7 @@ def group_figure(faces, grids, titles, heading=""):
     """
     num_levels, num_images = grids.shape[:2]
     height, width = faces[0].shape[:2]
-    side = grids.shape[-1]
-    panels = torch.cat([grids, grids.mean(0, keepdim=True)]) * side * side  # 1 = uniform weight
+    panels = level_and_fused(grids)
     heat = upsample(panels, height, width).numpy()
     figure = new_figure(num_images, 2 + num_levels)
     axes = figure.subplots(num_images, 2 + num_levels, squeeze=False)
@@ -277,20 +282,26 @@ def check_group_source(args):
     return detection_wanted(args.detect)
 
 
+def faces_in_files(paths, finder, transform, flag="--images"):
+    """`(input tensors, titles)` of every face of the files, each file's left to right (each file
+    itself without `finder`); a file without a face, or unreadable, is a ToolError naming it after `flag`."""
+    faces, titles = [], []
+    for path in paths:
+        if not path.exists():
+            raise ToolError(f"{flag} {printable(path)}: no such file")
+        _, rows, crops = faces_of(path, finder)
+        if rows[0].error:
+            raise ToolError(f"{flag} {printable(path)}: {rows[0].error}")
+        faces += [transform(crop) for crop in crops]
+        titles += [printable(path.name) + (f" face {row.face}" if row.face else "") for row in rows]
+    return faces, titles
+
+
 def photo_group(args, trained, detect):
     """`(input tensors, titles)` of the group given with --images: the first faces of the files, each
     file's left to right, detected and aligned as `predict` does (the file itself without detection)."""
     finder = face_finder(args, detect, trained.image_size)
-    paths = [Path(p) for p in args.images]
-    transform, faces, titles = trained.transform(), [], []
-    for path in paths:
-        if not path.exists():
-            raise ToolError(f"--images {printable(path)}: no such file")
-        _, rows, crops = faces_of(path, finder)
-        if rows[0].error:
-            raise ToolError(f"--images {printable(path)}: {rows[0].error}")
-        faces += [transform(crop) for crop in crops]
-        titles += [printable(path.name) + (f" face {row.face}" if row.face else "") for row in rows]
+    faces, titles = faces_in_files([Path(p) for p in args.images], finder, trained.transform())
     roles = ROLES[trained.model.num_branches]
     if len(faces) < len(roles):
         raise ToolError(f"a {trained.info.arch.upper()} group is {len(roles)} faces ({', '.join(roles)}); "
