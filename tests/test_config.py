@@ -259,3 +259,14 @@ def test_a_resumed_checkpoints_compile_backend_is_checked_before_any_work(tmp_pa
     assert main("qcs", ["--resume", str(tmp_path / "last.pth"), "--epochs", "3", "--compile"]) == 2
     assert "its saved settings are invalid: --compile-backend 'no-such-backend' is not a torch.compile backend " \
            "here" in one_line(capsys.readouterr().out)
+
+
+def test_a_compared_runs_config_is_checked_by_the_schema(tmp_path):
+    from utils.tools.compare import read_run_config
+
+    released = json.loads((FIXTURES / "release_run" / "config.json").read_text())
+    assert read_run_config(FIXTURES / "release_run") == released
+    (tmp_path / "config.json").write_text(json.dumps({**released, "num_classes": "3"}))
+    with pytest.raises(UsageError, match=r"config.json: --num-classes must be a whole number, got '3'; not a "
+                                         r"training run's config.json"):
+        read_run_config(tmp_path)
