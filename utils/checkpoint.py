@@ -9,7 +9,6 @@ adds `rng_by_rank`, every rank's RNG states. Reading also takes the authors' rel
 face-recognition IR50 weights and the `.safetensors` export with its `model_info.json`. Every
 problem with any of them is a `CheckpointError` whose message names the file.
 """
-import math
 import os
 import pickle
 import random
@@ -26,7 +25,18 @@ from models.qcs import NUM_FEATURE_LEVELS, tokens_per_level
 from models.weights import AUTHOR_UNUSED, checkpoint_state_dict, to_our_names
 
 from . import distributed as ddp
-from .config import DEFAULT_PRETRAINED, RESUME_OVERRIDABLE, UsageError, check_saved_config, flag, read_json_file
+from .settings import (
+    DEFAULT_PRETRAINED,
+    RESUMABLE,
+    STATE,
+    UsageError,
+    check,
+    check_compile_backend,
+    flag,
+    names,
+    problem,
+    read_json_file,
+)
 
 CHECKPOINT_FORMAT = "qcs-fer-checkpoint"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -163,8 +173,7 @@ def describe_checkpoint(checkpoint, path=""):
     if container == "ours":
         _add_our_metadata(info, checkpoint)
     elif container == "authors":
-        info.epoch = _as_int(checkpoint.get("epoch"))
-        info.best_acc = _as_float(checkpoint.get("best_acc"))
+        info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
     info.foreign_objects = foreign_classes(checkpoint)
     return info
 
@@ -180,9 +189,8 @@ def _add_our_metadata(info, checkpoint):
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
     info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
-    info.epoch = _as_int(checkpoint.get("epoch"))
-    info.best_acc = _as_float(checkpoint.get("best_acc"))
-    info.best_epoch = _as_int(checkpoint.get("best_epoch"))
+    info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
+    info.best_epoch = _counter(checkpoint, "best_epoch")
     if checkpoint.get("format") not in (None, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{info.path}: unknown checkpoint format {checkpoint.get('format')!r}")
     if info.classes and info.num_classes is not None and len(info.classes) != info.num_classes:
@@ -199,22 +207,18 @@ def _check_our_metadata(path, checkpoint, run_config, config):
                                 or not all(isinstance(name, str) for name in classes)):
         raise CheckpointError(f"{path}: its saved class names are malformed ({classes!r:.80})")
     try:
-        check_saved_config(run_config)
-        check_saved_config(config)
+        check(run_config)
+        check(config)
     except UsageError as error:
         raise CheckpointError(f"{path}: its saved settings are invalid: {error}") from None
 
 
-def _as_float(value):
-    if isinstance(value, torch.Tensor):
-        return float(value.item()) if value.numel() == 1 else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _as_int(value):
-    if isinstance(value, torch.Tensor):
-        return int(value.item()) if value.numel() == 1 else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _counter(checkpoint, key):
+    """A counter of the file as a plain number, or None where it holds none the schema allows."""
+    value = checkpoint.get(key)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return None if value is None or problem(STATE[key], value) else value
 
 
 def foreign_classes(obj, found=None):
@@ -279,27 +283,21 @@ def model_info_problem(meta):
     if not isinstance(meta, dict):
         return f"holds no JSON object; it is not an export's {EXPORT_INFO_FILE}"
     classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        return f"'classes' must be a list of at least 2 class names, got {classes!r:.60}"
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        return f"'classes' must be a list of at least 2 distinct class names, got {classes!r:.60}"
     if meta.get("num_classes", len(classes)) != len(classes):
         return f"'num_classes' is {meta['num_classes']!r} but 'classes' lists {len(classes)}"
     if meta.get("arch") != "base":
         return f"'arch' must be \"base\" (an export holds the base branch), got {meta.get('arch')!r}"
-    if meta.get("size") not in MODEL_SIZES:
-        return f"'size' must be one of {', '.join(MODEL_SIZES)}, got {meta.get('size')!r}"
-    side = meta.get("image_size")
-    if isinstance(side, bool) or not isinstance(side, int) or side < 16:
-        return f"'image_size' must be a whole number of pixels, at least 16, got {side!r}"
-    if meta.get("augmentation") is None:
-        return "'augmentation' (the train augmentation that sets the test transform) is missing"
     digests = meta.get("sha256", {})
     if not isinstance(digests, dict) or not all(
             isinstance(digest, str) and len(digest) == 64 and not digest.strip("0123456789abcdefABCDEF")
             for digest in digests.values()):
         return f"'sha256' must map file names to 64-digit hex SHA-256 digests, got {digests!r:.60}"
     try:
-        check_saved_config({key: meta[key] for key in ("image_size", "augmentation", "dataset")
-                            if meta.get(key) is not None})
+        check({key: meta[key] for key in ("dataset",) if meta.get(key) is not None}
+              | {key: meta.get(key) for key in ("size", "image_size", "augmentation")}, label=repr)
     except UsageError as error:
         return f"invalid settings: {error}"
     return None
@@ -488,16 +486,18 @@ def merge_resumed_config(config, checkpoint, given):
     if script_arch != config["recipe_arch"]:
         raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
                          f"continue it with main_{script_arch.upper()}.py")
-    conflicts = sorted(k for k in given - RESUME_OVERRIDABLE if saved.get(k) != config[k])
+    conflicts = sorted(k for k in given - set(names(RESUMABLE)) if saved.get(k) != config[k])
     if conflicts:
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
                          + ", ".join(f"{flag(k)} {config[k]} (saved: {saved.get(k)})" for k in conflicts))
     merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
-    for key in RESUME_OVERRIDABLE:
+    for key in names(RESUMABLE):
         merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
     merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
     try:
-        check_saved_config(merged)
+        check(merged)
+        if merged["compile"]:  # a saved backend this torch lacks
+            check_compile_backend(merged["compile_backend"])
     except UsageError as error:
         raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
     return merged
@@ -513,34 +513,32 @@ def check_training_state(checkpoint, path):
 def training_state_problem(checkpoint):
     """What is wrong with a training checkpoint's counters, optimiser, scheduler, RNG and mid-epoch
     sums, or None."""
-    def whole(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    for key in ("epoch", "step", "best_epoch"):
-        if not whole(checkpoint.get(key)):
-            return f"{key} is {checkpoint.get(key)!r}, not a whole number"
-    for key in ("best_acc", "test_at_best"):
-        if key in checkpoint and not number(checkpoint[key]):
-            return f"{key} is {checkpoint.get(key)!r}, not a number"
+    scheduler = checkpoint.get("scheduler")
+    if not isinstance(scheduler, dict) or "last_epoch" not in scheduler:
+        return "scheduler holds no schedule state"
+    try:
+        check({key: checkpoint.get(key) for key in ("epoch", "step", "best_epoch")}
+              | {key: checkpoint[key] for key in ("best_acc", "test_at_best") if key in checkpoint}
+              | {"groups_done": checkpoint.get("groups_done") or 0}
+              | {key: scheduler.get(key) for key in ("last_epoch", "gamma")}, label=str, schema=STATE)
+    except UsageError as error:
+        return str(error)
+    if (scheduler["last_epoch"], scheduler["gamma"]) != (checkpoint["epoch"], checkpoint["run_config"].get("gamma")):
+        return (f"the schedule (last_epoch {scheduler['last_epoch']}, gamma {scheduler['gamma']}) is not the run's "
+                f"(epoch {checkpoint['epoch']}, --gamma {checkpoint['run_config'].get('gamma')})")
     history = checkpoint.get("history")
-    if not isinstance(history, list) or not all(isinstance(row, dict) and whole(row.get("epoch")) for row in history):
+    if not isinstance(history, list) or not all(
+            isinstance(row, dict) and not problem(STATE["epoch"], row.get("epoch")) for row in history):
         return "history is not a list of per-epoch rows"
     optimizer = checkpoint.get("optimizer")
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
             or not isinstance(optimizer.get("param_groups"), list) or not optimizer["param_groups"]:
         return "optimizer holds no optimiser state"
-    if not isinstance(checkpoint.get("scheduler"), dict) or "last_epoch" not in checkpoint["scheduler"]:
-        return "scheduler holds no schedule state"
     if not is_rng_states(checkpoint.get("rng")):
         return "rng does not hold the python, numpy and torch generator states"
     world_size = checkpoint.get("world_size", 1)
-    if not whole(world_size) or not world_size:
+    if problem(STATE["world_size"], world_size):
         return f"world_size is {world_size!r}, not a number of processes"
-    if not whole(checkpoint.get("groups_done") or 0):
-        return f"groups_done is {checkpoint['groups_done']!r}, not a whole number"
     by_rank = checkpoint.get("rng_by_rank", [checkpoint["rng"]] * world_size)
     if not isinstance(by_rank, list) or len(by_rank) != world_size or not all(map(is_rng_states, by_rank)):
         return f"rng_by_rank does not hold the generator states of its {world_size} ranks"
@@ -548,7 +546,7 @@ def training_state_problem(checkpoint):
     sums = checkpoint.get(sums_key)
 
     def has_sums(sums, keys=("loss_sum", "correct", "anchors")):
-        return isinstance(sums, dict) and all(number(sums.get(key)) for key in keys)
+        return isinstance(sums, dict) and not any(problem(STATE["sum"], sums.get(key)) for key in keys)
 
     if checkpoint["step"] and not (has_sums(sums, ("loss_sum", "correct", "anchors", "seconds")) and (
             "by_rank" not in sums or isinstance(sums["by_rank"], list) and len(sums["by_rank"]) == world_size

@@ -13,6 +13,7 @@ from models.architectures import is_cross, scripts
 
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, one_line
 from .recipes import recipe
+from .settings import MODEL, names
 
 DEFAULT_IMAGE_SIZE = 224  # every released recipe
 
@@ -74,8 +75,6 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     stands in for a base-branch-only file). A `.safetensors` export is rebuilt from its
     `model_info.json`, whose transform is the one (base branch only: `arch="cross"` refuses it).
     """
-    if image_size is not None and image_size < 16:
-        raise CheckpointError(f"--image-size must be at least 16 pixels, got {image_size}")
     checkpoint, info = load_checkpoint(path)
     if info.format == "ir50" or info.num_classes is None:
         raise CheckpointError(f"{path} holds {info.format_title}: no classifier to run; "
@@ -91,8 +90,7 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     if size is None:
         raise CheckpointError(f"{path}: the tensor shapes match no model size; give --size "
                               f"({', '.join(MODEL_SIZES)})")
-    options = {k: v for k, v in (info.model_config or {}).items()
-               if k in ("attention", "matrix", "connection", "proj_drop_rule", "cross_block")}
+    options = {k: v for k, v in (info.model_config or {}).items() if k in names(MODEL) and k != "size"}
     model = build_model(info.arch if arch == "cross" else "base", len(classes), size=size, **options)
     try:
         load_weights(model, checkpoint, name=str(path))

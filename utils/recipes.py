@@ -46,7 +46,7 @@ DEMO = {
     "dcs": Recipe(epochs=7, batch_size=16, lr=1e-3, cross_drop=0.0, drop=0.0, size="tiny", image_size=56),
     "qcs": Recipe(epochs=7, batch_size=8, lr=1e-3, cross_drop=0.0, drop=0.0, size="tiny", image_size=56),
 }
-# Datasets without a released recipe (FER2013, folder) use the RAF-DB one.
+# Datasets without a released recipe (FER2013, folder) use the RAF-DB one; `fallback_note` says so.
 FALLBACK_DATASET = "RAF-DB"
 BALANCED_BY_DEFAULT = ("AffectNet-7", "AffectNet-8")
 # The released QCS AffectNet sampler draws the negative's class uniformly and takes len//12 anchors.
@@ -60,3 +60,23 @@ def recipe(arch, dataset):
     return dict(asdict(row), balanced_sampler=dataset in BALANCED_BY_DEFAULT,
                 negatives="by_class" if (arch, dataset) in NEGATIVES_BY_CLASS else "by_sample",
                 anchor_divisor=architecture(arch).anchor_divisor)
+
+
+def fallback_note(config):
+    """For a run on a dataset without a released recipe: one line naming the recipe it takes, with
+    the values that matter (one given on the command line is marked), else None."""
+    arch, dataset = config["recipe_arch"], config["dataset"]
+    if dataset == "demo" or (arch, dataset) in RELEASED:
+        return None
+    defaults = recipe(arch, dataset)
+    parts = [f"{label} {_shown(config[key])}"
+             + ("" if config[key] == defaults[key] else f" (given; the recipe's {_shown(defaults[key])})")
+             for key, label in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch size"),
+                                ("augmentation", "augmentation"))]
+    return f"{dataset} has no released recipe: it takes {FALLBACK_DATASET}'s {arch.upper()} recipe: {', '.join(parts)}"
+
+
+def _shown(value):
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item}" for key, item in value.items())
+    return f"{value:g}" if isinstance(value, float) else str(value)

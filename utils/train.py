@@ -32,6 +32,7 @@ from .device import DeviceUnavailable, place_model, resolve_device, use_channels
 from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
 from .evaluation import run_evaluation
 from .metrics import EpochMeter
+from .recipes import fallback_note
 from .reporting import RunReport, epoch_row, log_into, make_logger
 from .run_folder import (
     NewFolder,
@@ -154,8 +155,9 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, new_fol
     if config.get("replayed_from") and resumed is None:
         logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
                     f"line: {', '.join(config['replay_overrides']) or 'none'}")
-    if pretrained_note:
-        logger.info(pretrained_note)
+    for note in (fallback_note(config), pretrained_note):
+        if note:
+            logger.info(note)
     if new_folder == NewFolder.RESTARTED:
         logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)

@@ -15,16 +15,23 @@ import os
 import sys
 from pathlib import Path
 
-from data_preprocessing import DATASET_NAMES, MAX_IMAGE_SIDE
 from data_preprocessing.files import describe_os_error
 from data_preprocessing.outputs import OutputError
-from models import MODEL_SIZES
 from models.architectures import is_cross
 
 from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
-from ..config import DefaultsOnceFormatter
-from ..device import DEVICE_CHOICES, DeviceUnavailable
+from ..device import DeviceUnavailable
 from ..inference import DEFAULT_IMAGE_SIZE
+from ..settings import (
+    BY_NAME,
+    DATASET_NAMES,
+    DEVICE_CHOICES,
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+    DefaultsOnceFormatter,
+    UsageError,
+    check_options,
+)
 from . import ToolError
 from .export import FORMAT_CHOICES, sha256_of
 from .faces import DEFAULT_MIN_SCORE, DETECTOR_WINDOW, LARGEST_SCORE_SHARE, MAX_DETECTION_PIXELS
@@ -33,7 +40,6 @@ from .onnx_model import OPSET
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
-MIN_IMAGE_SIDE = 16  # the smallest input the backbone's three stages take
 
 
 def build_parser():
@@ -60,7 +66,7 @@ def _model_options(parser, onnx=False, exports=True):
         source.add_argument("--onnx", metavar="FILE.onnx", type=Path,
                             help=f"an ONNX export (export --format onnx), run with onnxruntime; the {EXPORT_INFO_FILE} "
                                  "beside it gives the classes and preprocessing (needs requirements-onnx.txt)")
-    parser.add_argument("--size", choices=tuple(MODEL_SIZES),
+    parser.add_argument("--size", choices=BY_NAME["size"].choices,
                         help="model size (default: from the checkpoint)")
     parser.add_argument("--image-size", type=int,
                         help=f"input side in pixels, {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} (default: from the checkpoint, "
@@ -284,21 +290,23 @@ def listed_sha256_verdict(path, info, digest):
 
 # ------------------------------------------------------------------------------ entry point
 
-def check_image_size(args):
-    """`--image-size` within MIN_IMAGE_SIDE..MAX_IMAGE_SIDE, before any work."""
+def check_shared_options(args):
+    """The options shared with a run (`--image-size`, `--batch-size`, ...) checked as the run's,
+    before any work (the seed is heatmaps' own)."""
     side = getattr(args, "image_size", None)
     if side is not None and not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
         raise ToolError(f"--image-size must be {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels, got {side}")
+    check_options(args, shared=("batch_size",))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        check_image_size(args)
+        check_shared_options(args)
         code = run_command(args)
         sys.stdout.flush()  # a full or closed standard output fails here, not at exit
         return code
-    except (ToolError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
+    except (ToolError, UsageError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -60,6 +60,7 @@ from data_preprocessing.outputs import (  # noqa: E402
 from models.architectures import ARCHITECTURES, architecture, scripts  # noqa: E402
 
 from ..config import UsageError, flag, given_options, parse_args, read_json_file, resolve_config  # noqa: E402
+from ..settings import check  # noqa: E402
 from ..train import main as train_main  # noqa: E402
 
 # `{title: (training script, its options)}`; the baseline trains with QCS's script and recipe
@@ -350,32 +351,20 @@ def write_reports(out, histories, configs, budget, epochs):
 
 
 def read_run_config(run_dir):
-    """A run's `config.json`; UsageError naming it when it is unreadable or not a run's settings."""
+    """A run's `config.json`; UsageError naming it when it is unreadable or its settings that the
+    summary uses (title, chance line, images budget) are not what the settings schema allows."""
     path = Path(run_dir) / "config.json"
     config = read_json_file(path)
-    problem = config_problem(config)
-    if problem:
-        raise UsageError(f"{path}: {problem}; not a training run's config.json")
+    try:
+        if not isinstance(config, dict):
+            raise UsageError("holds no JSON object")
+        check({"dataset": config.get("dataset"), "arch": config.get("arch"),
+               "balanced_sampler": config.get("balanced_sampler"),
+               "anchor_divisor": config.get("anchor_divisor") if config.get("balanced_sampler") else 1}
+              | {key: config[key] for key in ("num_classes",) if config.get(key) is not None})  # None: no chance line
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}; not a training run's config.json") from None
     return config
-
-
-def config_problem(config):
-    """What makes a `config.json` unusable for the summary's plot (title, chance line, images budget), or None."""
-    if not isinstance(config, dict):
-        return "holds no JSON object"
-    if not isinstance(config.get("dataset"), str):
-        return f"'dataset' is {config.get('dataset')!r:.30}"
-    if config.get("arch") not in ARCHITECTURES:
-        return f"'arch' is {config.get('arch')!r:.30}, not one of {', '.join(ARCHITECTURES)}"
-    if not isinstance(config.get("balanced_sampler"), bool):
-        return f"'balanced_sampler' is {config.get('balanced_sampler')!r:.30}, not true or false"
-    whole = {"anchor_divisor": config.get("anchor_divisor") if config["balanced_sampler"] else 1,
-             "num_classes": config.get("num_classes")}  # None: no chance line
-    for key, value in whole.items():
-        if (key == "anchor_divisor" or value is not None) and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return f"'{key}' is {value!r:.30}, not a whole number of at least 1"
-    return None
 
 
 def merged_runs(folders):

@@ -25,6 +25,7 @@ from models import OPTION_CHOICES, build_model
 
 from ..engine import sam_step
 from ..sam import SAM
+from ..settings import UsageError, check_options
 
 # parameter name prefix → group shown; the first match wins
 GROUPS = (("backbone.", "IR50 stages"), ("downsample.", "token embedding"), ("embed.", "token embedding"),
@@ -129,11 +130,12 @@ def report(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.images < 2 or args.image_size < 16 or not args.lr > 0:
-        parser.error("--images must be at least 2, --image-size at least 16 and --lr > 0")
+    if args.images < 2:
+        parser.error("--images must be at least 2")
     try:
+        check_options(args)
         report(args)
-    except DataError as error:
+    except (DataError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -70,8 +70,6 @@ def predict_files(trained, files, device, batch_size=32, finder=None, on_image=N
     `on_image(path, image, rows)` is called for each readable image once its rows are classified,
     in input order.
     """
-    if batch_size < 1:
-        raise ToolError(f"--batch-size must be at least 1, got {batch_size}")
     batch = PendingBatch(trained.model, trained.transform(), device, batch_size, on_image)
     all_rows = [] if rows is None else rows
     for path in files:
