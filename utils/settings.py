@@ -8,7 +8,6 @@ against it. The module imports no torch, so `--help` and usage errors answer at 
 """
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -16,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_preprocessing.files import InputError, read_json
 from models.architectures import ARCHITECTURES, scripts
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
@@ -287,17 +287,13 @@ def check_options(args, shared=("dataset", "image_size", "batch_size", "seed", "
     check({key: value for key, value in vars(args).items() if key in shared and value is not None})
 
 
-def read_json_file(path):
-    """The JSON document in file `path`; UsageError `<path>: not valid JSON (...)` or `<path>: cannot
-    read it (...)` otherwise."""
+def read_json_file(path, flag=None):
+    """The JSON document in file `path` (a regular file, size and nesting bounded, read through the
+    one file boundary); UsageError naming the path and what is wrong otherwise."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    except RecursionError:
-        raise UsageError(f"{path}: not valid JSON (nested too deeply)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+        return read_json(path, flag)
+    except InputError as error:
+        raise UsageError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------ the command line
