@@ -269,8 +269,6 @@ def test_a_name_too_long_is_one_line_before_any_work(tiny, tmp_path, capsys, mon
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="run_folder.create_run_dir looks at --output-dir outside "
-                   "output_errors and makes its parents with mkdir(parents=True), not CreatedPaths.make_dir")
 def test_training_output_dir_too_long_is_one_line_and_leaves_no_parents(tmp_path, capsys):
     data = folder_dataset(tmp_path / "data", train_per_class=2, test_per_class=1)
     output_dir = tmp_path / "new" / LONG_NAME

@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from data_preprocessing.outputs import (
+    CreatedPaths,
     OutputError,
     atomic_write_text,
     open_for_append,
@@ -95,14 +96,18 @@ def create_run_dir(output_dir, run_name):
     if output_dir is None:
         return _create_timestamped(Path("log"), run_name), NewFolder.MADE
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
+    with output_errors(output_dir, "--output-dir", "checking it"):
+        if output_dir.exists() and not output_dir.is_dir():
+            raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
     new_folder = NewFolder.MADE
-    try:
-        with output_errors(output_dir, "--output-dir", "creating the folder"):
-            output_dir.mkdir(parents=True)
-    except FileExistsError:  # an empty folder may be reused; it is checked once locked
-        new_folder = NewFolder.EMPTIED
+    with CreatedPaths() as parents:  # a folder that cannot be made leaves no parents behind
+        parents.make_dir(output_dir.parent, "--output-dir")
+        try:
+            with output_errors(output_dir, "--output-dir", "creating the folder"):
+                output_dir.mkdir()
+        except FileExistsError:  # an empty folder may be reused; it is checked once locked
+            new_folder = NewFolder.EMPTIED
+        parents.keep()
     had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
     held = [p for p in output_dir.iterdir() if p.name != LOCK_NAME]
