@@ -96,6 +96,15 @@ def test_evaluate_draws_into_the_run_folder_without_overwriting(trained_run_copy
     assert figure.read_bytes() == first and f"{figure} exists" in capsys.readouterr().out
 
 
+def test_a_folder_that_merely_holds_a_config_json_gets_no_figure(trained_run, folder_data, tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "model.pth").write_bytes((trained_run / "best.pth").read_bytes())
+    (downloads / "config.json").write_text('{"hidden_size": 768}')  # some other program's settings
+    assert main("qcs", eval_options(folder_data, "--evaluate", str(downloads / "model.pth"))) == 0
+    assert sorted(path.name for path in downloads.iterdir()) == ["config.json", "model.pth"]
+
+
 def test_an_existing_figure_beside_the_predictions_is_refused_before_the_work(trained_run, folder_data,
                                                                               tmp_path, capsys):
     (tmp_path / "pred_confusion.png").write_text("a user's file")

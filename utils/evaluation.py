@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from data_preprocessing import DatasetView, canonical_class_name, describe_transform, match_classes
+from data_preprocessing.files import InputError, read_json
 from data_preprocessing.outputs import OutputError, atomic_write, check_output_file, printable, refuse_existing
 
 from . import distributed as ddp
@@ -65,9 +66,19 @@ def confusion_figure_path(config, outputs):
     if outputs:
         return outputs[0].with_name(f"{outputs[0].stem}_confusion.png")
     checkpoint = Path(config["evaluate"])
-    if (checkpoint.parent / "config.json").is_file():
+    if is_run_folder(checkpoint.parent):
         return checkpoint.parent / f"confusion_{checkpoint.stem}_{config['dataset']}.png"
     return None
+
+
+def is_run_folder(folder):
+    """Whether `folder` is one of our run folders: its `config.json` is a run's resolved settings
+    and it holds a `last.pth` (a folder that merely holds some `config.json` is not)."""
+    try:
+        saved = read_json(folder / "config.json")
+    except InputError:
+        return False
+    return isinstance(saved, dict) and "recipe_arch" in saved and (folder / "last.pth").is_file()
 
 
 def write_confusion_figure(logger, config, outputs, result, dataset):
