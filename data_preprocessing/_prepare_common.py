@@ -18,6 +18,7 @@ from data_preprocessing.errors import DataError, RowErrors
 from data_preprocessing.files import invalid_utf8_position, non_regular_kind
 from data_preprocessing.layouts import ListLayout
 from data_preprocessing.outputs import (
+    CreatedPaths,
     OutputError,
     atomic_write,
     check_output_dir,
@@ -56,10 +57,12 @@ def require_dir(path, flag: str) -> Path:
     return path
 
 
-def claim_prepared_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> None:
+def claim_prepared_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> CreatedPaths:
     """Check before any work that the ``--out`` paths may be written: none overlaps an input, none
     exists (a folder counts when non-empty) unless ``overwrite``, ``out_dir`` is a writable folder
-    or can be created, and no file output is a folder nor folder output a file (OutputError)."""
+    or can be created, and no file output is a folder nor folder output a file (OutputError).
+    Returns the record of the folders made for ``out_dir``: used as a context manager, a failure
+    inside removes them again when they are still empty."""
     refuse_output_over_inputs([*files, *folders], inputs)
     refuse_existing([("--out", path) for path in [*files, *folders]], overwrite)
     check_output_dir(out_dir, "--out", create=True)
@@ -69,6 +72,9 @@ def claim_prepared_outputs(out_dir, files, inputs, overwrite: bool, folders=()) 
     for path in map(Path, folders):
         if path.exists() and not path.is_dir():
             raise OutputError(f"--out {path}: is a file, not a folder")
+    created = CreatedPaths()
+    created.make_dir(out_dir, "--out")
+    return created
 
 
 def refuse_output_over_inputs(outputs, inputs) -> None:

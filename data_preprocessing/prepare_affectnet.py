@@ -189,9 +189,13 @@ def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
     outputs = [path for layout in LAYOUTS for path in layout_list_paths(out_dir, layout)]
-    claim_prepared_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
-                  folders=[out_dir / CROP_DIR] if args.crop else [])
+    with claim_prepared_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
+                                folders=[out_dir / CROP_DIR] if args.crop else []):
+        return write_affectnet(args, csv_paths, images_dir, out_dir)
 
+
+def write_affectnet(args, csv_paths, images_dir, out_dir):
+    """Read and check both CSV files, crop or check the images, write the 7- and 8-class lists."""
     bad_rows, seen = RowErrors(), {}
     train, train_left_out = read_annotations(csv_paths["train"], "--train-csv", bad_rows, seen)
     test, test_left_out = read_annotations(csv_paths["test"], "--val-csv", bad_rows, seen)

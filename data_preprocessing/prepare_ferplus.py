@@ -166,10 +166,10 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     fer2013_path = require_file(args.fer2013, "--fer2013")
     ferplus_path = require_file(args.ferplus, "--ferplus")
     out_dir = Path(args.out)
-    claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path], args.overwrite,
-                  folders=[out_dir / LAYOUT.image_dir])
-    entries, left_out = convert(fer2013_path, ferplus_path, out_dir)
-    write_layout_lists(out_dir, LAYOUT, entries, left_out=left_out)
+    with claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path],
+                                args.overwrite, folders=[out_dir / LAYOUT.image_dir]):
+        entries, left_out = convert(fer2013_path, ferplus_path, out_dir)
+        write_layout_lists(out_dir, LAYOUT, entries, left_out=left_out)
     return entries
 
 

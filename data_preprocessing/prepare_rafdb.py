@@ -112,11 +112,11 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     list_path = require_file(args.list, "--list")
     images_dir = require_dir(args.images, "--images") if args.images else None
     out_dir = Path(args.out)
-    claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite)
-    splits = parse_partition_list(list_path)
-    if images_dir is not None:
-        check_images(images_dir, splits)
-    write_layout_lists(out_dir, LAYOUT, splits)
+    with claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite):
+        splits = parse_partition_list(list_path)
+        if images_dir is not None:
+            check_images(images_dir, splits)
+        write_layout_lists(out_dir, LAYOUT, splits)
     return splits
 
 

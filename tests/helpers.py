@@ -1,4 +1,5 @@
 """Plain helper functions shared by the test modules (`from helpers import ...`); fixtures live in conftest.py."""
+import contextlib
 import os
 import shutil
 import socket
@@ -67,3 +68,24 @@ def unprivileged_prefix():
     if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
         pytest.skip("setpriv cannot drop capabilities here")
     return prefix
+
+
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """A real tmpfs mounted at `folder` (created here; skips where this process may not mount)."""
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder):
+    """Fill the file system of `folder` with one file `filler` until it is full."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as filler:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from data_preprocessing.demo import DEMO_CLASSES
+from helpers import tmpfs
 from models import build_model
 from utils.checkpoint import CheckpointError
 from utils.inference import load_trained_model
@@ -514,14 +515,8 @@ def test_an_export_killed_part_way_is_cleaned_up_by_the_next_one(checkpoint, tmp
 def small_filesystem(tmp_path):
     """A real 3 MiB filesystem (tmpfs; skipped where mounting is not allowed), which an export of
     every format fills part-way."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs is not allowed here")
-    try:
+    with tmpfs(tmp_path / "small", "size=3M") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -6,7 +6,6 @@ and two runs claiming one output are all made for real; a full and a read-only f
 real tmpfs mounts where this process may mount (else skipped), and only errnos that cannot be made
 here (EIO) are injected. Every read of a named pipe runs under a timeout: a hang fails the test.
 """
-import contextlib
 import errno
 import json
 import os
@@ -23,7 +22,7 @@ from PIL import Image
 from data_preprocessing import DataError, build_dataset
 from data_preprocessing.files import InputError, read_bytes, read_csv, read_json, read_text
 from data_preprocessing.outputs import CreatedPaths, OutputError, atomic_write_text, open_for_append
-from helpers import FOLDER_CLASSES, folder_dataset, save_checkpoint, tiny_training_args
+from helpers import FOLDER_CLASSES, fill, folder_dataset, save_checkpoint, tiny_training_args, tmpfs
 from models import build_model
 from utils.checkpoint import CheckpointError, read_model_info
 from utils.reporting import make_logger
@@ -303,25 +302,9 @@ def test_a_failed_run_removes_exactly_what_it_created(tiny, tmp_path, capsys):
     assert not out.exists()  # the claimed placeholder is gone again
 
 
-@contextlib.contextmanager
-def tmpfs(folder, options):
-    """A real tmpfs mounted at `folder` (skips where this process may not mount)."""
-    folder.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_a_full_and_a_read_only_file_system_are_one_line_and_leave_nothing(tiny, tmp_path, capsys):
     with tmpfs(tmp_path / "full", "size=64k") as full:
-        with contextlib.suppress(OSError), open(full / "filler", "wb") as filler:
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
+        fill(full)
         assert predict(tiny, "--csv", full / "out.csv") == 2
         assert one_error_line(capsys.readouterr().err) == (
             f"--csv {full / 'out.csv'}: no space left on device (ENOSPC while writing)")

@@ -14,6 +14,7 @@ from data_preprocessing import build_dataset, prepare_affectnet, prepare_ferplus
 from data_preprocessing._prepare_common import PrepareError
 from data_preprocessing.datasets import DataError
 from data_preprocessing.outputs import OutputError
+from helpers import fill, tmpfs
 
 
 def read_lines(path):
@@ -52,7 +53,7 @@ def test_rafdb_bad_line_names_file_and_line(tmp_path, bad_line, message):
     with pytest.raises(PrepareError) as error:
         prepare_rafdb.prepare(["--list", str(raw), "--out", str(tmp_path / "out")])
     assert "labels.txt:2: " in str(error.value) and message in str(error.value)
-    assert not (tmp_path / "out" / "raf_db_basic_train.txt").exists()
+    assert not (tmp_path / "out").exists()  # the folders a failed run made are gone again
 
 
 def test_rafdb_refuses_overwrite_and_checks_images(tmp_path):
@@ -443,6 +444,16 @@ def test_fer2013_csv_errors_read_the_same_in_the_loader_and_the_ferplus_script(t
                                  "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"error: {loader_error.value}\n"
     assert f"{fer_path}:3: pixels must be 2304 values 0..255" in str(loader_error.value)
+
+
+def test_a_full_disk_leaves_no_output_folder(tmp_path, capsys):
+    raw = tmp_path / "list.txt"
+    raw.write_text(RAF_LIST)
+    with tmpfs(tmp_path / "full", "size=64k") as full:
+        fill(full)
+        assert prepare_rafdb.main(["--list", str(raw), "--out", str(full / "out" / "RAF-DB")]) == 2
+        assert "no space left on device" in capsys.readouterr().err
+        assert sorted(path.name for path in full.iterdir()) == ["filler"]
 
 
 def test_list_files_are_written_atomically(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 import utils.reporting
 import utils.train
-from helpers import ROOT, folder_dataset, tiny_training_args
+from helpers import ROOT, folder_dataset, tiny_training_args, tmpfs
 from utils.checkpoint import read_checkpoint
 from utils.train import main
 
@@ -245,13 +245,8 @@ def test_a_sigkill_at_the_first_epoch_end_is_rerun_to_the_same_metrics(before, r
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of 1 MiB, remountable to another size (root only; skipped where mounting is not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mount.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        yield disk
 
 
 def test_a_disk_full_after_last_pth_keeps_the_folder_and_resumes_to_the_same_metrics(reference, data, tmp_path,
