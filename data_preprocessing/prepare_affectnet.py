@@ -43,6 +43,7 @@ from data_preprocessing._prepare_common import (
 from data_preprocessing.errors import RowErrors
 from data_preprocessing.images import clamp_box
 from data_preprocessing.layouts import LIST_LAYOUTS
+from data_preprocessing.limits import LimitError, check_open_files
 from data_preprocessing.outputs import OutputError, output_errors
 
 LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
@@ -161,6 +162,10 @@ def check_workers(workers: int) -> None:
     if not 1 <= workers <= limit:
         raise PrepareError(f"--workers {workers}: must be 1..{limit} on this machine "
                            f"({WORKERS_PER_CPU} per CPU, at most {MAX_WORKERS})")
+    try:
+        check_open_files(workers, in_process=False)
+    except LimitError as error:
+        raise PrepareError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -328,6 +328,13 @@ def test_limits_are_one_line_naming_ulimit_before_pytorch_loads():
     assert result.returncode == 2
     assert one_error_line(result.stderr) == ("this process may map only 2.9 GiB of memory (ulimit -v), and PyTorch "
                                              "needs about 3.5 GiB: raise the limit (ulimit -v 3670016, or unlimited)")
-    result = limited("ulimit -n 24", "from utils.limits import check_open_files; check_open_files(8)")
+    result = limited("ulimit -n 24", "from data_preprocessing.limits import check_open_files; check_open_files(8)")
     assert "LimitError: --workers 8: this process may open only 24 files (ulimit -n)" in result.stderr
     assert "raise the limit (ulimit -n 160) or give fewer --workers" in result.stderr
+    result = limited("ulimit -n 24", "import sys; from data_preprocessing.prepare_affectnet import main; "
+                     "sys.exit(main([\"--train-csv\", \"t.csv\", \"--val-csv\", \"v.csv\", \"--out\", \"o\", "
+                     "\"--workers\", \"2\"]))")
+    assert result.returncode == 2
+    assert one_error_line(result.stderr) == ("--workers 2: this process may open only 24 files (ulimit -n), and 2 "
+                                             "workers need about 64 to hand their results over; raise the limit "
+                                             "(ulimit -n 64) or give fewer --workers")

@@ -1,4 +1,4 @@
 """The training system (engine, recipes, checkpoints, run folders, reports) and the tools around a trained model."""
-from .limits import exit_if_torch_cannot_load
+from data_preprocessing.limits import exit_if_torch_cannot_load
 
 exit_if_torch_cannot_load()

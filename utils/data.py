@@ -14,10 +14,10 @@ from data_preprocessing import (
     stratified_holdout,
 )
 from data_preprocessing.device_augment import DeviceAugment, split_train_transform
+from data_preprocessing.limits import TRAINING_ADDRESS_SPACE, LimitError, check_address_space, check_open_files
 from models.architectures import architecture
 
 from .config import UsageError, transforms_for
-from .limits import TRAINING_ADDRESS_SPACE, LimitError, check_address_space, check_open_files
 from .runtime import leave_signals_to_main
 
 

@@ -36,10 +36,10 @@ def check_address_space(needed, what):
                          f"{-(-needed // 1024)}, or unlimited)")
 
 
-def check_open_files(workers, flag="--workers"):
+def check_open_files(workers, flag="--workers", in_process=True):
     """DataLoader or process-pool workers hand their results over through file descriptors: below a
     limit of open files they fail (EMFILE) or stall. Raise the soft limit where the hard one allows,
-    else LimitError with the remedy."""
+    else LimitError with the remedy (`in_process`: whether 0 workers is an option)."""
     needed = 32 + 16 * workers
     soft = _soft(resource.RLIMIT_NOFILE) if resource is not None else None
     if workers == 0 or soft is None or soft >= needed:
@@ -50,7 +50,8 @@ def check_open_files(workers, flag="--workers"):
         return
     raise LimitError(f"{flag} {workers}: this process may open only {soft} files (ulimit -n), and "
                      f"{workers} workers need about {needed} to hand their results over; raise "
-                     f"the limit (ulimit -n {needed}) or give fewer {flag} (0: work in this process)")
+                     f"the limit (ulimit -n {needed}) or give fewer {flag}"
+                     + (" (0: work in this process)" if in_process else ""))
 
 
 def exit_if_torch_cannot_load():
