@@ -319,6 +319,14 @@ def test_video_rows_per_frame_and_annotated_copy(face_extra, shared_dir, checkpo
     assert [int(r["frame"]) for r in read_csv(tmp_path / "every5.csv")] == [0, 5, 10, 15, 20]
     assert count_frames(tmp_path / "every5" / "clip.mp4") == 24  # every frame, the results held between
 
+    code, _, _ = run_tool(capsys, "predict", "--checkpoint", checkpoint, "--video", clip, "--every", 5,
+                          "--detect-pixels", 76800, "--csv", tmp_path / "shrunk.csv")  # searched at 320×180
+    assert code == 0
+    records = read_csv(tmp_path / "shrunk.csv")
+    assert [int(r["frame"]) for r in records] == [0, 5, 10, 15, 20]
+    for record in records:
+        assert_on_pasted_faces([box_of(record)], [squares[int(record["frame"])]])
+
 
 def test_video_display_rotation_is_applied(face_extra, shared_dir, checkpoint, tmp_path, capsys):
     frames, squares = moving_face(shared_dir, count=6, blank=())

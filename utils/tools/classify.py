@@ -76,9 +76,13 @@ def detection_wanted(flag):
     return flag
 
 
-def face_finder(args, detect, side):
-    """A `faces.FaceFinder` for the detection options, or None without detection (which they then refuse)."""
-    options = {"--min-score": args.min_score, "--upsample": args.upsample, "--largest": args.largest or None}
+def face_finder(args, detect, side, max_pixels=None):
+    """A `faces.FaceFinder` for the detection options, or None without detection (which they then
+    refuse); `max_pixels`: images larger than that are searched shrunk (`--detect-pixels`)."""
+    if max_pixels is not None and max_pixels < 1:
+        raise ToolError(f"--detect-pixels must be at least 1, got {max_pixels}")
+    options = {"--min-score": args.min_score, "--upsample": args.upsample, "--largest": args.largest or None,
+               "--detect-pixels": max_pixels}
     if not detect:
         given = [flag for flag, value in options.items() if value is not None]
         if given:
@@ -86,7 +90,7 @@ def face_finder(args, detect, side):
                             + ("" if faces.available() else f" (the extra is not installed: {faces.EXTRA_HINT})"))
         return None
     return faces.FaceFinder(min_score=faces.DEFAULT_MIN_SCORE if args.min_score is None else args.min_score,
-                            largest=args.largest, upsample=args.upsample or 0, side=side)
+                            largest=args.largest, upsample=args.upsample or 0, side=side, max_pixels=max_pixels)
 
 
 def is_photo(image, input_side):
@@ -373,4 +377,5 @@ def set_up(args, list_inputs, created, annotation_suffix=None):
     if args.top_k < 1:
         raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
     k = min(args.top_k, len(trained.classes))
-    return files, Setup(trained, device, where, k, face_finder(args, detect, trained.image_size), targets, created)
+    return files, Setup(trained, device, where, k, face_finder(args, detect, trained.image_size, args.detect_pixels),
+                        targets, created)

@@ -115,6 +115,12 @@ def _detection_options(parser):
                              f"{MAX_DETECTION_PIXELS // 10 ** 6} megapixels after it are searched shrunk")
 
 
+def _detect_pixels_option(parser, what, default):
+    parser.add_argument("--detect-pixels", type=int, metavar="N",
+                        help=f"search {what} for faces shrunk to at most N pixels (76800: 320x240, about 3x "
+                             f"faster, faces of 160 px and up in a 640x480 frame; default: {default})")
+
+
 def _speed_options(parser):
     """The fast path of a PyTorch model (also `--evaluate`'s options): on a CPU with bf16 support,
     `--amp --channels-last --compile` is about 2.3× (one image) to 4× (batches) faster."""
@@ -137,6 +143,7 @@ def _add_predict(commands):
     p.add_argument("--tta", default="none", choices=("none", "flip"),
                    help="flip: score each face by the mean of its logits and its mirror's")
     _detection_options(p)
+    _detect_pixels_option(p, "images and video frames", "the image's own size")
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (or of the video) with boxes, landmarks and labels drawn")
     p.add_argument("--video", metavar="FILE", help="classify the faces of a video's frames (needs the extra of "
@@ -216,9 +223,7 @@ def _add_demo(commands):
     p.add_argument("--tta", default="none", choices=("none", "flip"),
                    help="flip: score each face by the mean of its logits and its mirror's")
     _detection_options(p)
-    p.add_argument("--detect-pixels", type=int, metavar="N",
-                   help="search webcam frames for faces shrunk to at most N pixels (76800: 320x240, about 4x "
-                        "faster, faces of 160 px and up in a 640x480 frame; default: the full frame, as predict)")
+    _detect_pixels_option(p, "webcam frames", "the full frame, as predict")
 
 
 # ------------------------------------------------------------------------------ inspect

@@ -300,10 +300,8 @@ def run(args):
     """The `demo` command: serve the page until Ctrl-C."""
     if args.top_k < 1:
         raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.detect_pixels is not None and args.detect_pixels < 1:
-        raise ToolError(f"--detect-pixels must be at least 1, got {args.detect_pixels}")
     detect = detection_wanted(args.detect)
-    face_finder(args, detect, 1)  # the detection options checked before anything is served
+    face_finder(args, detect, 1, args.detect_pixels)  # the detection options checked before anything is served
     demo = Demo(args, detect)
     server = make_server(args.host, args.port, demo)
     host, port = server.server_address[:2]
