@@ -280,6 +280,14 @@ def test_training_output_dir_too_long_is_one_line_and_leaves_no_parents(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # the parents it made are gone again
 
 
+def test_a_start_that_fails_later_removes_the_parents_it_made_for_the_run_folder(tmp_path, capsys):
+    data = folder_dataset(tmp_path / "data", train_per_class=2, test_per_class=1)
+    run = tmp_path / "made" / "for" / "run"
+    assert train_main("qcs", tiny_training_args(data, "--epochs", "1", "--lr", "1e30", "--output-dir", str(run))) == 1
+    assert "stopped: loss is nan at step 1" in capsys.readouterr().out  # before anything was saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_a_failed_run_removes_exactly_what_it_created(tiny, tmp_path, capsys):
     kept = tmp_path / "kept"
     (kept / "old").mkdir(parents=True)

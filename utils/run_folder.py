@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -37,13 +38,20 @@ BEST_ONLY = ("best.pth", "confusion_best.png")
 BEFORE_FIRST_EPOCH = frozenset({RUN_MARKER, "log.txt", LOCK_NAME, "tensorboard"})
 
 
-class NewFolder(str, Enum):
+class Taken(str, Enum):
     """How a new run took its folder: MADE it, EMPTIED it (a folder the user had made empty), or
-    RESTARTED it (the folder of a run killed before it saved an epoch; see `restartable`). A failed
-    start removes what it made, or empties that folder again."""
+    RESTARTED it (the folder of a run killed before it saved an epoch; see `restartable`)."""
     MADE = "made"
     EMPTIED = "emptied"
     RESTARTED = "restarted"
+
+
+@dataclass(frozen=True)
+class NewFolder:
+    """The folder a new run took: how (`Taken`), and the folders above it made for it (outermost
+    first). A failed start removes what it made, or empties that folder again."""
+    taken: Taken
+    parents: tuple = ()
 
 _held_locks = {}  # run folder → open lock file, for as long as this process works in it
 
@@ -94,26 +102,27 @@ def create_run_dir(output_dir, run_name):
     Creation and locking leave no window in which two runs could both take the same folder.
     """
     if output_dir is None:
-        return _create_timestamped(Path("log"), run_name), NewFolder.MADE
+        return _create_timestamped(Path("log"), run_name), NewFolder(Taken.MADE)
     output_dir = Path(output_dir)
     with output_errors(output_dir, "--output-dir", "checking it"):
         if output_dir.exists() and not output_dir.is_dir():
             raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
-    new_folder = NewFolder.MADE
+    taken = Taken.MADE
     with CreatedPaths() as parents:  # a folder that cannot be made leaves no parents behind
         parents.make_dir(output_dir.parent, "--output-dir")
         try:
             with output_errors(output_dir, "--output-dir", "creating the folder"):
                 output_dir.mkdir()
         except FileExistsError:  # an empty folder may be reused; it is checked once locked
-            new_folder = NewFolder.EMPTIED
+            taken = Taken.EMPTIED
+        made_parents = tuple(parents.folders)
         parents.keep()
     had_lock_file = (output_dir / LOCK_NAME).exists()
     lock_run_dir(output_dir)
     held = [p for p in output_dir.iterdir() if p.name != LOCK_NAME]
     if held and restartable(output_dir, held):
         shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)  # its events start again
-        return output_dir, NewFolder.RESTARTED
+        return output_dir, NewFolder(Taken.RESTARTED)
     if held:
         release_run_dirs()
         if not had_lock_file:  # leave another run's folder as it was
@@ -122,7 +131,7 @@ def create_run_dir(output_dir, run_name):
         hint = f", or continue that run with --resume {last}" if last.is_file() else ""
         raise FileExistsError(f"--output-dir {output_dir} already holds files of another run; "
                               f"choose a new folder{hint}")
-    return output_dir, new_folder
+    return output_dir, NewFolder(taken, made_parents)
 
 
 def restartable(folder, entries):
@@ -233,9 +242,9 @@ def _stat_key(stat_or_path):
 
 def discard_failed_start(run_dir, new_folder):
     """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
-    remove a folder this process made (`NewFolder.MADE`), or empty again one it took
-    (`NewFolder.EMPTIED` or `RESTARTED`; the folder, or the link to it, stays). Returns what was done, as
-    words for the log ("removed", "emptied"), or None."""
+    remove a folder this process made (`Taken.MADE`) and the parents made for it, or empty again
+    one it took (`Taken.EMPTIED` or `RESTARTED`; the folder, or the link to it, stays). Returns what
+    was done, as words for the log ("removed", "emptied"), or None."""
     if not new_folder or not ddp.is_main_process() or (run_dir / LAST).exists():
         return None
     release_run_dirs()
@@ -245,8 +254,10 @@ def discard_failed_start(run_dir, new_folder):
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-        if new_folder == NewFolder.MADE and not run_dir.is_symlink():
+        if new_folder.taken == Taken.MADE and not run_dir.is_symlink():
             run_dir.rmdir()
+            for parent in reversed(new_folder.parents):
+                parent.rmdir()
             return "removed"
     return "emptied" if not any(run_dir.iterdir()) else None
 

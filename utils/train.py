@@ -36,6 +36,7 @@ from .recipes import fallback_note
 from .reporting import RunReport, epoch_row, log_into, make_logger
 from .run_folder import (
     NewFolder,
+    Taken,
     discard_failed_start,
     prepare_run_dir,
     read_resume_source,
@@ -158,7 +159,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, new_fol
     for note in (fallback_note(config), pretrained_note):
         if note:
             logger.info(note)
-    if new_folder == NewFolder.RESTARTED:
+    if new_folder.taken == Taken.RESTARTED:
         logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
