@@ -232,7 +232,9 @@ def test_a_missing_script_name_in_a_config_file_is_one_line(tmp_path, capsys):
 
 def test_a_mid_epoch_checkpoint_from_before_positions_were_recorded_still_reads(trained_run):
     # files written before the rename and the per-rank records: `partial`, no world_size or groups_done
-    from utils.checkpoint import RunState, read_checkpoint, training_state_problem
+    from utils.checkpoint import read_checkpoint
+    from utils.resume import training_state_problem
+    from utils.training_state import RunState
     checkpoint = read_checkpoint(trained_run / "last.pth")
     for key in ("epoch_sums", "world_size", "groups_done"):
         checkpoint.pop(key)
