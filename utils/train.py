@@ -3,7 +3,8 @@
 One training step, top to bottom: `main` → `run_training` → `train_epochs` → `train_epoch` →
 `engine.train_one_epoch` → `engine.sam_step` → `SAM.first_step` / `SAM.second_step` (utils/sam.py).
 The settings come from `utils.config`, the data from `utils.data`, the run folder from
-`utils.run_folder`, checkpoints from `utils.checkpoint`, the other files of a run from `utils.reporting`.
+`utils.run_folder`, checkpoints from `utils.training_state` (writing) and `utils.resume` (`--resume`,
+`--pretrained`), the other files of a run from `utils.reporting`.
 """
 import re
 import time
