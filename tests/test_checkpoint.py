@@ -232,7 +232,9 @@ def test_a_missing_script_name_in_a_config_file_is_one_line(tmp_path, capsys):
 
 def test_a_mid_epoch_checkpoint_from_before_positions_were_recorded_still_reads(trained_run):
     # files written before the rename and the per-rank records: `partial`, no world_size or groups_done
-    from utils.checkpoint import RunState, read_checkpoint, training_state_problem
+    from utils.checkpoint import read_checkpoint
+    from utils.resume import training_state_problem
+    from utils.training_state import RunState
     checkpoint = read_checkpoint(trained_run / "last.pth")
     for key in ("epoch_sums", "world_size", "groups_done"):
         checkpoint.pop(key)
@@ -241,3 +243,16 @@ def test_a_mid_epoch_checkpoint_from_before_positions_were_recorded_still_reads(
     assert training_state_problem(checkpoint) is None
     state = RunState.from_checkpoint(checkpoint)
     assert (state.step, state.epoch_sums, state.world_size, state.groups_done) == (1, sums, 1, None)
+
+
+def test_evaluate_reads_the_checkpoint_file_once(trained_run, folder_data, monkeypatch):
+    real_load, loads = torch.load, []
+
+    def counting_load(source, *args, **kwargs):
+        if os.path.realpath(source) == os.path.realpath(trained_run / "best.pth"):
+            loads.append(source)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    assert main("qcs", eval_options(folder_data, "--evaluate", str(trained_run / "best.pth"))) == 0
+    assert len(loads) == 1, f"--evaluate deserialised its checkpoint {len(loads)} times"

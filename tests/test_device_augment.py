@@ -11,7 +11,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-import utils.checkpoint
+import utils.training_state
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from data_preprocessing.device_augment import (
     JITTERS,
@@ -313,7 +313,7 @@ def test_mid_epoch_resume_with_device_augment_is_bit_exact(folder_data, tmp_path
     straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment",
                                           "--output-dir", str(straight))) == 0
-    real_save = utils.checkpoint.atomic_save
+    real_save = utils.training_state.atomic_save
 
     def save_and_keep_mid_epoch(checkpoint, path):
         real_save(checkpoint, path)
@@ -321,10 +321,10 @@ def test_mid_epoch_resume_with_device_augment_is_bit_exact(folder_data, tmp_path
             copy.mkdir()
             real_save(checkpoint, copy / "last.pth")
 
-    monkeypatch.setattr(utils.checkpoint, "atomic_save", save_and_keep_mid_epoch)
+    monkeypatch.setattr(utils.training_state, "atomic_save", save_and_keep_mid_epoch)
     assert main("qcs", tiny_training_args(folder_data, "--epochs", "2", "--device-augment", "--save-every", "1e-9",
                                           "--output-dir", str(saving))) == 0
-    monkeypatch.setattr(utils.checkpoint, "atomic_save", real_save)
+    monkeypatch.setattr(utils.training_state, "atomic_save", real_save)
     assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(tmp_path / "branch")]) == 0
     expected = read_checkpoint(straight / "last.pth")["model"]
     for run in (saving, tmp_path / "branch"):

@@ -24,7 +24,8 @@ from data_preprocessing.files import InputError, read_bytes, read_csv, read_json
 from data_preprocessing.outputs import CreatedPaths, OutputError, atomic_write_text, open_for_append
 from helpers import FOLDER_CLASSES, fill, folder_dataset, save_checkpoint, tiny_training_args, tmpfs
 from models import build_model
-from utils.checkpoint import CheckpointError, read_model_info
+from utils.checkpoint import CheckpointError
+from utils.model_info import read_model_info
 from utils.reporting import make_logger
 from utils.run_folder import lock_run_dir, release_run_dirs
 from utils.tools import cli

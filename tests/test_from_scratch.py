@@ -8,9 +8,9 @@ from torch import nn
 
 from models import build_model
 from models.vit import TokenViT
-from utils.checkpoint import load_pretrained
 from utils.config import DEFAULT_PRETRAINED, parse_args, resolve_config
 from utils.engine import StepSettings, train_one_epoch
+from utils.resume import load_pretrained
 from utils.sam import SAM
 from utils.tools.diagnose import image_share
 from utils.tools.diagnose import main as diagnose_main

@@ -303,7 +303,7 @@ def test_every_command_refuses_a_read_only_destination_before_working(tmp_path, 
 def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
     checkpoint = tmp_path / "last.pth"
     torch.save({"epoch": 1}, checkpoint)
-    save = (f"import torch\nfrom utils.checkpoint import atomic_save\n"
+    save = (f"import torch\nfrom utils.training_state import atomic_save\n"
             f"atomic_save({{'model': torch.zeros(2 ** 20)}}, {str(checkpoint)!r})")  # 4 MB, over a 1 MB limit
     demo_out = tmp_path / "demo"
     raw = tmp_path / "list.txt"

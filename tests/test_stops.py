@@ -210,14 +210,14 @@ def test_a_folder_with_a_file_of_the_users_is_not_restarted(data, tmp_path, monk
 KILLED = """
 import os, signal, sys
 import torch
-import utils.checkpoint
+import utils.training_state
 torch.set_num_threads(1)
-real_save = utils.checkpoint.atomic_save
+real_save = utils.training_state.atomic_save
 def save_then_die(obj, path):
     if path.name == {before!r}:
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, path)
-utils.checkpoint.atomic_save = save_then_die
+utils.training_state.atomic_save = save_then_die
 from utils.train import main
 sys.exit(main("qcs", sys.argv[1:]))
 """

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.checkpoint
 import utils.engine
+import utils.training_state
 from helpers import FOLDER_CLASSES as CLASSES
 from helpers import folder_dataset
 from helpers import tiny_eval_args as eval_args
@@ -387,7 +387,7 @@ def test_progress_lines_go_to_the_log_file(data, tmp_path):
 def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_path, monkeypatch):
     straight, saving, copy = tmp_path / "straight", tmp_path / "saving", tmp_path / "copy"
     assert main("qcs", args(data, "--epochs", "2", "--output-dir", str(straight))) == 0
-    real_save, copies = utils.checkpoint.atomic_save, []
+    real_save, copies = utils.training_state.atomic_save, []
 
     def save_and_keep_mid_epoch(checkpoint, path):
         real_save(checkpoint, path)
@@ -396,10 +396,10 @@ def test_mid_epoch_saves_resume_bit_exact_with_whole_epoch_metrics(data, tmp_pat
             real_save(checkpoint, copy / "last.pth")
             copies.append(path)
 
-    monkeypatch.setattr(utils.checkpoint, "atomic_save", save_and_keep_mid_epoch)
+    monkeypatch.setattr(utils.training_state, "atomic_save", save_and_keep_mid_epoch)
     assert main("qcs", args(data, "--epochs", "2", "--save-every", "1e-9", "--output-dir", str(saving))) == 0
     assert copies, "no mid-epoch checkpoint was written"
-    monkeypatch.setattr(utils.checkpoint, "atomic_save", real_save)
+    monkeypatch.setattr(utils.training_state, "atomic_save", real_save)
     # the copy is not a run folder: it continues in a new one
     branch = tmp_path / "branch"
     assert main("qcs", ["--resume", str(copy / "last.pth"), "--output-dir", str(branch)]) == 0

@@ -102,13 +102,15 @@ def load_evaluation_inputs(config, args, arch):
     """The checkpoint's inference model, the test split it is evaluated on (its classes shared with
     the model's), the model's output index of each of those classes (None: all, in order) and a
     line saying how a model of other classes was matched (None when the classes are the same)."""
-    info = load_checkpoint(config["evaluate"])[1]
+    loaded = load_checkpoint(config["evaluate"])
+    info = loaded[1]
     if args.dataset is None and info.dataset:
         config["dataset"] = info.dataset
     named = bool(info.classes)  # our checkpoints name their classes; for other files they are the dataset's
     trained = load_trained_model(config["evaluate"], dataset=None if named else config["dataset"],
                                  class_list=None if named else config["classes"], data_root=config["data_root"],
-                                 size=args.size, image_size=args.image_size, recipe_arch=arch)
+                                 size=args.size, image_size=args.image_size, recipe_arch=arch,
+                                 loaded=loaded)
     dataset = load_split(config, "test", trained.transform())
     return (trained, *shared_classes(trained.classes, dataset, config))
 

@@ -62,7 +62,7 @@ def resolve_classes(info, dataset=None, class_list=None, data_root=None, fallbac
 
 
 def load_trained_model(path, arch="base", dataset=None, class_list=None, data_root=None, size=None,
-                       image_size=None, fallback_dataset=None, recipe_arch=None):
+                       image_size=None, fallback_dataset=None, recipe_arch=None, loaded=None):
     """Rebuild the network of checkpoint `path` and load its weights (in eval mode).
 
     `arch="base"` gives the inference network (base branch only) of any checkpoint with a head;
@@ -74,8 +74,9 @@ def load_trained_model(path, arch="base", dataset=None, class_list=None, data_ro
     authors'), the released recipe of the checkpoint's architecture on `dataset` (`recipe_arch`
     stands in for a base-branch-only file). A `.safetensors` export is rebuilt from its
     `model_info.json`, whose transform is the one (base branch only: `arch="cross"` refuses it).
+    `loaded`: the `(checkpoint, info)` of `path` where the caller has read it already.
     """
-    checkpoint, info = load_checkpoint(path)
+    checkpoint, info = loaded or load_checkpoint(path)
     if info.format == "ir50" or info.num_classes is None:
         raise CheckpointError(f"{path} holds {info.format_title}: no classifier to run; "
                               f"train a model first (main_DCS.py / main_QCS.py)")

@@ -25,8 +25,8 @@ from data_preprocessing.outputs import (
 )
 
 from . import distributed as ddp
-from .checkpoint import read_resume_checkpoint
 from .config import UsageError
+from .resume import read_resume_checkpoint
 
 RUN_MARKER = "config.json"  # every run folder holds its resolved configuration
 LAST = "last.pth"

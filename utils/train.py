@@ -3,7 +3,8 @@
 One training step, top to bottom: `main` → `run_training` → `train_epochs` → `train_epoch` →
 `engine.train_one_epoch` → `engine.sam_step` → `SAM.first_step` / `SAM.second_step` (utils/sam.py).
 The settings come from `utils.config`, the data from `utils.data`, the run folder from
-`utils.run_folder`, checkpoints from `utils.checkpoint`, the other files of a run from `utils.reporting`.
+`utils.run_folder`, checkpoints from `utils.training_state` (writing) and `utils.resume` (`--resume`,
+`--pretrained`), the other files of a run from `utils.reporting`.
 """
 import re
 import time
@@ -17,15 +18,7 @@ from data_preprocessing.outputs import OutputError
 from models.architectures import architecture
 
 from . import distributed as ddp
-from .checkpoint import (
-    CheckpointError,
-    RunState,
-    Saver,
-    load_pretrained,
-    restore_training,
-    rng_states,
-    set_rng_states,
-)
+from .checkpoint import CheckpointError
 from .config import UsageError, model_from_config, parse_args, resolve_config
 from .data import RunData, epoch_loader, load_training_data
 from .device import DeviceUnavailable, place_model, resolve_device, use_channels_last
@@ -34,6 +27,7 @@ from .evaluation import run_evaluation
 from .metrics import EpochMeter
 from .recipes import fallback_note
 from .reporting import RunReport, epoch_row, log_into, make_logger
+from .resume import load_pretrained, restore_training
 from .run_folder import (
     NewFolder,
     Taken,
@@ -45,6 +39,7 @@ from .run_folder import (
 )
 from .runtime import RunControl, kill_worker_processes, signals_handled_by
 from .sam import SAM
+from .training_state import RunState, Saver, rng_states, set_rng_states
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
 USER_ERRORS = (UsageError, DataError, CheckpointError, DeviceUnavailable, OutputError, FileExistsError,

@@ -30,9 +30,9 @@ from data_preprocessing.outputs import (
     remove_stale_temporaries,
 )
 
-from ..checkpoint import EXPORT_INFO_FILE
 from ..device import TestTimeModel, fast_path, resolve_device
 from ..inference import load_trained_model
+from ..model_info import EXPORT_INFO_FILE
 from . import ToolError, faces
 
 NO_FACE = "no face detected"

@@ -19,9 +19,10 @@ from data_preprocessing.files import describe_os_error
 from data_preprocessing.outputs import OutputError
 from models.architectures import is_cross
 
-from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, load_checkpoint, read_model_info
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..device import DeviceUnavailable
 from ..inference import DEFAULT_IMAGE_SIZE
+from ..model_info import EXPORT_INFO_FILE, read_model_info
 from ..settings import (
     BY_NAME,
     DATASET_NAMES,

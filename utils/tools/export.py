@@ -30,8 +30,9 @@ from data_preprocessing.outputs import (
 )
 from models import build_model, count_parameters
 
-from ..checkpoint import EXPORT_INFO_FILE, SAFETENSORS_HINT, is_safetensors
+from ..checkpoint import SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
+from ..model_info import EXPORT_INFO_FILE
 from . import ToolError, faces, onnx_model
 from .predict import expand_inputs
 

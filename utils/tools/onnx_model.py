@@ -13,9 +13,10 @@ import torch
 
 from data_preprocessing.outputs import atomic_write
 
-from ..checkpoint import EXPORT_INFO_FILE, CheckpointError, export_info, read_model_info
+from ..checkpoint import CheckpointError, export_info
 from ..device import DeviceUnavailable
 from ..inference import TrainedModel
+from ..model_info import EXPORT_INFO_FILE, read_model_info
 from . import ToolError
 
 # Opset 20 has a Gelu operator, which the exporter then uses for the network's GELU: OpenCV's DNN
