@@ -154,7 +154,7 @@ def start_run(config, resumed, data, model, device, world_size, run_dir, new_fol
     for note in (fallback_note(config), pretrained_note):
         if note:
             logger.info(note)
-    if new_folder.taken == Taken.RESTARTED:
+    if new_folder is not None and new_folder.taken == Taken.RESTARTED:
         logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
     channels_last = use_channels_last(config["channels_last"], device)
     place_model(model, device, channels_last)
