@@ -8,7 +8,7 @@ from PIL import Image
 
 from models import build_model
 from utils.recipes import RELEASED
-from utils.tools import benchmark
+from utils.tools import bench_data, bench_model, benchmark
 
 
 def tiny_args(*extra):
@@ -41,18 +41,18 @@ def test_train_rows_compare_batched_with_per_branch(report):
 def test_per_branch_reference_equals_the_model_and_the_check_can_fail(monkeypatch):
     torch.manual_seed(0)
     model = build_model("qcs", 7, size="tiny").double().train()
-    images, y, y_n = benchmark.make_group("qcs", 3, "tiny", torch.device("cpu"))
+    images, y, y_n = bench_model.make_group("qcs", 3, "tiny", torch.device("cpu"))
     images = [x.double() for x in images]
     for a, b in zip(model(*images), model.forward_per_branch(*images)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    assert benchmark.first_pass_difference(model, images, y, y_n) < 1e-10
+    assert bench_model.first_pass_difference(model, images, y, y_n) < 1e-10
     # without the per-branch batch-norm statistics the batched call mixes branches: it must show
     monkeypatch.setattr(model.base.backbone, "branch_groups", lambda num_groups: nullcontext())
-    assert benchmark.first_pass_difference(model, images, y, y_n) > 1e-4
+    assert bench_model.first_pass_difference(model, images, y, y_n) > 1e-4
 
 
 def test_epoch_estimates_hand_worked():
-    estimates = benchmark.epoch_estimates([dict(arch="base", **{"batched anchors/s": 10.0}),
+    estimates = bench_model.epoch_estimates([dict(arch="base", **{"batched anchors/s": 10.0}),
                                            dict(arch="qcs", **{"batched anchors/s": 2.0})])
     assert [(e["arch"], e["dataset"]) for e in estimates] == [
         ("qcs", "RAF-DB"), ("qcs", "FERPlus"), ("qcs", "AffectNet-8")]
@@ -76,7 +76,7 @@ def test_inference_cost_sampling_and_memory(report):
     base, qcs = results["cost"]
     assert base["cross_params"] == 0 < qcs["cross_params"] and qcs["base_params"] == base["base_params"]
     shuffled, balanced = results["sampling"]
-    assert shuffled["groups"] == sum(benchmark.AFFECTNET_COUNTS) and balanced["groups"] == 287651 // 12
+    assert shuffled["groups"] == sum(bench_data.AFFECTNET_COUNTS) and balanced["groups"] == 287651 // 12
     assert results["memory"] is None and "skipped: needs CUDA" in text
     for heading in ("Training step", "Epoch time", "Inference", "Cost", "QCS group sampling", "Training data"):
         assert heading in text
@@ -99,14 +99,14 @@ def test_augment_rows_cover_every_released_transform(report):
 
 
 def test_sample_jpeg_is_a_100_pixel_rgb_jpeg(tmp_path):
-    with Image.open(benchmark.sample_jpeg(tmp_path)) as image:
+    with Image.open(bench_data.sample_jpeg(tmp_path)) as image:
         assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (100, 100))
 
 
 def test_alternating_order():
     calls = []
     runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = benchmark.alternating_times(runs, repeats=3, warmup=1, device=torch.device("cpu"))
+    times = bench_model.alternating_times(runs, repeats=3, warmup=1, device=torch.device("cpu"))
     assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b"]
     assert [len(times["a"]), len(times["b"])] == [3, 3]
 
