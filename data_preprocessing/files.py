@@ -135,12 +135,13 @@ def os_error_cause(error):
     return (os.strerror(error.errno) if error.errno else str(error)).lower()
 
 
-def describe_os_error(error, path, flag=None, doing=None):
-    """`<flag> <path>: <cause> (<ERRNO>[ while <doing>])`: any OSError met with `path`, in one line."""
+def describe_os_error(error, path, flag=None, doing=None, cause=None):
+    """`<flag> <path>: <cause> (<ERRNO>[ while <doing>])`: any OSError met with `path`, in one line
+    (`cause` in place of the error's own, where the caller knows better)."""
     if isinstance(error, NotRegularFileError):
         return f"{label(flag, path)}: {os_error_cause(error)}"
     code = errno.errorcode.get(error.errno, str(error.errno))
-    return f"{label(flag, path)}: {os_error_cause(error)} ({code}{f' while {doing}' if doing else ''})"
+    return f"{label(flag, path)}: {cause or os_error_cause(error)} ({code}{f' while {doing}' if doing else ''})"
 
 
 # ------------------------------------------------------------------------------ reading

@@ -276,14 +276,12 @@ def describe_output_error(error, path, flag=None, doing=None):
     blocking = None
     with contextlib.suppress(OSError):  # the path itself may be the problem (too long, a loop)
         blocking = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    cause = None
     if error.errno == errno.ENOENT:
-        error = FileNotFoundError(errno.ENOENT, f"folder {path.parent} does not exist")
+        cause = f"folder {path.parent} does not exist"
     elif error.errno == errno.ENOTDIR and blocking is not None:
-        error = NotADirectoryError(errno.ENOTDIR, f"{blocking} is not a folder")
-    else:
-        return describe_os_error(error, path, flag, doing)
-    code = errno.errorcode[error.errno]
-    return f"{_label(flag, path)}: {error.strerror} ({code}{f' while {doing}' if doing else ''})"
+        cause = f"{blocking} is not a folder"
+    return describe_os_error(error, path, flag, doing, cause)
 
 
 # ------------------------------------------------------------------------------ claiming outputs

@@ -131,6 +131,16 @@ def _speed_options(parser):
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
 
 
+def _classification_options(parser):
+    """What `predict` and `demo` share after their own options: the device, the fast path, flip
+    test-time augmentation and face detection."""
+    _device_option(parser)
+    _speed_options(parser)
+    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+                        help="flip: score each face by the mean of its logits and its mirror's")
+    _detection_options(parser)
+
+
 def _add_predict(commands):
     p = _model_command(commands, "predict", "top-k expressions of the faces in photos and videos",
                        "Classify faces with the base branch: each face found in the photos (EXIF "
@@ -139,11 +149,7 @@ def _add_predict(commands):
                        "non-image files are reported and skipped.", onnx=True)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    _device_option(p)
-    _speed_options(p)
-    p.add_argument("--tta", default="none", choices=("none", "flip"),
-                   help="flip: score each face by the mean of its logits and its mirror's")
-    _detection_options(p)
+    _classification_options(p)
     _detect_pixels_option(p, "images and video frames", "the image's own size")
     p.add_argument("--annotate", metavar="DIR",
                    help="write copies of the images (or of the video) with boxes, landmarks and labels drawn")
@@ -219,11 +225,7 @@ def _add_demo(commands):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=3)
-    _device_option(p)
-    _speed_options(p)
-    p.add_argument("--tta", default="none", choices=("none", "flip"),
-                   help="flip: score each face by the mean of its logits and its mirror's")
-    _detection_options(p)
+    _classification_options(p)
     _detect_pixels_option(p, "webcam frames", "the full frame, as predict")
 
 
