@@ -101,12 +101,7 @@ def check_output_dir(path, flag, create=False):
     with output_errors(path, flag, "checking it"):  # a name too long, a link loop
         if os.path.lexists(path) and not path.is_dir():
             raise OutputError(f"{label}: is a file, not a folder")
-        if path.is_dir():
-            _require_writable(path, label)
-        elif not create:
-            raise OutputError(f"{label}: folder {path} does not exist")
-        else:
-            _check_folder(path, label, create=True)
+        _check_folder(path, label, create)
     return path
 
 

@@ -10,6 +10,7 @@ Each accepts this project's checkpoints and the authors' released ones; predict 
 export (--onnx), predict and inspect a safetensors one.
 """
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -328,24 +329,16 @@ def main(argv=None):
         return 1
 
 
+# the module that runs each command (`predict --video`: video), imported only when it runs
+COMMAND_MODULES = {"predict": "predict", "heatmaps": "heatmaps", "demo": "webdemo", "export": "export"}
+
+
 def run_command(args):
     """Run the command `args` names; returns its exit status."""
-    if args.command == "predict" and args.video:
-        from . import video
-        return video.run(args)
-    if args.command == "predict":
-        from . import predict
-        return predict.run(args)
-    if args.command == "heatmaps":
-        from . import heatmaps
-        return heatmaps.run(args)
-    if args.command == "demo":
-        from . import webdemo
-        return webdemo.run(args)
-    if args.command == "export":
-        from . import export
-        return export.run(args)
-    return run_inspect(args)
+    if args.command == "inspect":
+        return run_inspect(args)
+    name = "video" if args.command == "predict" and args.video else COMMAND_MODULES[args.command]
+    return importlib.import_module(f".{name}", __package__).run(args)
 
 
 def standard_output_works():
