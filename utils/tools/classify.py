@@ -132,10 +132,7 @@ def warn(message):
 
 def not_regular(path):
     """Why `path` cannot be read as a file without blocking (a named pipe, a device, ...), or None."""
-    try:
-        kind = non_regular_kind(path)
-    except OSError as error:
-        return f"cannot read it ({error.strerror})"
+    kind = non_regular_kind(path)  # says why a path cannot be looked at, never raises OSError
     if kind == "missing":
         return "cannot read it (no such file)"
     return None if kind is None else f"not a regular file: {kind}"
