@@ -13,9 +13,7 @@ from models.architectures import is_cross, scripts
 
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, one_line
 from .recipes import recipe
-from .settings import MODEL, names
-
-DEFAULT_IMAGE_SIZE = 224  # every released recipe
+from .settings import DEFAULT_IMAGE_SIZE, MODEL, names
 
 
 @dataclass

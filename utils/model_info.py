@@ -5,9 +5,7 @@ from pathlib import Path
 
 from models.weights import CheckpointError
 
-from .settings import UsageError, check, read_json_file
-
-EXPORT_INFO_FILE = "model_info.json"  # written by `export` beside its model files
+from .settings import EXPORT_INFO_FILE, UsageError, check, read_json_file
 
 
 def read_model_info(model_path):

@@ -20,25 +20,22 @@ from data_preprocessing.files import describe_os_error
 from data_preprocessing.outputs import OutputError
 from models.architectures import is_cross
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..device import DeviceUnavailable
-from ..inference import DEFAULT_IMAGE_SIZE
-from ..model_info import EXPORT_INFO_FILE, read_model_info
 from ..settings import (
     BY_NAME,
     DATASET_NAMES,
+    DEFAULT_IMAGE_SIZE,
     DEVICE_CHOICES,
+    EXPORT_INFO_FILE,
     MAX_IMAGE_SIDE,
+    MAX_SEED,
     MIN_IMAGE_SIDE,
     DefaultsOnceFormatter,
     UsageError,
     check_options,
 )
 from . import ToolError
-from .export import FORMAT_CHOICES, sha256_of
 from .faces import DEFAULT_MIN_SCORE, DETECTOR_WINDOW, LARGEST_SCORE_SHARE, MAX_DETECTION_PIXELS
-from .heatmaps import MAX_SEED
-from .onnx_model import OPSET
+from .formats import FORMAT_CHOICES, OPSET
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -271,6 +268,8 @@ def describe_lines(info):
 
 
 def run_inspect(args):
+    from ..checkpoint import load_checkpoint
+    from .export import sha256_of
     path = Path(args.checkpoint)
     if path.suffix.lower() == ".onnx":
         from . import onnx_model
@@ -293,6 +292,7 @@ def listed_sha256_verdict(path, info, digest):
     """Whether an export's file has the SHA-256 its model_info.json lists (None: not an export, or none listed)."""
     if info.format not in ("safetensors", "onnx"):
         return None
+    from ..model_info import read_model_info
     listed = read_model_info(path).get("sha256", {}).get(path.name)  # a checked mapping of hex digests
     return None if listed is None else listed.lower() == digest
 
@@ -310,6 +310,8 @@ def check_shared_options(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from ..checkpoint import CheckpointError  # PyTorch loads only once a command runs (not for --help)
+    from ..device import DeviceUnavailable
     try:
         check_shared_options(args)
         code = run_command(args)

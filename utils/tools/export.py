@@ -34,12 +34,9 @@ from ..checkpoint import SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
 from ..model_info import EXPORT_INFO_FILE
 from . import ToolError, faces, onnx_model
+from .formats import FORMAT_GROUPS, MODEL_FILES
 from .predict import expand_inputs
 
-MODEL_FILES = {"torchscript": "model_torchscript.pt", "export": "model_exported.pt2",
-               "onnx": "model.onnx", "safetensors": "model.safetensors"}
-FORMAT_GROUPS = {"both": ["torchscript", "export"], "all": list(MODEL_FILES)}
-FORMAT_CHOICES = (*MODEL_FILES, *FORMAT_GROUPS)
 STATE_DICT_FILE = "base_state_dict.pth"
 INFO_FILE = EXPORT_INFO_FILE
 TOLERANCE = 1e-5

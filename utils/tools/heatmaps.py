@@ -35,6 +35,7 @@ from models.architectures import with_branches
 
 from ..device import autocast, resolve_device
 from ..inference import load_trained_model
+from ..settings import MAX_SEED
 from . import ToolError
 from .classify import detection_wanted, face_finder, faces_of
 
@@ -43,7 +44,6 @@ CELL_INCHES = 2.2
 DPI = 100
 OVERLAY_ALPHA = 0.5
 COLORMAP = "jet"
-MAX_SEED = 2 ** 32 - 1  # numpy's default_rng takes 0..2**32-1 here (and no negative seed)
 
 
 # ------------------------------------------------------------------------------ groups

@@ -18,11 +18,8 @@ from ..device import DeviceUnavailable
 from ..inference import TrainedModel
 from ..model_info import EXPORT_INFO_FILE, read_model_info
 from . import ToolError
+from .formats import OPSET
 
-# Opset 20 has a Gelu operator, which the exporter then uses for the network's GELU: OpenCV's DNN
-# module (cv2.dnn.readNetFromONNX, 5.1) dies with a segmentation fault on opset 18's spelling of it
-# (Div, Erf, Add, Mul, Mul) and loads this one. onnxruntime runs opset 20 from 1.17 (2024) on.
-OPSET = 20
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # Max abs logit difference allowed between onnxruntime and PyTorch, relative to the largest |logit|
 # (at least 1). The graph computes the same fp32 ops in another order, with other (fused) kernels:
