@@ -245,7 +245,8 @@ def test_a_mid_epoch_checkpoint_from_before_positions_were_recorded_still_reads(
     assert (state.step, state.epoch_sums, state.world_size, state.groups_done) == (1, sums, 1, None)
 
 
-def test_evaluate_reads_the_checkpoint_file_once(trained_run, folder_data, monkeypatch):
+def test_evaluate_reads_the_checkpoint_file_once(trained_run_copy, folder_data, monkeypatch):
+    trained_run = trained_run_copy  # the evaluation draws its confusion figure into the run folder
     real_load, loads = torch.load, []
 
     def counting_load(source, *args, **kwargs):
