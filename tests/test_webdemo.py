@@ -286,11 +286,11 @@ def test_webcam_labels_match_predict_video(inputs, server, browser, screenshots,
     open_page(browser, server, "webcam")
     browser.find_element(By.ID, "cam-start").click()
     wait_for(browser, "return window.demo.cam.results.length >= 20")
-    results = browser.execute_script("return window.demo.cam.results")
-    fps = browser.execute_script("return window.demo.cam.fps")
-    shown_fps = browser.find_element(By.ID, "cam-fps").text
     browser.save_screenshot(str(screenshots / "webcam.png"))
     browser.find_element(By.ID, "cam-stop").click()
+    # read together, in one script: the page goes on updating both while frames are in flight
+    results, fps, shown_fps = browser.execute_script(
+        "return [window.demo.cam.results, window.demo.cam.fps, document.getElementById('cam-fps').textContent]")
     warming_up = next(index for index, found in enumerate(results) if found[0]["error"] is None)
     assert warming_up <= 2  # a camera's first frames may be blank
     labels = set()
