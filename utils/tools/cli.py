@@ -310,16 +310,15 @@ def check_shared_options(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError  # PyTorch loads only once a command runs (not for --help)
-    from ..device import DeviceUnavailable
     try:
         check_shared_options(args)
         code = run_command(args)
         sys.stdout.flush()  # a full or closed standard output fails here, not at exit
         return code
-    except (ToolError, UsageError, OutputError, CheckpointError, DeviceUnavailable, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ToolError, UsageError, OutputError, FileExistsError) as error:
+        return usage_error(error)
+    except model_errors() as error:
+        return usage_error(error)
     except KeyboardInterrupt:
         print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -329,6 +328,19 @@ def main(argv=None):
         print(f"error: {describe_os_error(error, 'standard output', doing='printing')}; every output file "
               "was written before it", file=sys.stderr)
         return 1
+
+
+def model_errors():
+    """The error types of loading a model, imported only when an error is met: PyTorch loads only
+    once a command runs, so `--help` and a bad option answer at once."""
+    from ..checkpoint import CheckpointError
+    from ..device import DeviceUnavailable
+    return CheckpointError, DeviceUnavailable
+
+
+def usage_error(error):
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 # the module that runs each command (`predict --video`: video), imported only when it runs
