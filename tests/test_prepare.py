@@ -56,13 +56,18 @@ def test_rafdb_bad_line_names_file_and_line(tmp_path, bad_line, message):
     assert not (tmp_path / "out").exists()  # the folders a failed run made are gone again
 
 
+def aligned_images(folder, *names):
+    """`folder` holding a small RAF-DB aligned image `<name>_aligned.jpg` for each name."""
+    folder.mkdir()
+    for name in names:
+        Image.new("RGB", (4, 4)).save(folder / f"{name}_aligned.jpg")
+    return folder
+
+
 def test_rafdb_refuses_overwrite_and_checks_images(tmp_path):
     raw = tmp_path / "list.txt"
     raw.write_text(RAF_LIST)
-    images = tmp_path / "aligned"
-    images.mkdir()
-    for name in ("train_00001", "train_00002", "train_00003", "test_0001"):
-        Image.new("RGB", (4, 4)).save(images / f"{name}_aligned.jpg")
+    images = aligned_images(tmp_path / "aligned", "train_00001", "train_00002", "train_00003", "test_0001")
     out = tmp_path / "out"
     with pytest.raises(PrepareError, match="1 aligned image.*test_0002_aligned.jpg"):
         prepare_rafdb.prepare(["--list", str(raw), "--images", str(images), "--out", str(out)])
@@ -513,10 +518,7 @@ def test_rafdb_accepts_a_byte_order_mark(tmp_path):
 def test_rafdb_refuses_images_that_do_not_decode(tmp_path):
     raw = tmp_path / "list.txt"
     raw.write_text(RAF_LIST)
-    images = tmp_path / "aligned"
-    images.mkdir()
-    for name in ("train_00001", "train_00002", "test_0001", "test_0002"):
-        Image.new("RGB", (4, 4)).save(images / f"{name}_aligned.jpg")
+    images = aligned_images(tmp_path / "aligned", "train_00001", "train_00002", "test_0001", "test_0002")
     truncated_jpeg(images / "train_00003_aligned.jpg")
     (images / "test_0002_aligned.jpg").write_text("not an image")
     out = tmp_path / "out"

@@ -89,3 +89,9 @@ def test_tool_help_shows_every_default_once(command, capsys, monkeypatch):
 def test_one_formatter_class_serves_training_and_tools():
     assert tools.DefaultsOnceFormatter is config.DefaultsOnceFormatter
     assert config.build_parser("qcs").formatter_class is config.DefaultsOnceFormatter
+
+
+@pytest.mark.parametrize("command", ["predict", "demo"])
+def test_top_k_below_one_is_one_line_before_any_work(command, tmp_path, capsys):
+    assert tools.main([command, "--checkpoint", str(tmp_path / "absent.pth"), "--top-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top-k must be at least 1, got 0\n"

@@ -371,8 +371,6 @@ def set_up(args, list_inputs, created, annotation_suffix=None):
     files = list_inputs()
     targets = claim_annotations(args.annotate, files, annotation_suffix)
     trained, device, where = load_prediction_model(args)
-    if args.top_k < 1:
-        raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
     k = min(args.top_k, len(trained.classes))
     return files, Setup(trained, device, where, k, face_finder(args, detect, trained.image_size, args.detect_pixels),
                         targets, created)

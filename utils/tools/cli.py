@@ -301,7 +301,10 @@ def listed_sha256_verdict(path, info, digest):
 
 def check_shared_options(args):
     """The options shared with a run (`--image-size`, `--batch-size`, ...) checked as the run's,
-    before any work (the seed is heatmaps' own)."""
+    and `--top-k` of predict and demo, before any work (the seed is heatmaps' own)."""
+    top_k = getattr(args, "top_k", None)
+    if top_k is not None and top_k < 1:
+        raise ToolError(f"--top-k must be at least 1, got {top_k}")
     side = getattr(args, "image_size", None)
     if side is not None and not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
         raise ToolError(f"--image-size must be {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels, got {side}")

@@ -298,8 +298,6 @@ def stop(signum, frame):
 
 def run(args):
     """The `demo` command: serve the page until Ctrl-C."""
-    if args.top_k < 1:
-        raise ToolError(f"--top-k must be at least 1, got {args.top_k}")
     detect = detection_wanted(args.detect)
     face_finder(args, detect, 1, args.detect_pixels)  # the detection options checked before anything is served
     demo = Demo(args, detect)
