@@ -165,8 +165,10 @@ def read_resume_source(config, given):
     if not source.is_file():
         raise FileNotFoundError(f"--resume {source}: no such file")
     source_stat = source.stat()  # taken before reading: a change while starting is noticed
-    own_last = source.name == LAST and "output_dir" not in given  # a stopped epoch end is finished there
-    config, resumed = read_resume_checkpoint(config, given, *[_epoch_end_written(source.parent)] * own_last)
+    if source.name == LAST and "output_dir" not in given:  # a stopped epoch end is finished there
+        config, resumed = read_resume_checkpoint(config, given, ended=_epoch_end_written(source.parent))
+    else:
+        config, resumed = read_resume_checkpoint(config, given)
     plan, folder = resume_plan(config, resumed, given)
     if plan == "branch":
         config["branched_from"] = str(source.resolve())
