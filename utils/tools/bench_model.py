@@ -61,10 +61,14 @@ def make_group(arch, batch, size, device, seed=1):
     return images, y, (y + 1) % 7
 
 
-def prepared(model, images, args):
-    """The model and images moved to the run's device and memory format."""
+def training_step_setup(arch, batch, args):
+    """`(model, images, y, y_n, SAM optimizer)` of a training step on random groups, on the run's
+    device and memory format."""
+    model = build_model(arch, 7, size=args.size, checkpoint_backbone=args.checkpoint_backbone).train()
+    images, y, y_n = make_group(arch, batch, args.size, args.device)
     place_model(model, args.device, args.channels_last)
-    return model, to_device(images, args.device, args.channels_last)
+    images = to_device(images, args.device, args.channels_last)
+    return model, images, y, y_n, SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=3e-6)
 
 
 def first_pass_difference(model, images, y, y_n):
@@ -77,10 +81,7 @@ def first_pass_difference(model, images, y, y_n):
 
 def train_row(arch, args):
     torch.manual_seed(0)
-    model = build_model(arch, 7, size=args.size, checkpoint_backbone=args.checkpoint_backbone)
-    images, y, y_n = make_group(arch, args.batch, args.size, args.device)
-    model, images = prepared(model.train(), images, args)
-    optimizer = SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=3e-6)
+    model, images, y, y_n, optimizer = training_step_setup(arch, args.batch, args)
     runs = {"batched": torch.compile(model) if args.compile else model}
     row = dict(arch=arch, batch=args.batch)
     if architecture(arch).cross:
@@ -177,10 +178,7 @@ def cost_rows(args):
 def memory_row(args):
     if args.device.type != "cuda":
         return None
-    model = build_model("qcs", 7, size=args.size, checkpoint_backbone=args.checkpoint_backbone)
-    images, y, y_n = make_group("qcs", args.fit_batch, args.size, args.device)
-    model, images = prepared(model.train(), images, args)
-    optimizer = SAM(model.parameters(), torch.optim.Adam, rho=0.05, lr=3e-6)
+    model, images, y, y_n, optimizer = training_step_setup("qcs", args.fit_batch, args)
     torch.cuda.reset_peak_memory_stats(args.device)
     sam_step(model, optimizer, images, y, y_n, amp=args.amp)
     return dict(batch=args.fit_batch, peak_gib=torch.cuda.max_memory_allocated(args.device) / 2 ** 30)

@@ -246,10 +246,15 @@ def write_json(path, rows, trained, k, checkpoint, partial=None):
     write_output(path, "--json", lambda handle: json.dump(document, handle, indent=2))
 
 
-def write_output(path, flag, write):
-    """Write a text output atomically, first removing what killed earlier writes of it left."""
-    remove_stale_temporaries(Path(path).parent, Path(path).name)
-    atomic_write(path, write, mode="w", flag=flag)
+def write_output(path, flag, write, mode="w", created=None):
+    """Write an output atomically, first removing what killed earlier writes of it left; with
+    `created`, its folder is made and it is recorded there (removed again if the run fails)."""
+    path = Path(path)
+    folder = path.parent if created is None else created.make_dir(path.parent, flag)
+    remove_stale_temporaries(folder, path.name)
+    atomic_write(path, write, mode=mode, flag=flag)
+    if created is not None:
+        created.add(path)
 
 
 def claim_prediction_outputs(args, created):

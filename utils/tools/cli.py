@@ -318,10 +318,9 @@ def main(argv=None):
         code = run_command(args)
         sys.stdout.flush()  # a full or closed standard output fails here, not at exit
         return code
-    except (ToolError, UsageError, OutputError, FileExistsError) as error:
-        return usage_error(error)
-    except model_errors() as error:
-        return usage_error(error)
+    except (ToolError, UsageError, OutputError, FileExistsError, *model_errors()) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -339,11 +338,6 @@ def model_errors():
     from ..checkpoint import CheckpointError
     from ..device import DeviceUnavailable
     return CheckpointError, DeviceUnavailable
-
-
-def usage_error(error):
-    print(f"error: {error}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 # the module that runs each command (`predict --video`: video), imported only when it runs

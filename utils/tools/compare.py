@@ -162,18 +162,24 @@ def read_metrics(run_dir):
 
 def metrics_problem(columns, rows):
     """What makes `metrics.csv` rows unusable for the summary and the plot, or None."""
-    missing = [name for name in ("test_acc", *METRICS_NUMBERS) if name not in (columns or [])]
-    if missing:
-        return f"no column {', '.join(missing)}"
-    for line, row in enumerate(rows, start=2):
-        if None in row or None in row.values():
-            return f"line {line} has {'more' if None in row else 'fewer'} values than the header"
-    numbers = [*accuracy_columns(rows), *METRICS_NUMBERS, *(["test_at_best"] if "test_at_best" in columns else [])]
+    problem = csv_problem(columns, rows, ("test_acc", *METRICS_NUMBERS))
+    if problem or not rows:
+        return problem
+    numbers = [*measured_columns(rows), *METRICS_NUMBERS]
     for line, row in enumerate(rows, start=2):
         bad = next((column for column in numbers if not is_number(row[column], whole=column == "epoch")), None)
         if bad:
             return f"line {line}: {bad} is {row[bad]!r:.30}, not a {'whole ' if bad == 'epoch' else ''}number"
     return None
+
+
+def csv_problem(columns, rows, required):
+    """A column of `required` that is missing, else a row with more or fewer values than the header, or None."""
+    missing = [name for name in required if name not in (columns or [])]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    return next((f"line {line} has {'more' if None in row else 'fewer'} values than the header"
+                 for line, row in enumerate(rows, start=2) if None in row or None in row.values()), None)
 
 
 def is_number(text, whole=False):
@@ -247,10 +253,8 @@ def plot_curves(path, histories, title, num_classes=None, scale=None):
     for ax, column in zip(axes[0], columns):
         if num_classes:
             ax.axhline(100 / num_classes, color="grey", linestyle="--", linewidth=1, label="chance")
-        longest = 0
         for (model, runs), style in zip(histories.items(), LINE_STYLES):
             epochs = [int(r["epoch"]) for r in runs[0]]
-            longest = max(longest, len(epochs))
             x = [e * scale[model] for e in epochs] if scale else epochs
             values = [[float(rows[i][column]) for rows in runs] for i in range(len(epochs))]
             mean, std = zip(*(mean_std(v) for v in values))
@@ -260,6 +264,7 @@ def plot_curves(path, histories, title, num_classes=None, scale=None):
                             alpha=0.2)
         xlabel = "training images seen (passes over the train set)" if scale else "epoch"
         ax.set(xlabel=xlabel, ylabel="accuracy (%)", ylim=(0, 100), title=f"{title}: {column.replace('_acc', '')}")
+        longest = max(len(runs[0]) for runs in histories.values())
         if not scale and longest <= MAX_EPOCH_TICKS:
             ax.set_xticks(range(1, longest + 1))
         ax.legend()
@@ -408,14 +413,10 @@ def read_plan(folder):
 
 def plan_problem(columns, rows):
     """What makes `summary.csv` rows unusable as a comparison's models, budget and epochs, or None."""
-    missing = [name for name in ("model", "budget", "epochs") if name not in (columns or [])]
-    if missing:
-        return f"no column {', '.join(missing)}"
-    if not rows:
-        return "no model rows"
+    problem = csv_problem(columns, rows, ("model", "budget", "epochs"))
+    if problem or not rows:
+        return problem or "no model rows"
     for line, row in enumerate(rows, start=2):
-        if None in row or None in row.values():
-            return f"line {line} has {'more' if None in row else 'fewer'} values than the header"
         if row["model"] not in MODELS:
             return f"line {line}: model {row['model']!r:.30} is not one of {', '.join(MODELS)}"
         if row["budget"] not in BUDGETS:

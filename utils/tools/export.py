@@ -60,11 +60,7 @@ def require_extras(formats):
         onnx_model.require("--format safetensors", ("safetensors",), SAFETENSORS_HINT)
 
 
-def planned_files(formats):
-    return [MODEL_FILES[f] for f in formats] + [STATE_DICT_FILE, INFO_FILE]
-
-
-ALL_FILES = planned_files(list(MODEL_FILES))
+ALL_FILES = [*MODEL_FILES.values(), STATE_DICT_FILE, INFO_FILE]
 
 
 def export_torchscript(model, image_size, path):
@@ -76,7 +72,7 @@ def export_torchscript(model, image_size, path):
         atomic_write(path, lambda handle: torch.jit.save(traced, handle), flag="--out", buffered=True)
 
 
-def load_torchscript(path):
+def load_torchscript(path, trained):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu")
@@ -91,17 +87,9 @@ def export_program(model, image_size, path):
     atomic_write(path, lambda handle: torch.export.save(program, handle), flag="--out", buffered=True)
 
 
-def load_program(path):
-    return torch.export.load(str(path)).module()
-
-
-def load_state_dict_model(path, num_classes, size):
-    return rebuilt_base(torch.load(path, map_location="cpu", weights_only=True), num_classes, size)
-
-
-def rebuilt_base(state_dict, num_classes, size):
-    """A fresh base branch of `size` holding exactly `state_dict` (strict), in eval mode."""
-    model = build_model("base", num_classes, size=size)
+def rebuilt_base(state_dict, trained):
+    """A fresh base branch of the model's size holding exactly `state_dict` (strict), in eval mode."""
+    model = build_model("base", len(trained.classes), size=trained.size)
     model.load_state_dict(state_dict)
     return model.eval()
 
@@ -114,19 +102,20 @@ def export_safetensors(model, image_size, path):
     atomic_write(path, lambda handle: handle.write(data), flag="--out", buffered=True)
 
 
-def load_safetensors_model(path, num_classes, size):
+def load_safetensors_model(path, trained):
     from safetensors.torch import load_file
-    return rebuilt_base(load_file(path), num_classes, size)
+    return rebuilt_base(load_file(path), trained)
 
 
 WRITERS = {"torchscript": export_torchscript, "export": export_program, "onnx": onnx_model.export_onnx,
            "safetensors": export_safetensors}
 # each written file loaded back as a callable N×3×S×S → logits
-RELOADERS = {"torchscript": lambda path, trained: load_torchscript(path),
-             "export": lambda path, trained: load_program(path),
+RELOADERS = {"torchscript": load_torchscript,
+             "export": lambda path, trained: torch.export.load(str(path)).module(),
              "onnx": lambda path, trained: onnx_model.OnnxModel(path),
-             "safetensors": lambda path, trained: load_safetensors_model(path, len(trained.classes), trained.size),
-             "state_dict": lambda path, trained: load_state_dict_model(path, len(trained.classes), trained.size)}
+             "safetensors": load_safetensors_model,
+             "state_dict": lambda path, trained: rebuilt_base(torch.load(path, map_location="cpu",
+                                                                          weights_only=True), trained)}
 
 
 # ------------------------------------------------------------------------------ the check
@@ -359,8 +348,4 @@ def report(checkpoint, trained, parameters, paths, sizes, diffs, limits, checked
         what = (f"onnxruntime max abs logit diff {diffs[name]:.3g} (tolerance {limits[name]:.3g}, opset "
                 f"{onnx_model.OPSET})" if name == "onnx" else f"reloaded max abs diff {diffs[name]:.3g}"
                 + ("" if verdict == "ok" else f" (must be < {limits[name]:g})"))
-        print(f"  {path}  {_megabytes(sizes[path.name])}  {what}  {verdict}")
-
-
-def _megabytes(num_bytes):
-    return f"{num_bytes / 2**20:.2f} MB"
+        print(f"  {path}  {sizes[path.name] / 2**20:.2f} MB  {what}  {verdict}")

@@ -141,13 +141,9 @@ class FaceFinder:
         self.min_score, self.largest, self.upsample, self.side = min_score, largest, upsample, side
         self.max_pixels = max_pixels or MAX_DETECTION_PIXELS
 
-    def smallest_face(self):
-        """The side in pixels of the smallest face the detector finds at this `upsample`."""
-        return DETECTOR_WINDOW / 2 ** self.upsample
-
     def too_small(self, image):
         """Why `image` is too small to hold a face the detector can find, or None."""
-        smallest = self.smallest_face()
+        smallest = DETECTOR_WINDOW / 2 ** self.upsample  # the smallest face the detector finds
         if min(image.size) >= smallest:
             return None
         hint = f"; --upsample {self.upsample + 1} finds {smallest / 2:g} px" if self.upsample < MAX_UPSAMPLE else ""

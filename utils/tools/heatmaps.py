@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 from data_preprocessing.outputs import (
     CreatedPaths,
-    atomic_write,
     check_output_file,
-    make_output_dir,
     printable,
     refuse_existing,
-    remove_stale_temporaries,
 )
 from models.architectures import with_branches
 
@@ -37,7 +34,7 @@ from ..device import autocast, resolve_device
 from ..inference import load_trained_model
 from ..settings import MAX_SEED
 from . import ToolError
-from .classify import detection_wanted, face_finder, faces_of
+from .classify import detection_wanted, face_finder, faces_of, write_output
 
 COLUMNS = ("face", "level 1", "level 2", "level 3", "fused")
 CELL_INCHES = 2.2
@@ -84,10 +81,7 @@ def _other_of_class(labels, index, rng):
 @torch.no_grad()
 def level_maps(model, images):
     """CSA weights of a group as grids: levels × G × B × side × side (each grid sums to 1)."""
-    return as_grids(model.csa_maps(*images))
-
-
-def as_grids(weights):
+    weights = model.csa_maps(*images)
     side = math.isqrt(weights.shape[-1])
     if side * side != weights.shape[-1]:
         raise ValueError(f"{weights.shape[-1]} tokens per level do not form a square grid")
@@ -378,8 +372,7 @@ def claim_heatmap_outputs(args, created):
             check_output_file(path, flag)
 
 
+
 def save(figure, path, flag):
-    """Write the figure as a PNG (its path was checked by `claim_heatmap_outputs` before any work)."""
-    folder = make_output_dir(Path(path).parent, flag)
-    remove_stale_temporaries(folder, Path(path).name)
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png"), flag=flag)
+    """Write the figure as a PNG (its folder was made by `claim_heatmap_outputs` before any work)."""
+    write_output(path, flag, lambda handle: figure.savefig(handle, format="png"), mode="wb")

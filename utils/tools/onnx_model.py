@@ -104,12 +104,6 @@ class OnnxModel:
         """The session runs where its provider is; inputs are copied to the CPU."""
         return self
 
-    def input_shape(self):
-        return list(self.session.get_inputs()[0].shape)
-
-    def num_outputs(self):
-        return self.session.get_outputs()[0].shape[-1]
-
 
 def providers_for(device):
     """onnxruntime providers for `--device auto|cpu|cuda` (CUDA needs onnxruntime-gpu)."""
@@ -140,8 +134,9 @@ def load_onnx_classifier(path, device="auto"):
 def check_fits(path, model, meta):
     """The graph takes N×3×S×S and gives K logits, as `model_info.json` says (a JSON of another export fails)."""
     side, classes = meta["image_size"], len(meta["classes"])
-    if model.input_shape()[1:] != [3, side, side] or model.num_outputs() != classes:
-        raise CheckpointError(f"{path}: the graph takes {model.input_shape()} and gives {model.num_outputs()} "
+    shape, outputs = list(model.session.get_inputs()[0].shape), model.session.get_outputs()[0].shape[-1]
+    if shape[1:] != [3, side, side] or outputs != classes:
+        raise CheckpointError(f"{path}: the graph takes {shape} and gives {outputs} "
                               f"logits, but its {EXPORT_INFO_FILE} says 3×{side}×{side} and {classes} classes")
 
 

@@ -10,7 +10,7 @@ import csv
 import sys
 from pathlib import Path
 
-from data_preprocessing.outputs import CreatedPaths, atomic_write, printable, remove_stale_temporaries
+from data_preprocessing.outputs import CreatedPaths, printable
 
 from . import ToolError, faces
 from .classify import (
@@ -28,9 +28,7 @@ from .classify import (
     write_json,
     write_output,
 )
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-
+from .cli import EXIT_INTERRUPTED
 
 # ------------------------------------------------------------------------------ inputs
 
@@ -134,14 +132,12 @@ class Annotator:
         self.targets, self.classes, self.created, self.written = targets, classes, created, 0
 
     def __call__(self, path, image, rows):
-        target = Path(self.targets[path])
-        folder = self.created.make_dir(target.parent, "--annotate")
-        remove_stale_temporaries(folder, target.name)
+        target = self.targets[path]
         drawn = annotate(image, rows, self.classes)
         image_format = _image_format(target)
         options = {"quality": 92} if image_format == "JPEG" else {}
-        atomic_write(target, lambda handle: drawn.save(handle, format=image_format, **options), flag="--annotate")
-        self.created.add(target)
+        write_output(target, "--annotate", lambda handle: drawn.save(handle, format=image_format, **options),
+                     mode="wb", created=self.created)
         self.written += 1
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from data_preprocessing.outputs import CreatedPaths, atomic_write, printable, remove_stale_temporaries
+from data_preprocessing.outputs import CreatedPaths, printable
 
 from . import ToolError, faces
 from .classify import (
@@ -45,22 +45,18 @@ def _av():
     return av
 
 
-def check_video_path(path):
-    """The `--video` file as a Path, checked before any work (PyAV installed, the file there, a regular file)."""
+def video_input(args):
+    """`[the --video file]`, checked before any work (no other inputs, PyAV installed, the file there,
+    a regular file)."""
+    if args.inputs:
+        raise ToolError("--video takes no image or folder arguments; classify those in a separate run")
     _av()
-    path = Path(path)
+    path = Path(args.video)
     if not path.exists():
         raise ToolError(f"--video {printable(path)}: no such file")
     if not path.is_file():  # a named pipe would block the reader
         raise ToolError(f"--video {printable(path)}: not a regular file")
-    return path
-
-
-def video_input(args):
-    """The `--video` file; it takes no other inputs."""
-    if args.inputs:
-        raise ToolError("--video takes no image or folder arguments; classify those in a separate run")
-    return [check_video_path(args.video)]
+    return [path]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -159,12 +155,10 @@ def analyse_and_report(args, files, setup, every):
     if target is None:
         rows, counts = analyse(path, trained, device, finder, every, warn_photos=warn_photos)
     else:
-        folder = setup.created.make_dir(target.parent, "--annotate")
-        remove_stale_temporaries(folder, target.name)
         written = {}
-        atomic_write(target, lambda handle: written.update(
-            result=analyse(path, trained, device, finder, every, handle, warn_photos)), flag="--annotate")
-        setup.created.add(target)
+        write_output(target, "--annotate", lambda handle: written.update(
+            result=analyse(path, trained, device, finder, every, handle, warn_photos)),
+                     mode="wb", created=setup.created)
         rows, counts = written["result"]
     if args.csv:
         write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
