@@ -6,6 +6,7 @@ batches, drawing them, the JSON output, and the set-up of a run: its outputs cla
 classifier loaded (a checkpoint in PyTorch or an ONNX export), the face finder built. Neither
 predict.py nor video.py imports the other; both import this module.
 """
+import csv
 import json
 import os
 import sys
@@ -79,8 +80,6 @@ def detection_wanted(flag):
 def face_finder(args, detect, side, max_pixels=None):
     """A `faces.FaceFinder` for the detection options, or None without detection (which they then
     refuse); `max_pixels`: images larger than that are searched shrunk (`--detect-pixels`)."""
-    if max_pixels is not None and max_pixels < 1:
-        raise ToolError(f"--detect-pixels must be at least 1, got {max_pixels}")
     options = {"--min-score": args.min_score, "--upsample": args.upsample, "--largest": args.largest or None,
                "--detect-pixels": max_pixels}
     if not detect:
@@ -244,6 +243,16 @@ def write_json(path, rows, trained, k, checkpoint, partial=None):
                 "image_size": trained.image_size, "size": trained.size, "top_k": k,
                 "partial": partial, "predictions": [json_record(row, trained.classes, k) for row in rows]}
     write_output(path, "--json", lambda handle: json.dump(document, handle, indent=2))
+
+
+def write_outputs(args, rows, setup, csv_rows, partial=None):
+    """--csv (`csv_rows`, the header first) and --json, each written atomically over its claimed
+    placeholder; returns their paths. `partial` says why they hold only some inputs."""
+    if args.csv:
+        write_output(args.csv, "--csv", lambda handle: csv.writer(handle).writerows(csv_rows))
+    if args.json:
+        write_json(args.json, rows, setup.trained, setup.k, args.checkpoint, partial)
+    return [path for path in (args.csv, args.json) if path]
 
 
 def write_output(path, flag, write, mode="w", created=None):

@@ -32,6 +32,7 @@ from ..settings import (
     DefaultsOnceFormatter,
     UsageError,
     check_options,
+    flag,
 )
 from . import ToolError
 from .faces import DEFAULT_MIN_SCORE, DETECTOR_WINDOW, LARGEST_SCORE_SHARE, MAX_DETECTION_PIXELS
@@ -39,6 +40,7 @@ from .formats import FORMAT_CHOICES, OPSET
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+AT_LEAST_ONE = ("top_k", "detect_pixels", "every", "samples_per_class")  # options counting something
 
 
 def build_parser():
@@ -301,10 +303,12 @@ def listed_sha256_verdict(path, info, digest):
 
 def check_shared_options(args):
     """The options shared with a run (`--image-size`, `--batch-size`, ...) checked as the run's,
-    and `--top-k` of predict and demo, before any work (the seed is heatmaps' own)."""
-    top_k = getattr(args, "top_k", None)
-    if top_k is not None and top_k < 1:
-        raise ToolError(f"--top-k must be at least 1, got {top_k}")
+    and the counts of at least 1 (`--top-k`, `--detect-pixels`, ...), before any work (the seed is
+    heatmaps' own)."""
+    for name in AT_LEAST_ONE:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ToolError(f"{flag(name)} must be at least 1, got {value}")
     side = getattr(args, "image_size", None)
     if side is not None and not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
         raise ToolError(f"--image-size must be {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} pixels, got {side}")

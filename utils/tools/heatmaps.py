@@ -12,6 +12,7 @@ similarity matrix with the partner (for a QCS model this drops the k·agg(D) ter
 a negative pair). Each pair is its own batch of one, because CSA takes the min/max of its
 matrices over the whole batch.
 """
+import itertools
 import math
 import os
 import sys
@@ -212,34 +213,30 @@ def class_grid_maps(model, dataset, per_class, seed, device):
     anchors = draw_class_samples(dataset.labels, num_classes, per_class, rng)
     partners = draw_class_samples(dataset.labels, num_classes, per_class, rng)
     tokens = base_tokens(model, dataset, np.concatenate(anchors + partners), device)
-    fused_cells, counts = [], np.zeros((num_classes, num_classes), dtype=int)
-    for i in range(num_classes):
-        row = []
-        for j in range(num_classes):
-            maps = [pair_weights_from_tokens(model, tokens[a], tokens[p])[:, 0, 0].mean(0).cpu()
-                    for a, p in _pairs(anchors[i], partners[j], dataset.labels)]
-            counts[i, j] = len(maps)
-            row.append(torch.stack(maps).mean(0) if maps else None)
-        fused_cells.append(row)
-    side = math.isqrt(next(m for r in fused_cells for m in r if m is not None).shape[-1])
+    cells, counts = {}, np.zeros((num_classes, num_classes), dtype=int)
+    for i, j in itertools.product(range(num_classes), repeat=2):
+        maps = [pair_weights_from_tokens(model, tokens[a], tokens[p])[:, 0, 0].mean(0).cpu()
+                for a, p in _pairs(anchors[i], partners[j])]
+        counts[i, j] = len(maps)
+        if maps:
+            cells[i, j] = torch.stack(maps).mean(0)
+    side = math.isqrt(next(iter(cells.values())).shape[-1])
     fused = torch.full((num_classes, num_classes, side, side), float("nan"))
-    for i, row in enumerate(fused_cells):
-        for j, cell in enumerate(row):
-            if cell is not None:
-                fused[i, j] = cell.view(side, side)
+    for (i, j), cell in cells.items():
+        fused[i, j] = cell.view(side, side)
     mean_faces = [np.mean([display_image(dataset[a][0]) for a in anchors[i]], axis=0)
                   if len(anchors[i]) else np.zeros_like(display_image(dataset[0][0]))
                   for i in range(num_classes)]
     return fused, counts, mean_faces
 
 
-def _pairs(anchors, partners, labels):
+def _pairs(anchors, partners):
     """Anchor s with partner s; an anchor never pairs with itself (the next partner stands in)."""
     pairs = []
     for s, anchor in enumerate(anchors):
-        candidates = [p for p in np.roll(partners, -s) if p != anchor] if len(partners) else []
-        if candidates:
-            pairs.append((int(anchor), int(candidates[0])))
+        partner = next((p for p in np.roll(partners, -s) if p != anchor), None)
+        if partner is not None:
+            pairs.append((int(anchor), int(partner)))
     return pairs
 
 
@@ -324,8 +321,6 @@ def draw(args):
     """Compute and write the figures; returns the lines to print."""
     if not 0 <= args.seed <= MAX_SEED:
         raise ToolError(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
-    if args.samples_per_class < 1:
-        raise ToolError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
     detect = check_group_source(args)
     trained = load_trained_model(args.checkpoint, arch="cross", size=args.size, image_size=args.image_size,
                                  data_root=args.data_root, fallback_dataset=args.dataset)

@@ -6,7 +6,6 @@ Photos go through `faces.py` first when the face-detection extra is installed (o
 Unreadable or non-image files and images without a face become error rows; they never stop the
 batch. `--annotate DIR` draws the results on copies of the images; `--video` is in `video.py`.
 """
-import csv
 import sys
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from .classify import (
     photo_warning,
     set_up,
     warn,
-    write_json,
     write_output,
+    write_outputs,
 )
 from .cli import EXIT_INTERRUPTED
 
@@ -116,14 +115,6 @@ def face_details(row):
     return [f"{row.score:.4f}", *(f"{value:.1f}" for point in row.landmarks for value in point)]
 
 
-def write_csv(path, rows, classes, k):
-    def write(handle):
-        writer = csv.writer(handle)
-        writer.writerow(csv_header(k))
-        writer.writerows(csv_record(row, classes, k) for row in rows)
-    write_output(path, "--csv", write)
-
-
 class Annotator:
     """`on_image` for `predict_files`: writes each image's annotated copy to its target, counting them
     (and recording them, and the folders made for them, in `created`)."""
@@ -181,7 +172,7 @@ def classify_and_report(args, files, setup):
                       warn_photos=args.detect is None and setup.finder is None, rows=rows)
     except KeyboardInterrupt:
         return interrupted(args, rows, setup, len(files))
-    written = write_outputs(args, rows, setup)
+    written = write_outputs(args, rows, setup, csv_rows(rows, trained.classes, setup.k))
     setup.created.keep()
     for row in rows:
         if not row.error:
@@ -196,14 +187,9 @@ def classify_and_report(args, files, setup):
     return 0 if classified else 1
 
 
-def write_outputs(args, rows, setup, partial=None):
-    """--csv and --json, each written atomically over its claimed placeholder; returns their paths.
-    `partial` says why they hold only some inputs."""
-    if args.csv:
-        write_csv(args.csv, rows, setup.trained.classes, setup.k)
-    if args.json:
-        write_json(args.json, rows, setup.trained, setup.k, args.checkpoint, partial)
-    return [path for path in (args.csv, args.json) if path]
+def csv_rows(rows, classes, k):
+    """The --csv table: its header, then one row per face or file."""
+    return [csv_header(k), *(csv_record(row, classes, k) for row in rows)]
 
 
 def interrupted(args, rows, setup, total):
@@ -215,7 +201,7 @@ def interrupted(args, rows, setup, total):
     if not done:
         setup.created.undo()  # nothing done: the claimed, still empty --csv/--json go again
     if done and (args.csv or args.json):
-        for path in write_outputs(args, done, setup, partial):
+        for path in write_outputs(args, done, setup, csv_rows(done, setup.trained.classes, setup.k), partial):
             print(f"wrote {printable(path)}", file=sys.stderr)
         kept = f"; wrote the {count(len(done), 'row')} of those files (partial)"
     else:

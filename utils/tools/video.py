@@ -8,7 +8,6 @@ every frame: the analysed ones drawn with their results, the frames between them
 results (H.264 in MP4, written to a temporary file that replaces the target at the end).
 """
 import contextlib
-import csv
 import sys
 from collections import Counter
 from fractions import Fraction
@@ -28,8 +27,8 @@ from .classify import (
     is_photo,
     photo_warning,
     set_up,
-    write_json,
     write_output,
+    write_outputs,
 )
 
 VIDEO_HINT = "pip install -r requirements-video.txt"
@@ -140,36 +139,31 @@ def run(args):
     """`predict --video`: returns the exit status (1 when no face was classified). The outputs are
     claimed first and written before anything is printed; a failure removes what the run created."""
     every = 1 if args.every is None else args.every
-    if every < 1:
-        raise ToolError(f"--every must be at least 1, got {every}")
     with CreatedPaths() as created:
         files, setup = set_up(args, lambda: video_input(args), created, ".mp4")
         return analyse_and_report(args, files, setup, every)
 
 
 def analyse_and_report(args, files, setup, every):
-    trained, device, k, finder, targets = setup.trained, setup.device, setup.k, setup.finder, setup.targets
+    trained, device, finder, targets = setup.trained, setup.device, setup.finder, setup.targets
     path = files[0]
     target = targets.get(path)
     warn_photos = args.detect is None and finder is None  # detection is off for want of the extra
     if target is None:
         rows, counts = analyse(path, trained, device, finder, every, warn_photos=warn_photos)
     else:
-        written = {}
-        write_output(target, "--annotate", lambda handle: written.update(
-            result=analyse(path, trained, device, finder, every, handle, warn_photos)),
+        result = {}
+        write_output(target, "--annotate", lambda handle: result.update(
+            analysed=analyse(path, trained, device, finder, every, handle, warn_photos)),
                      mode="wb", created=setup.created)
-        rows, counts = written["result"]
-    if args.csv:
-        write_output(args.csv, "--csv", lambda handle: write_csv(handle, rows, trained.classes))
-    if args.json:
-        write_json(args.json, rows, trained, k, args.checkpoint)
+        rows, counts = result["analysed"]
+    written = write_outputs(args, rows, setup,
+                            [csv_header(trained.classes), *(csv_record(row, trained.classes) for row in rows)])
     setup.created.keep()
     for line in report(path, rows, counts, every, trained.classes):
         print(line)
-    for output in (args.csv, args.json):
-        if output:
-            print(f"wrote {output}")
+    for output in written:
+        print(f"wrote {output}")
     if target is not None:
         print(f"wrote {target} ({counts['written']} frames)")
     return 0 if any(not row.error for row in rows) else 1
@@ -234,9 +228,3 @@ def csv_record(row, classes):
     label, probability = row.top(classes, 1)[0]
     return [row.frame, f"{row.time:.4f}", row.face or "", *box, score, label, f"{probability:.6f}",
             *(f"{p:.6f}" for p in row.probabilities), ""]
-
-
-def write_csv(handle, rows, classes):
-    writer = csv.writer(handle)
-    writer.writerow(csv_header(classes))
-    writer.writerows(csv_record(row, classes) for row in rows)

@@ -48,7 +48,7 @@ from .classify import (
     load_prediction_model,
 )
 from .heatmaps import COLUMNS, display_image, faces_in_files, level_and_fused, level_maps
-from .predict import csv_header, csv_record, format_row, predict_files, summary
+from .predict import csv_rows, format_row, predict_files, summary
 
 PAGE = Path(__file__).with_name("webdemo.html")
 MAX_UPLOAD_BYTES = 64 * 2 ** 20  # a request body larger than this is refused before it is decoded
@@ -154,7 +154,7 @@ class Demo:
         return {"name": name, "size": size, "summary": summary(rows, classifier.finder is not None),
                 "faces": [{**json_record(row, trained.classes, k), "text": format_row(row, trained.classes, k)}
                           for row in rows],
-                "csv": [csv_header(k), *(csv_record(row, trained.classes, k) for row in rows)]}
+                "csv": csv_rows(rows, trained.classes, k)}
 
     def frame(self, body, query):
         """The faces of one webcam frame (an image in the body), with the server's timings."""
