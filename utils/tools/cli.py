@@ -56,9 +56,12 @@ def build_parser():
     return parser
 
 
-def _model_options(parser, onnx=False, exports=True):
-    """--checkpoint (or, with `onnx`, exactly one of --checkpoint and --onnx), --size, --image-size;
-    `exports`: --checkpoint also takes a .safetensors export."""
+def _model_command(commands, name, summary, description, class_names=True, onnx=False, exports=True):
+    """A subcommand that loads a checkpoint (or with `onnx` an ONNX export): --checkpoint (or exactly
+    one of --checkpoint and --onnx), --size, --image-size and, with `class_names`, the class-name
+    options; `exports`: whether --checkpoint also takes a .safetensors export."""
+    parser = commands.add_parser(name, help=summary, description=description,
+                                 formatter_class=DefaultsOnceFormatter)
     source = parser.add_mutually_exclusive_group(required=True) if onnx else parser
     source.add_argument("--checkpoint", required=not onnx,
                         help="ours (.pth from main_*.py) or the authors'" + (
@@ -72,29 +75,13 @@ def _model_options(parser, onnx=False, exports=True):
     parser.add_argument("--image-size", type=int,
                         help=f"input side in pixels, {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} (default: from the checkpoint, "
                              f"else {DEFAULT_IMAGE_SIZE})")
-
-
-def _device_option(parser):
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-
-
-def _class_options(parser):
-    names = parser.add_mutually_exclusive_group()
-    names.add_argument("--dataset", choices=DATASET_NAMES,
-                       help="class names of this dataset (needed unless the checkpoint records them)")
-    names.add_argument("--classes", help="class names in label order, comma-separated")
-    parser.add_argument("--data-root",
-                        help="with --dataset folder: the folder whose class folders name the classes")
-
-
-def _model_command(commands, name, summary, description, class_names=True, onnx=False, exports=True):
-    """A subcommand that loads a checkpoint (or with `onnx` an ONNX export): its model options and,
-    with `class_names`, the class-name ones; `exports`: whether a .safetensors export will do."""
-    parser = commands.add_parser(name, help=summary, description=description,
-                                 formatter_class=DefaultsOnceFormatter)
-    _model_options(parser, onnx, exports)
     if class_names:
-        _class_options(parser)
+        names = parser.add_mutually_exclusive_group()
+        names.add_argument("--dataset", choices=DATASET_NAMES,
+                           help="class names of this dataset (needed unless the checkpoint records them)")
+        names.add_argument("--classes", help="class names in label order, comma-separated")
+        parser.add_argument("--data-root",
+                            help="with --dataset folder: the folder whose class folders name the classes")
     return parser
 
 
@@ -122,20 +109,16 @@ def _detect_pixels_option(parser, what, default):
                              f"faster, faces of 160 px and up in a 640x480 frame; default: {default})")
 
 
-def _speed_options(parser):
-    """The fast path of a PyTorch model (also `--evaluate`'s options): on a CPU with bf16 support,
-    `--amp --channels-last --compile` is about 2.3× (one image) to 4× (batches) faster."""
+def _classification_options(parser):
+    """What `predict` and `demo` share after their own options: the device, the fast path of a
+    PyTorch model (also `--evaluate`'s options: on a CPU with bf16 support, `--amp --channels-last
+    --compile` is about 2.3× (one image) to 4× (batches) faster), flip test-time augmentation and
+    face detection."""
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast (CPU or CUDA): faster, logits differ slightly from float32")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
-
-
-def _classification_options(parser):
-    """What `predict` and `demo` share after their own options: the device, the fast path, flip
-    test-time augmentation and face detection."""
-    _device_option(parser)
-    _speed_options(parser)
     parser.add_argument("--tta", default="none", choices=("none", "flip"),
                         help="flip: score each face by the mean of its logits and its mirror's")
     _detection_options(parser)
@@ -184,7 +167,7 @@ def _add_heatmaps(commands):
     p.add_argument("--class-grid", metavar="OUT_GRID.png",
                    help="also write the K×K class-pair grid (a path other than --out)")
     p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
-    _device_option(p)
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CPU or CUDA): faster, maps differ slightly")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
 
