@@ -47,7 +47,6 @@ STAGE_DIR = ".export-in-progress"  # inside --out: the files are written here, t
 
 def formats_of(names):
     """The formats that `--format` values name, in MODEL_FILES order."""
-    names = [names] if isinstance(names, str) else names
     chosen = {name for group in names for name in FORMAT_GROUPS.get(group, [group])}
     return [name for name in MODEL_FILES if name in chosen]
 
@@ -151,8 +150,7 @@ def check_batches(trained, image_files):
 
 @torch.no_grad()
 def max_abs_diff(reference_model, reloaded, batches):
-    """The largest |logit difference| over all batches (a tensor of the inputs is one batch)."""
-    batches = [batches] if isinstance(batches, torch.Tensor) else batches
+    """The largest |logit difference| over all batches."""
     return max(float((reloaded(x) - reference_model(x)).abs().max()) for x in batches)
 
 

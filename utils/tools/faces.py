@@ -90,14 +90,6 @@ def _predictor_path():
     return path if os.path.isfile(path) else None
 
 
-def _load_models():
-    """`(detector, shape predictor)`; MissingExtra when the extra is not installed."""
-    if not available():
-        raise MissingExtra(f"face detection needs the optional packages dlib-bin and face-recognition-models, "
-                           f"which are not installed; install them with: {EXTRA_HINT}")
-    return _dlib_models(_predictor_path())
-
-
 @functools.cache
 def _dlib_models(predictor_path):
     """dlib's detector and the shape predictor at `predictor_path`, read once a process (seconds each)."""
@@ -137,7 +129,10 @@ class FaceFinder:
                  max_pixels=None):
         if not 0 <= upsample <= MAX_UPSAMPLE:
             raise ToolError(f"--upsample must be 0..{MAX_UPSAMPLE} (each step doubles the image), got {upsample}")
-        self.detector, self.predictor = _load_models()
+        if not available():
+            raise MissingExtra(f"face detection needs the optional packages dlib-bin and face-recognition-models, "
+                               f"which are not installed; install them with: {EXTRA_HINT}")
+        self.detector, self.predictor = _dlib_models(_predictor_path())
         self.min_score, self.largest, self.upsample, self.side = min_score, largest, upsample, side
         self.max_pixels = max_pixels or MAX_DETECTION_PIXELS
 

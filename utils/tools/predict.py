@@ -105,14 +105,10 @@ def csv_record(row, classes, k):
     ranked = [""] * (2 * k)
     if not row.error:
         ranked = [value for name, p in row.top(classes, k) for value in (name, f"{p:.6f}")]
-    return [row.image, row.face or "", *box, *face_details(row), *ranked, row.error or ""]
-
-
-def face_details(row):
-    """The score and the ten landmark coordinates of a detected face as CSV cells (blank otherwise)."""
-    if row.landmarks is None:
-        return [""] * (1 + len(LANDMARK_COLUMNS))
-    return [f"{row.score:.4f}", *(f"{value:.1f}" for point in row.landmarks for value in point)]
+    # the score and the ten landmark coordinates of a detected face (blank otherwise)
+    details = [""] * (1 + len(LANDMARK_COLUMNS)) if row.landmarks is None else [
+        f"{row.score:.4f}", *(f"{value:.1f}" for point in row.landmarks for value in point)]
+    return [row.image, row.face or "", *box, *details, *ranked, row.error or ""]
 
 
 class Annotator:
