@@ -215,41 +215,40 @@ def _add_demo(commands):
 # ------------------------------------------------------------------------------ inspect
 
 def describe_lines(info):
-    """Human-readable lines describing a CheckpointInfo."""
-    lines = [f"file:        {info.path}", f"format:      {info.format_title}"]
-    source = (info.model_config or {}).get("source_arch")
+    """Human-readable lines describing a CheckpointInfo, one per field (those not known left out)."""
+    config = info.model_config or {}
     if info.format in ("safetensors", "onnx"):
-        lines.append("arch:        BASE (the inference network" + (f" of a {source.upper()} model" if source else "")
-                     + ", exported)")
+        source = config.get("source_arch")
+        arch = "BASE (the inference network" + (f" of a {source.upper()} model" if source else "") + ", exported)"
     elif info.arch is not None:
-        lines.append(f"arch:        {info.arch.upper()}" + (" (the base branch alone: a baseline)"
-                                                            if not is_cross(info.arch) else
-                                                            " (base branch + cross module)"))
-    lines.append(f"model size:  {info.size or 'unknown (shapes match no preset)'}")
-    if info.model_config and is_cross(info.arch):
-        options = ", ".join(f"{k}={info.model_config[k]}" for k in
-                            ("attention", "matrix", "connection", "cross_block") if k in info.model_config)
-        lines.append(f"options:     {options}")
-    if info.num_classes is not None:
-        lines.append(f"classes:     {info.num_classes}" + (f": {', '.join(info.classes)}" if info.classes else
-                                                           " (names not recorded)"))
-    if info.dataset is not None:
-        lines.append(f"dataset:     {info.dataset}" + (f", {info.image_size}px" if info.image_size else "")
-                     + (f", train augmentation {info.augmentation}" if info.augmentation else ""))
-    if info.epoch is not None:
-        lines.append(f"epoch:       {info.epoch}")
-    if info.best_acc is not None:
-        lines.append(f"best acc:    {info.best_acc:.2f}%" + (f" (epoch {info.best_epoch})"
-                                                            if info.best_epoch is not None else ""))
-    lines.append(f"tensors:     {info.num_tensors}" + (f" ({info.unused_tensors} unused by this project)"
-                                                       if info.unused_tensors else ""))
-    lines.append(f"parameters:  {info.num_parameters:,} (BatchNorm running statistics excluded)")
-    if any(dtype != "float32" for dtype in info.weight_dtypes):
-        lines.append(f"stored as:   {', '.join(info.weight_dtypes)} (loading computes in float32)")
-    if info.foreign_objects:
-        lines.append(f"foreign pickled objects: {', '.join(info.foreign_objects)} "
-                     f"(read as inert stand-ins; plain torch.load cannot unpickle them)")
-    return lines
+        arch = info.arch.upper() + (" (base branch + cross module)" if is_cross(info.arch)
+                                    else " (the base branch alone: a baseline)")
+    else:
+        arch = None
+    fields = [
+        ("file", info.path),
+        ("format", info.format_title),
+        ("arch", arch),
+        ("model size", info.size or "unknown (shapes match no preset)"),
+        ("options", ", ".join(f"{k}={config[k]}" for k in ("attention", "matrix", "connection", "cross_block")
+                              if k in config) if config and is_cross(info.arch) else None),
+        ("classes", None if info.num_classes is None else f"{info.num_classes}" + (
+            f": {', '.join(info.classes)}" if info.classes else " (names not recorded)")),
+        ("dataset", None if info.dataset is None else f"{info.dataset}" + (
+            f", {info.image_size}px" if info.image_size else "") + (
+            f", train augmentation {info.augmentation}" if info.augmentation else "")),
+        ("epoch", info.epoch),
+        ("best acc", None if info.best_acc is None else f"{info.best_acc:.2f}%" + (
+            f" (epoch {info.best_epoch})" if info.best_epoch is not None else "")),
+        ("tensors", f"{info.num_tensors}" + (
+            f" ({info.unused_tensors} unused by this project)" if info.unused_tensors else "")),
+        ("parameters", f"{info.num_parameters:,} (BatchNorm running statistics excluded)"),
+        ("stored as", f"{', '.join(info.weight_dtypes)} (loading computes in float32)"
+         if any(dtype != "float32" for dtype in info.weight_dtypes) else None),
+        ("foreign pickled objects", f"{', '.join(info.foreign_objects)} (read as inert stand-ins; plain "
+                                    "torch.load cannot unpickle them)" if info.foreign_objects else None),
+    ]
+    return [f"{label + ':':<12} {value}" for label, value in fields if value is not None]
 
 
 def run_inspect(args):
