@@ -15,7 +15,6 @@ Happiness, Surprise, Sadness, Anger, Disgust, Fear, Contempt.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from PIL import Image
 from data_preprocessing._prepare_common import (
     PrepareError,
     claim_prepared_outputs,
-    layout_list_paths,
+    parse_arguments,
     parse_int,
     read_csv_rows,
     require_file,
@@ -41,6 +40,13 @@ LAYOUT = LIST_LAYOUTS["FERPlus"]
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
 FERPLUS_HEADER = ["Usage", "Image name", *VOTE_COLUMNS]
+DESCRIPTION = "Write FERPlus images and majority-vote list files."
+ARGUMENTS = {
+    "--fer2013": {"required": True, "help": "Kaggle fer2013.csv (emotion, pixels, Usage)"},
+    "--ferplus": {"required": True, "help": "FERPlus fer2013new.csv (Usage, Image name, 10 votes)"},
+    "--out": {"required": True, "type": Path, "help": "output folder (gets img/ and ferplus_*.txt)"},
+    "--overwrite": {"action": "store_true", "help": "replace existing outputs"},
+}
 
 
 def majority_vote(votes) -> int | None:
@@ -79,12 +85,6 @@ def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     seen[name] = line_number
 
 
-def _check_usage(usage: str, path, line_number) -> None:
-    if usage not in FER2013_USAGE_TO_SPLIT:
-        raise PrepareError(f"{path}:{line_number}: Usage {usage!r} is not one of "
-                           f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
-
-
 def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, list[int]] | None]:
     """Validated ``(line, usage, image name, votes)`` for every data row of fer2013new.csv (None for
     a bad row, which is recorded in ``bad_rows``)."""
@@ -94,7 +94,9 @@ def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[in
         checked = None
         with bad_rows.row():
             usage, name = row[0].strip(), row[1].strip()
-            _check_usage(usage, ferplus_path, line_number)
+            if usage not in FER2013_USAGE_TO_SPLIT:
+                raise PrepareError(f"{ferplus_path}:{line_number}: Usage {usage!r} is not one of "
+                                   f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
             votes = _parse_votes(row, ferplus_path, line_number)
             if name:
                 _check_image_name(name, ferplus_path, line_number, seen)
@@ -150,26 +152,14 @@ def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> tuple[dict
     return entries, {"without an image name": unnamed, "with no majority among the 8 emotions": no_majority}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_ferplus",
-                                     description="Write FERPlus images and majority-vote list files.")
-    parser.add_argument("--fer2013", required=True, help="Kaggle fer2013.csv (emotion, pixels, Usage)")
-    parser.add_argument("--ferplus", required=True, help="FERPlus fer2013new.csv (Usage, Image name, 10 votes)")
-    parser.add_argument("--out", required=True, help="output folder (gets img/ and ferplus_*.txt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return parser
-
-
 def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     """Run the script with ``argv``; returns the written entries per split."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments("prepare_ferplus", DESCRIPTION, ARGUMENTS, argv)
     fer2013_path = require_file(args.fer2013, "--fer2013")
     ferplus_path = require_file(args.ferplus, "--ferplus")
-    out_dir = Path(args.out)
-    with claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path],
-                                args.overwrite, folders=[out_dir / LAYOUT.image_dir]):
-        entries, left_out = convert(fer2013_path, ferplus_path, out_dir)
-        write_layout_lists(out_dir, LAYOUT, entries, left_out=left_out)
+    with claim_prepared_outputs(args, [LAYOUT], [fer2013_path, ferplus_path], folders=[LAYOUT.image_dir]):
+        entries, left_out = convert(fer2013_path, ferplus_path, args.out)
+        write_layout_lists(args.out, LAYOUT, entries, left_out=left_out)
     return entries
 
 
