@@ -110,10 +110,10 @@ def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, 
     number of rows without one, with both files read and checked in full, so bad rows (all of them,
     up to a bound) are refused before anything is written. fer2013.csv is streamed: only the decoded
     faces are kept (48*48 bytes each)."""
-    bad_rows, fer_bad_rows, mismatches = RowErrors(), RowErrors(), RowErrors()
-    plus_rows = read_ferplus_votes(ferplus_path, bad_rows)
+    bad_rows, mismatches = RowErrors(), RowErrors()
+    plus_rows = read_ferplus_votes(ferplus_path, bad_rows)  # its bad rows are named before fer2013.csv's
     faces, unnamed, fer_count = [], 0, 0
-    for fer_row in read_fer2013_rows(fer2013_path, fer_bad_rows):
+    for fer_row in read_fer2013_rows(fer2013_path, bad_rows):
         fer_count += 1
         if fer_row.index >= len(plus_rows) or plus_rows[fer_row.index] is None:
             continue  # only counting: the count mismatch is the error to report
@@ -122,10 +122,9 @@ def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, 
             mismatches.add(PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
                                         f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond"))
         elif name:  # rows without a name have no FERPlus image
-            with fer_bad_rows.row():
+            with bad_rows.row():
                 faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
         unnamed += not name
-    bad_rows.merge(fer_bad_rows)
     bad_rows.raise_any()
     if fer_count != len(plus_rows):  # every row is good here
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
