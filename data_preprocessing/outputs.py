@@ -174,13 +174,9 @@ def open_for_append(path, flag=None):
     link: a symbolic link or a second name of another file (a hard link) would send the writes into
     that file, so either is an `OutputError`, as is a named pipe or device (checked once opened)."""
     path = Path(path)
-    try:
+    with output_errors(path, flag, "opening it"):
+        refuse_link(path, flag)  # a link is named for what it is; one made after this check fails the open
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o666)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            refuse_link(path, flag)
-        with output_errors(path, flag, "opening it"):
-            raise
     try:
         _refuse_shared(os.fstat(fd), path, flag)
         os.set_blocking(fd, True)
@@ -203,9 +199,9 @@ def refuse_link(path, flag=None):
 
 def _refuse_shared(status, path, flag):
     """A regular file with more than one name, or something that is not a regular file, is not ours to write."""
+    if stat.S_ISDIR(status.st_mode):
+        return
     if not stat.S_ISREG(status.st_mode):
-        if stat.S_ISDIR(status.st_mode):
-            return
         raise OutputError(f"{_label(flag, path)}: not a regular file; refusing to write to it: remove it")
     if status.st_nlink > 1:
         raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
