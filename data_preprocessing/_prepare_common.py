@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_preprocessing.errors import DataError, RowErrors
 from data_preprocessing.files import invalid_utf8_position, non_regular_kind
+from data_preprocessing.limits import LimitError
 from data_preprocessing.outputs import (
     CreatedPaths,
     OutputError,
@@ -203,11 +204,12 @@ def refuse_problems(problems) -> None:
 
 
 def run_main(prepare, argv=None) -> int:
-    """Run a prepare script's body; bad input (DataError, PrepareError among them) or a refused
-    output (OutputError) becomes a one-line message on stderr and exit status 2."""
+    """Run a prepare script's body; bad input (DataError, PrepareError among them), a refused output
+    (OutputError) or a resource limit too low (LimitError) becomes a one-line message on stderr and
+    exit status 2."""
     try:
         prepare(argv)
-    except (DataError, OutputError) as error:
+    except (DataError, OutputError, LimitError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

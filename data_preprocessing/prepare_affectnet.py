@@ -43,7 +43,7 @@ from data_preprocessing._prepare_common import (
 from data_preprocessing.errors import RowErrors
 from data_preprocessing.images import clamp_box
 from data_preprocessing.layouts import LIST_LAYOUTS
-from data_preprocessing.limits import LimitError, check_open_files
+from data_preprocessing.limits import check_open_files
 from data_preprocessing.outputs import output_errors
 
 LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
@@ -133,16 +133,13 @@ def refuse_each(problem_of, tasks, workers: int) -> None:
 
 
 def check_workers(workers: int) -> None:
-    """PrepareError unless 1 <= ``workers`` <= WORKERS_PER_CPU per CPU and MAX_WORKERS, before any
-    process is started."""
+    """PrepareError unless 1 <= ``workers`` <= WORKERS_PER_CPU per CPU and MAX_WORKERS, LimitError
+    when too few files may be opened for them, before any process is started."""
     limit = min(MAX_WORKERS, WORKERS_PER_CPU * (os.cpu_count() or 1))
     if not 1 <= workers <= limit:
         raise PrepareError(f"--workers {workers}: must be 1..{limit} on this machine "
                            f"({WORKERS_PER_CPU} per CPU, at most {MAX_WORKERS})")
-    try:
-        check_open_files(workers, in_process=False)
-    except LimitError as error:
-        raise PrepareError(str(error)) from None
+    check_open_files(workers, in_process=False)
 
 
 def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
