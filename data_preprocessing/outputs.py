@@ -60,15 +60,12 @@ def refuse_existing(named_paths, overwrite=False, overwrite_flag="--overwrite"):
     paths that are None are skipped. `overwrite_flag` is the command's option that allows
     replacing outputs (None where it has none).
     """
-    if overwrite:
-        return
     hint = f" (use {overwrite_flag} or another path)" if overwrite_flag else ""
     for flag, path in named_paths:
-        if path is None:
-            continue
-        with output_errors(path, flag, "checking it"):  # a name too long, a link loop
-            if occupied(path):
-                raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
+        if path is not None and not overwrite:
+            with output_errors(path, flag, "checking it"):  # a name too long, a link loop
+                if occupied(path):
+                    raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
 
 
 # ------------------------------------------------------------------------------ destination checks
