@@ -130,9 +130,7 @@ def os_error_cause(error):
     """The plain cause of an OSError: a known errno in words (with its remedy), else the system's text."""
     if isinstance(error, NotRegularFileError):
         return f"{error.kind}, not a regular file"
-    if error.errno in _CAUSES:
-        return _CAUSES[error.errno]
-    return (os.strerror(error.errno) if error.errno else str(error)).lower()
+    return _CAUSES.get(error.errno) or (os.strerror(error.errno) if error.errno else str(error)).lower()
 
 
 def describe_os_error(error, path, flag=None, doing=None, cause=None):

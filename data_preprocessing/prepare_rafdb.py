@@ -12,6 +12,7 @@ The RAF-DB loader then reads the aligned images from ``datas/RAF-DB/basic/``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from data_preprocessing._prepare_common import (
@@ -43,10 +44,8 @@ ARGUMENTS = {
 
 def aligned_name(name: str) -> str:
     """``train_00001.jpg`` -> ``train_00001_aligned.jpg``."""
-    stem, dot, extension = name.rpartition(".")
-    if not dot:
-        stem, extension = name, ""
-    return f"{stem}_aligned{dot}{extension}"
+    stem, extension = os.path.splitext(name)
+    return f"{stem}_aligned{extension}"
 
 
 def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
