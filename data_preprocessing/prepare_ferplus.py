@@ -65,14 +65,6 @@ def majority_vote(votes) -> int | None:
     return winner if winner < len(LAYOUT.classes) else None
 
 
-def _parse_votes(row, path, line_number) -> list[int]:
-    votes = [parse_int(text, path, line_number, f"vote count '{column}'")
-             for column, text in zip(VOTE_COLUMNS, row[2:2 + len(VOTE_COLUMNS)])]
-    if any(count < 0 for count in votes):
-        raise PrepareError(f"{path}:{line_number}: vote counts must be >= 0, got {votes}")
-    return votes
-
-
 def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     if "/" in name or "\\" in name or name in (".", "..") or any(c.isspace() for c in name):
         raise PrepareError(f"{path}:{line_number}: image name {name!r} must be a plain file name "
@@ -85,9 +77,9 @@ def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     seen[name] = line_number
 
 
-def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, list[int]] | None]:
-    """Validated ``(line, usage, image name, votes)`` for every data row of fer2013new.csv (None for
-    a bad row, which is recorded in ``bad_rows``)."""
+def read_ferplus_labels(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, int | None] | None]:
+    """Validated ``(line, usage, image name, majority label or None)`` for every data row of
+    fer2013new.csv (None for a bad row, which is recorded in ``bad_rows``)."""
     rows = []
     seen: dict[str, int] = {}
     for line_number, row in read_csv_rows(ferplus_path, FERPLUS_HEADER, "--ferplus", bad_rows):
@@ -97,33 +89,36 @@ def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[in
             if usage not in FER2013_USAGE_TO_SPLIT:
                 raise PrepareError(f"{ferplus_path}:{line_number}: Usage {usage!r} is not one of "
                                    f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
-            votes = _parse_votes(row, ferplus_path, line_number)
+            votes = [parse_int(text, ferplus_path, line_number, f"vote count '{column}'")
+                     for column, text in zip(VOTE_COLUMNS, row[2:2 + len(VOTE_COLUMNS)])]
+            if any(count < 0 for count in votes):
+                raise PrepareError(f"{ferplus_path}:{line_number}: vote counts must be >= 0, got {votes}")
             if name:
                 _check_image_name(name, ferplus_path, line_number, seen)
-            checked = (line_number, usage, name, votes)
+            checked = (line_number, usage, name, majority_vote(votes))
         rows.append(checked)
     return rows
 
 
-def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, np.ndarray, str, list[int]]], int]:
-    """``(image name, 48x48 pixels, usage, votes)`` of every FERPlus row with an image name, and the
+def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, np.ndarray, str, int | None]], int]:
+    """``(image name, 48x48 pixels, usage, majority label or None)`` of every FERPlus row with an image name, and the
     number of rows without one, with both files read and checked in full, so bad rows (all of them,
     up to a bound) are refused before anything is written. fer2013.csv is streamed: only the decoded
     faces are kept (48*48 bytes each)."""
     bad_rows, mismatches = RowErrors(), RowErrors()
-    plus_rows = read_ferplus_votes(ferplus_path, bad_rows)  # its bad rows are named before fer2013.csv's
+    plus_rows = read_ferplus_labels(ferplus_path, bad_rows)  # its bad rows are named before fer2013.csv's
     faces, unnamed, fer_count = [], 0, 0
     for fer_row in read_fer2013_rows(fer2013_path, bad_rows):
         fer_count += 1
         if fer_row.index >= len(plus_rows) or plus_rows[fer_row.index] is None:
             continue  # only counting: the count mismatch is the error to report
-        plus_line, usage, name, votes = plus_rows[fer_row.index]
+        plus_line, usage, name, label = plus_rows[fer_row.index]
         if fer_row.usage != usage:
             mismatches.add(PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
                                         f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond"))
         elif name:  # rows without a name have no FERPlus image
             with bad_rows.row():
-                faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
+                faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, label))
         unnamed += not name
     bad_rows.raise_any()
     if fer_count != len(plus_rows):  # every row is good here
@@ -139,15 +134,13 @@ def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> tuple[dict
     faces, unnamed = read_faces(fer2013_path, ferplus_path)
     image_dir = make_output_dir(out_dir / LAYOUT.image_dir, "--out")
     entries: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
-    no_majority = 0
-    for name, pixels, usage, votes in faces:
+    for name, pixels, usage, label in faces:
         with output_errors(image_dir / name, "--out", "saving the image"):
             Image.fromarray(pixels, "L").save(image_dir / name)
-        label = majority_vote(votes)
         if label is not None:
             entries[FER2013_USAGE_TO_SPLIT[usage]].append((name, label))
-        no_majority += label is None
     print(f"wrote images to {image_dir}")
+    no_majority = sum(label is None for _, _, _, label in faces)
     return entries, {"without an image name": unnamed, "with no majority among the 8 emotions": no_majority}
 
 
