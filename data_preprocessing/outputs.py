@@ -100,16 +100,14 @@ def check_output_dir(path, flag, create=False):
 
 
 def _check_folder(folder, label, create):
-    if folder.is_dir():
-        return _require_writable(folder, label, f"cannot write in folder {folder}")
-    if os.path.lexists(folder):
-        raise OutputError(f"{label}: {folder} is not a folder")
-    if not create:
+    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one."""
+    existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
+    if existing != folder and not create:
         raise OutputError(f"{label}: folder {folder} does not exist")
-    ancestor = next((parent for parent in folder.parents if os.path.lexists(parent)), Path("."))
-    if not ancestor.is_dir():
-        raise OutputError(f"{label}: {ancestor} is not a folder")
-    _require_writable(ancestor, label, f"cannot create folder {folder} in {ancestor}")
+    if not existing.is_dir():
+        raise OutputError(f"{label}: {existing} is not a folder")
+    _require_writable(existing, label, f"cannot write in folder {folder}" if existing == folder
+                      else f"cannot create folder {folder} in {existing}")
 
 
 def _require_writable(folder, label, what):
@@ -263,7 +261,7 @@ def describe_output_error(error, path, flag=None, doing=None):
 
 # ------------------------------------------------------------------------------ claiming outputs
 
-class CreatedPaths:
+class CreatedPaths(contextlib.AbstractContextManager):
     """What a command created, so that a failure removes exactly that and nothing else.
 
     `claim` takes a new output file when the command starts (created exclusively, so of two
@@ -274,9 +272,6 @@ class CreatedPaths:
 
     def __init__(self):
         self.files, self.folders, self.held = [], [], []
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, kind, error, trace):
         if kind is not None:
