@@ -4,8 +4,6 @@ CSV files, and writing the list files. Each script adds only its dataset's rules
 Positions in messages are written `file:line`, as everywhere in the data code.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import csv

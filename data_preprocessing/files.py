@@ -2,8 +2,6 @@
 socket is refused at once, never waited on), sizes and JSON nesting bounded, and every `OSError`
 one line naming the path, the cause and, where there is one, the remedy (`describe_os_error`,
 which the writing side, `outputs.py`, shares)."""
-from __future__ import annotations
-
 import csv
 import errno
 import io

@@ -18,8 +18,6 @@ the list names are the original relative paths; the loader reads images from
         [--crop] [--workers 4] [--overwrite]
 """
 
-from __future__ import annotations
-
 import os
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath

@@ -13,8 +13,6 @@ Happiness, Surprise, Sadness, Anger, Disgust, Fear, Contempt.
         --ferplus fer2013new.csv --out datas/FERPlus [--overwrite]
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -10,8 +10,6 @@ Label order (0..6): Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral.
 The RAF-DB loader then reads the aligned images from ``datas/RAF-DB/basic/``.
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
