@@ -211,12 +211,7 @@ def printable(text):
 
 def make_output_dir(path, flag=None):
     """`mkdir -p path`; an `OSError` of the kinds `atomic_write` maps becomes `OutputError`. Returns the Path."""
-    path = Path(path)
-    if os.path.lexists(path) and not path.is_dir():
-        raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
-    with output_errors(path, flag, "creating the folder"):
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return CreatedPaths().make_dir(path, flag)  # the record of the folders made is not kept
 
 
 @contextlib.contextmanager
@@ -299,15 +294,18 @@ class CreatedPaths(contextlib.AbstractContextManager):
         return path
 
     def make_dir(self, path, flag=None):
-        """`mkdir -p path`, recording each folder made; `OutputError` as `make_output_dir`. Returns the Path."""
+        """`mkdir -p path`, recording each folder made; `OutputError` when a file is in the way or for an
+        `OSError` of the kinds `atomic_write` maps. Returns the Path."""
         path = Path(path)
+        if os.path.lexists(path) and not path.is_dir():
+            raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
         with output_errors(path, flag, "creating the folder"):
             missing = list(itertools.takewhile(lambda folder: not os.path.lexists(folder), (path, *path.parents)))
             for folder in reversed(missing):
                 with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
                     folder.mkdir()
                     self.folders.append(folder)
-        return make_output_dir(path, flag)
+        return path
 
     def add(self, path):
         """Record a file this command wrote (to be removed if it fails)."""
