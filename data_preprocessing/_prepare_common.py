@@ -1,35 +1,47 @@
-"""Helpers shared by the prepare_* scripts that turn raw dataset releases into list files.
+"""What the prepare_* scripts share: the command line, the checks of inputs and outputs, reading
+CSV files, and writing the list files. Each script adds only its dataset's rules.
 
 Positions in messages are written `file:line`, as everywhere in the data code.
 """
 
-from __future__ import annotations
-
+import argparse
+import contextlib
 import csv
+import itertools
 import math
 import sys
 from collections import Counter
-from multiprocessing import Pool
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from data_preprocessing.errors import DataError, RowErrors
 from data_preprocessing.files import invalid_utf8_position, non_regular_kind
-from data_preprocessing.layouts import ListLayout
+from data_preprocessing.limits import LimitError
 from data_preprocessing.outputs import (
     CreatedPaths,
     OutputError,
     atomic_write,
     check_output_dir,
+    check_output_file,
     make_output_dir,
     refuse_existing,
     remove_stale_temporaries,
 )
 
+MAX_MISSING_SHOWN = 5  # missing images named in one message
+
 
 class PrepareError(DataError):
     """Bad raw input or an output that would overlap an input; the message names the file (and line)."""
+
+
+def parse_arguments(module: str, description: str, arguments: dict, argv=None) -> argparse.Namespace:
+    """The options of ``python -m data_preprocessing.<module>``, ``{flag: add_argument options}``."""
+    parser = argparse.ArgumentParser(prog=f"python -m data_preprocessing.{module}", description=description)
+    for flag, options in arguments.items():
+        parser.add_argument(flag, **options)
+    return parser.parse_args(argv)
 
 
 def require_file(path, flag: str) -> Path:
@@ -44,11 +56,6 @@ def require_file(path, flag: str) -> Path:
     return path
 
 
-def utf8_error(path, flag: str) -> PrepareError:
-    """The one-line error for an input that is not UTF-8: flag, file, line and byte offset."""
-    return PrepareError(f"{flag} {invalid_utf8_position(path)}; save it as UTF-8 (or ASCII)")
-
-
 def require_dir(path, flag: str) -> Path:
     """``path`` as a Path, or PrepareError naming ``flag`` when it is not an existing folder."""
     path = Path(path)
@@ -57,21 +64,33 @@ def require_dir(path, flag: str) -> Path:
     return path
 
 
-def claim_prepared_outputs(out_dir, files, inputs, overwrite: bool, folders=()) -> CreatedPaths:
-    """Check before any work that the ``--out`` paths may be written: none overlaps an input, none
-    exists (a folder counts when non-empty) unless ``overwrite``, ``out_dir`` is a writable folder
-    or can be created, and no file output is a folder nor folder output a file (OutputError).
-    Returns the record of the folders made for ``out_dir``: used as a context manager, a failure
-    inside removes them again when they are still empty."""
+@contextlib.contextmanager
+def utf8_errors(path, flag: str):
+    """Turn a UnicodeDecodeError reading ``path`` into a one-line PrepareError: flag, file, line and
+    byte offset."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise PrepareError(f"{flag} {invalid_utf8_position(path)}; save it as UTF-8 (or ASCII)") from None
+
+
+def claim_prepared_outputs(args, layouts, inputs, folders=()) -> CreatedPaths:
+    """Check before any work that the list files of ``layouts`` and the ``folders`` under ``args.out``
+    may be written: none overlaps an input, none exists (a folder counts when non-empty) unless
+    ``args.overwrite``, ``args.out`` is a writable folder or can be created, and no file output is a
+    folder nor folder output a file (OutputError). Returns the record of the folders made for
+    ``args.out``: used as a context manager, a failure inside removes them again when they are
+    still empty."""
+    out_dir = args.out
+    files = [out_dir / name for layout in layouts for name in layout.list_files.values()]
+    folders = [out_dir / folder for folder in folders]
     refuse_output_over_inputs([*files, *folders], inputs)
-    refuse_existing([("--out", path) for path in [*files, *folders]], overwrite)
+    refuse_existing([("--out", path) for path in [*files, *folders]], args.overwrite)
     check_output_dir(out_dir, "--out", create=True)
-    for path in map(Path, files):
-        if path.is_dir():
-            raise OutputError(f"--out {path}: is a folder, not a file")
-    for path in map(Path, folders):
-        if path.exists() and not path.is_dir():
-            raise OutputError(f"--out {path}: is a file, not a folder")
+    for path in files:
+        check_output_file(path, "--out", create_parent=True)
+    for path in folders:
+        check_output_dir(path, "--out", create=True)
     created = CreatedPaths()
     created.make_dir(out_dir, "--out")
     return created
@@ -86,11 +105,6 @@ def refuse_output_over_inputs(outputs, inputs) -> None:
                 raise PrepareError(f"output {output} overlaps the input {source}; choose another --out")
 
 
-def layout_list_paths(out_dir: Path, layout: ListLayout) -> list[Path]:
-    """The list files of ``layout`` under ``out_dir``, named as the dataset registry names them."""
-    return [out_dir / name for name in layout.list_files.values()]
-
-
 def write_list_file(path: Path, entries) -> None:
     """Write ``<name> <label>`` lines atomically, so a crash never leaves half a list."""
     folder = make_output_dir(Path(path).parent, "--out")
@@ -99,30 +113,19 @@ def write_list_file(path: Path, entries) -> None:
                  mode="w", flag="--out")
 
 
-def write_layout_lists(out_dir: Path, layout: ListLayout, entries_by_split: dict, class_names=None,
-                       left_out: dict | None = None) -> list[Path]:
+def write_layout_lists(out_dir: Path, layout, entries_by_split: dict, left_out: dict | None = None) -> None:
     """Write each split's list file under ``out_dir`` (named by ``layout``), print how many images
-    each kept, in total and per class, and how many rows the documented rules left out
-    (``left_out``: ``{reason: count}``), and return the paths written."""
-    class_names = layout.classes if class_names is None else class_names
-    written = []
+    each kept, in total and per class (``3 images (0 Surprise: 1, 1 Fear: 2, ...)``), and how many
+    rows the documented rules left out (``left_out``: ``{reason: count}``)."""
     for split, entries in entries_by_split.items():
-        path = out_dir / layout.list_files[split]
-        write_list_file(path, entries)
-        written.append(path)
-        print(f"{layout.name} {split}: {count_summary(entries, class_names)}")
+        write_list_file(out_dir / layout.list_files[split], entries)
+        counts = Counter(label for _, label in entries)
+        per_class = ", ".join(f"{index} {name}: {counts[index]}" for index, name in enumerate(layout.classes))
+        print(f"{layout.name} {split}: {len(entries)} images ({per_class})")
     if left_out is not None:
         reasons = ", ".join(f"{count} {reason}" for reason, count in left_out.items())
         print(f"{layout.name}: {sum(left_out.values())} row(s) left out ({reasons})")
-    print(f"wrote {', '.join(path.name for path in written)} in {out_dir}")
-    return written
-
-
-def count_summary(entries, class_names) -> str:
-    """``3 images (0 Surprise: 1, 1 Fear: 2, ...)`` for ``(name, label)`` entries."""
-    counts = Counter(label for _, label in entries)
-    per_class = ", ".join(f"{index} {name}: {counts.get(index, 0)}" for index, name in enumerate(class_names))
-    return f"{len(entries)} images ({per_class})"
+    print(f"wrote {', '.join(layout.list_files[split] for split in entries_by_split)} in {out_dir}")
 
 
 def read_csv_rows(path: Path, expected_header, flag: str, bad_rows: RowErrors, header_optional: bool = False):
@@ -133,35 +136,25 @@ def read_csv_rows(path: Path, expected_header, flag: str, bad_rows: RowErrors, h
     as data. A row with fewer than ``len(expected_header)`` fields is recorded in
     ``bad_rows`` and skipped.
     """
-    try:
-        for line_number, row in _csv_rows(path, expected_header, flag, header_optional):
-            if len(row) < len(expected_header):
-                bad_rows.add(PrepareError(f"{path}:{line_number}: expected {len(expected_header)} comma-separated "
-                                          f"fields, got {len(row)}"))
-            else:
-                yield line_number, row
-    except UnicodeDecodeError:
-        raise utf8_error(path, flag) from None
-
-
-def _csv_rows(path: Path, expected_header, flag: str, header_optional: bool):
-    expected = [name.strip().lower() for name in expected_header]
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    expected = [name.lower() for name in expected_header]
+    with utf8_errors(path, flag), open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        first = next((row for row in reader if any(cell.strip() for cell in row)), None)
+        rows = ((reader.line_num, row) for row in reader if any(cell.strip() for cell in row))
+        first_line, first = next(rows, (None, None))
         if first is None:
             raise PrepareError(f"{flag} {path}: file is empty")
         header = [cell.strip().lower() for cell in first[:len(expected)]]
-        pending = []
         if header != expected:
             if not header_optional or header[:1] == expected[:1]:
-                raise PrepareError(f"{flag} {path}:{reader.line_num}: expected header starting with "
+                raise PrepareError(f"{flag} {path}:{first_line}: expected header starting with "
                                    f"{','.join(expected_header)}, got {','.join(first[:len(expected)])}")
-            pending = [(reader.line_num, first)]
-        yield from pending
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                yield reader.line_num, row
+            rows = itertools.chain([(first_line, first)], rows)
+        for line_number, row in rows:
+            if len(row) < len(expected):
+                bad_rows.add(PrepareError(f"{path}:{line_number}: expected {len(expected)} comma-separated "
+                                          f"fields, got {len(row)}"))
+            else:
+                yield line_number, row
 
 
 def parse_int(text: str, path, line_number: int, what: str) -> int:
@@ -173,6 +166,16 @@ def parse_int(text: str, path, line_number: int, what: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise PrepareError(f"{path}:{line_number}: {what} must be an integer, got {text!r}")
     return int(value)
+
+
+def check_images_exist(images_dir: Path, listed, what: str) -> None:
+    """PrepareError naming the first few of the ``(image name, how to show it)`` pairs ``listed``
+    whose image is not under ``images_dir``; ``what`` says what they are."""
+    missing = [shown for name, shown in listed if not (images_dir / name).is_file()]
+    if missing:
+        more = " ..." if len(missing) > MAX_MISSING_SHOWN else ""
+        raise PrepareError(f"--images {images_dir}: {len(missing)} {what}: "
+                           f"{', '.join(missing[:MAX_MISSING_SHOWN])}{more}")
 
 
 def decode_problem(task) -> str | None:
@@ -189,26 +192,22 @@ def decode_problem(task) -> str | None:
     return None
 
 
-def check_images_decode(tasks, workers: int = 1) -> None:
-    """Decode every ``(image path, where it is listed)``; PrepareError naming each one that does not
-    (up to MAX_BAD_ROWS), so a broken image is refused here rather than when training reaches it."""
+def refuse_problems(problems) -> None:
+    """PrepareError naming each problem (a message; None: no problem) up to MAX_BAD_ROWS, once all are
+    known, so a broken image is refused here rather than when training reaches it."""
     bad_rows = RowErrors()
-    if workers > 1:
-        with Pool(workers) as pool:
-            problems = list(pool.imap(decode_problem, tasks, chunksize=64))
-    else:
-        problems = map(decode_problem, tasks)
     for problem in filter(None, problems):
         bad_rows.add(PrepareError(problem))
     bad_rows.raise_any()
 
 
 def run_main(prepare, argv=None) -> int:
-    """Run a prepare script's body; bad input (DataError, PrepareError among them) or a refused
-    output (OutputError) becomes a one-line message on stderr and exit status 2."""
+    """Run a prepare script's body; bad input (DataError, PrepareError among them), a refused output
+    (OutputError) or a resource limit too low (LimitError) becomes a one-line message on stderr and
+    exit status 2."""
     try:
         prepare(argv)
-    except (DataError, OutputError) as error:
+    except (DataError, OutputError, LimitError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

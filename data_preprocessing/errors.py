@@ -1,5 +1,4 @@
 """The error types of the data code, and the collector that reports every bad row of an input at once."""
-from __future__ import annotations
 
 import contextlib
 
@@ -40,12 +39,6 @@ class RowErrors:
         self.count += 1
         if len(self.problems) < self.limit:
             self.problems.append(str(error))
-
-    def merge(self, other: RowErrors) -> None:
-        """Add the rows `other` recorded (after this one's)."""
-        self.first = self.first or other.first
-        self.count += other.count
-        self.problems = (self.problems + other.problems)[:self.limit]
 
     def raise_any(self) -> None:
         """Raise what was recorded: a single bad row's own error, several as one BadRows."""

@@ -2,8 +2,6 @@
 socket is refused at once, never waited on), sizes and JSON nesting bounded, and every `OSError`
 one line naming the path, the cause and, where there is one, the remedy (`describe_os_error`,
 which the writing side, `outputs.py`, shares)."""
-from __future__ import annotations
-
 import csv
 import errno
 import io
@@ -130,9 +128,7 @@ def os_error_cause(error):
     """The plain cause of an OSError: a known errno in words (with its remedy), else the system's text."""
     if isinstance(error, NotRegularFileError):
         return f"{error.kind}, not a regular file"
-    if error.errno in _CAUSES:
-        return _CAUSES[error.errno]
-    return (os.strerror(error.errno) if error.errno else str(error)).lower()
+    return _CAUSES.get(error.errno) or (os.strerror(error.errno) if error.errno else str(error)).lower()
 
 
 def describe_os_error(error, path, flag=None, doing=None, cause=None):

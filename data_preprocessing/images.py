@@ -1,5 +1,4 @@
 """Image-file names and face boxes: the one predicate for "is this an image file" and the one box clamp."""
-from __future__ import annotations
 
 import os
 

@@ -18,6 +18,7 @@ tools share it (nothing here knows about models or options beyond the flag names
 import contextlib
 import errno
 import io
+import itertools
 import os
 import re
 import secrets
@@ -49,9 +50,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 def occupied(path):
     """Whether `path` holds something a write would replace: a file, or a non-empty folder."""
     path = Path(path)
-    if path.is_dir():
-        return any(path.iterdir())
-    return path.exists()
+    return any(path.iterdir()) if path.is_dir() else path.exists()
 
 
 def refuse_existing(named_paths, overwrite=False, overwrite_flag="--overwrite"):
@@ -61,15 +60,12 @@ def refuse_existing(named_paths, overwrite=False, overwrite_flag="--overwrite"):
     paths that are None are skipped. `overwrite_flag` is the command's option that allows
     replacing outputs (None where it has none).
     """
-    if overwrite:
-        return
     hint = f" (use {overwrite_flag} or another path)" if overwrite_flag else ""
     for flag, path in named_paths:
-        if path is None:
-            continue
-        with output_errors(path, flag, "checking it"):  # a name too long, a link loop
-            if occupied(path):
-                raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
+        if path is not None and not overwrite:
+            with output_errors(path, flag, "checking it"):  # a name too long, a link loop
+                if occupied(path):
+                    raise OutputError(f"{flag} {path} already exists; refusing to overwrite it{hint}")
 
 
 # ------------------------------------------------------------------------------ destination checks
@@ -82,11 +78,10 @@ def check_output_file(path, flag, create_parent=False):
     naming `flag`, the path and the cause.
     """
     path = Path(path)
-    label = _label(flag, path)
     with output_errors(path, flag, "checking it"):  # a name too long, a link loop
         if path.is_dir():
-            raise OutputError(f"{label}: is a folder, not a file")
-        _check_folder(path.parent, label, create_parent)
+            raise OutputError(f"{_label(flag, path)}: is a folder, not a file")
+        _check_folder(path.parent, _label(flag, path), create_parent)
     return path
 
 
@@ -97,43 +92,35 @@ def check_output_dir(path, flag, create=False):
     its nearest existing ancestor (nothing is created here). `OutputError` otherwise.
     """
     path = Path(path)
-    label = _label(flag, path)
     with output_errors(path, flag, "checking it"):  # a name too long, a link loop
         if os.path.lexists(path) and not path.is_dir():
-            raise OutputError(f"{label}: is a file, not a folder")
-        _check_folder(path, label, create)
+            raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
+        _check_folder(path, _label(flag, path), create)
     return path
 
 
 def _check_folder(folder, label, create):
-    if folder.is_dir():
-        _require_writable(folder, label)
-        return
-    if os.path.lexists(folder):
-        raise OutputError(f"{label}: {folder} is not a folder")
-    if not create:
+    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one."""
+    existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
+    if existing != folder and not create:
         raise OutputError(f"{label}: folder {folder} does not exist")
-    ancestor = next((parent for parent in folder.parents if os.path.lexists(parent)), Path("."))
-    if not ancestor.is_dir():
-        raise OutputError(f"{label}: {ancestor} is not a folder")
-    _require_writable(ancestor, label, f"cannot create folder {folder} in {ancestor}")
+    if not existing.is_dir():
+        raise OutputError(f"{label}: {existing} is not a folder")
+    _require_writable(existing, label, f"cannot write in folder {folder}" if existing == folder
+                      else f"cannot create folder {folder} in {existing}")
 
 
-def _require_writable(folder, label, what=None):
-    what = what or f"cannot write in folder {folder}"
+def _require_writable(folder, label, what):
+    """`OutputError` "<label>: <what> (<cause>)" unless a temporary file can be created and deleted in
+    `folder` (the real test, as root passes `os.access` whatever the mode) and `os.access` agrees."""
     try:
-        _probe(folder)
+        probe, fd = _create_temporary(folder, PROBE_NAME)
+        os.close(fd)
+        os.remove(probe)
     except OSError as error:
         raise OutputError(f"{label}: {what} ({os_error_cause(error)})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{label}: {what} (permission denied)")
-
-
-def _probe(folder):
-    """Create and delete a temporary file in `folder`: the real test, as root passes `os.access` whatever the mode."""
-    path, fd = _create_temporary(Path(folder), PROBE_NAME)
-    os.close(fd)
-    os.remove(path)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -169,10 +156,7 @@ def atomic_write(path, write, mode="wb", flag=None, buffered=False):
 
 
 def _writer_of(buffer):
-    def write(handle):
-        with buffer.getbuffer() as view:
-            handle.write(view)
-    return write
+    return lambda handle: handle.write(buffer.getbuffer())  # no second copy of the bytes
 
 
 def atomic_write_text(text, path, flag=None):
@@ -185,13 +169,9 @@ def open_for_append(path, flag=None):
     link: a symbolic link or a second name of another file (a hard link) would send the writes into
     that file, so either is an `OutputError`, as is a named pipe or device (checked once opened)."""
     path = Path(path)
-    try:
+    with output_errors(path, flag, "opening it"):
+        refuse_link(path, flag)  # a link is named for what it is; one made after this check fails the open
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o666)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            refuse_link(path, flag)
-        with output_errors(path, flag, "opening it"):
-            raise
     try:
         _refuse_shared(os.fstat(fd), path, flag)
         os.set_blocking(fd, True)
@@ -214,9 +194,9 @@ def refuse_link(path, flag=None):
 
 def _refuse_shared(status, path, flag):
     """A regular file with more than one name, or something that is not a regular file, is not ours to write."""
+    if stat.S_ISDIR(status.st_mode):
+        return
     if not stat.S_ISREG(status.st_mode):
-        if stat.S_ISDIR(status.st_mode):
-            return
         raise OutputError(f"{_label(flag, path)}: not a regular file; refusing to write to it: remove it")
     if status.st_nlink > 1:
         raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
@@ -231,12 +211,7 @@ def printable(text):
 
 def make_output_dir(path, flag=None):
     """`mkdir -p path`; an `OSError` of the kinds `atomic_write` maps becomes `OutputError`. Returns the Path."""
-    path = Path(path)
-    if os.path.lexists(path) and not path.is_dir():
-        raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
-    with output_errors(path, flag, "creating the folder"):
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return CreatedPaths().make_dir(path, flag)  # the record of the folders made is not kept
 
 
 @contextlib.contextmanager
@@ -268,20 +243,20 @@ def _about(error, path):
 def describe_output_error(error, path, flag=None, doing=None):
     """`<flag> <path>: <plain cause> (<ERRNO> while <doing>)` for an `OSError` met writing `path`."""
     path = Path(path)
-    blocking = None
-    with contextlib.suppress(OSError):  # the path itself may be the problem (too long, a loop)
-        blocking = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), None)
     cause = None
     if error.errno == errno.ENOENT:
         cause = f"folder {path.parent} does not exist"
-    elif error.errno == errno.ENOTDIR and blocking is not None:
-        cause = f"{blocking} is not a folder"
+    elif error.errno == errno.ENOTDIR:
+        # none found, or the path itself is the problem (too long, a loop): the error's own words
+        with contextlib.suppress(OSError, StopIteration):
+            blocking = next(p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir())
+            cause = f"{blocking} is not a folder"
     return describe_os_error(error, path, flag, doing, cause)
 
 
 # ------------------------------------------------------------------------------ claiming outputs
 
-class CreatedPaths:
+class CreatedPaths(contextlib.AbstractContextManager):
     """What a command created, so that a failure removes exactly that and nothing else.
 
     `claim` takes a new output file when the command starts (created exclusively, so of two
@@ -292,9 +267,6 @@ class CreatedPaths:
 
     def __init__(self):
         self.files, self.folders, self.held = [], [], []
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, kind, error, trace):
         if kind is not None:
@@ -311,12 +283,10 @@ class CreatedPaths:
             self.make_dir(path.parent, flag)
         with output_errors(path, flag, "creating it"):
             try:
-                fd, made = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666), True
+                fd, made = _locked(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)), True
             except FileExistsError:
                 fd, made = _unheld_placeholder(path), False
-        if fd is None or not _lock(fd):  # another run took it between our create and our lock
-            if fd is not None:
-                os.close(fd)
+        if fd is None:  # held by a live run (which may have taken it between our create and our lock)
             raise OutputError(f"{_label(flag, path)} already exists; refusing to overwrite it")
         self.held.append(fd)
         if made:
@@ -324,22 +294,18 @@ class CreatedPaths:
         return path
 
     def make_dir(self, path, flag=None):
-        """`mkdir -p path`, recording each folder made; `OutputError` as `make_output_dir`. Returns the Path."""
+        """`mkdir -p path`, recording each folder made; `OutputError` when a file is in the way or for an
+        `OSError` of the kinds `atomic_write` maps. Returns the Path."""
         path = Path(path)
-        missing = []
+        if os.path.lexists(path) and not path.is_dir():
+            raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
         with output_errors(path, flag, "creating the folder"):
-            for folder in (path, *path.parents):
-                if os.path.lexists(folder):
-                    break
-                missing.append(folder)
-        for folder in reversed(missing):
-            try:
-                with output_errors(path, flag, "creating the folder"):
+            missing = list(itertools.takewhile(lambda folder: not os.path.lexists(folder), (path, *path.parents)))
+            for folder in reversed(missing):
+                with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
                     folder.mkdir()
-            except FileExistsError:  # made meanwhile by someone else: not ours
-                continue
-            self.folders.append(folder)
-        return make_output_dir(path, flag)
+                    self.folders.append(folder)
+        return path
 
     def add(self, path):
         """Record a file this command wrote (to be removed if it fails)."""
@@ -365,20 +331,21 @@ class CreatedPaths:
         self._release()
 
 
-def _lock(fd):
-    """Take the exclusive lock of an open file without waiting; False when another process holds it."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+def _locked(fd):
+    """`fd` once this process holds its exclusive lock (taken without waiting), or None, with `fd`
+    closed, when another process holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+    return fd
 
 
 def _unheld_placeholder(path):
-    """An open descriptor of `path` when it is an empty regular file with one name that no process
-    holds locked (a killed run's claim), else None."""
+    """An open descriptor of `path`, locked, when it is an empty regular file with one name that no
+    process holds locked (a killed run's claim), else None."""
     if fcntl is None:
         return None
     try:
@@ -387,7 +354,7 @@ def _unheld_placeholder(path):
         return None
     status = os.fstat(fd)
     if stat.S_ISREG(status.st_mode) and status.st_size == 0 and status.st_nlink == 1:
-        return fd
+        return _locked(fd)
     os.close(fd)
     return None
 

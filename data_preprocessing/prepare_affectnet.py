@@ -18,23 +18,21 @@ the list names are the original relative paths; the loader reads images from
         [--crop] [--workers 4] [--overwrite]
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 from PIL import Image
 
 from data_preprocessing._prepare_common import (
     PrepareError,
-    check_images_decode,
+    check_images_exist,
     claim_prepared_outputs,
-    layout_list_paths,
+    decode_problem,
+    parse_arguments,
     parse_int,
     read_csv_rows,
+    refuse_problems,
     require_dir,
     require_file,
     run_main,
@@ -43,22 +41,33 @@ from data_preprocessing._prepare_common import (
 from data_preprocessing.errors import RowErrors
 from data_preprocessing.images import clamp_box
 from data_preprocessing.layouts import LIST_LAYOUTS
-from data_preprocessing.limits import LimitError, check_open_files
-from data_preprocessing.outputs import OutputError, output_errors
+from data_preprocessing.limits import check_open_files
+from data_preprocessing.outputs import output_errors
 
 LAYOUTS = (LIST_LAYOUTS["AffectNet-7"], LIST_LAYOUTS["AffectNet-8"])
 CROP_DIR = LIST_LAYOUTS["AffectNet-8"].image_dir  # AffectNet-7 reads the same folder
 AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                     "facial_landmarks", "expression", "valence", "arousal"]
 MAX_EXPRESSION_CODE = 10
-MAX_MISSING_SHOWN = 5
 WORKERS_PER_CPU, MAX_WORKERS = 4, 64  # cropping is CPU-bound: more processes than this only cost memory
+DESCRIPTION = "Write AffectNet-7/-8 list files, optionally cropping the faces."
+ARGUMENTS = {
+    "--train-csv": {"required": True, "help": "AffectNet training.csv"},
+    "--val-csv": {"required": True, "help": "AffectNet validation.csv"},
+    "--images": {"help": "folder the subDirectory_filePath entries are relative to "
+                         "(required with --crop; otherwise only checks the images exist)"},
+    "--out": {"required": True, "type": Path, "help": "output folder for the list files (and the crops)"},
+    "--crop": {"action": "store_true", "help": f"crop faces into OUT/{CROP_DIR}/"},
+    "--workers": {"type": int, "default": 1, "help": "processes used for cropping (default 1; at most "
+                  f"{WORKERS_PER_CPU} per CPU and {MAX_WORKERS})"},
+    "--overwrite": {"action": "store_true", "help": "replace existing outputs"},
+}
 
 
 def read_annotations(path: Path, flag: str, bad_rows: RowErrors, seen: dict) -> tuple[list[dict], int]:
-    """Rows with an expression of 0..7, as dicts (csv, line, name, box, label), and the number of rows
-    left out (codes 8..10). A bad row is recorded in ``bad_rows``; ``seen`` maps each image name
-    to where it was first listed, across both CSV files, so an image listed twice is refused."""
+    """Rows with an expression of 0..7, as dicts (name, box, label, where: ``file:line``), and the
+    number of rows left out (codes 8..10). A bad row is recorded in ``bad_rows``; ``seen`` maps each
+    image name to where it was first listed, across both CSV files, so an image listed twice is refused."""
     kept, left_out = [], 0
     for line_number, row in read_csv_rows(path, AFFECTNET_HEADER, flag, bad_rows, header_optional=True):
         with bad_rows.row():
@@ -67,7 +76,8 @@ def read_annotations(path: Path, flag: str, bad_rows: RowErrors, seen: dict) -> 
                 raise PrepareError(f"{path}:{line_number}: image {name!r} already listed at {seen[name]}")
             seen[name] = f"{path}:{line_number}"
             if expression < len(LIST_LAYOUTS["AffectNet-8"].classes):
-                kept.append({"csv": str(path), "line": line_number, "name": name, "box": box, "label": expression})
+                kept.append({"name": name, "box": box, "label": expression, "where": seen[name],
+                             "shown": f"{name} ({path.name}:{line_number})"})
             else:
                 left_out += 1
     return kept, left_out
@@ -89,31 +99,15 @@ def _parse_row(row, path: Path, line_number: int) -> tuple[str, tuple, int]:
     return relative.as_posix(), tuple(box), expression
 
 
-def check_images_exist(images_dir: Path, rows) -> None:
-    """PrepareError naming the first few listed images that are not under ``images_dir``."""
-    missing = [row for row in rows if not (images_dir / row["name"]).is_file()]
-    if missing:
-        shown = ", ".join(f"{row['name']} ({Path(row['csv']).name}:{row['line']})"
-                          for row in missing[:MAX_MISSING_SHOWN])
-        more = " ..." if len(missing) > MAX_MISSING_SHOWN else ""
-        raise PrepareError(f"--images {images_dir}: {len(missing)} listed image(s) missing: {shown}{more}")
-
-
-class CropFailure(NamedTuple):
-    """Why one face was not cropped; ``output`` when writing it failed (disk full, no permission)."""
-    message: str
-    output: bool = False
-
-
-def crop_one(task) -> CropFailure | None:
-    """Crop one face; returns a CropFailure instead of raising (runs in worker processes)."""
+def crop_one(task) -> str | None:
+    """Crop one face; what is wrong with its input, or None. OutputError when the face cannot be
+    written (disk full, no permission). Runs in worker processes."""
     source, target, box, where = task
     try:
         with Image.open(source) as image:
             region = clamp_box(box, *image.size)
             if region is None:
-                return CropFailure(f"{where}: face box {box} lies outside the {image.size[0]}x{image.size[1]} "
-                                   f"image {source}")
+                return f"{where}: face box {box} lies outside the {image.size[0]}x{image.size[1]} image {source}"
             face = image.crop(region)
             is_jpeg = Path(target).suffix.lower() in (".jpg", ".jpeg")
             if is_jpeg and face.mode not in ("RGB", "L"):
@@ -121,108 +115,69 @@ def crop_one(task) -> CropFailure | None:
             with output_errors(target, "--out", "saving the face"):
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
                 face.save(target, **({"quality": 95} if is_jpeg else {}))
-    except OutputError as error:
-        return CropFailure(str(error), output=True)
     except (OSError, ValueError) as error:
-        return CropFailure(f"{where}: cannot crop {source}: {error}")
+        return f"{where}: cannot crop {source}: {error}"
     return None
 
 
-def crop_faces(rows, images_dir: Path, crop_dir: Path, workers: int) -> None:
-    """Crop every listed face into ``crop_dir`` (``workers`` processes); PrepareError naming each bad
-    input (up to a bound) after all were tried, OutputError at the first face that cannot be written."""
-    tasks = [(str(images_dir / row["name"]), str(crop_dir / row["name"]), row["box"], f"{row['csv']}:{row['line']}")
-             for row in rows]
-    if workers > 1:
-        with Pool(workers) as pool:  # leaving the block terminates the workers, also on OutputError
-            _raise_failures(pool.imap(crop_one, tasks, chunksize=64))
-    else:
-        _raise_failures(map(crop_one, tasks))
-
-
-def _raise_failures(results) -> None:
-    """OutputError at the first failed write (a full disk fails every later face too); otherwise,
-    once all are done, the bad inputs together."""
-    bad_rows = RowErrors()
-    for failure in filter(None, results):
-        if failure.output:
-            raise OutputError(failure.message)
-        bad_rows.add(PrepareError(failure.message))
-    bad_rows.raise_any()
-
-
-def workers_limit() -> int:
-    """The most --workers allowed here: WORKERS_PER_CPU per CPU, at most MAX_WORKERS."""
-    return min(MAX_WORKERS, WORKERS_PER_CPU * (os.cpu_count() or 1))
+def refuse_each(problem_of, tasks, workers: int) -> None:
+    """``problem_of`` each task in ``workers`` processes; PrepareError naming each problem found
+    (up to a bound) after all were tried. An OutputError stops at once: a full disk fails every
+    later face too."""
+    if workers == 1:
+        return refuse_problems(map(problem_of, tasks))
+    with Pool(workers) as pool:  # leaving the block terminates the workers, also on OutputError
+        refuse_problems(pool.imap(problem_of, tasks, chunksize=64))
 
 
 def check_workers(workers: int) -> None:
-    """PrepareError unless 1 <= ``workers`` <= workers_limit(), before any process is started."""
-    limit = workers_limit()
+    """PrepareError unless 1 <= ``workers`` <= WORKERS_PER_CPU per CPU and MAX_WORKERS, LimitError
+    when too few files may be opened for them, before any process is started."""
+    limit = min(MAX_WORKERS, WORKERS_PER_CPU * (os.cpu_count() or 1))
     if not 1 <= workers <= limit:
         raise PrepareError(f"--workers {workers}: must be 1..{limit} on this machine "
                            f"({WORKERS_PER_CPU} per CPU, at most {MAX_WORKERS})")
-    try:
-        check_open_files(workers, in_process=False)
-    except LimitError as error:
-        raise PrepareError(str(error)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_affectnet",
-                                     description="Write AffectNet-7/-8 list files, optionally cropping the faces.")
-    parser.add_argument("--train-csv", required=True, help="AffectNet training.csv")
-    parser.add_argument("--val-csv", required=True, help="AffectNet validation.csv")
-    parser.add_argument("--images", help="folder the subDirectory_filePath entries are relative to "
-                                         "(required with --crop; otherwise only checks the images exist)")
-    parser.add_argument("--out", required=True, help="output folder for the list files (and the crops)")
-    parser.add_argument("--crop", action="store_true", help=f"crop faces into OUT/{CROP_DIR}/")
-    parser.add_argument("--workers", type=int, default=1, help="processes used for cropping (default 1; at most "
-                        f"{WORKERS_PER_CPU} per CPU and {MAX_WORKERS})")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return parser
+    check_open_files(workers, in_process=False)
 
 
 def prepare(argv=None) -> dict[tuple[str, int], list[tuple[str, int]]]:
     """Run the script with ``argv``; returns the written entries per (split, number of classes)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments("prepare_affectnet", DESCRIPTION, ARGUMENTS, argv)
     if args.crop and not args.images:
         raise PrepareError("--crop needs --images (the folder holding the original images)")
     check_workers(args.workers)
     csv_paths = {"train": require_file(args.train_csv, "--train-csv"), "test": require_file(args.val_csv, "--val-csv")}
     images_dir = require_dir(args.images, "--images") if args.images else None
-    out_dir = Path(args.out)
-    outputs = [path for layout in LAYOUTS for path in layout_list_paths(out_dir, layout)]
-    with claim_prepared_outputs(out_dir, outputs, [*csv_paths.values(), images_dir], args.overwrite,
-                                folders=[out_dir / CROP_DIR] if args.crop else []):
-        return write_affectnet(args, csv_paths, images_dir, out_dir)
+    with claim_prepared_outputs(args, LAYOUTS, [*csv_paths.values(), images_dir],
+                                folders=[CROP_DIR] if args.crop else []):
+        return write_affectnet(args, csv_paths, images_dir)
 
 
-def write_affectnet(args, csv_paths, images_dir, out_dir):
+def write_affectnet(args, csv_paths, images_dir):
     """Read and check both CSV files, crop or check the images, write the 7- and 8-class lists."""
     bad_rows, seen = RowErrors(), {}
     train, train_left_out = read_annotations(csv_paths["train"], "--train-csv", bad_rows, seen)
     test, test_left_out = read_annotations(csv_paths["test"], "--val-csv", bad_rows, seen)
     bad_rows.raise_any()
-    rows = {"train": train, "test": test}
     if images_dir is not None:
-        check_images_exist(images_dir, train + test)
+        check_images_exist(images_dir, [(row["name"], row["shown"]) for row in train + test],
+                           "listed image(s) missing")
     if args.crop:
-        crop_faces(train + test, images_dir, out_dir / CROP_DIR, args.workers)
+        refuse_each(crop_one, [(str(images_dir / row["name"]), str(args.out / CROP_DIR / row["name"]), row["box"],
+                                row["where"]) for row in train + test], args.workers)
     elif images_dir is not None:  # cropping decodes every image; without it, check that each one does
-        check_images_decode([(images_dir / row["name"], f"{row['csv']}:{row['line']}:") for row in train + test],
-                            args.workers)
+        refuse_each(decode_problem, [(images_dir / row["name"], f"{row['where']}:") for row in train + test],
+                    args.workers)
 
     written = {}
     for layout in LAYOUTS:
         num_classes = len(layout.classes)
-        entries = {split: [(row["name"], row["label"]) for row in split_rows if row["label"] < num_classes]
-                   for split, split_rows in rows.items()}
+        entries = {split: [(row["name"], row["label"]) for row in rows if row["label"] < num_classes]
+                   for split, rows in (("train", train), ("test", test))}
         left_out = {"with expression 8..10 (None, Uncertain, Non-Face)": train_left_out + test_left_out}
         if num_classes < len(LIST_LAYOUTS["AffectNet-8"].classes):
             left_out["with expression 7 (Contempt)"] = sum(row["label"] >= num_classes for row in train + test)
-        write_layout_lists(out_dir, layout, entries, left_out=left_out)
+        write_layout_lists(args.out, layout, entries, left_out=left_out)
         written.update({(split, num_classes): split_entries for split, split_entries in entries.items()})
     return written
 

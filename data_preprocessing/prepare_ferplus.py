@@ -13,9 +13,6 @@ Happiness, Surprise, Sadness, Anger, Disgust, Fear, Contempt.
         --ferplus fer2013new.csv --out datas/FERPlus [--overwrite]
 """
 
-from __future__ import annotations
-
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from PIL import Image
 from data_preprocessing._prepare_common import (
     PrepareError,
     claim_prepared_outputs,
-    layout_list_paths,
+    parse_arguments,
     parse_int,
     read_csv_rows,
     require_file,
@@ -41,6 +38,13 @@ LAYOUT = LIST_LAYOUTS["FERPlus"]
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
 FERPLUS_HEADER = ["Usage", "Image name", *VOTE_COLUMNS]
+DESCRIPTION = "Write FERPlus images and majority-vote list files."
+ARGUMENTS = {
+    "--fer2013": {"required": True, "help": "Kaggle fer2013.csv (emotion, pixels, Usage)"},
+    "--ferplus": {"required": True, "help": "FERPlus fer2013new.csv (Usage, Image name, 10 votes)"},
+    "--out": {"required": True, "type": Path, "help": "output folder (gets img/ and ferplus_*.txt)"},
+    "--overwrite": {"action": "store_true", "help": "replace existing outputs"},
+}
 
 
 def majority_vote(votes) -> int | None:
@@ -59,14 +63,6 @@ def majority_vote(votes) -> int | None:
     return winner if winner < len(LAYOUT.classes) else None
 
 
-def _parse_votes(row, path, line_number) -> list[int]:
-    votes = [parse_int(text, path, line_number, f"vote count '{column}'")
-             for column, text in zip(VOTE_COLUMNS, row[2:2 + len(VOTE_COLUMNS)])]
-    if any(count < 0 for count in votes):
-        raise PrepareError(f"{path}:{line_number}: vote counts must be >= 0, got {votes}")
-    return votes
-
-
 def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     if "/" in name or "\\" in name or name in (".", "..") or any(c.isspace() for c in name):
         raise PrepareError(f"{path}:{line_number}: image name {name!r} must be a plain file name "
@@ -79,51 +75,49 @@ def _check_image_name(name: str, path, line_number, seen: dict) -> None:
     seen[name] = line_number
 
 
-def _check_usage(usage: str, path, line_number) -> None:
-    if usage not in FER2013_USAGE_TO_SPLIT:
-        raise PrepareError(f"{path}:{line_number}: Usage {usage!r} is not one of "
-                           f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
-
-
-def read_ferplus_votes(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, list[int]] | None]:
-    """Validated ``(line, usage, image name, votes)`` for every data row of fer2013new.csv (None for
-    a bad row, which is recorded in ``bad_rows``)."""
+def read_ferplus_labels(ferplus_path: Path, bad_rows: RowErrors) -> list[tuple[int, str, str, int | None] | None]:
+    """Validated ``(line, usage, image name, majority label or None)`` for every data row of
+    fer2013new.csv (None for a bad row, which is recorded in ``bad_rows``)."""
     rows = []
     seen: dict[str, int] = {}
     for line_number, row in read_csv_rows(ferplus_path, FERPLUS_HEADER, "--ferplus", bad_rows):
         checked = None
         with bad_rows.row():
             usage, name = row[0].strip(), row[1].strip()
-            _check_usage(usage, ferplus_path, line_number)
-            votes = _parse_votes(row, ferplus_path, line_number)
+            if usage not in FER2013_USAGE_TO_SPLIT:
+                raise PrepareError(f"{ferplus_path}:{line_number}: Usage {usage!r} is not one of "
+                                   f"{', '.join(FER2013_USAGE_TO_SPLIT)}")
+            votes = [parse_int(text, ferplus_path, line_number, f"vote count '{column}'")
+                     for column, text in zip(VOTE_COLUMNS, row[2:2 + len(VOTE_COLUMNS)])]
+            if any(count < 0 for count in votes):
+                raise PrepareError(f"{ferplus_path}:{line_number}: vote counts must be >= 0, got {votes}")
             if name:
                 _check_image_name(name, ferplus_path, line_number, seen)
-            checked = (line_number, usage, name, votes)
+            checked = (line_number, usage, name, majority_vote(votes))
         rows.append(checked)
     return rows
 
 
-def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, np.ndarray, str, list[int]]], int]:
-    """``(image name, 48x48 pixels, usage, votes)`` of every FERPlus row with an image name, and the
+def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, np.ndarray, str, int | None]], int]:
+    """``(image name, 48x48 pixels, usage, majority label or None)`` of every FERPlus row with an image name, and the
     number of rows without one, with both files read and checked in full, so bad rows (all of them,
     up to a bound) are refused before anything is written. fer2013.csv is streamed: only the decoded
     faces are kept (48*48 bytes each)."""
-    bad_rows, fer_bad_rows, mismatches = RowErrors(), RowErrors(), RowErrors()
-    plus_rows = read_ferplus_votes(ferplus_path, bad_rows)
+    bad_rows, mismatches = RowErrors(), RowErrors()
+    plus_rows = read_ferplus_labels(ferplus_path, bad_rows)  # its bad rows are named before fer2013.csv's
     faces, unnamed, fer_count = [], 0, 0
-    for fer_row in read_fer2013_rows(fer2013_path, fer_bad_rows):
+    for fer_row in read_fer2013_rows(fer2013_path, bad_rows):
         fer_count += 1
         if fer_row.index >= len(plus_rows) or plus_rows[fer_row.index] is None:
             continue  # only counting: the count mismatch is the error to report
-        plus_line, usage, name, votes = plus_rows[fer_row.index]
+        plus_line, usage, name, label = plus_rows[fer_row.index]
         if fer_row.usage != usage:
             mismatches.add(PrepareError(f"--ferplus {ferplus_path}:{plus_line} has Usage {usage!r} but --fer2013 "
                                         f"{fer_row.where} has {fer_row.usage!r}; the files do not correspond"))
         elif name:  # rows without a name have no FERPlus image
-            with fer_bad_rows.row():
-                faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, votes))
+            with bad_rows.row():
+                faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, label))
         unnamed += not name
-    bad_rows.merge(fer_bad_rows)
     bad_rows.raise_any()
     if fer_count != len(plus_rows):  # every row is good here
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
@@ -138,38 +132,24 @@ def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> tuple[dict
     faces, unnamed = read_faces(fer2013_path, ferplus_path)
     image_dir = make_output_dir(out_dir / LAYOUT.image_dir, "--out")
     entries: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
-    no_majority = 0
-    for name, pixels, usage, votes in faces:
+    for name, pixels, usage, label in faces:
         with output_errors(image_dir / name, "--out", "saving the image"):
             Image.fromarray(pixels, "L").save(image_dir / name)
-        label = majority_vote(votes)
         if label is not None:
             entries[FER2013_USAGE_TO_SPLIT[usage]].append((name, label))
-        no_majority += label is None
     print(f"wrote images to {image_dir}")
+    no_majority = sum(label is None for _, _, _, label in faces)
     return entries, {"without an image name": unnamed, "with no majority among the 8 emotions": no_majority}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_ferplus",
-                                     description="Write FERPlus images and majority-vote list files.")
-    parser.add_argument("--fer2013", required=True, help="Kaggle fer2013.csv (emotion, pixels, Usage)")
-    parser.add_argument("--ferplus", required=True, help="FERPlus fer2013new.csv (Usage, Image name, 10 votes)")
-    parser.add_argument("--out", required=True, help="output folder (gets img/ and ferplus_*.txt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return parser
 
 
 def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     """Run the script with ``argv``; returns the written entries per split."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments("prepare_ferplus", DESCRIPTION, ARGUMENTS, argv)
     fer2013_path = require_file(args.fer2013, "--fer2013")
     ferplus_path = require_file(args.ferplus, "--ferplus")
-    out_dir = Path(args.out)
-    with claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [fer2013_path, ferplus_path],
-                                args.overwrite, folders=[out_dir / LAYOUT.image_dir]):
-        entries, left_out = convert(fer2013_path, ferplus_path, out_dir)
-        write_layout_lists(out_dir, LAYOUT, entries, left_out=left_out)
+    with claim_prepared_outputs(args, [LAYOUT], [fer2013_path, ferplus_path], folders=[LAYOUT.image_dir]):
+        entries, left_out = convert(fer2013_path, ferplus_path, args.out)
+        write_layout_lists(args.out, LAYOUT, entries, left_out=left_out)
     return entries
 
 

@@ -10,51 +10,49 @@ Label order (0..6): Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral.
 The RAF-DB loader then reads the aligned images from ``datas/RAF-DB/basic/``.
 """
 
-from __future__ import annotations
-
-import argparse
+import os
 from pathlib import Path
 
 from data_preprocessing._prepare_common import (
     PrepareError,
-    check_images_decode,
+    check_images_exist,
     claim_prepared_outputs,
-    layout_list_paths,
+    decode_problem,
+    parse_arguments,
     parse_int,
+    refuse_problems,
     require_dir,
     require_file,
     run_main,
-    utf8_error,
+    utf8_errors,
     write_layout_lists,
 )
 from data_preprocessing.errors import RowErrors
 from data_preprocessing.layouts import LIST_LAYOUTS
 
 LAYOUT = LIST_LAYOUTS["RAF-DB"]
-MAX_MISSING_SHOWN = 5
+DESCRIPTION = "Write RAF-DB basic list files (0-based labels, aligned image names)."
+ARGUMENTS = {
+    "--list": {"required": True, "help": "RAF-DB list_patition_label.txt"},
+    "--images": {"help": "folder of aligned images (optional; checks every listed image exists)"},
+    "--out": {"required": True, "type": Path, "help": "output folder for raf_db_basic_{train,test}.txt"},
+    "--overwrite": {"action": "store_true", "help": "replace existing output list files"},
+}
 
 
 def aligned_name(name: str) -> str:
     """``train_00001.jpg`` -> ``train_00001_aligned.jpg``."""
-    stem, dot, extension = name.rpartition(".")
-    if not dot:
-        stem, extension = name, ""
-    return f"{stem}_aligned{dot}{extension}"
+    stem, extension = os.path.splitext(name)
+    return f"{stem}_aligned{extension}"
 
 
 def parse_partition_list(path: Path) -> dict[str, list[tuple[str, int]]]:
     """Read ``<name> <label 1..7>`` lines into ``{"train": [(aligned name, label 0..6)], "test": [...]}``."""
-    try:
-        return _parse_partition_lines(path)
-    except UnicodeDecodeError:
-        raise utf8_error(path, "--list") from None
-
-
-def _parse_partition_lines(path: Path) -> dict[str, list[tuple[str, int]]]:
     splits: dict[str, list[tuple[str, int]]] = {split: [] for split in LAYOUT.list_files}
     seen: dict[str, int] = {}
     bad_rows = RowErrors()
-    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is accepted, as in the CSV readers
+    # a byte-order mark is accepted, as in the CSV readers
+    with utf8_errors(path, "--list"), open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if line.split():
                 with bad_rows.row():
@@ -89,34 +87,20 @@ def check_images(images_dir: Path, splits) -> None:
     """PrepareError naming the first few listed aligned images that are not in ``images_dir``, then
     each one that does not decode."""
     names = [name for entries in splits.values() for name, _ in entries]
-    missing = [name for name in names if not (images_dir / name).is_file()]
-    if missing:
-        shown = ", ".join(missing[:MAX_MISSING_SHOWN]) + (" ..." if len(missing) > MAX_MISSING_SHOWN else "")
-        raise PrepareError(f"--images {images_dir}: {len(missing)} aligned image(s) listed but missing: {shown}")
-    check_images_decode([(images_dir / name, "--images") for name in names])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_preprocessing.prepare_rafdb",
-                                     description="Write RAF-DB basic list files (0-based labels, aligned image names).")
-    parser.add_argument("--list", required=True, help="RAF-DB list_patition_label.txt")
-    parser.add_argument("--images", help="folder of aligned images (optional; checks every listed image exists)")
-    parser.add_argument("--out", required=True, help="output folder for raf_db_basic_{train,test}.txt")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output list files")
-    return parser
+    check_images_exist(images_dir, [(name, name) for name in names], "aligned image(s) listed but missing")
+    refuse_problems(map(decode_problem, [(images_dir / name, "--images") for name in names]))
 
 
 def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     """Run the script with ``argv``; returns the written entries per split."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments("prepare_rafdb", DESCRIPTION, ARGUMENTS, argv)
     list_path = require_file(args.list, "--list")
     images_dir = require_dir(args.images, "--images") if args.images else None
-    out_dir = Path(args.out)
-    with claim_prepared_outputs(out_dir, layout_list_paths(out_dir, LAYOUT), [list_path], args.overwrite):
+    with claim_prepared_outputs(args, [LAYOUT], [list_path]):
         splits = parse_partition_list(list_path)
         if images_dir is not None:
             check_images(images_dir, splits)
-        write_layout_lists(out_dir, LAYOUT, splits)
+        write_layout_lists(args.out, LAYOUT, splits)
     return splits
 
 
