@@ -108,9 +108,9 @@ def _shade(colour, factor: float) -> tuple[int, int, int]:
 
 
 def _background_colour(attrs: dict) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]],
-                                  attrs["background_saturation"], attrs["background_value"])
-    return (round(r * 255), round(g * 255), round(b * 255))
+    rgb = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]], attrs["background_saturation"],
+                              attrs["background_value"])
+    return tuple(round(c * 255) for c in rgb)
 
 
 def _draw_texture(draw: ImageDraw.ImageDraw, rng: np.random.Generator, kind: str,
@@ -193,10 +193,10 @@ def _fill_rectangle(draw, box, colour) -> None:
         draw.rectangle(box, fill=colour)
 
 
-def _draw_mouth(draw, face: _FaceFrame, kind: str, line_w: int, lip, jitter: float) -> None:
+def _draw_mouth(draw, face: _FaceFrame, kind: str, line_w: int, lip, w: float) -> None:
+    """The mouth of expression `kind`, its size scaled by `w`."""
     dark, teeth = (70, 20, 25), (245, 245, 240)
     v = 0.50
-    w = jitter
     if kind == "round_open":
         draw.ellipse(face.box(0, v, 0.13 * w, 0.21 * w), fill=dark, outline=lip, width=line_w)
     elif kind == "wide_open":
@@ -255,10 +255,9 @@ def _draw_accessory(draw, face: _FaceFrame, kind: str, colour, line_w: int) -> N
 
 def _apply_lighting_and_noise(image: Image.Image, rng: np.random.Generator, attrs: dict) -> Image.Image:
     pixels = np.asarray(image, dtype=np.float32)
-    image_size = pixels.shape[0]
     dx, dy = LIGHTING_DIRECTIONS[attrs["lighting"]]
     norm = max(1.0, float(np.hypot(dx, dy)))
-    coords = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
+    coords = np.linspace(-1.0, 1.0, pixels.shape[0], dtype=np.float32)
     ramp = (dx * coords[None, :] + dy * coords[:, None]) / norm
     pixels *= (1.0 + attrs["light_strength"] * ramp)[:, :, None]
     pixels += rng.normal(0.0, attrs["noise_sigma"], size=pixels.shape).astype(np.float32)
