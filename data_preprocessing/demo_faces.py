@@ -74,11 +74,8 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
     attrs = {name: int(rng.integers(LEVELS_PER_ATTRIBUTE)) for name in CATEGORICAL_ATTRIBUTES}
     tie_draw = rng.random()
     other_level = int(rng.integers(LEVELS_PER_ATTRIBUTE - 1))
-    if tie_to_label and spurious != "none":
-        if tie_draw < spurious_strength:
-            attrs[spurious] = int(label)
-        else:
-            attrs[spurious] = other_level + (other_level >= label)
+    if tie_to_label and spurious != "none":  # the other level skips the label's own
+        attrs[spurious] = int(label) if tie_draw < spurious_strength else other_level + (other_level >= label)
     if against_label and spurious != "none":
         attrs[spurious] = (int(label) + FLIP_OFFSET) % LEVELS_PER_ATTRIBUTE
     attrs.update(
