@@ -56,9 +56,7 @@ class ClassIndex:
         """For each index, a class drawn uniformly among the other present classes, then a uniform
         random sample of that class."""
         present = np.flatnonzero(self.counts)
-        position_of = np.full(self.counts.size, -1)
-        position_of[present] = np.arange(present.size)
-        own = position_of[self.labels[indices]]
+        own = np.searchsorted(present, self.labels[indices])  # the anchor's class among the present ones
         picks = rng.integers(0, present.size - 1, size=len(indices))
         picks += picks >= own  # skip the anchor's own class
         classes = present[picks]
@@ -96,9 +94,11 @@ class GroupSampler(torch.utils.data.Sampler):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
         self.roles = check_layout(LAYOUTS.get(group_size, group_size))
-        self.index = ClassIndex(labels, class_names)
-        self.draw_negative = {"by_sample": self.index.draw_other_class,
-                              "by_class": self.index.draw_other_class_by_class}[negatives]
+        index = self.index = ClassIndex(labels, class_names)
+        negative = {"by_sample": index.draw_other_class, "by_class": index.draw_other_class_by_class}[negatives]
+        # role -> (how it is drawn, from the samples of which role)
+        self.draws = {"positive": (index.draw_other_of_same_class, "anchor"), "negative": (negative, "anchor"),
+                      "negative2": (index.draw_other_of_same_class, "negative")}
         self.group_size = len(self.roles)
         self.seed, self.balanced, self.num_replicas, self.rank = int(seed), balanced, num_replicas, rank
         self.epoch = self.groups_done = 0
@@ -136,12 +136,8 @@ class GroupSampler(torch.utils.data.Sampler):
         """Groups [len(anchors), group_size] for the given anchor indices (vectorised, O(1) per item)."""
         drawn = {"anchor": np.asarray(anchors, dtype=np.int64).reshape(-1)}
         for role in self.roles[1:]:  # in group order: the random stream follows the layout
-            if role == "positive":
-                drawn[role] = self.index.draw_other_of_same_class(drawn["anchor"], rng)
-            elif role == "negative":
-                drawn[role] = self.draw_negative(drawn["anchor"], rng)
-            else:
-                drawn[role] = self.index.draw_other_of_same_class(drawn["negative"], rng)
+            draw, source = self.draws[role]
+            drawn[role] = draw(drawn[source], rng)
         return np.stack([drawn[role] for role in self.roles], axis=1)
 
     def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
