@@ -286,11 +286,10 @@ def draw_face(rng: np.random.Generator, label: int, attrs: dict, image_size: int
 
     expression = EXPRESSIONS[label]
     eye_jitter, brow_jitter, mouth_jitter = rng.uniform(0.9, 1.1, size=3)
-    eye_jitter, mouth_jitter = eye_jitter * EYE_SCALE, mouth_jitter * MOUTH_SCALE
     brows = tuple(value * brow_jitter for value in expression["brows"])
-    _draw_eyes(draw, face, expression["eyes"], line_w, ink, skin, eye_jitter)
+    _draw_eyes(draw, face, expression["eyes"], line_w, ink, skin, eye_jitter * EYE_SCALE)
     _draw_brows(draw, face, brows, expression["brow_width"], line_w, ink)
-    _draw_mouth(draw, face, expression["mouth"], line_w, _shade(skin, 0.45), mouth_jitter)
+    _draw_mouth(draw, face, expression["mouth"], line_w, _shade(skin, 0.45), mouth_jitter * MOUTH_SCALE)
     accessory_colour = tuple(int(c) for c in rng.integers(20, 230, size=3))
     _draw_accessory(draw, face, ACCESSORY_NAMES[attrs["accessory"]], accessory_colour, line_w)
 
