@@ -44,35 +44,30 @@ def class_folder_samples(split_dir: str, folder_to_label: dict, require_all: boo
         absent = [f for f in folder_to_label if f not in folders]
         if absent:
             raise DataError(f"{split_dir}: no folder for class(es) {absent}")
-    paths, labels, names = [], [], []
+    labels, names = [], []
     for folder in folders:
         class_dir = os.path.join(split_dir, folder)
         found = sorted(_images_under(class_dir))
         if not found:
             raise DataError(f"empty class folder (no image files): {class_dir}")
-        for relative in found:
-            name = os.path.join(folder, relative)
-            paths.append(os.path.join(split_dir, name))
-            labels.append(folder_to_label[folder])
-            names.append(name)
-    if not paths:
+        names += [os.path.join(folder, relative) for relative in found]
+        labels += [folder_to_label[folder]] * len(found)
+    if not names:
         raise DataError(f"no class folders with images under {split_dir}")
-    return paths, labels, names
+    return [os.path.join(split_dir, name) for name in names], labels, names
 
 
 def _images_under(class_dir: str) -> list[str]:
     """Image files under `class_dir` (hidden folders skipped, linked folders not followed), relative
     to it; DataError for an image name that is not a regular file (a named pipe would block reading)."""
-    found = []
-    pending = [""]
+    found, pending = [], [""]
     while pending:
         relative_dir = pending.pop()
         for entry in _scan(os.path.join(class_dir, relative_dir)):
-            relative = os.path.join(relative_dir, entry.name) if relative_dir else entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith("."):
-                    pending.append(relative)
-            elif is_image_file(entry.name):
+            relative = os.path.join(relative_dir, entry.name)
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                pending.append(relative)
+            elif is_image_file(entry.name):  # hidden names (a hidden folder's too) are no image files
                 if not _is_regular(entry):
                     raise DataError(f"{entry.path} is {non_regular_kind(entry.path)}, not a regular image file; "
                                     f"move it out of {class_dir}")
@@ -92,9 +87,7 @@ def folder_dataset(data_root, split, classes=None, transform=None) -> ImageListD
     """Any `ROOT/<split>/<class>/*` tree; classes sorted by folder name unless given."""
     root = require_root(data_root, "folder")
     split_dir = os.path.join(root, split)
-    if classes is None:
-        classes = folder_classes(root)
-    classes = list(classes)
+    classes = folder_classes(root) if classes is None else list(classes)
     if len(set(classes)) != len(classes):
         raise DataError(f"--classes has duplicates: {classes}")
     paths, labels, names = class_folder_samples(split_dir, {c: i for i, c in enumerate(classes)},
@@ -109,7 +102,6 @@ def folder_classes(data_root) -> list[str]:
     if not classes:
         raise DataError(f"no class folders under {os.path.join(root, 'train')}")
     return classes
-
 
 
 def fer2013_dataset(data_root, split, classes=None, transform=None) -> ImageListDataset:

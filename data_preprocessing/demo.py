@@ -75,6 +75,7 @@ META_NAME = DEMO_META_NAME
 ATTRIBUTES_NAME = "demo_attributes.csv"
 LIST_NAMES = dict(DEMO_LAYOUT.list_files)
 IMAGES_DIR = DEMO_LAYOUT.image_dir
+DATA_NAMES = (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME)  # what the demo writes before the metadata
 PARTIAL_DIR = ".demo_partial"
 LOCK_NAME = ".demo.lock"
 # test_flipped redraws the test faces (same seeds) with the spurious attribute set against the label
@@ -116,18 +117,13 @@ def demo_parameters(seed: int = 0, train_per_class: int = 60, test_per_class: in
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path):
-    """Serialise generation between processes (e.g. several training ranks)."""
+    """Serialise generation between processes (e.g. several training ranks); closing the file
+    releases the lock."""
     with open(path, "a+") as handle:
-        try:
+        with contextlib.suppress(ImportError):  # not POSIX: no inter-process lock
             import fcntl
-        except ImportError:  # not POSIX: no inter-process lock
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
@@ -161,26 +157,23 @@ def _generate(root: Path, params: dict, flag: str) -> None:
     remove_stale_temporaries(root, META_NAME)
     try:
         with output_errors(root, flag, "generating the demo data"):
-            _generate_into(root, partial, params)
+            partial.mkdir()
+            rows = []
+            for split in LIST_NAMES:
+                split_rows = _generate_split(split, params, partial)
+                atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows),
+                                  partial / LIST_NAMES[split])
+                rows += split_rows
+            atomic_write(partial / ATTRIBUTES_NAME, lambda handle: _write_attribute_rows(handle, rows), mode="w")
+            for name in DATA_NAMES:
+                os.replace(partial / name, root / name)
+            meta = {**params, "classes": DEMO_CLASSES, "levels": {
+                "background_hue": list(BACKGROUND_HUES), "texture": list(TEXTURE_NAMES),
+                "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
+                "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
+            atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-
-
-def _generate_into(root: Path, partial: Path, params: dict) -> None:
-    partial.mkdir()
-    rows = []
-    for split in LIST_NAMES:
-        split_rows = _generate_split(split, params, partial)
-        atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows), partial / LIST_NAMES[split])
-        rows += split_rows
-    atomic_write(partial / ATTRIBUTES_NAME, lambda handle: _write_attribute_rows(handle, rows), mode="w")
-    for name in (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME):
-        os.replace(partial / name, root / name)
-    meta = {**params, "classes": DEMO_CLASSES, "levels": {
-        "background_hue": list(BACKGROUND_HUES), "texture": list(TEXTURE_NAMES),
-        "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
-        "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
-    atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
 
 
 def _write_attribute_rows(handle, rows) -> None:
@@ -206,7 +199,7 @@ def _check_existing(root: Path, params: dict) -> None:
     if differing:
         raise DemoDataError(f"{root} holds a demo dataset generated with different parameters: "
                             f"{', '.join(differing)}; use another data_root or delete this folder")
-    missing = [name for name in (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME) if not (root / name).exists()]
+    missing = [name for name in DATA_NAMES if not (root / name).exists()]
     if missing:
         raise DemoDataError(f"{root}: demo dataset is incomplete (missing {', '.join(missing)}); "
                             f"delete the folder to regenerate it")
@@ -215,7 +208,7 @@ def _check_existing(root: Path, params: dict) -> None:
 def _refuse_foreign_folder(root: Path, flag: str) -> None:
     """A folder without demo metadata that holds anything the demo does not write is someone's data:
     never generate into it."""
-    ours = {IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME, META_NAME, PARTIAL_DIR, LOCK_NAME}
+    ours = {*DATA_NAMES, META_NAME, PARTIAL_DIR, LOCK_NAME}
     temporary = temporary_pattern()  # the metadata's, or another rank's writability probe
     foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not temporary.fullmatch(p.name))
     if foreign:
@@ -256,23 +249,21 @@ def ensure_demo_dataset(data_root, seed: int = 0, train_per_class: int = 60, tes
     root = Path(data_root)
     if root.exists() and not root.is_dir():
         raise DemoDataError(f"demo data_root {root} exists and is not a folder")
-    if (root / META_NAME).exists():  # complete (the metadata is written last): read-only use
-        _check_existing(root, params)
-        return _describe(root, params, generated=False)
-    if root.is_dir():
-        _refuse_foreign_folder(root, flag)
-    make_output_dir(check_output_dir(root, flag, create=True), flag)
-    with _exclusive_lock(root / LOCK_NAME):
-        if (root / META_NAME).exists():
-            _check_existing(root, params)
-            return _describe(root, params, generated=False)
-        leftovers = [name for name in (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME) if (root / name).exists()]
-        if leftovers:
-            raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {META_NAME}: an earlier demo "
-                                f"generation was interrupted or the folder holds other data; delete it "
-                                f"(or choose another data_root) and retry")
-        _generate(root, params, flag)
-    return _describe(root, params, generated=True)
+    if not (root / META_NAME).exists():  # the metadata is written last: with it, the folder is complete
+        if root.is_dir():
+            _refuse_foreign_folder(root, flag)
+        make_output_dir(check_output_dir(root, flag, create=True), flag)
+        with _exclusive_lock(root / LOCK_NAME):
+            if not (root / META_NAME).exists():  # else another process generated it meanwhile
+                leftovers = [name for name in DATA_NAMES if (root / name).exists()]
+                if leftovers:
+                    raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {META_NAME}: an earlier demo "
+                                        f"generation was interrupted or the folder holds other data; delete it "
+                                        f"(or choose another data_root) and retry")
+                _generate(root, params, flag)
+                return _describe(root, params, generated=True)
+    _check_existing(root, params)  # read-only use
+    return _describe(root, params, generated=False)
 
 
 def main(argv=None) -> int:

@@ -74,11 +74,8 @@ def sample_attributes(rng: np.random.Generator, label: int, spurious: str = "bac
     attrs = {name: int(rng.integers(LEVELS_PER_ATTRIBUTE)) for name in CATEGORICAL_ATTRIBUTES}
     tie_draw = rng.random()
     other_level = int(rng.integers(LEVELS_PER_ATTRIBUTE - 1))
-    if tie_to_label and spurious != "none":
-        if tie_draw < spurious_strength:
-            attrs[spurious] = int(label)
-        else:
-            attrs[spurious] = other_level + (other_level >= label)
+    if tie_to_label and spurious != "none":  # the other level skips the label's own
+        attrs[spurious] = int(label) if tie_draw < spurious_strength else other_level + (other_level >= label)
     if against_label and spurious != "none":
         attrs[spurious] = (int(label) + FLIP_OFFSET) % LEVELS_PER_ATTRIBUTE
     attrs.update(
@@ -108,9 +105,9 @@ def _shade(colour, factor: float) -> tuple[int, int, int]:
 
 
 def _background_colour(attrs: dict) -> tuple[int, int, int]:
-    r, g, b = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]],
-                                  attrs["background_saturation"], attrs["background_value"])
-    return (round(r * 255), round(g * 255), round(b * 255))
+    rgb = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]], attrs["background_saturation"],
+                              attrs["background_value"])
+    return tuple(round(c * 255) for c in rgb)
 
 
 def _draw_texture(draw: ImageDraw.ImageDraw, rng: np.random.Generator, kind: str,
@@ -193,10 +190,10 @@ def _fill_rectangle(draw, box, colour) -> None:
         draw.rectangle(box, fill=colour)
 
 
-def _draw_mouth(draw, face: _FaceFrame, kind: str, line_w: int, lip, jitter: float) -> None:
+def _draw_mouth(draw, face: _FaceFrame, kind: str, line_w: int, lip, w: float) -> None:
+    """The mouth of expression `kind`, its size scaled by `w`."""
     dark, teeth = (70, 20, 25), (245, 245, 240)
     v = 0.50
-    w = jitter
     if kind == "round_open":
         draw.ellipse(face.box(0, v, 0.13 * w, 0.21 * w), fill=dark, outline=lip, width=line_w)
     elif kind == "wide_open":
@@ -255,10 +252,9 @@ def _draw_accessory(draw, face: _FaceFrame, kind: str, colour, line_w: int) -> N
 
 def _apply_lighting_and_noise(image: Image.Image, rng: np.random.Generator, attrs: dict) -> Image.Image:
     pixels = np.asarray(image, dtype=np.float32)
-    image_size = pixels.shape[0]
     dx, dy = LIGHTING_DIRECTIONS[attrs["lighting"]]
     norm = max(1.0, float(np.hypot(dx, dy)))
-    coords = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
+    coords = np.linspace(-1.0, 1.0, pixels.shape[0], dtype=np.float32)
     ramp = (dx * coords[None, :] + dy * coords[:, None]) / norm
     pixels *= (1.0 + attrs["light_strength"] * ramp)[:, :, None]
     pixels += rng.normal(0.0, attrs["noise_sigma"], size=pixels.shape).astype(np.float32)
@@ -290,11 +286,10 @@ def draw_face(rng: np.random.Generator, label: int, attrs: dict, image_size: int
 
     expression = EXPRESSIONS[label]
     eye_jitter, brow_jitter, mouth_jitter = rng.uniform(0.9, 1.1, size=3)
-    eye_jitter, mouth_jitter = eye_jitter * EYE_SCALE, mouth_jitter * MOUTH_SCALE
     brows = tuple(value * brow_jitter for value in expression["brows"])
-    _draw_eyes(draw, face, expression["eyes"], line_w, ink, skin, eye_jitter)
+    _draw_eyes(draw, face, expression["eyes"], line_w, ink, skin, eye_jitter * EYE_SCALE)
     _draw_brows(draw, face, brows, expression["brow_width"], line_w, ink)
-    _draw_mouth(draw, face, expression["mouth"], line_w, _shade(skin, 0.45), mouth_jitter)
+    _draw_mouth(draw, face, expression["mouth"], line_w, _shade(skin, 0.45), mouth_jitter * MOUTH_SCALE)
     accessory_colour = tuple(int(c) for c in rng.integers(20, 230, size=3))
     _draw_accessory(draw, face, ACCESSORY_NAMES[attrs["accessory"]], accessory_colour, line_w)
 

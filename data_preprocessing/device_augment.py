@@ -312,21 +312,17 @@ def step_seed(seed, rank, epoch, step):
     return (int(high) << 32) | int(low)
 
 
+@dataclass(frozen=True)
 class DeviceAugment:
     """The photometric half of a run's train augmentation, applied to each branch's uint8 batch
     after the transfer. Step `step` of epoch `epoch` draws from a generator seeded by
     `step_seed(seed, rank, epoch, step)`, so a resumed run draws what the uninterrupted one drew."""
 
-    def __init__(self, photometric, seed, rank=0):
-        self.photometric, self.seed, self.rank = photometric, int(seed), int(rank)
-
-    def generator(self, epoch, step):
-        return torch.Generator().manual_seed(step_seed(self.seed, self.rank, epoch, step))
+    photometric: Photometric
+    seed: int
+    rank: int = 0
 
     def __call__(self, images, epoch, step):
         """A list of uint8 batches (the branches, in order) -> the list of normalised float batches."""
-        generator = self.generator(epoch, step)
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, epoch, step))
         return [self.photometric(x, generator) for x in images]
-
-    def __repr__(self):
-        return f"DeviceAugment({self.photometric}, seed={self.seed}, rank={self.rank})"

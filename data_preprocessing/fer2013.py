@@ -66,11 +66,8 @@ def _fer2013_rows(reader, csv_path: str, bad_rows: RowErrors | None) -> Iterator
     if absent:
         raise DataError(f"{csv_path}:1: header lacks column(s) {absent} (got {header})")
     emotion_col, pixels_col, usage_col = (columns[c.lower()] for c in FER2013_COLUMNS)
-    index = -1
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        index += 1
+    data_rows = (row for row in reader if any(cell.strip() for cell in row))  # lazy: line_num stays the row's
+    for index, row in enumerate(data_rows):
         checked = None
         with bad_rows.row() if bad_rows is not None else contextlib.nullcontext():
             checked = _checked_row(row, f"{csv_path}:{reader.line_num}", index, len(header),

@@ -34,9 +34,7 @@ class ImageListDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         self.source = source
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
-            raise DataError(f"{source or 'dataset'}: label {bad} outside 0..{self.num_classes - 1}")
+        check_label_range(labels.tolist(), self.num_classes, source or "dataset")
         self.labels = labels
         self.samples = [(str(p), int(y)) for p, y in zip(paths, labels.tolist())]
         self.image_names = list(image_names) if image_names is not None else [str(p) for p in paths]
@@ -135,55 +133,36 @@ def parse_list_file(list_file: str, num_classes: int) -> tuple[list[str], np.nda
         if not text:
             continue
         fields = text.rsplit(None, 1)
-        if len(fields) != 2 or not _is_int(fields[1]):
+        if len(fields) != 2 or not _INTEGER.fullmatch(fields[1]):
             raise DataError(f"{list_file}:{line_number}: expected '<image name> <label>', got {text!r}")
-        names.append(_inside_image_folder(fields[0].strip(), list_file, line_number))
-        labels.append(_label_in_int64(fields[1], num_classes, list_file, line_number))
+        name = fields[0].strip()
+        if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{list_file}:{line_number}: image name {name!r} points outside the image folder; "
+                            f"list names must be relative to it, without '..'")
+        names.append(name)
+        labels.append(int(fields[1]))
         line_numbers.append(line_number)
     if not names:
         raise DataError(f"{list_file}: no '<image name> <label>' lines")
-    labels = np.asarray(labels, dtype=np.int64)
-    line_numbers = np.asarray(line_numbers, dtype=np.int64)
     check_label_range(labels, num_classes, list_file, line_numbers)
-    return names, labels, line_numbers
+    return names, np.asarray(labels, dtype=np.int64), np.asarray(line_numbers, dtype=np.int64)
 
 
-def _inside_image_folder(name: str, list_file: str, line_number: int) -> str:
-    """`name` if it stays inside the image folder; DataError for an absolute path or a `..` part."""
-    parts = name.replace("\\", "/").split("/")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
-        raise DataError(f"{list_file}:{line_number}: image name {name!r} points outside the image folder; "
-                        f"list names must be relative to it, without '..'")
-    return name
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "٣" and "1_0"
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-def _is_int(text: str) -> bool:
-    return _INTEGER.fullmatch(text) is not None
-
-
-def _label_in_int64(text: str, num_classes: int, list_file: str, line_number: int) -> int:
-    """The label `text` as an int; DataError with file:line when it does not even fit int64."""
-    label = int(text)
-    if abs(label) > _INT64_MAX:
-        raise DataError(f"{list_file}:{line_number}: label {text} outside 0..{num_classes - 1}")
-    return label
-
-
-def check_label_range(labels: np.ndarray, num_classes: int, where: str, line_numbers=None) -> None:
-    """DataError if any label is outside 0..num_classes-1; says so when the labels look 1-based."""
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if not len(bad):
+def check_label_range(labels: list[int], num_classes: int, where: str, line_numbers=None) -> None:
+    """DataError if any label is outside 0..num_classes-1 (Python ints, so a label too large for
+    int64 is named like any other); says so when the labels look 1-based."""
+    bad = [i for i, label in enumerate(labels) if not 0 <= label < num_classes]
+    if not bad:
         return
-    first = int(bad[0])
-    position = f"{where}:{int(line_numbers[first])}" if line_numbers is not None else where
-    message = (f"{position}: label {int(labels[first])} outside 0..{num_classes - 1} "
+    first = bad[0]
+    position = f"{where}:{line_numbers[first]}" if line_numbers is not None else where
+    message = (f"{position}: label {labels[first]} outside 0..{num_classes - 1} "
                f"({len(bad)} such line(s); this dataset has {num_classes} classes)")
-    if labels.min() >= 1 and labels.max() == num_classes:
-        message += (f". The labels run {int(labels.min())}..{num_classes}: they look 1-based; "
+    if min(labels) >= 1 and max(labels) == num_classes:
+        message += (f". The labels run {min(labels)}..{num_classes}: they look 1-based; "
                     f"list files must use 0-based labels (subtract 1)")
     raise DataError(message)
 
@@ -191,35 +170,29 @@ def check_label_range(labels: np.ndarray, num_classes: int, where: str, line_num
 def find_unreadable_images(image_dir: str, names: Sequence[str]) -> tuple[list[int], list[int]]:
     """(indices of `names` with no file under `image_dir`, indices naming something that is not a
     regular file: a named pipe, a folder, a broken link, ...), from one directory listing per sub-folder."""
-    by_folder: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        by_folder.setdefault(os.path.dirname(name), []).append(index)
+    listings: dict[str, dict[str, bool]] = {}  # folder -> {entry name: is a regular file}
     missing, not_regular = [], []
-    for folder, indices in by_folder.items():
-        regular, other = _folder_entries(os.path.join(image_dir, folder))
-        for index in indices:
-            base = os.path.basename(names[index])
-            if base in regular:
-                continue
-            if base in other:
-                not_regular.append(index)
-            # The isfile() fallback keeps case-insensitive file systems and odd names correct.
-            elif not os.path.isfile(os.path.join(image_dir, names[index])):
-                missing.append(index)
+    for index, name in enumerate(names):
+        folder = os.path.dirname(name)
+        if folder not in listings:
+            listings[folder] = _folder_entries(os.path.join(image_dir, folder))
+        regular = listings[folder].get(os.path.basename(name))
+        if regular is False:
+            not_regular.append(index)
+        # The isfile() fallback keeps case-insensitive file systems and odd names correct.
+        elif regular is None and not os.path.isfile(os.path.join(image_dir, name)):
+            missing.append(index)
     return missing, not_regular
 
 
-def _folder_entries(folder: str) -> tuple[set, set]:
-    """(names of the regular files in `folder`, names of everything else); both empty if unlistable.
-    The file type comes with the listing, so this costs no stat per file."""
-    regular, other = set(), set()
+def _folder_entries(folder: str) -> dict[str, bool]:
+    """{name: whether it is a regular file} of everything in `folder`; empty if unlistable. The file
+    type comes with the listing, so this costs no stat per file."""
     try:
         with os.scandir(folder) as entries:
-            for entry in entries:
-                (regular if _is_regular(entry) else other).add(entry.name)
+            return {entry.name: _is_regular(entry) for entry in entries}
     except OSError:
-        pass
-    return regular, other
+        return {}
 
 
 def _is_regular(entry: os.DirEntry) -> bool:

@@ -32,15 +32,7 @@ class ClassIndex:
     """Per-class index arrays built once: samples sorted by class, class starts/counts, rank within class."""
 
     def __init__(self, labels, class_names: Sequence[str] | None = None):
-        labels = np.asarray(labels).reshape(-1)
-        if labels.size == 0:
-            raise DataError("no labels to sample groups from")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"labels must be integers, got dtype {labels.dtype}")
-        labels = labels.astype(np.int64)
-        if labels.min() < 0:
-            raise DataError(f"labels must be >= 0, got {int(labels.min())}")
-        self.labels = labels
+        self.labels = labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # a dataset's: 0..classes-1
         self.class_names = list(class_names) if class_names is not None else None
         self.counts = np.bincount(labels)
         self.starts = np.cumsum(self.counts) - self.counts
@@ -64,9 +56,7 @@ class ClassIndex:
         """For each index, a class drawn uniformly among the other present classes, then a uniform
         random sample of that class."""
         present = np.flatnonzero(self.counts)
-        position_of = np.full(self.counts.size, -1)
-        position_of[present] = np.arange(present.size)
-        own = position_of[self.labels[indices]]
+        own = np.searchsorted(present, self.labels[indices])  # the anchor's class among the present ones
         picks = rng.integers(0, present.size - 1, size=len(indices))
         picks += picks >= own  # skip the anchor's own class
         classes = present[picks]
@@ -80,9 +70,6 @@ class ClassIndex:
         positions = rng.integers(0, self.labels.size - counts)
         positions += (positions >= self.starts[classes]) * counts  # jump over the class's block
         return self.order[positions]
-
-
-NEGATIVE_RULES = ("by_sample", "by_class")
 
 
 class GroupSampler(torch.utils.data.Sampler):
@@ -99,27 +86,22 @@ class GroupSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, labels, group_size: int, seed: int = 0, balanced: bool = False,
-                 num_replicas: int | None = 1, rank: int | None = 0, class_names: Sequence[str] | None = None,
+                 num_replicas: int = 1, rank: int = 0, class_names: Sequence[str] | None = None,
                  anchor_divisor: int = 8, negatives: str = "by_sample"):
+        # seed, anchor_divisor and negatives come checked from the settings schema
         if not isinstance(group_size, tuple) and group_size not in LAYOUTS:
             raise ValueError(f"group_size must be 1 (baseline), 2 (DCS) or 4 (QCS), got {group_size!r}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
         self.roles = check_layout(LAYOUTS.get(group_size, group_size))
-        if negatives not in NEGATIVE_RULES:
-            raise ValueError(f"negatives must be one of {NEGATIVE_RULES}, got {negatives!r}")
-        if int(anchor_divisor) < 1:
-            raise ValueError(f"anchor_divisor must be >= 1, got {anchor_divisor}")
-        num_replicas, rank = _replicas_and_rank(num_replicas, rank)
-        if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.index = ClassIndex(labels, class_names)
+        index = self.index = ClassIndex(labels, class_names)
+        negative = {"by_sample": index.draw_other_class, "by_class": index.draw_other_class_by_class}[negatives]
+        # role -> (how it is drawn, from the samples of which role)
+        self.draws = {"positive": (index.draw_other_of_same_class, "anchor"), "negative": (negative, "anchor"),
+                      "negative2": (index.draw_other_of_same_class, "negative")}
         self.group_size = len(self.roles)
-        self.seed = int(seed)
-        self.balanced = balanced
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.negatives = negatives
-        self.epoch = 0
-        self.groups_done = 0
+        self.seed, self.balanced, self.num_replicas, self.rank = int(seed), balanced, num_replicas, rank
+        self.epoch = self.groups_done = 0
         num_images = self.index.labels.size
         self.num_anchors = num_images // int(anchor_divisor) if balanced else num_images
         if self.num_anchors < 1:
@@ -142,8 +124,6 @@ class GroupSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int, groups_done: int = 0) -> None:
         """Choose the epoch, and how many of its groups all ranks together have already trained
         (after a mid-epoch resume); groups differ from epoch to epoch and are the same on every rank."""
-        if int(groups_done) < 0:
-            raise ValueError(f"groups_done must be >= 0, got {groups_done}")
         self.epoch, self.groups_done = int(epoch), int(groups_done)
 
     def __len__(self) -> int:
@@ -155,15 +135,9 @@ class GroupSampler(torch.utils.data.Sampler):
     def sample_groups(self, anchors, rng: np.random.Generator) -> np.ndarray:
         """Groups [len(anchors), group_size] for the given anchor indices (vectorised, O(1) per item)."""
         drawn = {"anchor": np.asarray(anchors, dtype=np.int64).reshape(-1)}
-        draw_negative = (self.index.draw_other_class_by_class if self.negatives == "by_class"
-                         else self.index.draw_other_class)
         for role in self.roles[1:]:  # in group order: the random stream follows the layout
-            if role == "positive":
-                drawn[role] = self.index.draw_other_of_same_class(drawn["anchor"], rng)
-            elif role == "negative":
-                drawn[role] = draw_negative(drawn["anchor"], rng)
-            else:
-                drawn[role] = self.index.draw_other_of_same_class(drawn["negative"], rng)
+            draw, source = self.draws[role]
+            drawn[role] = draw(drawn[source], rng)
         return np.stack([drawn[role] for role in self.roles], axis=1)
 
     def epoch_anchors(self, rng: np.random.Generator) -> np.ndarray:
@@ -192,20 +166,6 @@ def check_layout(roles):
         raise ValueError(f"a group layout starts with the anchor and takes each of {', '.join(ROLES)} at most "
                          f"once, a negative before a negative2; got {roles}")
     return roles
-
-
-def _replicas_and_rank(num_replicas, rank) -> tuple[int, int]:
-    """Defaults from torch.distributed when None and a process group is running."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if num_replicas is None:
-        num_replicas = torch.distributed.get_world_size() if distributed else 1
-    if rank is None:
-        rank = torch.distributed.get_rank() if distributed else 0
-    if int(num_replicas) < 1:
-        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-    if not 0 <= int(rank) < int(num_replicas):
-        raise ValueError(f"rank must be in 0..{int(num_replicas) - 1}, got {rank}")
-    return int(num_replicas), int(rank)
 
 
 class GroupDataset(torch.utils.data.Dataset):

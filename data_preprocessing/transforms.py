@@ -60,8 +60,7 @@ def _kind_b_steps(resize, rotation, image_size: int) -> list:
     _check_side(resize, "resize")
     if resize < image_size:
         raise ValueError(f"train_transform B: resize ({resize}) must be >= the crop size ({image_size})")
-    rotation = 0 if rotation is None else rotation
-    if rotation < 0:
+    if rotation is not None and rotation < 0:
         raise ValueError(f"rotation must be >= 0 degrees, got {rotation}")
     steps = [T.Resize((resize, resize)), T.RandomHorizontalFlip()]
     if rotation:
