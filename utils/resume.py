@@ -33,7 +33,10 @@ def read_resume_checkpoint(settings, given, ended=lambda checkpoint: True):
     source = settings.resume
     resumed = read_checkpoint(source)
     settings = merge_resumed_settings(settings, resumed, given)
-    check_training_state(resumed, source)
+    malformed = training_state_problem(resumed)
+    if malformed:
+        raise CheckpointError(f"--resume {source}: its training state is malformed ({malformed}); it cannot be "
+                              "continued")
     done = settings.epochs == resumed["epoch"] and not resumed["step"] and ended(resumed)
     if settings.epochs < resumed["epoch"] or done:
         raise UsageError(f"--resume {source}: the run has already trained {resumed['epoch']} epochs; "
@@ -70,13 +73,6 @@ def merge_resumed_settings(settings, checkpoint, given):
     except UsageError as error:
         raise UsageError(f"--resume {source}: its saved settings are invalid: {error}") from None
     return merged
-
-
-def check_training_state(checkpoint, path):
-    """The counters and states a resumed run continues from must be what this project writes."""
-    problem = training_state_problem(checkpoint)
-    if problem:
-        raise CheckpointError(f"--resume {path}: its training state is malformed ({problem}); it cannot be continued")
 
 
 def training_state_problem(checkpoint):

@@ -241,7 +241,7 @@ def prepare_run_dir(settings, locks, resume=None):
         if resume is not None and resume[0] == "continue":
             run_dir = resume[1]
             locks.take(run_dir)
-            if _stat_key(run_dir / LAST) != _stat_key(resume[2]):
+            if _stat_key(os.stat(run_dir / LAST)) != _stat_key(resume[2]):
                 locks.release()
                 raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
                                  "wrote it); resume again from its new state")
@@ -253,8 +253,7 @@ def prepare_run_dir(settings, locks, resume=None):
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), new_folder
 
 
-def _stat_key(stat_or_path):
-    stat = os.stat(stat_or_path) if isinstance(stat_or_path, (str, Path)) else stat_or_path
+def _stat_key(stat):
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 

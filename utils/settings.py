@@ -67,10 +67,6 @@ class Setting:
     short: str | None = None
     cli: dict | None = None
 
-    @property
-    def flag(self):
-        return flag(self.name)
-
 
 def _option(name, kind, group, roles=(), bounds=None, choices=None, nullable=None, short=None, **cli):
     """A setting that is also a command-line option (texts may be null)."""
@@ -377,7 +373,7 @@ def add_option(group, setting, **overrides):
     else:
         options.update(type=setting.kind if setting.kind is not str else None, choices=setting.choices)
         options = {key: value for key, value in options.items() if value is not None}
-    group.add_argument(*filter(None, (setting.short, setting.flag)), **options)
+    group.add_argument(*filter(None, (setting.short, flag(setting.name))), **options)
 
 
 def build_parser(arch):

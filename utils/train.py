@@ -269,8 +269,9 @@ def train_epoch(run, epoch, progress):
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
                                             else "No checkpoint had been saved yet")) from None
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not is_out_of_memory(error):
+    except (torch.OutOfMemoryError, RuntimeError) as error:  # the allocator's failure, CUDA's or the CPU's
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error) \
+                and "out of memory" not in str(error):
             raise
         raise UsageError(out_of_memory_advice(run, error)) from None
     except DataError as error:
@@ -291,12 +292,6 @@ def own_epoch_sums(state, world_size):
     if len(by_rank) == world_size:
         return by_rank[ddp.rank()]
     return sums if ddp.is_main_process() else None
-
-
-def is_out_of_memory(error):
-    """Whether `error` is an allocator's failure (CUDA's OutOfMemoryError, or the CPU's)."""
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error) \
-        or "out of memory" in str(error)
 
 
 def out_of_memory_advice(run, error):

@@ -56,9 +56,6 @@ class RunState:
     # `world_size` trained groups r, r + world_size, ... below it); None: not recorded (older files)
     groups_done: int | None = None
 
-    def as_checkpoint(self):
-        return asdict(self)
-
     @classmethod
     def from_checkpoint(cls, checkpoint):
         return cls(epoch=checkpoint["epoch"], step=checkpoint["step"], best_acc=checkpoint["best_acc"],
@@ -88,7 +85,7 @@ def training_checkpoint(model, optimizer, scheduler, state, settings, classes, r
         "rng": rng_by_rank[0],
         **({"rng_by_rank": rng_by_rank} if len(rng_by_rank) > 1 else {}),
         "run_config": settings.as_dict(),
-        **state.as_checkpoint(),
+        **asdict(state),
     }
 
 
