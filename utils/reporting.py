@@ -163,9 +163,6 @@ class TensorBoardLog:
                 self.writer.add_scalar(name, value, row["epoch"])
         self.writer.flush()
 
-    def log_best(self, confusion, class_names, title, epoch):
-        self.writer.add_figure("confusion_best", confusion_figure(confusion, class_names, title), epoch)
-
     def close(self, history):
         """The hyperparameters with the run's final figures, for TensorBoard's HPARAMS view."""
         if history:
@@ -201,7 +198,8 @@ class RunReport:
             self.tensorboard.log_epoch(state.history[-1])
             if confusion is not None:
                 self._figure("TensorBoard's confusion_best",
-                             lambda: self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch))
+                             lambda: self.tensorboard.writer.add_figure(
+                                 "confusion_best", confusion_figure(confusion, self.classes, title), state.best_epoch))
 
     def _figure(self, name, draw):
         try:
