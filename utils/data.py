@@ -36,10 +36,10 @@ class RunData:
     extra_loaders: dict = field(default_factory=dict)  # the dataset's extra test splits, by name
 
 
-def check_open_file_limit(workers):
-    """The open-file limit for `workers` DataLoader workers (see `limits.check_open_files`); UsageError."""
+def check_limit(check, *args):
+    """A resource limit's check (`data_preprocessing.limits`), its failure a UsageError."""
     try:
-        check_open_files(workers)
+        check(*args)
     except LimitError as error:
         raise UsageError(str(error)) from None
 
@@ -50,10 +50,7 @@ def load_training_data(settings, device, rank, world_size):
     `--device-augment`, the training images come as uint8 and `device_augment` does the rest.
     `settings`: RunSettings, or their dict."""
     settings = RunSettings.of(settings)
-    try:
-        check_address_space(TRAINING_ADDRESS_SPACE, "a training run")
-    except LimitError as error:
-        raise UsageError(str(error)) from None
+    check_limit(check_address_space, TRAINING_ADDRESS_SPACE, "a training run")
     train_tf, test_tf = transforms_for(settings)
     device_augment = None
     if settings.device_augment:
@@ -136,7 +133,7 @@ def load_split(settings, split, transform):
 
 def test_loader(dataset, settings, device, rank, world_size):
     """An in-order loader of this rank's share of `dataset`, as `(image, label, index)` batches."""
-    check_open_file_limit(settings.workers)
+    check_limit(check_open_files, settings.workers)  # the open files of its DataLoader workers
     indexed = IndexedDataset(dataset)
     shard = Subset(indexed, range(rank, len(indexed), world_size)) if world_size > 1 else indexed
     return DataLoader(shard, batch_size=settings.batch_size * 2, shuffle=False,

@@ -274,10 +274,10 @@ class _RunSettingsMethods:
     """The methods of `RunSettings`."""
 
     @classmethod
-    def from_mapping(cls, values, label=flag):
+    def from_mapping(cls, values):
         """The settings `values` holds (a resolved command line, a `--config` file, a checkpoint's
         `run_config`), each checked against its `Setting` by `check` (UsageError otherwise)."""
-        check(values, label)
+        check(values)
         return cls.of(values)
 
     @classmethod
