@@ -46,8 +46,12 @@ def read_checkpoint(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as error:  # not a zip checkpoint, or corrupt
-        return _load_legacy(path, error)
+    except Exception as zip_error:  # not a zip checkpoint (the legacy format), or corrupt
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it: "
+                                  f"{type(zip_error).__name__})") from None
     stubs = [_stub_class(name) for name in unsafe]
     try:
         with torch.serialization.safe_globals(stubs):
@@ -62,14 +66,6 @@ def read_checkpoint(path):
                               f"{one_line(error, keep=1)})") from None
 
 
-def _load_legacy(path, zip_error):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it: "
-                              f"{type(zip_error).__name__})") from None
-
-
 class ForeignObject:
     """Inert stand-in for an object of a class this project does not have."""
 
@@ -77,9 +73,6 @@ class ForeignObject:
         obj = object.__new__(cls)
         obj.args = args
         return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
 
     def __setstate__(self, state):
         self.state = state
@@ -152,47 +145,41 @@ def describe_checkpoint(checkpoint, path=""):
         unused_tensors=sum(1 for k in state if AUTHOR_UNUSED.match(k) or k.startswith("ir50-unused."))
         if naming != "ours" else 0,
         weight_dtypes=sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()}))
+    if container in ("ours", "authors"):
+        info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
     if container == "ours":
         _add_our_metadata(info, checkpoint)
-    elif container == "authors":
-        info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
     info.foreign_objects = foreign_classes(checkpoint)
     return info
 
 
 def _add_our_metadata(info, checkpoint):
-    run_config = checkpoint.get("run_config") or {}
-    config = checkpoint.get("config") or {}
-    _check_our_metadata(info.path, checkpoint, run_config, config)
-    info.classes = list(checkpoint["classes"]) if checkpoint.get("classes") is not None else None
+    """Saved settings are untrusted input: the same checks as the command line's, before any use."""
+    run_config, config = checkpoint.get("run_config") or {}, checkpoint.get("config") or {}
+    if not isinstance(run_config, dict) or not isinstance(config, dict):
+        raise CheckpointError(f"{info.path}: its saved settings are not mappings; the file is damaged or not ours")
+    classes = checkpoint.get("classes")
+    if classes is not None and (not isinstance(classes, (list, tuple)) or not classes
+                                or not all(isinstance(name, str) for name in classes)):
+        raise CheckpointError(f"{info.path}: its saved class names are malformed ({classes!r:.80})")
+    try:
+        check(run_config)
+        check(config)
+    except UsageError as error:
+        raise CheckpointError(f"{info.path}: its saved settings are invalid: {error}") from None
+    info.classes = list(classes) if classes is not None else None
     info.dataset = run_config.get("dataset")
     info.image_size = run_config.get("image_size")
     info.augmentation = run_config.get("augmentation")
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
     info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
-    info.epoch, info.best_acc = _counter(checkpoint, "epoch"), _counter(checkpoint, "best_acc")
     info.best_epoch = _counter(checkpoint, "best_epoch")
     if checkpoint.get("format") not in (None, CHECKPOINT_FORMAT):
         raise CheckpointError(f"{info.path}: unknown checkpoint format {checkpoint.get('format')!r}")
     if info.classes and info.num_classes is not None and len(info.classes) != info.num_classes:
         raise CheckpointError(f"{info.path}: it names {len(info.classes)} classes but its head has "
                               f"{info.num_classes}; the file is damaged")
-
-
-def _check_our_metadata(path, checkpoint, run_config, config):
-    """Saved settings are untrusted input: the same checks as the command line's, before any use."""
-    if not isinstance(run_config, dict) or not isinstance(config, dict):
-        raise CheckpointError(f"{path}: its saved settings are not mappings; the file is damaged or not ours")
-    classes = checkpoint.get("classes")
-    if classes is not None and (not isinstance(classes, (list, tuple)) or not classes
-                                or not all(isinstance(name, str) for name in classes)):
-        raise CheckpointError(f"{path}: its saved class names are malformed ({classes!r:.80})")
-    try:
-        check(run_config)
-        check(config)
-    except UsageError as error:
-        raise CheckpointError(f"{path}: its saved settings are invalid: {error}") from None
 
 
 def _counter(checkpoint, key):
@@ -211,11 +198,8 @@ def foreign_classes(obj, found=None):
         name = f"{type(obj).__module__}.{type(obj).__qualname__}"
         if name not in found:
             found.append(name)
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            foreign_classes(value, found)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
+    elif isinstance(obj, (dict, list, tuple)):
+        for value in obj.values() if isinstance(obj, dict) else obj:
             foreign_classes(value, found)
     return found
 

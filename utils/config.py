@@ -24,6 +24,7 @@ from .settings import (
     RECIPE,
     TEMPERATURE_DISTILLS,
     DefaultsOnceFormatter,
+    RunSettings,
     UsageError,
     build_parser,
     check,
@@ -38,11 +39,11 @@ from .settings import (
 
 # re-exported: the settings' home was this module
 __all__ = ["DEFAULT_PRETRAINED", "DefaultsOnceFormatter", "UsageError", "build_parser", "flag", "given_options",
-           "parse_args", "read_json_file", "resolve_config", "model_from_config", "transforms_for"]
+           "parse_args", "read_json_file", "resolve_config", "resolve_settings", "model_from_config", "transforms_for"]
 
 
-def resolve_config(arch, args):
-    """Command-line values, with the dataset's recipe filling everything left unset."""
+def resolve_settings(arch, args):
+    """The run's `RunSettings`: command-line values, with the dataset's recipe filling everything left unset."""
     given = getattr(args, "given", set())
     refuse_mode_conflicts(args, given)
     config = {k: v for k, v in vars(args).items() if k != "given"}
@@ -62,14 +63,19 @@ def resolve_config(arch, args):
     if replayed:
         config["replayed_from"] = str(Path(args.config).resolve())
         config["replay_overrides"] = sorted(flag(key) for key in given - set(names(NOT_REPLAYED)))
-    check(config)
-    if config["compile"]:
-        check_compile_backend(config["compile_backend"])
-    if config["tensorboard"] and not tensorboard_available():
+    settings = RunSettings.from_mapping(config)
+    if settings.compile:
+        check_compile_backend(settings.compile_backend)
+    if settings.tensorboard and not tensorboard_available():
         raise UsageError("--tensorboard needs the tensorboard package: pip install -r requirements-tensorboard.txt")
     if not args.evaluate:
-        refuse_inapplicable(config, given)
-    return config
+        refuse_inapplicable(settings, given)
+    return settings
+
+
+def resolve_config(arch, args):
+    """`resolve_settings` as the plain dict a run saves."""
+    return resolve_settings(arch, args).as_dict()
 
 
 def read_replayed_config(path, arch):
@@ -92,31 +98,31 @@ def read_replayed_config(path, arch):
     return saved
 
 
-def refuse_inapplicable(config, given):
-    """Refuse, naming both options, a given option that the rest of the configuration ignores."""
-    for key, reason in inapplicable_options(config):
+def refuse_inapplicable(settings, given):
+    """Refuse, naming both options, a given option that the rest of the settings ignore."""
+    for key, reason in inapplicable_options(settings):
         if key in given:
             raise UsageError(f"{flag(key)} has no effect {reason}")
 
 
-def inapplicable_options(config):
-    """`(option, why it has no effect)` for every option this configuration ignores."""
-    ignored = []
-    if not architecture(config["arch"]).cross:
+def inapplicable_options(settings):
+    """`(option, why it has no effect)` for every option these settings ignore."""
+    ignored, arch = [], architecture(settings.arch)
+    if not arch.cross:
         ignored += [(key, "with --baseline (no cross module)") for key in names(CROSS)]
-    elif not architecture(config["arch"]).diff_class_pairs:
-        ignored.append(("matrix", f"with main_{architecture(config['arch']).title}.py (the S/D terms are QCS's)"))
-    if config["connection"] != "vit":
-        ignored.append(("cross_drop", f"with --connection {config['connection']} (no cross ViT)"))
-    if config["select_on"] != "val":
+    elif not arch.diff_class_pairs:
+        ignored.append(("matrix", f"with main_{arch.title}.py (the S/D terms are QCS's)"))
+    if settings.connection != "vit":
+        ignored.append(("cross_drop", f"with --connection {settings.connection} (no cross ViT)"))
+    if settings.select_on != "val":
         ignored.append(("val_fraction", "without --select-on val (nothing would use the held-out images)"))
-    if config["distill"] == "none":
+    if settings.distill == "none":
         ignored += [(key, "without --distill") for key in ("distill_weight", "temperature")]
-    elif config["distill"] not in TEMPERATURE_DISTILLS:
-        ignored.append(("temperature", f"with --distill {config['distill']} (only {' and '.join(TEMPERATURE_DISTILLS)} "
+    elif settings.distill not in TEMPERATURE_DISTILLS:
+        ignored.append(("temperature", f"with --distill {settings.distill} (only {' and '.join(TEMPERATURE_DISTILLS)} "
                                        "have a temperature)"))
-    cross_vit_drop = architecture(config["arch"]).cross and config["connection"] == "vit" and config["cross_drop"] > 0
-    if config["drop"] == 0 and not cross_vit_drop:
+    cross_vit_drop = arch.cross and settings.connection == "vit" and settings.cross_drop > 0
+    if settings.drop == 0 and not cross_vit_drop:
         ignored.append(("proj_drop_rule", "when no ViT has dropout (--drop 0, and --cross-drop 0 or no "
                                           "cross ViT): both rules give no projection dropout"))
     return ignored
@@ -128,14 +134,15 @@ def tensorboard_available():
 
 
 def model_from_config(config):
-    """The network the configuration describes."""
-    options = {key: config[key] for key in names(MODEL) if key in config}  # files from before vit_init lack it
-    return build_model(config["arch"], config["num_classes"], checkpoint_backbone=config["checkpoint_backbone"],
+    """The network the settings (RunSettings, or their dict) describe."""
+    settings = RunSettings.of(config)
+    options = {key: getattr(settings, key) for key in names(MODEL) if getattr(settings, key) is not None}
+    return build_model(settings.arch, settings.num_classes, checkpoint_backbone=settings.checkpoint_backbone,
                        **options)
 
 
-def transforms_for(config):
+def transforms_for(settings):
     """The run's train augmentation and the test transform that goes with it."""
-    augmentation, image_size = dict(config["augmentation"]), config["image_size"]
+    augmentation, image_size = dict(settings.augmentation), settings.image_size
     return (train_transform(**augmentation, image_size=image_size),
             test_transform_for(augmentation, image_size=image_size))

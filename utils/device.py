@@ -3,7 +3,7 @@ from contextlib import nullcontext
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")  # the `--device` option of every command
+from .settings import DEVICE_CHOICES  # noqa: F401 (the tools' `--device` choices, imported from here)
 
 
 class DeviceUnavailable(ValueError):

@@ -12,7 +12,7 @@ from data_preprocessing.outputs import OutputError, atomic_write, check_output_f
 
 from . import distributed as ddp
 from .checkpoint import load_checkpoint
-from .config import UsageError, resolve_config
+from .config import UsageError, resolve_settings
 from .data import load_split, test_loader
 from .device import place_model, resolve_device, use_channels_last
 from .engine import evaluate
@@ -27,47 +27,47 @@ def run_evaluation(arch, args, logger):
     The network, its size and its test transform follow the checkpoint: what our checkpoints
     record, or for the authors' files the released recipe of the architecture their keys show.
     """
-    config = resolve_config(arch, args)
-    device = resolve_device(config["device"])
+    settings = resolve_settings(arch, args)
+    device = resolve_device(settings.device)
     rank, world_size, _ = ddp.init_distributed(device.type)
-    outputs = prediction_files(config["predictions"])
-    beside = [*outputs, confusion_figure_path(config, outputs)] if outputs else []
+    outputs = prediction_files(settings.predictions)
+    beside = [*outputs, confusion_figure_path(settings, outputs)] if outputs else []
     refuse_existing([("--predictions", path) for path in beside], overwrite_flag=None)
     for path in beside:
         check_output_file(path, "--predictions")
-    trained, dataset, model_indices, note = load_evaluation_inputs(config, args, arch)
+    trained, dataset, model_indices, note = load_evaluation_inputs(settings, args, arch)
     stored = [dtype for dtype in trained.info.weight_dtypes if dtype != "float32"]
-    logger.info(f"loaded {config['evaluate']}: {trained.info.format_title}, "
+    logger.info(f"loaded {settings.evaluate}: {trained.info.format_title}, "
                 f"{(trained.info.arch or 'base').upper()} {trained.size} size, {len(trained.classes)} classes"
                 + (f", {'/'.join(stored)} weights computed in float32" if stored else ""))
     logger.info(f"test transform: {describe_transform(dataset.transform)}"
-                + ("; flip test-time augmentation" if config["tta"] == "flip" else ""))
+                + ("; flip test-time augmentation" if settings.tta == "flip" else ""))
     if note:
         logger.info(note)
     model = trained.model if model_indices is None else SharedClassLogits(trained.model, model_indices)
-    channels_last = use_channels_last(config["channels_last"], device)
-    model = place_model(model, device, channels_last, config["compile"], config["compile_backend"])
-    result = evaluate(model, test_loader(dataset, config, device, rank, world_size), device,
-                      dataset.num_classes, amp=config["amp"], channels_last=channels_last,
-                      keep_logits=bool(outputs), tta=config["tta"])
+    channels_last = use_channels_last(settings.channels_last, device)
+    model = place_model(model, device, channels_last, settings.compile, settings.compile_backend)
+    result = evaluate(model, test_loader(dataset, settings, device, rank, world_size), device,
+                      dataset.num_classes, amp=settings.amp, channels_last=channels_last,
+                      keep_logits=bool(outputs), tta=settings.tta)
     if ddp.is_main_process():
         report = log_result(logger, result, dataset)
         if outputs:
-            write_prediction_files(outputs, config, dataset, result, report)
+            write_prediction_files(outputs, settings, dataset, result, report)
             logger.info(f"wrote {outputs[0]} and {outputs[1]}")
-        write_confusion_figure(logger, config, outputs, result, dataset)
+        write_confusion_figure(logger, settings, outputs, result, dataset)
     return 0
 
 
-def confusion_figure_path(config, outputs):
+def confusion_figure_path(settings, outputs):
     """Where `--evaluate` draws its confusion matrix: beside `--predictions` (X_confusion.png), else
     in the checkpoint's run folder (confusion_<checkpoint>_<dataset>.png); None for a file kept
     elsewhere (a downloaded checkpoint's folder is not ours to write in)."""
     if outputs:
         return outputs[0].with_name(f"{outputs[0].stem}_confusion.png")
-    checkpoint = Path(config["evaluate"])
+    checkpoint = Path(settings.evaluate)
     if is_run_folder(checkpoint.parent):
-        return checkpoint.parent / f"confusion_{checkpoint.stem}_{config['dataset']}.png"
+        return checkpoint.parent / f"confusion_{checkpoint.stem}_{settings.dataset}.png"
     return None
 
 
@@ -81,15 +81,15 @@ def is_run_folder(folder):
     return isinstance(saved, dict) and "recipe_arch" in saved and (folder / "last.pth").is_file()
 
 
-def write_confusion_figure(logger, config, outputs, result, dataset):
+def write_confusion_figure(logger, settings, outputs, result, dataset):
     """The row-normalised confusion matrix figure of the evaluation, never over an existing file."""
-    path = confusion_figure_path(config, outputs)
+    path = confusion_figure_path(settings, outputs)
     if path is None:
         return
     if path.exists():
         logger.info(f"confusion matrix figure not written: {path} exists")
         return
-    title = f"{Path(config['evaluate']).name} on {config['dataset']}: {result['acc']:.2f}%"
+    title = f"{Path(settings.evaluate).name} on {settings.dataset}: {result['acc']:.2f}%"
     try:
         plot_confusion(path, result["confusion"], dataset.classes, title)
     except OutputError as error:  # an extra beside the result, never a reason to fail it
@@ -98,24 +98,24 @@ def write_confusion_figure(logger, config, outputs, result, dataset):
     logger.info(f"wrote {path}")
 
 
-def load_evaluation_inputs(config, args, arch):
+def load_evaluation_inputs(settings, args, arch):
     """The checkpoint's inference model, the test split it is evaluated on (its classes shared with
     the model's), the model's output index of each of those classes (None: all, in order) and a
     line saying how a model of other classes was matched (None when the classes are the same)."""
-    loaded = load_checkpoint(config["evaluate"])
+    loaded = load_checkpoint(settings.evaluate)
     info = loaded[1]
     if args.dataset is None and info.dataset:
-        config["dataset"] = info.dataset
+        settings.dataset = info.dataset
     named = bool(info.classes)  # our checkpoints name their classes; for other files they are the dataset's
-    trained = load_trained_model(config["evaluate"], dataset=None if named else config["dataset"],
-                                 class_list=None if named else config["classes"], data_root=config["data_root"],
+    trained = load_trained_model(settings.evaluate, dataset=None if named else settings.dataset,
+                                 class_list=None if named else settings.classes, data_root=settings.data_root,
                                  size=args.size, image_size=args.image_size, recipe_arch=arch,
                                  loaded=loaded)
-    dataset = load_split(config, "test", trained.transform())
-    return (trained, *shared_classes(trained.classes, dataset, config))
+    dataset = load_split(settings, "test", trained.transform())
+    return (trained, *shared_classes(trained.classes, dataset, settings))
 
 
-def shared_classes(model_classes, dataset, config):
+def shared_classes(model_classes, dataset, settings):
     """`(dataset view, model output indices, note)`: the images of the classes both know (matched
     by expression name, e.g. Happy = Happiness), relabelled in the dataset's order."""
     canonical = [canonical_class_name(name) for name in model_classes]
@@ -124,10 +124,10 @@ def shared_classes(model_classes, dataset, config):
     try:
         mapping = match_classes(model_classes, dataset.classes)
     except ValueError as error:
-        raise UsageError(f"{config['evaluate']}: {error}") from None
+        raise UsageError(f"{settings.evaluate}: {error}") from None
     shared = [label for label, index in enumerate(mapping) if index is not None]
     if not shared:
-        raise UsageError(f"{config['evaluate']} knows {', '.join(model_classes)}, and {config['dataset']} has "
+        raise UsageError(f"{settings.evaluate} knows {', '.join(model_classes)}, and {settings.dataset} has "
                          f"{', '.join(dataset.classes)}: no expression in common")
     relabel = np.full(dataset.num_classes, -1)
     relabel[shared] = np.arange(len(shared))
@@ -135,7 +135,7 @@ def shared_classes(model_classes, dataset, config):
     view = DatasetView(dataset, keep, relabel, classes=[dataset.classes[label] for label in shared])
     unknown = [dataset.classes[label] for label, index in enumerate(mapping) if index is None]
     pairs = ", ".join(f"{model_classes[mapping[label]]}={dataset.classes[label]}" for label in shared)
-    note = (f"cross-dataset: the model's classes matched to {config['dataset']}'s by name ({pairs}); "
+    note = (f"cross-dataset: the model's classes matched to {settings.dataset}'s by name ({pairs}); "
             f"{len(dataset) - len(keep)} images of classes the model does not know "
             f"({', '.join(unknown) or 'none'}) left out; scores over the {len(shared)} shared classes, "
             "from the model's logits of those classes")
@@ -177,12 +177,12 @@ def prediction_files(predictions):
     return path, path.with_suffix(".json")
 
 
-def write_prediction_files(outputs, config, dataset, result, report):
+def write_prediction_files(outputs, settings, dataset, result, report):
     """The per-image CSV and the summary JSON of `--predictions`."""
     csv_path, json_path = outputs
     atomic_write(csv_path, lambda handle: write_predictions(handle, dataset, result["logits"]), mode="w")
-    summary = dict(checkpoint=printable(config["evaluate"]), dataset=config["dataset"],
-                   test_transform=describe_transform(dataset.transform), tta=config["tta"], images=len(dataset),
+    summary = dict(checkpoint=printable(settings.evaluate), dataset=settings.dataset,
+                   test_transform=describe_transform(dataset.transform), tta=settings.tta, images=len(dataset),
                    accuracy=result["acc"], mean_class_accuracy=result["mean_class_acc"],
                    macro_f1=result["macro_f1"], per_class=report,
                    confusion=result["confusion"].tolist(), classes=dataset.classes)

@@ -3,6 +3,8 @@ from dataclasses import asdict, dataclass, field
 
 from models.architectures import architecture
 
+from .settings import RunSettings
+
 # Train augmentations (data_preprocessing.transforms); the test transform follows from them.
 AUG_A = dict(kind="A")
 AUG_A_NO_JITTER = dict(kind="A", color_jitter=False)
@@ -62,15 +64,17 @@ def recipe(arch, dataset):
                 anchor_divisor=architecture(arch).anchor_divisor)
 
 
-def fallback_note(config):
+def fallback_note(settings):
     """For a run on a dataset without a released recipe: one line naming the recipe it takes, with
-    the values that matter (one given on the command line is marked), else None."""
-    arch, dataset = config["recipe_arch"], config["dataset"]
+    the values that matter (one given on the command line is marked), else None. `settings`:
+    RunSettings, or their dict."""
+    settings = RunSettings.of(settings)
+    arch, dataset = settings.recipe_arch, settings.dataset
     if dataset == "demo" or (arch, dataset) in RELEASED:
         return None
     defaults = recipe(arch, dataset)
-    parts = [f"{label} {_shown(config[key])}"
-             + ("" if config[key] == defaults[key] else f" (given; the recipe's {_shown(defaults[key])})")
+    parts = [f"{label} {_shown(getattr(settings, key))}"
+             + ("" if getattr(settings, key) == defaults[key] else f" (given; the recipe's {_shown(defaults[key])})")
              for key, label in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch size"),
                                 ("augmentation", "augmentation"))]
     return f"{dataset} has no released recipe: it takes {FALLBACK_DATASET}'s {arch.upper()} recipe: {', '.join(parts)}"

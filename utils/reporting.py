@@ -145,14 +145,14 @@ class TensorBoardLog:
     """`--tensorboard`: the run's per-epoch scalars, the confusion matrix at each new best and its
     hyperparameters, in `<run folder>/tensorboard/` (`tensorboard --logdir <run folder>`)."""
 
-    def __init__(self, run_dir, config):
+    def __init__(self, run_dir, settings):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
         folder = Path(run_dir) / "tensorboard"
         refuse_link(folder)
         self.writer = SummaryWriter(str(folder))
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                           for k, v in config.items() if v is not None}
+                           for k, v in settings.as_dict().items() if v is not None}
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(hyperparameters.items())))
         self.hyperparameters = hyperparameters
 
@@ -162,9 +162,6 @@ class TensorBoardLog:
             if name != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(name, value, row["epoch"])
         self.writer.flush()
-
-    def log_best(self, confusion, class_names, title, epoch):
-        self.writer.add_figure("confusion_best", confusion_figure(confusion, class_names, title), epoch)
 
     def close(self, history):
         """The hyperparameters with the run's final figures, for TensorBoard's HPARAMS view."""
@@ -179,10 +176,10 @@ class RunReport:
     """The files a run rewrites after each epoch's `last.pth` (rank 0 only): `metrics.csv`, then
     `confusion_best.png` on a new best and `losses.png` and, with `--tensorboard`, its event files."""
 
-    def __init__(self, run_dir, config, classes, logger, enabled=True):
-        self.run_dir, self.config, self.classes, self.enabled = run_dir, config, classes, enabled
+    def __init__(self, run_dir, settings, classes, logger, enabled=True):
+        self.run_dir, self.settings, self.classes, self.enabled = run_dir, settings, classes, enabled
         self.logger = logger
-        self.tensorboard = TensorBoardLog(run_dir, config) if enabled and config.get("tensorboard") else None
+        self.tensorboard = TensorBoardLog(run_dir, settings) if enabled and settings.tensorboard else None
 
     def epoch(self, state, num_branches, confusion=None, tensorboard=True):
         """The metrics CSV, then the figures: the confusion matrix when `confusion` is given (a new
@@ -191,7 +188,7 @@ class RunReport:
         if not self.enabled:
             return
         write_metrics(self.run_dir / "metrics.csv", state.history, num_branches)
-        title = (f"{self.config['arch'].upper()} {self.config['dataset']}, epoch {state.best_epoch}: "
+        title = (f"{self.settings.arch.upper()} {self.settings.dataset}, epoch {state.best_epoch}: "
                  f"{state.best_acc:.2f}%")
         if confusion is not None:
             self._figure("confusion_best.png",
@@ -201,7 +198,8 @@ class RunReport:
             self.tensorboard.log_epoch(state.history[-1])
             if confusion is not None:
                 self._figure("TensorBoard's confusion_best",
-                             lambda: self.tensorboard.log_best(confusion, self.classes, title, state.best_epoch))
+                             lambda: self.tensorboard.writer.add_figure(
+                                 "confusion_best", confusion_figure(confusion, self.classes, title), state.best_epoch))
 
     def _figure(self, name, draw):
         try:

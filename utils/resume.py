@@ -15,6 +15,7 @@ from .settings import (
     DEFAULT_PRETRAINED,
     RESUMABLE,
     STATE,
+    RunSettings,
     UsageError,
     check,
     check_compile_backend,
@@ -25,56 +26,53 @@ from .settings import (
 from .training_state import RunState, epoch_sums_key, set_rng_states
 
 
-def read_resume_checkpoint(config, given, ended=lambda checkpoint: True):
-    """`--resume`: `(config with the checkpoint's settings merged in, checkpoint)`, refusing a file
-    that is not a continuable training checkpoint of this project or has nothing left to do: no
-    epoch to train, and `ended(checkpoint)`, its last epoch end was written in full."""
-    source = config["resume"]
+def read_resume_checkpoint(settings, given, ended=lambda checkpoint: True):
+    """`--resume`: `(RunSettings with the checkpoint's settings merged in, checkpoint)`, refusing a
+    file that is not a continuable training checkpoint of this project or has nothing left to do:
+    no epoch to train, and `ended(checkpoint)`, its last epoch end was written in full."""
+    source = settings.resume
     resumed = read_checkpoint(source)
-    config = merge_resumed_config(config, resumed, given)
-    check_training_state(resumed, source)
-    done = config["epochs"] == resumed["epoch"] and not resumed["step"] and ended(resumed)
-    if config["epochs"] < resumed["epoch"] or done:
+    settings = merge_resumed_settings(settings, resumed, given)
+    malformed = training_state_problem(resumed)
+    if malformed:
+        raise CheckpointError(f"--resume {source}: its training state is malformed ({malformed}); it cannot be "
+                              "continued")
+    done = settings.epochs == resumed["epoch"] and not resumed["step"] and ended(resumed)
+    if settings.epochs < resumed["epoch"] or done:
         raise UsageError(f"--resume {source}: the run has already trained {resumed['epoch']} epochs; "
                          f"give --epochs above {resumed['epoch']} to continue it")
-    return config, resumed
+    return settings, resumed
 
 
-def merge_resumed_config(config, checkpoint, given):
-    """The checkpoint's settings, with the options a resumed run may change taken from `config`."""
+def merge_resumed_settings(settings, checkpoint, given):
+    """The checkpoint's settings, with the options a resumed run may change taken from `settings`."""
+    source = settings.resume
     saved = checkpoint.get("run_config") if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict) or not saved or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"--resume {config['resume']} is not a training checkpoint of this project "
+        raise UsageError(f"--resume {source} is not a training checkpoint of this project "
                          "(an authors' checkpoint can be evaluated with --evaluate)")
     script_arch = saved.get("recipe_arch", saved.get("arch"))
     if script_arch not in scripts():
-        raise UsageError(f"--resume {config['resume']}: its saved settings name no script (recipe_arch is "
+        raise UsageError(f"--resume {source}: its saved settings name no script (recipe_arch is "
                          f"{script_arch!r}); the file is damaged or not ours")
-    if script_arch != config["recipe_arch"]:
-        raise UsageError(f"--resume {config['resume']} is a {script_arch.upper()} run; "
+    if script_arch != settings.recipe_arch:
+        raise UsageError(f"--resume {source} is a {script_arch.upper()} run; "
                          f"continue it with main_{script_arch.upper()}.py")
-    conflicts = sorted(k for k in given - set(names(RESUMABLE)) if saved.get(k) != config[k])
+    conflicts = sorted(k for k in given - set(names(RESUMABLE)) if saved.get(k) != getattr(settings, k))
     if conflicts:
         raise UsageError("a resumed run keeps its settings; these differ from the checkpoint: "
-                         + ", ".join(f"{flag(k)} {config[k]} (saved: {saved.get(k)})" for k in conflicts))
-    merged = {**config, **saved}  # settings added since the checkpoint was written keep their defaults
+                         + ", ".join(f"{flag(k)} {getattr(settings, k)} (saved: {saved.get(k)})" for k in conflicts))
+    merged = {**settings.as_dict(), **saved}  # settings added since the checkpoint was written keep their defaults
     for key in names(RESUMABLE):
-        merged[key] = config[key] if key in given or key == "resume" else merged.get(key)
-    merged["output_dir"] = config["output_dir"] if "output_dir" in given else None
+        merged[key] = getattr(settings, key) if key in given or key == "resume" else merged.get(key)
+    merged["output_dir"] = settings.output_dir if "output_dir" in given else None
     try:
-        check(merged)
-        if merged["compile"]:  # a saved backend this torch lacks
-            check_compile_backend(merged["compile_backend"])
+        merged = RunSettings.from_mapping(merged)
+        if merged.compile:  # a saved backend this torch lacks
+            check_compile_backend(merged.compile_backend)
     except UsageError as error:
-        raise UsageError(f"--resume {config['resume']}: its saved settings are invalid: {error}") from None
+        raise UsageError(f"--resume {source}: its saved settings are invalid: {error}") from None
     return merged
-
-
-def check_training_state(checkpoint, path):
-    """The counters and states a resumed run continues from must be what this project writes."""
-    problem = training_state_problem(checkpoint)
-    if problem:
-        raise CheckpointError(f"--resume {path}: its training state is malformed ({problem}); it cannot be continued")
 
 
 def training_state_problem(checkpoint):

@@ -53,7 +53,6 @@ class NewFolder:
     taken: Taken
     parents: tuple = ()
 
-_held_locks = {}  # run folder → open lock file, for as long as this process works in it
 
 try:
     import fcntl
@@ -65,13 +64,32 @@ class RunFolderBusy(UsageError):
     """Another process holds the run folder's lock."""
 
 
+class RunFolderLocks:
+    """The run-folder locks this process holds (folder → its open lock file), each from `take` until
+    `release` or the end of the process (the OS drops it when the process dies). The run's `main`
+    owns them and releases them when it ends."""
+
+    def __init__(self):
+        self.held = {}
+
+    def take(self, run_dir):
+        """Lock `run_dir` (once; see `lock_run_dir`), then remove the temporaries only a killed
+        writer of this folder can have left."""
+        run_dir = Path(run_dir)
+        if fcntl is None or run_dir in self.held:
+            return
+        self.held[run_dir] = lock_run_dir(run_dir)
+        remove_stale_temporaries(run_dir)
+
+    def release(self):
+        release_run_dirs(*self.held.values())
+        self.held.clear()
+
+
 def lock_run_dir(run_dir):
-    """Take the folder's exclusive lock until `release_run_dirs` or the end of this process
-    (the OS drops it when the process dies); refuse, naming the holder's pid, when it is taken."""
-    run_dir = Path(run_dir)
-    if fcntl is None or run_dir in _held_locks:
-        return
-    handle = open_for_append(run_dir / LOCK_NAME)
+    """The folder's open lock file, holding its exclusive lock; refuse, naming the holder's pid,
+    when another process holds it."""
+    handle = open_for_append(Path(run_dir) / LOCK_NAME)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -84,25 +102,23 @@ def lock_run_dir(run_dir):
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    _held_locks[run_dir] = handle
-    remove_stale_temporaries(run_dir)  # only a killed writer of this folder can have left them
+    return handle
 
 
-def release_run_dirs():
-    """Drop every run-folder lock this process holds."""
-    while _held_locks:
-        _, handle = _held_locks.popitem()
+def release_run_dirs(*locks):
+    """Drop the given run-folder locks (`lock_run_dir`'s files)."""
+    for handle in locks:
         handle.close()
 
 
-def create_run_dir(output_dir, run_name):
-    """Create and lock a new run folder: `output_dir` (new, or empty) or `log/<run_name>-<time>`.
-    Returns `(folder, NewFolder)`.
+def create_run_dir(output_dir, run_name, locks):
+    """Create and lock (into `locks`) a new run folder: `output_dir` (new, or empty) or
+    `log/<run_name>-<time>`. Returns `(folder, NewFolder)`.
 
     Creation and locking leave no window in which two runs could both take the same folder.
     """
     if output_dir is None:
-        return _create_timestamped(Path("log"), run_name), NewFolder(Taken.MADE)
+        return _create_timestamped(Path("log"), run_name, locks), NewFolder(Taken.MADE)
     output_dir = Path(output_dir)
     with output_errors(output_dir, "--output-dir", "checking it"):
         if output_dir.exists() and not output_dir.is_dir():
@@ -118,13 +134,13 @@ def create_run_dir(output_dir, run_name):
         made_parents = tuple(parents.folders)
         parents.keep()
     had_lock_file = (output_dir / LOCK_NAME).exists()
-    lock_run_dir(output_dir)
+    locks.take(output_dir)
     held = [p for p in output_dir.iterdir() if p.name != LOCK_NAME]
     if held and restartable(output_dir, held):
         shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)  # its events start again
         return output_dir, NewFolder(Taken.RESTARTED)
     if held:
-        release_run_dirs()
+        locks.release()
         if not had_lock_file:  # leave another run's folder as it was
             (output_dir / LOCK_NAME).unlink(missing_ok=True)
         last = output_dir / LAST
@@ -142,7 +158,7 @@ def restartable(folder, entries):
         and not (folder / "tensorboard").is_symlink()
 
 
-def _create_timestamped(parent, run_name):
+def _create_timestamped(parent, run_name, locks):
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     with output_errors(parent, None, "creating the folder"):
         parent.mkdir(parents=True, exist_ok=True)
@@ -153,41 +169,41 @@ def _create_timestamped(parent, run_name):
                 folder.mkdir()
         except FileExistsError:
             continue
-        lock_run_dir(folder)
+        locks.take(folder)
         return folder
     raise OutputError(f"{parent}: no free run folder name for {run_name}-{stamp}")
 
 
-def read_resume_source(config, given):
-    """`--resume`: the checkpoint's settings merged into `config`, the checkpoint, and
+def read_resume_source(settings, given):
+    """`--resume`: the checkpoint's settings merged into `settings`, the checkpoint, and
     `(plan, folder, source stat)` for `prepare_run_dir` (see `resume_plan`)."""
-    source = Path(config["resume"])
+    source = Path(settings.resume)
     if not source.is_file():
         raise FileNotFoundError(f"--resume {source}: no such file")
     source_stat = source.stat()  # taken before reading: a change while starting is noticed
     if source.name == LAST and "output_dir" not in given:  # a stopped epoch end is finished there
-        config, resumed = read_resume_checkpoint(config, given, ended=_epoch_end_written(source.parent))
+        settings, resumed = read_resume_checkpoint(settings, given, ended=_epoch_end_written(source.parent))
     else:
-        config, resumed = read_resume_checkpoint(config, given)
-    plan, folder = resume_plan(config, resumed, given)
+        settings, resumed = read_resume_checkpoint(settings, given)
+    plan, folder = resume_plan(settings, resumed, given)
     if plan == "branch":
-        config["branched_from"] = str(source.resolve())
-    return config, resumed, (plan, folder, source_stat)
+        settings.branched_from = str(source.resolve())
+    return settings, resumed, (plan, folder, source_stat)
 
 
 def _epoch_end_written(folder):
     return lambda checkpoint: not unfinished_epoch_end(folder, checkpoint["best_epoch"] == checkpoint["epoch"])
 
 
-def resume_plan(config, checkpoint, given):
+def resume_plan(settings, checkpoint, given):
     """Where a `--resume` continues: `("continue", folder)` in the folder whose newest state the
     checkpoint is, or `("branch", None)` into a new run folder (`--output-dir`). Anything else
     would rewrite a run's history and is refused, naming the newer state."""
-    source = Path(config["resume"]).resolve()
+    source = Path(settings.resume).resolve()
     folder = source.parent
     last = folder / LAST
     own_run = source == last and (folder / RUN_MARKER).is_file() and same_run(folder, checkpoint)
-    if own_run and ("output_dir" not in given or Path(config["output_dir"]).resolve() == folder):
+    if own_run and ("output_dir" not in given or Path(settings.output_dir).resolve() == folder):
         return "continue", folder
     if "output_dir" in given:
         return "branch", None
@@ -197,7 +213,7 @@ def resume_plan(config, checkpoint, given):
         problem = f"it belongs to another run than the one in {folder};"
     else:
         problem = f"{folder} is not a run folder (it has no {LAST} beside a {RUN_MARKER});"
-    raise UsageError(f"--resume {config['resume']}: {problem} give --output-dir NEW to start a new run "
+    raise UsageError(f"--resume {settings.resume}: {problem} give --output-dir NEW to start a new run "
                      "folder from it")
 
 
@@ -212,8 +228,8 @@ def same_run(folder, checkpoint):
     return saved_id is None or saved_id == folder_id
 
 
-def prepare_run_dir(config, resume=None):
-    """Rank 0 creates (or, to continue a run, locks) the run folder and writes `config.json`;
+def prepare_run_dir(settings, locks, resume=None):
+    """Rank 0 creates (or, to continue a run, locks) the run folder (into `locks`) and writes `config.json`;
     every rank learns its path. Returns `(folder, new_folder)`: a `NewFolder` for a folder this
     process took, None when it continues a run's own folder.
 
@@ -224,32 +240,31 @@ def prepare_run_dir(config, resume=None):
     if ddp.is_main_process():
         if resume is not None and resume[0] == "continue":
             run_dir = resume[1]
-            lock_run_dir(run_dir)
-            if _stat_key(run_dir / LAST) != _stat_key(resume[2]):
-                release_run_dirs()
+            locks.take(run_dir)
+            if _stat_key(os.stat(run_dir / LAST)) != _stat_key(resume[2]):
+                locks.release()
                 raise UsageError(f"{run_dir / LAST} changed while this run started (another process "
                                  "wrote it); resume again from its new state")
         else:
-            run_dir, new_folder = create_run_dir(config["output_dir"], f"{config['dataset']}-{config['arch']}")
-            config["run_id"] = uuid.uuid4().hex
-        config["output_dir"] = str(run_dir)
-        atomic_write_text(json.dumps(config, indent=2, default=str), run_dir / RUN_MARKER)
+            run_dir, new_folder = create_run_dir(settings.output_dir, f"{settings.dataset}-{settings.arch}", locks)
+            settings.run_id = uuid.uuid4().hex
+        settings.output_dir = str(run_dir)
+        atomic_write_text(json.dumps(settings.as_dict(), indent=2, default=str), run_dir / RUN_MARKER)
     return Path(ddp.broadcast_object(str(run_dir) if run_dir else None)), new_folder
 
 
-def _stat_key(stat_or_path):
-    stat = os.stat(stat_or_path) if isinstance(stat_or_path, (str, Path)) else stat_or_path
+def _stat_key(stat):
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def discard_failed_start(run_dir, new_folder):
+def discard_failed_start(run_dir, new_folder, locks):
     """Undo a failed start when nothing was saved, so that it leaves nothing that blocks a rerun:
     remove a folder this process made (`Taken.MADE`) and the parents made for it, or empty again
     one it took (`Taken.EMPTIED` or `RESTARTED`; the folder, or the link to it, stays). Returns what
     was done, as words for the log ("removed", "emptied"), or None."""
     if not new_folder or not ddp.is_main_process() or (run_dir / LAST).exists():
         return None
-    release_run_dirs()
+    locks.release()
     with contextlib.suppress(OSError):
         for entry in run_dir.iterdir():  # all of it is this run's: the folder was new or empty
             if entry.is_dir() and not entry.is_symlink():

@@ -8,6 +8,7 @@ against it. The module imports no torch, so `--help` and usage errors answer at 
 """
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -65,10 +66,6 @@ class Setting:
     roles: tuple = ()
     short: str | None = None
     cli: dict | None = None
-
-    @property
-    def flag(self):
-        return flag(self.name)
 
 
 def _option(name, kind, group, roles=(), bounds=None, choices=None, nullable=None, short=None, **cli):
@@ -273,6 +270,47 @@ def check(values, label=flag, schema=BY_NAME):
             raise UsageError(f"{label(name)} {message}")
 
 
+class _RunSettingsMethods:
+    """The methods of `RunSettings`."""
+
+    @classmethod
+    def from_mapping(cls, values):
+        """The settings `values` holds (a resolved command line, a `--config` file, a checkpoint's
+        `run_config`), each checked against its `Setting` by `check` (UsageError otherwise)."""
+        check(values)
+        return cls.of(values)
+
+    @classmethod
+    def of(cls, values):
+        """`values` itself when it is RunSettings, else the settings of a mapping already resolved
+        (a tool's `resolve_config` result), taken as they are. Keys that name no setting (written
+        by an older or newer release) are kept, to be saved again."""
+        if isinstance(values, cls):
+            return values
+        settings = cls(**{name: value for name, value in values.items() if name in BY_NAME})
+        settings._extra = {name: value for name, value in values.items() if name not in BY_NAME}
+        settings._order = list(values)
+        return settings
+
+    def __setattr__(self, name, value):
+        """A setting set later (`num_classes`, `run_id`, ...) is saved after those set before it."""
+        super().__setattr__(name, value)
+        order = vars(self).get("_order")
+        if order is not None and name in BY_NAME and name not in order:
+            order.append(name)
+
+    def as_dict(self):
+        """The settings as saved (`config.json`, a checkpoint's `run_config`): every key in the
+        order it was first set, as the mapping it came from had them."""
+        return {name: self._extra[name] if name in self._extra else getattr(self, name) for name in self._order}
+
+
+# A run's settings as typed attributes (`settings.batch_size`), one field per `Setting`.
+RunSettings = dataclasses.make_dataclass(
+    "RunSettings", [(setting.name, setting.kind | None, None) for setting in SETTINGS],
+    bases=(_RunSettingsMethods,))
+
+
 def check_compile_backend(backend):
     """`--compile-backend` must name a backend `torch.compile` has here (checked before any work)."""
     import torch._dynamo  # imported only with --compile: it takes a few seconds
@@ -335,7 +373,7 @@ def add_option(group, setting, **overrides):
     else:
         options.update(type=setting.kind if setting.kind is not str else None, choices=setting.choices)
         options = {key: value for key, value in options.items() if value is not None}
-    group.add_argument(*filter(None, (setting.short, setting.flag)), **options)
+    group.add_argument(*filter(None, (setting.short, flag(setting.name))), **options)
 
 
 def build_parser(arch):

@@ -19,7 +19,7 @@ from models.architectures import architecture
 
 from . import distributed as ddp
 from .checkpoint import CheckpointError
-from .config import UsageError, model_from_config, parse_args, resolve_config
+from .config import UsageError, model_from_config, parse_args, resolve_settings
 from .data import RunData, epoch_loader, load_training_data
 from .device import DeviceUnavailable, place_model, resolve_device, use_channels_last
 from .engine import NonFiniteLoss, StepSettings, evaluate, train_one_epoch
@@ -30,15 +30,16 @@ from .reporting import RunReport, epoch_row, log_into, make_logger
 from .resume import load_pretrained, restore_training
 from .run_folder import (
     NewFolder,
+    RunFolderLocks,
     Taken,
     discard_failed_start,
     prepare_run_dir,
     read_resume_source,
-    release_run_dirs,
     unfinished_epoch_end,
 )
 from .runtime import RunControl, kill_worker_processes, signals_handled_by
 from .sam import SAM
+from .settings import RunSettings
 from .training_state import RunState, Saver, rng_states, set_rng_states
 
 # Errors in what the user gave (options, files, data): one line and exit status 2.
@@ -49,11 +50,11 @@ USER_ERRORS = (UsageError, DataError, CheckpointError, DeviceUnavailable, Output
 def main(arch, argv=None):
     """Entry point of `main_DCS.py` (`arch="dcs"`) and `main_QCS.py` (`arch="qcs"`)."""
     args = parse_args(arch, argv)
-    logger = make_logger(enabled=True)
+    logger, locks = make_logger(enabled=True), RunFolderLocks()
     try:
         if args.evaluate:
             return run_evaluation(arch, args, logger)
-        return run_training(arch, args, logger)
+        return run_training(arch, args, logger, locks)
     except USER_ERRORS as error:
         logger.error(f"error: {error}")
         return 2
@@ -65,14 +66,14 @@ def main(arch, argv=None):
         logger.error(f"interrupted: {error}" if str(error) else "interrupted")
         return 130
     finally:
-        release_run_dirs()
+        locks.release()
         ddp.cleanup()
 
 
 @dataclass
 class Run:
     """Everything one training run holds between epochs."""
-    config: dict
+    settings: RunSettings
     device: torch.device
     world_size: int
     data: RunData
@@ -89,16 +90,17 @@ class Run:
 
     @property
     def num_branches(self):
-        return architecture(self.config["arch"]).branches
+        return architecture(self.settings.arch).branches
 
 
-def run_training(arch, args, logger):
-    """Train (or continue) a run; returns the exit status (130 when stopped by a signal)."""
-    run = set_up_run(arch, args, logger)
+def run_training(arch, args, logger, locks):
+    """Train (or continue) a run, its folder locked into `locks`; returns the exit status (130 when
+    stopped by a signal)."""
+    run = set_up_run(arch, args, logger, locks)
     try:
         return train_epochs(run)
     except BaseException:
-        undone = discard_failed_start(run.saver.run_dir, run.new_folder)
+        undone = discard_failed_start(run.saver.run_dir, run.new_folder, locks)
         if undone:
             run.logger.info(f"{undone} the run folder {run.saver.run_dir}: nothing had been saved in it")
         raise
@@ -108,10 +110,10 @@ def run_training(arch, args, logger):
 
 def train_epochs(run):
     """The loop over the run's remaining epochs."""
-    control = RunControl(run.config["save_every"], run.device)
+    control = RunControl(run.settings.save_every, run.device)
     with signals_handled_by(control):
         complete_epoch_end(run)
-        for epoch in range(run.state.epoch, run.config["epochs"]):
+        for epoch in range(run.state.epoch, run.settings.epochs):
             progress = EpochProgress(run, control, epoch)
             metrics, stopped = train_epoch(run, epoch, progress)
             if stopped:
@@ -122,83 +124,83 @@ def train_epochs(run):
     return finish(run)
 
 
-def set_up_run(arch, args, logger):
+def set_up_run(arch, args, logger, locks):
     """Resolve the settings, load the data, build or restore the model and create the run folder."""
-    config = resolve_config(arch, args)
-    config, resumed, resume = read_resume_source(config, args.given) if config["resume"] else (config, None, None)
-    device = resolve_device(config["device"])
+    settings = resolve_settings(arch, args)
+    settings, resumed, resume = read_resume_source(settings, args.given) if settings.resume else (settings, None, None)
+    device = resolve_device(settings.device)
     rank, world_size, local_rank = ddp.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
-    torch.manual_seed(config["seed"] + rank)
-    data = load_training_data(config, device, rank, world_size)
-    config["num_classes"] = data.train_set.num_classes
-    model = model_from_config(config)
-    pretrained_note = load_pretrained(model, config["pretrained"]) if resumed is None else None
-    run_dir, new_folder = prepare_run_dir(config, resume)
+    torch.manual_seed(settings.seed + rank)
+    data = load_training_data(settings, device, rank, world_size)
+    settings.num_classes = data.train_set.num_classes
+    model = model_from_config(settings)
+    pretrained_note = load_pretrained(model, settings.pretrained) if resumed is None else None
+    run_dir, new_folder = prepare_run_dir(settings, locks, resume)
     try:
-        return start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note,
+        return start_run(settings, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note,
                          logger)
     except BaseException:
-        discard_failed_start(run_dir, new_folder)
+        discard_failed_start(run_dir, new_folder, locks)
         raise
 
 
-def start_run(config, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note, logger):
+def start_run(settings, resumed, data, model, device, world_size, run_dir, new_folder, pretrained_note, logger):
     """The run's optimiser, schedule and counters, restored when resuming; `logger` now also writes
     the run folder's log."""
     log_into(logger, run_dir, enabled=ddp.is_main_process())
-    if config.get("replayed_from") and resumed is None:
-        logger.info(f"settings replayed from {config['replayed_from']}, except those given on the command "
-                    f"line: {', '.join(config['replay_overrides']) or 'none'}")
-    for note in (fallback_note(config), pretrained_note):
+    if settings.replayed_from and resumed is None:
+        logger.info(f"settings replayed from {settings.replayed_from}, except those given on the command "
+                    f"line: {', '.join(settings.replay_overrides) or 'none'}")
+    for note in (fallback_note(settings), pretrained_note):
         if note:
             logger.info(note)
     if new_folder is not None and new_folder.taken == Taken.RESTARTED:
         logger.info(f"took the run folder {run_dir} again: its run had stopped before it saved an epoch")
-    channels_last = use_channels_last(config["channels_last"], device)
+    channels_last = use_channels_last(settings.channels_last, device)
     place_model(model, device, channels_last)
-    optimizer = SAM(model.parameters(), torch.optim.Adam, rho=config["rho"], lr=config["lr"],
+    optimizer = SAM(model.parameters(), torch.optim.Adam, rho=settings.rho, lr=settings.lr,
                     betas=(0.9, 0.999), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=config["gamma"])
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer.base_optimizer, gamma=settings.gamma)
     state = RunState()
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, scheduler)
         where = "into the new run folder" if new_folder else "in its run folder"
         regrouped = (f" (saved by {state.world_size} process(es), continued by {world_size}: the epoch goes on "
                      "with the groups none of them trained)" if state.step and state.world_size != world_size else "")
-        logger.info(f"resumed {config['resume']} at epoch {state.epoch + 1}, step {state.step}, {where}{regrouped}")
+        logger.info(f"resumed {settings.resume} at epoch {state.epoch + 1}, step {state.step}, {where}{regrouped}")
     state.world_size = world_size
     classes = data.train_set.classes
     step_settings = StepSettings(
-        loss_options=dict(distill=config["distill"], distill_weight=config["distill_weight"],
-                          temperature=config["temperature"]),
-        amp=config["amp"], channels_last=channels_last, augment=data.device_augment,
-        image_names=data.train_set.image_names, logger=logger, print_freq=config["print_freq"],
-        epochs=config["epochs"],
-        images_per_step=config["batch_size"] * architecture(config["arch"]).branches * world_size)
-    run = Run(config, device, world_size, data, model, wrap_for_training(model, config, device, world_size),
-              optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, config, classes),
-              RunReport(run_dir, config, classes, logger, enabled=ddp.is_main_process()), logger, state, step_settings,
-              new_folder)
-    if config["tensorboard"]:
+        loss_options=dict(distill=settings.distill, distill_weight=settings.distill_weight,
+                          temperature=settings.temperature),
+        amp=settings.amp, channels_last=channels_last, augment=data.device_augment,
+        image_names=data.train_set.image_names, logger=logger, print_freq=settings.print_freq,
+        epochs=settings.epochs,
+        images_per_step=settings.batch_size * architecture(settings.arch).branches * world_size)
+    run = Run(settings, device, world_size, data, model, wrap_for_training(model, settings, device, world_size),
+              optimizer, scheduler, Saver(run_dir, model, optimizer, scheduler, settings, classes),
+              RunReport(run_dir, settings, classes, logger, enabled=ddp.is_main_process()), logger, state,
+              step_settings, new_folder)
+    if settings.tensorboard:
         logger.info(f"TensorBoard event files go into {run_dir / 'tensorboard'} "
                     f"(view them with: tensorboard --logdir {run_dir})")
-    arch = architecture(config["arch"])
+    arch = architecture(settings.arch)
     name = arch.title if arch.cross else f"{arch.title} (base branch alone)"
-    logger.info(f"{name} on {config['dataset']}: {len(data.train_set)} train / "
+    logger.info(f"{name} on {settings.dataset}: {len(data.train_set)} train / "
                 f"{len(data.test_loader.dataset)} test images, {data.train_set.num_classes} classes, "
                 f"{world_size} process(es) on {device}; run folder {run_dir}")
     return run
 
 
-def wrap_for_training(model, config, device, world_size):
+def wrap_for_training(model, settings, device, world_size):
     """The model as trained: DDP across processes, then `torch.compile` when asked."""
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config["compile"]:
-        model = torch.compile(model, backend=config["compile_backend"])
+    if settings.compile:
+        model = torch.compile(model, backend=settings.compile_backend)
     return model
 
 
@@ -211,7 +213,7 @@ class EpochProgress:
         state = run.state
         self.run, self.control, self.epoch = run, control, epoch
         self.first_step = self.step = self.saved_step = state.step
-        self.groups_per_step = run.config["batch_size"] * run.world_size
+        self.groups_per_step = run.settings.batch_size * run.world_size
         # a file that does not record it: each rank trained `step` full batches of its own share
         self.first_groups = state.step * self.groups_per_step if state.groups_done is None else state.groups_done
         self.seconds_before = (state.epoch_sums or {}).get("seconds", 0.0)
@@ -267,8 +269,9 @@ def train_epoch(run, epoch, progress):
         last = run.saver.last_path()
         raise NonFiniteLoss(f"{error}. " + (f"Last good checkpoint: {last}" if last.exists()
                                             else "No checkpoint had been saved yet")) from None
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not is_out_of_memory(error):
+    except (torch.OutOfMemoryError, RuntimeError) as error:  # the allocator's failure, CUDA's or the CPU's
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error) \
+                and "out of memory" not in str(error):
             raise
         raise UsageError(out_of_memory_advice(run, error)) from None
     except DataError as error:
@@ -291,28 +294,22 @@ def own_epoch_sums(state, world_size):
     return sums if ddp.is_main_process() else None
 
 
-def is_out_of_memory(error):
-    """Whether `error` is an allocator's failure (CUDA's OutOfMemoryError, or the CPU's)."""
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error) \
-        or "out of memory" in str(error)
-
-
 def out_of_memory_advice(run, error):
     """One line: what ran out, how much was asked for, and the options that need less."""
     asked = re.search(r"[Tt]ried to allocate ([\d.]+) ?(bytes|[KMGT]iB)", str(error))
     size = None if asked is None else (f"{int(asked[1]) / 2 ** 30:.1f} GiB" if asked[2] == "bytes"
                                        else f"{asked[1]} {asked[2]}")
-    config = run.config
-    return (f"out of memory on {run.device} training with -b {config['batch_size']} at {config['image_size']} px"
+    settings = run.settings
+    return (f"out of memory on {run.device} training with -b {settings.batch_size} at {settings.image_size} px"
             + (f" (an allocation of {size} failed)" if size else "")
             + "; lower -b/--batch-size, or use --amp or --checkpoint-backbone"
-            + (", or a smaller --size" if config["size"] != "tiny" else ""))
+            + (", or a smaller --size" if settings.size != "tiny" else ""))
 
 
 def evaluate_test_splits(run):
     """The base branch on the test split, and the accuracy on each extra split (the validation
     split, as `val`, with `--select-on val`)."""
-    options = dict(amp=run.config["amp"], channels_last=run.step_settings.channels_last, tta=run.config["tta"])
+    options = dict(amp=run.settings.amp, channels_last=run.step_settings.channels_last, tta=run.settings.tta)
     num_classes = run.data.train_set.num_classes
     result = evaluate(run.model, run.data.test_loader, run.device, num_classes, **options)
     loaders = {**run.data.extra_loaders, **({"val": run.data.val_loader} if run.data.val_loader else {})}
@@ -324,7 +321,7 @@ def evaluate_test_splits(run):
 def end_epoch(run, epoch, metrics, progress):
     """Evaluate, step the schedule, then commit the epoch with last.pth and write after it best.pth
     (on a new best), metrics.csv and the figures: a stop at any point leaves a folder that resumes."""
-    state, on_val = run.state, run.config["select_on"] == "val"
+    state, on_val = run.state, run.settings.select_on == "val"
     try:
         result, extra = evaluate_test_splits(run)
     except DataError as error:  # the trained steps are kept: a resumed run evaluates them again
@@ -341,7 +338,7 @@ def end_epoch(run, epoch, metrics, progress):
     row = epoch_row(epoch, lr, metrics, result, state, progress.seconds(), run.num_branches)
     row.update({f"{split}_acc": acc for split, acc in extra.items()})
     row.update({"test_at_best": state.test_at_best} if on_val else {})
-    row.update({"tta": run.config["tta"]} if run.config["tta"] != "none" else {})
+    row.update({"tta": run.settings.tta} if run.settings.tta != "none" else {})
     state.history.append(row)
     state.epoch, state.step, state.epoch_sums, state.groups_done = epoch + 1, 0, None, 0
     try:
@@ -349,12 +346,12 @@ def end_epoch(run, epoch, metrics, progress):
     except OutputError as error:
         raise OutputError(f"{error} ({kept(run, False)})") from None
     write_after_last(run, result["confusion"] if is_best else None)
-    run.logger.info(f"epoch {epoch + 1}/{run.config['epochs']}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
+    run.logger.info(f"epoch {epoch + 1}/{run.settings.epochs}  lr {lr:.3g}  loss {metrics['loss']:.4f}  "
                     f"train {metrics['train_acc']:.2f}%  test {result['acc']:.2f}%  "
                     f"(mean class {result['mean_class_acc']:.2f}%, macro-F1 {result['macro_f1']:.2f}%)  "
                     f"{best_summary(run)}  {row['epoch_time_s']:.1f}s"
                     + "".join(f"  {split} {acc:.2f}%" for split, acc in extra.items())
-                    + ("  (flip TTA)" if run.config["tta"] == "flip" else ""))
+                    + ("  (flip TTA)" if run.settings.tta == "flip" else ""))
 
 
 def write_after_last(run, confusion, tensorboard=True):
@@ -400,7 +397,7 @@ def complete_epoch_end(run):
 def best_summary(run):
     """`best 71.20% @ 3`, or with `--select-on val`: `best val 70.10% @ 3 (test 71.20%)`."""
     state = run.state
-    if run.config["select_on"] != "val":
+    if run.settings.select_on != "val":
         return f"best {state.best_acc:.2f}% @ {state.best_epoch}"
     return f"best val {state.best_acc:.2f}% @ {state.best_epoch} (test {state.test_at_best:.2f}%)"
 
@@ -414,7 +411,7 @@ def finish(run):
             return 1
     state = run.state
     chosen = (f"best validation accuracy {state.best_acc:.2f}% at epoch {state.best_epoch}, test accuracy "
-              f"there {state.test_at_best:.2f}%" if run.config["select_on"] == "val" else
+              f"there {state.test_at_best:.2f}%" if run.settings.select_on == "val" else
               f"best test accuracy {state.best_acc:.2f}% at epoch {state.best_epoch}")
     run.logger.info(f"done: {chosen}; run folder {run.saver.run_dir}")
     return 0

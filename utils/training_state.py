@@ -56,9 +56,6 @@ class RunState:
     # `world_size` trained groups r, r + world_size, ... below it); None: not recorded (older files)
     groups_done: int | None = None
 
-    def as_checkpoint(self):
-        return asdict(self)
-
     @classmethod
     def from_checkpoint(cls, checkpoint):
         return cls(epoch=checkpoint["epoch"], step=checkpoint["step"], best_acc=checkpoint["best_acc"],
@@ -74,7 +71,7 @@ def epoch_sums_key(checkpoint):
     return next((key for key in ("epoch_sums", "partial") if checkpoint.get(key) is not None), "epoch_sums")
 
 
-def training_checkpoint(model, optimizer, scheduler, state, config, classes, rng_by_rank=None):
+def training_checkpoint(model, optimizer, scheduler, state, settings, classes, rng_by_rank=None):
     """Everything needed to continue a run exactly; `rng_by_rank`: every rank's `rng_states()`
     (default: this process's alone)."""
     rng_by_rank = rng_by_rank or [rng_states()]
@@ -87,8 +84,8 @@ def training_checkpoint(model, optimizer, scheduler, state, config, classes, rng
         "scheduler": scheduler.state_dict(),
         "rng": rng_by_rank[0],
         **({"rng_by_rank": rng_by_rank} if len(rng_by_rank) > 1 else {}),
-        "run_config": config,
-        **state.as_checkpoint(),
+        "run_config": settings.as_dict(),
+        **asdict(state),
     }
 
 
@@ -96,9 +93,9 @@ class Saver:
     """Writes the run's `last.pth` and `best.pth` (rank 0, with every rank's RNG states), each
     atomically; every rank calls it."""
 
-    def __init__(self, run_dir, model, optimizer, scheduler, config, classes):
+    def __init__(self, run_dir, model, optimizer, scheduler, settings, classes):
         self.run_dir, self.model, self.optimizer, self.scheduler = run_dir, model, optimizer, scheduler
-        self.config, self.classes = config, classes
+        self.settings, self.classes = settings, classes
         self.enabled = ddp.is_main_process()
 
     def last_path(self):
@@ -113,6 +110,6 @@ class Saver:
     def _save(self, state, path):
         rng_by_rank = ddp.gather_objects(rng_states())  # a collective: every rank takes part
         if self.enabled:
-            atomic_save(training_checkpoint(self.model, self.optimizer, self.scheduler, state, self.config,
+            atomic_save(training_checkpoint(self.model, self.optimizer, self.scheduler, state, self.settings,
                                             self.classes, rng_by_rank), path)
 
