@@ -3,11 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .architectures import with_branches
-
-# `--distill` forms: "kl" and "l2" are the release's helpers; "kl-detached" and "mse" are ours.
-DISTILL_CHOICES = ("none", "kl", "l2", "kl-detached", "mse")
-# The forms that use `temperature`.
-TEMPERATURE_DISTILLS = ("kl", "kl-detached")
+from .options import DISTILL_CHOICES
 
 
 def group_targets(y, y_n, num_outputs):

@@ -23,12 +23,6 @@ from .csa import CrossBlock
 from .ir50 import IR50Stages
 from .vit import TokenViT
 
-# Same structure at every size; "paper" is the published network, the others are for CPU demos and tests.
-MODEL_SIZES = {
-    "paper": dict(channels=(64, 128, 256), units=(3, 4, 14), dim=768, num_heads=8, input_size=112),
-    "small": dict(channels=(32, 64, 128), units=(2, 2, 4), dim=192, num_heads=4, input_size=112),
-    "tiny": dict(channels=(16, 32, 64), units=(1, 1, 2), dim=64, num_heads=4, input_size=56),
-}
 NUM_FEATURE_LEVELS = 3
 
 

@@ -5,7 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .build import ARCHS, OPTION_CHOICES, build_model, count_parameters, inference_model
+from .build import ARCHS, build_model, count_parameters, inference_model
+from .options import OPTION_CHOICES
 
 
 def inference_gflops(model, image_size=224):

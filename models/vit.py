@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import OPTION_CHOICES
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a qkv projection (bias) and an output projection."""
@@ -67,9 +69,6 @@ class SEHead(nn.Module):
         return self.classifier(x * gate)
 
 
-LINEAR_INITS = ("released", "xavier")
-
-
 def init_linear_weight(weight, scheme):
     """`released`: truncated normal, std 0.01 (the release). `xavier`: Xavier-uniform, whose larger
     weights let the class token depend on the image from the first step (METHOD.md §8)."""
@@ -78,7 +77,7 @@ def init_linear_weight(weight, scheme):
     elif scheme == "xavier":
         nn.init.xavier_uniform_(weight)
     else:
-        raise ValueError(f"unknown linear init {scheme!r}; choose one of {', '.join(LINEAR_INITS)}")
+        raise ValueError(f"unknown linear init {scheme!r}; choose one of {', '.join(OPTION_CHOICES['vit_init'])}")
 
 
 class TokenViT(nn.Module):
