@@ -6,11 +6,11 @@ without importing torch.
 import importlib
 
 _MODULE_OF = {
-    "ARCHS": "build", "OPTION_CHOICES": "build", "build_model": "build", "count_parameters": "build",
-    "inference_model": "build",
-    "DISTILL_CHOICES": "losses", "TEMPERATURE_DISTILLS": "losses", "distill_loss": "losses", "group_loss": "losses",
-    "group_targets": "losses",
-    "MODEL_SIZES": "qcs", "BaseBranch": "qcs", "CrossModel": "qcs",
+    "ARCHS": "build", "build_model": "build", "count_parameters": "build", "inference_model": "build",
+    "distill_loss": "losses", "group_loss": "losses", "group_targets": "losses",
+    "BaseBranch": "qcs", "CrossModel": "qcs",
+    "DISTILL_CHOICES": "options", "DROPOUT_OPTIONS": "options", "MODEL_SIZES": "options",
+    "OPTION_CHOICES": "options", "TEMPERATURE_DISTILLS": "options",
     "CheckpointError": "weights", "LoadReport": "weights", "describe_state_dict": "weights",
     "load_backbone": "weights", "load_weights": "weights",
     "ARCHITECTURES": "architectures", "Architecture": "architectures", "architecture": "architectures",

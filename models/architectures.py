@@ -61,11 +61,6 @@ class Architecture:
         """The cross-block form of its released checkpoints with `num_classes` classes."""
         return "prenorm" if num_classes in self.prenorm_classes else "inplace"
 
-    def holds_weights_of(self, keys):
-        """Whether the state-dict keys `keys` hold every key pattern of this architecture."""
-        return all(any(k.startswith(prefix) and k.endswith(suffix) for k in keys)
-                   for prefix, suffix in self.weight_keys)
-
 
 ARCHITECTURES = {}
 
@@ -109,8 +104,8 @@ def is_cross(name):
 
 def describe_keys(keys):
     """The name of the architecture whose weights the state-dict keys `keys` hold."""
-    keys = list(keys)
-    held = [a for a in ARCHITECTURES.values() if a.holds_weights_of(keys)]
+    held = [a for a in ARCHITECTURES.values()
+            if all(any(k.startswith(prefix) and k.endswith(suffix) for k in keys) for prefix, suffix in a.weight_keys)]
     return max(held, key=lambda a: len(a.weight_keys)).name
 
 

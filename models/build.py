@@ -2,20 +2,11 @@
 from torch import nn
 
 from .architectures import ARCHITECTURES, architecture
-from .qcs import MODEL_SIZES, BaseBranch, CrossModel
-from .vit import LINEAR_INITS
+from .options import DROPOUT_OPTIONS, MODEL_SIZES, OPTION_CHOICES
+from .qcs import BaseBranch, CrossModel
 
 # `{name: branches}` of the released architectures
 ARCHS = {name: a.branches for name, a in ARCHITECTURES.items()}
-OPTION_CHOICES = {
-    "size": tuple(MODEL_SIZES),
-    "attention": ("csa", "sdpa"),
-    "matrix": ("sd", "s", "d"),
-    "connection": ("vit", "gap", "bp"),
-    "proj_drop_rule": ("auto", "attn", "drop"),
-    "cross_block": ("auto", "inplace", "prenorm"),
-    "vit_init": LINEAR_INITS,
-}
 
 
 def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", connection="vit",
@@ -41,49 +32,38 @@ def build_model(arch, num_classes, size="paper", attention="csa", matrix="sd", c
     config = dict(arch=arch, num_classes=num_classes, size=size, attention=attention, matrix=matrix,
                   connection=connection, drop=drop, cross_drop=cross_drop,
                   proj_drop_rule=proj_drop_rule, cross_block=cross_block, vit_init=vit_init)
+    layout = architecture(arch)
     _check_options(config)
-    config["cross_block"] = released_cross_block(arch, num_classes, cross_block)
+    if cross_block == "auto":
+        config["cross_block"] = layout.released_cross_block(num_classes)
     rule = proj_drop_rule if proj_drop_rule != "auto" else ("attn" if num_classes == 7 else "drop")
     dims = MODEL_SIZES[size]
-    base = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
-                      checkpoint_backbone=checkpoint_backbone, vit_init=vit_init)
-    if not architecture(arch).cross:
-        model = base
-    else:
-        model = CrossModel(base, architecture(arch).branches, num_classes, dims["dim"], dims["num_heads"],
+    model = BaseBranch(num_classes, **dims, drop=drop, proj_drop=drop if rule == "drop" else 0.0,
+                       checkpoint_backbone=checkpoint_backbone, vit_init=vit_init)
+    if layout.cross:
+        model = CrossModel(model, layout.branches, num_classes, dims["dim"], dims["num_heads"],
                            attention=attention, matrix=matrix, connection=connection,
-                           cross_block=config["cross_block"],
-                           cross_drop=cross_drop,
+                           cross_block=config["cross_block"], cross_drop=cross_drop,
                            cross_proj_drop=cross_drop if rule == "drop" else 0.0, vit_init=vit_init)
     model.config = config
     return model
 
 
-def released_cross_block(arch, num_classes, choice="auto"):
-    """The cross-block form: `choice`, or for "auto" the released one (pre-norm for 8-class DCS)."""
-    if choice != "auto":
-        return choice
-    return architecture(arch).released_cross_block(num_classes)
-
-
 def _check_options(config):
-    architecture(config["arch"])
+    """ValueError naming the option, its value and its choices or range (models/options.py)."""
     if not isinstance(config["num_classes"], int) or config["num_classes"] < 2:
         raise ValueError(f"num_classes must be an integer ≥ 2, got {config['num_classes']!r}")
     for name, choices in OPTION_CHOICES.items():
         if config[name] not in choices:
             raise ValueError(f"unknown {name} {config[name]!r}; choose one of {', '.join(choices)}")
-    for name in ("drop", "cross_drop"):
+    for name in DROPOUT_OPTIONS:
         if not 0.0 <= config[name] < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {config[name]}")
 
 
 def inference_model(model):
     """The base branch alone (cross modules dropped): same logits as `model(x)`."""
-    base = model.base if isinstance(model, CrossModel) else model
-    if not isinstance(base, BaseBranch):
-        raise TypeError(f"expected a model from build_model, got {type(model).__name__}")
-    return base
+    return model.base if isinstance(model, CrossModel) else model
 
 
 def count_parameters(module: nn.Module):

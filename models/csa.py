@@ -49,10 +49,9 @@ def group_terms(num_branches, k, matrix="sd"):
     """
     layout = with_branches(num_branches)  # the partner layout: models/architectures.py
     same = [(i, j, True, 1.0) for i, j in layout.same_class_pairs]
-    if not layout.diff_class_pairs:
-        return same
     diff = [(i, j, False, k if matrix == "sd" else 1.0) for i, j in layout.diff_class_pairs]
-    return {"sd": same + diff, "s": same, "d": diff}[matrix]
+    # DCS has no different-class pair: its S term serves every `matrix`
+    return {"sd": same + diff, "s": same, "d": diff or same}[matrix]
 
 
 def csa_weights(queries, k, matrix="sd"):

@@ -16,11 +16,8 @@ class BranchBatchNorm2d(nn.BatchNorm2d):
     call without changing any result. With `update_running_stats = False` the
     running statistics are left untouched (used when activations are recomputed).
     """
-
-    def __init__(self, num_features, **kwargs):
-        super().__init__(num_features, **kwargs)
-        self.num_groups = 1
-        self.update_running_stats = True
+    num_groups = 1
+    update_running_stats = True
 
     def forward(self, x):
         if not self.training:
@@ -64,18 +61,16 @@ class BottleneckIR(nn.Module):
 
 
 def _stage(in_channels, depth, num_units):
-    units = [BottleneckIR(in_channels, depth, 2)]
-    units += [BottleneckIR(depth, depth, 1) for _ in range(num_units - 1)]
-    return nn.Sequential(*units)
+    """`num_units` units, the first halving the resolution."""
+    return nn.Sequential(BottleneckIR(in_channels, depth, 2),
+                         *(BottleneckIR(depth, depth, 1) for _ in range(num_units - 1)))
 
 
 class IR50Stages(nn.Module):
-    """Stem and the first three IR50 stages; returns the three stage outputs.
+    """Stem and the first three IR50 stages, of `channels` channels and `units` units each (the
+    paper's: (64, 128, 256) and (3, 4, 14)); returns the three stage outputs."""
 
-    `channels` and `units` default to the paper's (64, 128, 256) and (3, 4, 14).
-    """
-
-    def __init__(self, channels=(64, 128, 256), units=(3, 4, 14), checkpoint_stages=False):
+    def __init__(self, channels, units, checkpoint_stages=False):
         super().__init__()
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), BranchBatchNorm2d(channels[0]), nn.PReLU(channels[0]))
@@ -97,21 +92,16 @@ class IR50Stages(nn.Module):
             return stage(x)
         # Recomputation in backward runs after `branch_groups` has exited: restore the grouping,
         # and do not update the BN running statistics a second time.
-        num_groups = self._norms()[0].num_groups
+        num_groups = self.input_layer[1].num_groups  # every BN has the same setting
         return torch.utils.checkpoint.checkpoint(
             stage, x, use_reentrant=False,
-            context_fn=lambda: (nullcontext(), self._norm_settings(num_groups, update_running_stats=False)))
-
-    def branch_groups(self, num_groups):
-        """Context in which each BN splits its training batch into `num_groups` branches."""
-        return self._norm_settings(num_groups, update_running_stats=True)
-
-    def _norms(self):
-        return [m for m in self.modules() if isinstance(m, BranchBatchNorm2d)]
+            context_fn=lambda: (nullcontext(), self.branch_groups(num_groups, update_running_stats=False)))
 
     @contextmanager
-    def _norm_settings(self, num_groups, update_running_stats):
-        norms = self._norms()
+    def branch_groups(self, num_groups, update_running_stats=True):
+        """Context in which each BN splits its training batch into `num_groups` branches (and
+        updates its running statistics or not)."""
+        norms = [m for m in self.modules() if isinstance(m, BranchBatchNorm2d)]
         for m in norms:
             m.num_groups, m.update_running_stats = num_groups, update_running_stats
         try:

@@ -3,19 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from .architectures import with_branches
-
-# `--distill` forms: "kl" and "l2" are the release's helpers; "kl-detached" and "mse" are ours.
-DISTILL_CHOICES = ("none", "kl", "l2", "kl-detached", "mse")
-# The forms that use `temperature`.
-TEMPERATURE_DISTILLS = ("kl", "kl-detached")
+from .options import DISTILL_CHOICES, TEMPERATURE_DISTILLS
 
 
 def group_targets(y, y_n, num_outputs):
     """Targets in output order: QCS `(y, y, y_n, y_n)` twice, DCS `(y, y)` twice, baseline `(y,)`."""
     if num_outputs == 1:
         return (y,)
-    per_branch = tuple({"y": y, "y_n": y_n}[t] for t in with_branches(num_outputs // 2).targets)
-    return per_branch * 2
+    return tuple({"y": y, "y_n": y_n}[t] for t in with_branches(num_outputs // 2).targets) * 2
 
 
 def group_loss(outputs, y, y_n, distill="none", distill_weight=1.0, temperature=1.0):
@@ -26,8 +21,7 @@ def group_loss(outputs, y, y_n, distill="none", distill_weight=1.0, temperature=
     the mean over the branches of `distill_loss(base logits, cross logits)`: the paper's Eq. 10
     (all classifiers' cross-entropies, plus the optional KL or L2/MSE term).
     """
-    targets = group_targets(y, y_n, len(outputs))
-    losses = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets)])
+    losses = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, group_targets(y, y_n, len(outputs)))])
     loss = losses.mean()
     if distill != "none" and len(outputs) > 1:
         num_branches = len(outputs) // 2
@@ -48,7 +42,7 @@ def distill_loss(student, teacher, kind, temperature=1.0):
     """
     if kind in ("kl-detached", "mse"):
         teacher = teacher.detach()
-    if kind in ("kl", "kl-detached"):
+    if kind in TEMPERATURE_DISTILLS:
         return F.kl_div(F.log_softmax(student / temperature, dim=1), F.softmax(teacher / temperature, dim=1),
                         reduction="batchmean") * temperature ** 2
     if kind == "l2":

@@ -23,12 +23,6 @@ from .csa import CrossBlock
 from .ir50 import IR50Stages
 from .vit import TokenViT
 
-# Same structure at every size; "paper" is the published network, the others are for CPU demos and tests.
-MODEL_SIZES = {
-    "paper": dict(channels=(64, 128, 256), units=(3, 4, 14), dim=768, num_heads=8, input_size=112),
-    "small": dict(channels=(32, 64, 128), units=(2, 2, 4), dim=192, num_heads=4, input_size=112),
-    "tiny": dict(channels=(16, 32, 64), units=(1, 1, 2), dim=64, num_heads=4, input_size=56),
-}
 NUM_FEATURE_LEVELS = 3
 
 
@@ -44,9 +38,8 @@ class BaseBranch(nn.Module):
     The only network kept at inference. `forward(x)` returns logits.
     """
 
-    def __init__(self, num_classes, channels=(64, 128, 256), units=(3, 4, 14), dim=768,
-                 num_heads=8, input_size=112, depth=2, mlp_ratio=4.0, drop=0.0, proj_drop=0.0,
-                 checkpoint_backbone=False, vit_init="released"):
+    def __init__(self, num_classes, channels, units, dim, num_heads, input_size, depth=2, mlp_ratio=4.0,
+                 drop=0.0, proj_drop=0.0, checkpoint_backbone=False, vit_init="released"):
         super().__init__()
         self.input_size = input_size
         self.backbone = IR50Stages(channels, units, checkpoint_backbone)
@@ -133,8 +126,7 @@ class CrossModel(nn.Module):
     def forward(self, *images):
         if len(images) == 1:
             return self.base(images[0])
-        self._check_group(images)
-        return self._group_outputs(*self.base_features(images))
+        return self._group_outputs(images)
 
     def forward_per_branch(self, *images):
         """`model(*group)` with one base-network call per image instead of one batched call.
@@ -142,15 +134,13 @@ class CrossModel(nn.Module):
         Slower and otherwise the same (batch norm normalises each branch on its own either way):
         the reference that the batched call is tested and benchmarked against.
         """
-        self._check_group(images)
-        return self._group_outputs(*self.base_features(images, batched=False))
+        return self._group_outputs(images, batched=False)
 
-    def _check_group(self, images):
+    def _group_outputs(self, images, batched=True):
+        """The G base logits, then the G cross logits (METHOD.md §3 order)."""
         if len(images) != self.num_branches:
             raise ValueError(f"this model takes 1 or {self.num_branches} images, got {len(images)}")
-
-    def _group_outputs(self, base_logits, base_tokens):
-        """The G base logits, then the G cross logits (METHOD.md §3 order)."""
+        base_logits, base_tokens = self.base_features(images, batched)
         cross_logits = self.cross_logits(base_tokens, self.refine(base_tokens))
         return tuple(base_logits.unbind(0)) + tuple(cross_logits.unbind(0))
 
@@ -172,8 +162,7 @@ class CrossModel(nn.Module):
         Level l of every branch goes through `cross_blocks[l]`, whose CSA weights `w_X` follow
         `csa_weights` (Eqs. 3–6 for DCS, Eq. 9 for QCS: `w_1 = softmax(agg(S₁₂) + k·agg(D₁₃))`, …).
         """
-        levels = split_levels(base_tokens)
-        return torch.cat([block(level) for block, level in zip(self.cross_blocks, levels)], dim=2)
+        return torch.cat([block(level) for block, level in zip(self.cross_blocks, split_levels(base_tokens))], dim=2)
 
     def cross_logits(self, base_tokens, cross_tokens):
         """Cross logits G×B×K from the contrastive residual connection.
@@ -182,14 +171,11 @@ class CrossModel(nn.Module):
         `cross_head(base tokens of X, c_X)`, which pools `t_X` with `c_X` (bilinear pooling).
         """
         if self.connection == "bp":
-            pairs = zip(base_tokens.unbind(0), cross_tokens.unbind(0))
-            return torch.stack([self.cross_head(b, c) for b, c in pairs])
+            return torch.stack([self.cross_head(b, c) for b, c in zip(base_tokens.unbind(0), cross_tokens.unbind(0))])
         residual = base_tokens + cross_tokens
-        return self._head_logits(residual.flatten(0, 1)).unflatten(0, residual.shape[:2])
-
-    def _head_logits(self, tokens):
-        logits = self.cross_head(tokens)
-        return logits[0] if isinstance(logits, tuple) else logits
+        logits = self.cross_head(residual.flatten(0, 1))
+        logits = logits[0] if self.connection == "vit" else logits  # a TokenViT also returns its tokens
+        return logits.unflatten(0, residual.shape[:2])
 
     def csa_maps(self, *images, base_tokens=None):
         """Per-level CSA weight vectors (levels × G × B × N) of a group, for visualisation.
@@ -202,8 +188,8 @@ class CrossModel(nn.Module):
             _, base_tokens = self.base_features(images)
         elif images:
             raise ValueError("give the images or their base_tokens, not both")
-        levels = split_levels(base_tokens)
-        return torch.stack([block.spatial_weights(level) for block, level in zip(self.cross_blocks, levels)])
+        return torch.stack([block.spatial_weights(level)
+                            for block, level in zip(self.cross_blocks, split_levels(base_tokens))])
 
 
 def split_levels(tokens):

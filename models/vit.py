@@ -67,55 +67,37 @@ class SEHead(nn.Module):
         return self.classifier(x * gate)
 
 
-LINEAR_INITS = ("released", "xavier")
-
-
-def init_linear_weight(weight, scheme):
-    """`released`: truncated normal, std 0.01 (the release). `xavier`: Xavier-uniform, whose larger
-    weights let the class token depend on the image from the first step (METHOD.md §8)."""
-    if scheme == "released":
-        nn.init.trunc_normal_(weight, std=0.01)
-    elif scheme == "xavier":
-        nn.init.xavier_uniform_(weight)
-    else:
-        raise ValueError(f"unknown linear init {scheme!r}; choose one of {', '.join(LINEAR_INITS)}")
-
-
 class TokenViT(nn.Module):
     """Class token + position embedding + `depth` blocks + LN, classified by an SE head.
 
     `forward(tokens)` takes B×T×C tokens and returns `(logits, patch_tokens)`, the
-    patch tokens being the T normalised output tokens. `linear_init` initialises the weights of
-    its linear layers (`init_linear_weight`).
+    patch tokens being the T normalised output tokens. `linear_init` draws the weights of its
+    linear layers: "released" from a truncated normal with std 0.01 (the release), "xavier"
+    Xavier-uniform, whose larger weights let the class token depend on the image from the first
+    step (METHOD.md §8); biases start at 0 and LayerNorms at PyTorch's 1 and 0.
     """
 
-    def __init__(self, num_tokens, num_classes, dim=768, depth=2, num_heads=8, mlp_ratio=4.0,
-                 drop=0.0, proj_drop=0.0, linear_init="released"):
+    def __init__(self, num_tokens, num_classes, dim, depth, num_heads, mlp_ratio=4.0, drop=0.0, proj_drop=0.0,
+                 linear_init="released"):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, dim))
         self.pos_drop = nn.Dropout(drop)
-        self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, drop, proj_drop) for _ in range(depth))
+        self.blocks = nn.Sequential(*(Block(dim, num_heads, mlp_ratio, drop, proj_drop) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = SEHead(dim, num_classes)
-        self._init_weights(linear_init)
-
-    def _init_weights(self, linear_init):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                init_linear_weight(module.weight, linear_init)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
+                if linear_init == "xavier":
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.trunc_normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
 
     def forward(self, tokens):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = self.pos_drop(torch.cat((cls, tokens), dim=1) + self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
+        x = self.norm(self.blocks(x))
         return self.head(x[:, 0]), x[:, 1:]

@@ -25,8 +25,8 @@ AUTHOR_RENAMES = (
 AUTHOR_UNUSED = re.compile(
     r"^base\.backbone\.output_layer\.|^fusion\.classifier\.|"
     r"^(base\.vit|cross_head)\.(blocks\.\d+\.conv|patch_embed|eca_block|CON1|IRLinear[12])\.")
-# face.evoLVe IR50 numbers its units 0..23 over four stages of 3, 4, 14 and 3 units.
-IR50_STAGE_UNITS = (3, 4, 14, 3)
+# face.evoLVe IR50 numbers its units 0..23 over four stages of 3, 4, 14 and 3 units: `(stage, unit)` of each.
+IR50_UNITS = [(stage, unit) for stage, units in enumerate((3, 4, 14, 3), start=1) for unit in range(units)]
 IR50_UNUSED = re.compile(r"^(output_layer|body4)\.")
 
 
@@ -45,10 +45,6 @@ class LoadReport:
     ignored: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     checkpoint: dict = field(default_factory=dict, repr=False)
-
-    def summary(self):
-        return (f"{self.source_format}: {len(self.loaded)} tensors loaded, "
-                f"{len(self.ignored)} ignored, {len(self.missing)} missing")
 
 
 def checkpoint_state_dict(checkpoint):
@@ -77,16 +73,12 @@ def _tensors_of(state_dict, what):
 
 def to_our_names(state_dict):
     """`(format, state dict in this project's names)`, for any supported naming."""
-    state_dict = {_strip_module(k): v for k, v in state_dict.items()}
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if any(k.startswith(("ir_back.", "VIT_base.")) for k in state_dict):
         return "authors", {_rename(k, AUTHOR_RENAMES): v for k, v in state_dict.items()}
     if any(k.startswith(("input_layer.", "body.", "body1.")) for k in state_dict):
         return "ir50", {_ir50_name(k): v for k, v in state_dict.items()}
     return "ours", state_dict
-
-
-def _strip_module(key):
-    return key[len("module."):] if key.startswith("module.") else key
 
 
 def _rename(key, renames):
@@ -97,16 +89,10 @@ def _rename(key, renames):
 
 def _ir50_name(key):
     match = re.match(r"^body\.(\d+)\.(.*)$", key)
-    if match:
-        unit = int(match[1])
-        for stage, units in enumerate(IR50_STAGE_UNITS, start=1):
-            if unit < units:
-                key = f"body{stage}.{unit}.{match[2]}"
-                break
-            unit -= units
-    if IR50_UNUSED.match(key):
-        return "ir50-unused." + key
-    return "base.backbone." + key
+    if match and int(match[1]) < len(IR50_UNITS):
+        stage, unit = IR50_UNITS[int(match[1])]
+        key = f"body{stage}.{unit}.{match[2]}"
+    return ("ir50-unused." if IR50_UNUSED.match(key) else "base.backbone.") + key
 
 
 def describe_state_dict(state_dict):
@@ -130,16 +116,16 @@ def load_weights(model, source, name="the given state dict"):
     """
     container_format, state_dict = checkpoint_state_dict(source)
     naming, state_dict = to_our_names(state_dict)
-    source_format = "ir50" if naming == "ir50" else ("authors" if naming == "authors" else container_format)
-    target = _target_keys(model)
+    source_format = container_format if naming == "ours" else naming
+    target = dict(model.state_dict(keep_vars=True))
     state_dict = _fit_to_model(model, state_dict)
     if source_format != "ir50":
         _check_same_model(model, state_dict, name)
 
     ignored = [k for k in state_dict if k not in target]
     unexpected = [k for k in ignored if not _known_unused(k, model)]
-    covered = [k for k in target if source_format != "ir50" or k.startswith(_backbone_prefix(model))]
-    missing = [k for k in covered if k not in state_dict]
+    missing = [k for k in target if k not in state_dict
+               and (source_format != "ir50" or k.removeprefix("base.").startswith("backbone."))]
     loaded = [k for k in target if k in state_dict]
     _check_values(name, state_dict, target, loaded)
     shape_errors = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
@@ -154,8 +140,7 @@ def load_weights(model, source, name="the given state dict"):
     with torch.no_grad():
         for k in loaded:
             target[k].copy_(state_dict[k])
-    return LoadReport(source_format, loaded, ignored, [k for k in target if k not in state_dict],
-                      source if isinstance(source, dict) else {})
+    return LoadReport(source_format, loaded, ignored, [k for k in target if k not in state_dict], source)
 
 
 def _check_values(name, state_dict, target, keys):
@@ -175,43 +160,31 @@ def _check_values(name, state_dict, target, keys):
                               "the weights are damaged (a diverged run?)")
 
 
-def _target_keys(model):
-    return dict(model.state_dict(keep_vars=True))
-
-
 def _fit_to_model(model, state_dict):
     """Our names are rooted at the DCS/QCS model; a bare base branch drops the `base.` prefix."""
-    if isinstance(model, CrossModel):
-        if not any(k.startswith("base.") for k in state_dict):
-            return {("base." + k if not k.startswith(("cross_", "ir50-unused.")) else k): v
-                    for k, v in state_dict.items()}
+    if not isinstance(model, CrossModel):
+        return {k.removeprefix("base."): v for k, v in state_dict.items()}
+    if any(k.startswith("base.") for k in state_dict):
         return state_dict
-    return {(k[len("base."):] if k.startswith("base.") else k): v for k, v in state_dict.items()}
-
-
-def _backbone_prefix(model):
-    return "base.backbone." if isinstance(model, CrossModel) else "backbone."
+    return {(k if k.startswith(("cross_", "ir50-unused.")) else "base." + k): v for k, v in state_dict.items()}
 
 
 def _known_unused(key, model):
-    if key.startswith("ir50-unused.") or AUTHOR_UNUSED.match(key) or AUTHOR_UNUSED.match("base." + key):
-        return True
-    # the released S-only / D-only QCS blocks define θ without using it; ours have none
-    if re.match(r"^cross_blocks\.\d+\.theta$", key) and isinstance(model, CrossModel):
-        return model.cross_blocks[0].theta is None
-    # a base branch ignores the cross module of a DCS/QCS checkpoint
-    return isinstance(model, BaseBranch) and key.startswith(("cross_blocks.", "cross_head."))
+    return (key.startswith("ir50-unused.") or AUTHOR_UNUSED.match(key) or AUTHOR_UNUSED.match("base." + key)
+            # the released S-only / D-only QCS blocks define θ without using it; ours have none
+            or (isinstance(model, CrossModel) and model.cross_blocks[0].theta is None
+                and re.match(r"^cross_blocks\.\d+\.theta$", key))
+            # a base branch ignores the cross module of a DCS/QCS checkpoint
+            or (isinstance(model, BaseBranch) and key.startswith(("cross_blocks.", "cross_head."))))
 
 
 def _check_same_model(model, state_dict, name):
-    model_arch = getattr(model, "config", {}).get("arch") or ("base" if isinstance(model, BaseBranch) else
-                                                              with_branches(model.num_branches).name)
-    model_classes = model.base.vit.head.classifier.out_features if isinstance(model, CrossModel) \
-        else model.vit.head.classifier.out_features
-    prefixed = state_dict if isinstance(model, CrossModel) else {"base." + k: v for k, v in state_dict.items()}
-    arch, num_classes = describe_state_dict(prefixed)
+    cross = isinstance(model, CrossModel)
+    model_arch = with_branches(model.num_branches).name if cross else "base"
+    model_classes = (model.base if cross else model).vit.head.classifier.out_features
+    arch, num_classes = describe_state_dict(state_dict if cross else {"base." + k: v for k, v in state_dict.items()})
     # a model may hold the key set of another architecture (QCS without θ, S or D only, that of DCS)
-    arch_clash = isinstance(model, CrossModel) and arch not in (model_arch, describe_keys(model.state_dict()))
+    arch_clash = cross and arch not in (model_arch, describe_keys(model.state_dict()))
     if arch_clash or (num_classes is not None and num_classes != model_classes):
         raise CheckpointError(f"{name} holds a {arch.upper()} model with {num_classes} classes; "
                               f"the model is {model_arch.upper()} with {model_classes} classes")
@@ -235,20 +208,15 @@ def load_backbone(model, source, name="the given state dict"):
     """
     container_format, state_dict = checkpoint_state_dict(source)
     naming, state_dict = to_our_names(state_dict)
-    prefix = "backbone."
-    found = {}
-    for key, value in state_dict.items():
-        key = key[len("base."):] if key.startswith("base.") else key
-        if key.startswith(prefix):
-            found[key[len(prefix):]] = value
+    found = {k.removeprefix("base.").removeprefix("backbone."): v for k, v in state_dict.items()
+             if k.startswith(("backbone.", "base.backbone."))}
     if not found:
         raise CheckpointError(f"{name} holds no IR50 backbone tensors "
                               f"({len(state_dict)} tensors in {naming} names)")
-    backbone = (model.base if isinstance(model, CrossModel) else model).backbone
-    target = dict(backbone.state_dict(keep_vars=True))
-    missing = [prefix + k for k in target if k not in found]
+    target = dict((model.base if isinstance(model, CrossModel) else model).backbone.state_dict(keep_vars=True))
+    missing = ["backbone." + k for k in target if k not in found]
     _check_values(name, found, target, [k for k in target if k in found])
-    shape_errors = [f"{prefix}{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+    shape_errors = [f"backbone.{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
                     for k, v in target.items() if k in found and found[k].shape != v.shape]
     if missing or shape_errors:
         raise CheckpointError(f"{name} does not fit the model's backbone (is the model size "
@@ -257,5 +225,4 @@ def load_backbone(model, source, name="the given state dict"):
     with torch.no_grad():
         for key, tensor in target.items():
             tensor.copy_(found[key])
-    source_format = naming if naming in ("ir50", "authors") else container_format
-    return len(target), source_format
+    return len(target), container_format if naming == "ours" else naming
