@@ -18,6 +18,7 @@ from pathlib import Path
 
 from data_preprocessing.files import InputError, read_json
 from models.architectures import ARCHITECTURES, scripts
+from models.options import DISTILL_CHOICES, OPTION_CHOICES, TEMPERATURE_DISTILLS  # noqa: F401 (re-exported)
 
 DEFAULT_PRETRAINED = Path("models/pretrain/ir50.pth")
 DEFAULT_DATASET = "RAF-DB"
@@ -29,9 +30,6 @@ EXPORT_INFO_FILE = "model_info.json"  # written by `export` beside its model fil
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 1024  # the smallest side the backbone's three stages take; a sanity cap
 DATASET_NAMES = ("RAF-DB", "FERPlus", "AffectNet-7", "AffectNet-8", "FER2013", "folder", "demo")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # the `--device` option of every command
-MODEL_SIZES = ("paper", "small", "tiny")
-DISTILL_CHOICES = ("none", "kl", "l2", "kl-detached", "mse")
-TEMPERATURE_DISTILLS = ("kl", "kl-detached")
 ARCH_NAMES = tuple(ARCHITECTURES)
 TTA_CHOICES = ("none", "flip")
 GROUPS = {"data": "data", "training": "training (defaults: the dataset's released recipe)",
@@ -104,24 +102,24 @@ SETTINGS = (
     _option("baseline", bool, "training", (TRAINING,),
             help="train the base branch alone (IR50+ViT, no cross module) on single images, "
                  "with this script's recipe: the paper's baseline"),
-    _option("size", str, "model", (RECIPE, MODEL), choices=MODEL_SIZES, nullable=False,
+    _option("size", str, "model", (RECIPE, MODEL), choices=OPTION_CHOICES["size"], nullable=False,
             help="model size preset (default paper; tiny for demo)"),
-    _option("attention", str, "model", (TRAINING, CROSS, MODEL), choices=("csa", "sdpa"), nullable=False,
+    _option("attention", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["attention"], nullable=False,
             default="csa", help="csa, or the scaled dot-product ablation sdpa (as released for DCS; "
                                 "for QCS an extension of this repository: the release has none)"),
-    _option("matrix", str, "model", (TRAINING, CROSS, MODEL), choices=("sd", "s", "d"), nullable=False,
+    _option("matrix", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["matrix"], nullable=False,
             default="sd", help="QCS similarity terms: sd = S + k·D, s = S only, d = D only (no k)"),
-    _option("connection", str, "model", (TRAINING, CROSS, MODEL), choices=("vit", "gap", "bp"), nullable=False,
+    _option("connection", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["connection"], nullable=False,
             default="vit"),
     _option("drop", float, "model", (TRAINING, RECIPE, MODEL), "[0, 1)", help="base ViT dropout"),
     _option("cross_drop", float, "model", (TRAINING, CROSS, RECIPE, MODEL), "[0, 1)", help="cross ViT dropout"),
-    _option("proj_drop_rule", str, "model", (TRAINING, MODEL), choices=("auto", "attn", "drop"), nullable=False,
+    _option("proj_drop_rule", str, "model", (TRAINING, MODEL), choices=OPTION_CHOICES["proj_drop_rule"], nullable=False,
             default="auto", help="dropout on the attention projection: auto = as released (none for 7 "
                                  "classes, the ViT's dropout for 8)"),
-    _option("cross_block", str, "model", (TRAINING, CROSS, MODEL), choices=("auto", "inplace", "prenorm"),
+    _option("cross_block", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["cross_block"],
             nullable=False, default="auto",
             help="cross-block form: auto = as released (pre-norm for 8-class DCS, in-place otherwise)"),
-    _option("vit_init", str, "model", (TRAINING, MODEL), choices=("released", "xavier"), nullable=False,
+    _option("vit_init", str, "model", (TRAINING, MODEL), choices=OPTION_CHOICES["vit_init"], nullable=False,
             default="released",
             help="initial weights of the ViTs' linear layers: released = truncated normal with "
                  "std 0.01; xavier = Xavier-uniform, which lets training from random weights "
