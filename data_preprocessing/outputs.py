@@ -223,12 +223,21 @@ def output_errors(path, flag=None, doing=None):
     writing), pass through unchanged. Also for writers that cannot go
     through `atomic_write` (images saved into a checked folder).
     """
+    path = Path(path)
     try:
         yield
     except OSError as error:
-        if error.errno in (None, errno.EEXIST) or not _about(error, Path(path)):  # callers handle EEXIST
+        if error.errno in (None, errno.EEXIST) or not _about(error, path):  # callers handle EEXIST
             raise
-        raise OutputError(describe_output_error(error, path, flag, doing)) from None
+        cause = None  # the error's own, unless a plainer one is known
+        if error.errno == errno.ENOENT:
+            cause = f"folder {path.parent} does not exist"
+        elif error.errno == errno.ENOTDIR:
+            # none found, or the path itself is the problem (too long, a loop): the error's own words
+            with contextlib.suppress(OSError, StopIteration):
+                blocking = next(p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir())
+                cause = f"{blocking} is not a folder"
+        raise OutputError(describe_os_error(error, path, flag, doing, cause)) from None
 
 
 def _about(error, path):
@@ -238,20 +247,6 @@ def _about(error, path):
         return True
     named = Path(os.fsdecode(error.filename))
     return named == path or named in path.parents or named.parent == path.parent or path in named.parents
-
-
-def describe_output_error(error, path, flag=None, doing=None):
-    """`<flag> <path>: <plain cause> (<ERRNO> while <doing>)` for an `OSError` met writing `path`."""
-    path = Path(path)
-    cause = None
-    if error.errno == errno.ENOENT:
-        cause = f"folder {path.parent} does not exist"
-    elif error.errno == errno.ENOTDIR:
-        # none found, or the path itself is the problem (too long, a loop): the error's own words
-        with contextlib.suppress(OSError, StopIteration):
-            blocking = next(p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir())
-            cause = f"{blocking} is not a folder"
-    return describe_os_error(error, path, flag, doing, cause)
 
 
 # ------------------------------------------------------------------------------ claiming outputs
@@ -313,9 +308,6 @@ class CreatedPaths(contextlib.AbstractContextManager):
 
     def keep(self):
         """The results are written: what is recorded stays, whatever fails after (printing, say)."""
-        self._release()
-
-    def _release(self):
         for fd in self.held:
             os.close(fd)
         self.files, self.folders, self.held = [], [], []
@@ -328,7 +320,7 @@ class CreatedPaths(contextlib.AbstractContextManager):
         for folder in reversed(self.folders):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
-        self._release()
+        self.keep()  # nothing recorded is left: forget the record and release the claims
 
 
 def _locked(fd):
@@ -366,10 +358,8 @@ def _create_temporary(folder, name):
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
         tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
-        try:
+        with contextlib.suppress(FileExistsError):  # 1 in 4 billion: draw another name
             return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:  # 1 in 4 billion: draw another name
-            continue
 
 
 def temporary_pattern(name=None):
