@@ -18,7 +18,6 @@ tools share it (nothing here knows about models or options beyond the flag names
 import contextlib
 import errno
 import io
-import itertools
 import os
 import re
 import secrets
@@ -194,13 +193,12 @@ def refuse_link(path, flag=None):
 
 def _refuse_shared(status, path, flag):
     """A regular file with more than one name, or something that is not a regular file, is not ours to write."""
-    if stat.S_ISDIR(status.st_mode):
-        return
-    if not stat.S_ISREG(status.st_mode):
+    if stat.S_ISREG(status.st_mode):
+        if status.st_nlink > 1:
+            raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
+                              "refusing to write through it: remove this name")
+    elif not stat.S_ISDIR(status.st_mode):
         raise OutputError(f"{_label(flag, path)}: not a regular file; refusing to write to it: remove it")
-    if status.st_nlink > 1:
-        raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
-                          "refusing to write through it: remove this name")
 
 
 def printable(text):
@@ -274,8 +272,7 @@ class CreatedPaths(contextlib.AbstractContextManager):
         `check_output_file` does). An empty placeholder no running process holds (a killed run's)
         is taken over. Returns the Path."""
         path = check_output_file(path, flag, create_parent)
-        if create_parent:
-            self.make_dir(path.parent, flag)
+        self.make_dir(path.parent, flag)  # without create_parent, the check has refused a missing folder
         with output_errors(path, flag, "creating it"):
             try:
                 fd, made = _locked(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)), True
@@ -295,11 +292,11 @@ class CreatedPaths(contextlib.AbstractContextManager):
         if os.path.lexists(path) and not path.is_dir():
             raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
         with output_errors(path, flag, "creating the folder"):
-            missing = list(itertools.takewhile(lambda folder: not os.path.lexists(folder), (path, *path.parents)))
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
-                    folder.mkdir()
-                    self.folders.append(folder)
+            for folder in (*reversed(path.parents), path):  # from the top down, each missing one
+                if not os.path.lexists(folder):
+                    with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
+                        folder.mkdir()
+                        self.folders.append(folder)
         return path
 
     def add(self, path):
