@@ -99,26 +99,23 @@ def check_output_dir(path, flag, create=False):
 
 
 def _check_folder(folder, label, create):
-    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one."""
+    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one.
+
+    Writable: a temporary file can be created and deleted there (the real test, as root passes
+    `os.access` whatever the mode), and `os.access` agrees."""
     existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
     if existing != folder and not create:
         raise OutputError(f"{label}: folder {folder} does not exist")
     if not existing.is_dir():
         raise OutputError(f"{label}: {existing} is not a folder")
-    _require_writable(existing, label, f"cannot write in folder {folder}" if existing == folder
-                      else f"cannot create folder {folder} in {existing}")
-
-
-def _require_writable(folder, label, what):
-    """`OutputError` "<label>: <what> (<cause>)" unless a temporary file can be created and deleted in
-    `folder` (the real test, as root passes `os.access` whatever the mode) and `os.access` agrees."""
+    what = f"cannot write in folder {folder}" if existing == folder else f"cannot create folder {folder} in {existing}"
     try:
-        probe, fd = _create_temporary(folder, PROBE_NAME)
+        probe, fd = _create_temporary(existing, PROBE_NAME)
         os.close(fd)
         os.remove(probe)
     except OSError as error:
         raise OutputError(f"{label}: {what} ({os_error_cause(error)})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{label}: {what} (permission denied)")
 
 
