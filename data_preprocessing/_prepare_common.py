@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import csv
 import itertools
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -81,18 +80,17 @@ def claim_prepared_outputs(args, layouts, inputs, folders=()) -> CreatedPaths:
     folder nor folder output a file (OutputError). Returns the record of the folders made for
     ``args.out``: used as a context manager, a failure inside removes them again when they are
     still empty."""
-    out_dir = args.out
-    files = [out_dir / name for layout in layouts for name in layout.list_files.values()]
-    folders = [out_dir / folder for folder in folders]
+    files = [args.out / name for layout in layouts for name in layout.list_files.values()]
+    folders = [args.out / folder for folder in folders]
     refuse_output_over_inputs([*files, *folders], inputs)
     refuse_existing([("--out", path) for path in [*files, *folders]], args.overwrite)
-    check_output_dir(out_dir, "--out", create=True)
+    check_output_dir(args.out, "--out", create=True)
     for path in files:
         check_output_file(path, "--out", create_parent=True)
     for path in folders:
         check_output_dir(path, "--out", create=True)
     created = CreatedPaths()
-    created.make_dir(out_dir, "--out")
+    created.make_dir(args.out, "--out")
     return created
 
 
@@ -159,13 +157,11 @@ def read_csv_rows(path: Path, expected_header, flag: str, bad_rows: RowErrors, h
 
 def parse_int(text: str, path, line_number: int, what: str) -> int:
     """``text`` as an integer (``3`` or ``3.0``), or PrepareError naming file, line and field."""
-    try:
+    with contextlib.suppress(ValueError):
         value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value != int(value):
-        raise PrepareError(f"{path}:{line_number}: {what} must be an integer, got {text!r}")
-    return int(value)
+        if value.is_integer():  # not for inf or nan
+            return int(value)
+    raise PrepareError(f"{path}:{line_number}: {what} must be an integer, got {text!r}")
 
 
 def check_images_exist(images_dir: Path, listed, what: str) -> None:

@@ -13,7 +13,6 @@ class BadRows(DataError):
     """Several bad rows, found in one pass: the first `MAX_BAD_ROWS` named, one per line, the rest counted."""
 
     def __init__(self, problems: list[str], count: int):
-        self.problems, self.count = problems, count
         more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
         super().__init__(f"{count} bad rows; fix them all, then rerun:\n  " + "\n  ".join(problems) + more)
 
@@ -22,8 +21,8 @@ class RowErrors:
     """Gathers the DataError of each bad row (`with errors.row(): ...` around one row's checks), so
     that one run finds them all; `raise_any()` then raises them together as BadRows."""
 
-    def __init__(self, limit: int = MAX_BAD_ROWS):
-        self.limit, self.problems, self.count, self.first = limit, [], 0, None
+    def __init__(self):
+        self.errors, self.count = [], 0  # the first MAX_BAD_ROWS errors, and how many there were
 
     @contextlib.contextmanager
     def row(self):
@@ -35,14 +34,13 @@ class RowErrors:
 
     def add(self, error: DataError) -> None:
         """Record one bad row's error (its message is the row's line of the report)."""
-        self.first = self.first or error
         self.count += 1
-        if len(self.problems) < self.limit:
-            self.problems.append(str(error))
+        if len(self.errors) < MAX_BAD_ROWS:
+            self.errors.append(error)
 
     def raise_any(self) -> None:
         """Raise what was recorded: a single bad row's own error, several as one BadRows."""
         if self.count == 1:
-            raise self.first
+            raise self.errors[0]
         if self.count:
-            raise BadRows(self.problems, self.count)
+            raise BadRows([str(error) for error in self.errors], self.count)

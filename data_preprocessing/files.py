@@ -79,9 +79,8 @@ def invalid_utf8_position(path) -> str:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:
-                bad = line[error.start]
                 return (f"{os.fspath(path)}:{line_number}: not UTF-8 text "
-                        f"(byte 0x{bad:02x} at byte offset {offset + error.start})")
+                        f"(byte 0x{line[error.start]:02x} at byte offset {offset + error.start})")
             offset += len(line)
     return f"{os.fspath(path)}: not UTF-8 text"
 

@@ -21,8 +21,7 @@ class LimitError(Exception):
 
 
 def _soft(limit):
-    if resource is None:
-        return None
+    """The soft `limit` of this process, None when unlimited (callers check that `resource` exists)."""
     soft = resource.getrlimit(limit)[0]
     return None if soft == resource.RLIM_INFINITY else soft
 

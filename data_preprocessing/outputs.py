@@ -18,7 +18,6 @@ tools share it (nothing here knows about models or options beyond the flag names
 import contextlib
 import errno
 import io
-import itertools
 import os
 import re
 import secrets
@@ -100,26 +99,23 @@ def check_output_dir(path, flag, create=False):
 
 
 def _check_folder(folder, label, create):
-    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one."""
+    """`folder` is a writable folder, or (with `create`) its nearest existing ancestor is one.
+
+    Writable: a temporary file can be created and deleted there (the real test, as root passes
+    `os.access` whatever the mode), and `os.access` agrees."""
     existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
     if existing != folder and not create:
         raise OutputError(f"{label}: folder {folder} does not exist")
     if not existing.is_dir():
         raise OutputError(f"{label}: {existing} is not a folder")
-    _require_writable(existing, label, f"cannot write in folder {folder}" if existing == folder
-                      else f"cannot create folder {folder} in {existing}")
-
-
-def _require_writable(folder, label, what):
-    """`OutputError` "<label>: <what> (<cause>)" unless a temporary file can be created and deleted in
-    `folder` (the real test, as root passes `os.access` whatever the mode) and `os.access` agrees."""
+    what = f"cannot write in folder {folder}" if existing == folder else f"cannot create folder {folder} in {existing}"
     try:
-        probe, fd = _create_temporary(folder, PROBE_NAME)
+        probe, fd = _create_temporary(existing, PROBE_NAME)
         os.close(fd)
         os.remove(probe)
     except OSError as error:
         raise OutputError(f"{label}: {what} ({os_error_cause(error)})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{label}: {what} (permission denied)")
 
 
@@ -194,13 +190,12 @@ def refuse_link(path, flag=None):
 
 def _refuse_shared(status, path, flag):
     """A regular file with more than one name, or something that is not a regular file, is not ours to write."""
-    if stat.S_ISDIR(status.st_mode):
-        return
-    if not stat.S_ISREG(status.st_mode):
+    if stat.S_ISREG(status.st_mode):
+        if status.st_nlink > 1:
+            raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
+                              "refusing to write through it: remove this name")
+    elif not stat.S_ISDIR(status.st_mode):
         raise OutputError(f"{_label(flag, path)}: not a regular file; refusing to write to it: remove it")
-    if status.st_nlink > 1:
-        raise OutputError(f"{_label(flag, path)}: is a hard link ({status.st_nlink} names for one file); "
-                          "refusing to write through it: remove this name")
 
 
 def printable(text):
@@ -223,12 +218,21 @@ def output_errors(path, flag=None, doing=None):
     writing), pass through unchanged. Also for writers that cannot go
     through `atomic_write` (images saved into a checked folder).
     """
+    path = Path(path)
     try:
         yield
     except OSError as error:
-        if error.errno in (None, errno.EEXIST) or not _about(error, Path(path)):  # callers handle EEXIST
+        if error.errno in (None, errno.EEXIST) or not _about(error, path):  # callers handle EEXIST
             raise
-        raise OutputError(describe_output_error(error, path, flag, doing)) from None
+        cause = None  # the error's own, unless a plainer one is known
+        if error.errno == errno.ENOENT:
+            cause = f"folder {path.parent} does not exist"
+        elif error.errno == errno.ENOTDIR:
+            # none found, or the path itself is the problem (too long, a loop): the error's own words
+            with contextlib.suppress(OSError, StopIteration):
+                blocking = next(p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir())
+                cause = f"{blocking} is not a folder"
+        raise OutputError(describe_os_error(error, path, flag, doing, cause)) from None
 
 
 def _about(error, path):
@@ -238,20 +242,6 @@ def _about(error, path):
         return True
     named = Path(os.fsdecode(error.filename))
     return named == path or named in path.parents or named.parent == path.parent or path in named.parents
-
-
-def describe_output_error(error, path, flag=None, doing=None):
-    """`<flag> <path>: <plain cause> (<ERRNO> while <doing>)` for an `OSError` met writing `path`."""
-    path = Path(path)
-    cause = None
-    if error.errno == errno.ENOENT:
-        cause = f"folder {path.parent} does not exist"
-    elif error.errno == errno.ENOTDIR:
-        # none found, or the path itself is the problem (too long, a loop): the error's own words
-        with contextlib.suppress(OSError, StopIteration):
-            blocking = next(p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir())
-            cause = f"{blocking} is not a folder"
-    return describe_os_error(error, path, flag, doing, cause)
 
 
 # ------------------------------------------------------------------------------ claiming outputs
@@ -279,8 +269,7 @@ class CreatedPaths(contextlib.AbstractContextManager):
         `check_output_file` does). An empty placeholder no running process holds (a killed run's)
         is taken over. Returns the Path."""
         path = check_output_file(path, flag, create_parent)
-        if create_parent:
-            self.make_dir(path.parent, flag)
+        self.make_dir(path.parent, flag)  # without create_parent, the check has refused a missing folder
         with output_errors(path, flag, "creating it"):
             try:
                 fd, made = _locked(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)), True
@@ -300,11 +289,11 @@ class CreatedPaths(contextlib.AbstractContextManager):
         if os.path.lexists(path) and not path.is_dir():
             raise OutputError(f"{_label(flag, path)}: is a file, not a folder")
         with output_errors(path, flag, "creating the folder"):
-            missing = list(itertools.takewhile(lambda folder: not os.path.lexists(folder), (path, *path.parents)))
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
-                    folder.mkdir()
-                    self.folders.append(folder)
+            for folder in (*reversed(path.parents), path):  # from the top down, each missing one
+                if not os.path.lexists(folder):
+                    with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: not ours
+                        folder.mkdir()
+                        self.folders.append(folder)
         return path
 
     def add(self, path):
@@ -313,9 +302,6 @@ class CreatedPaths(contextlib.AbstractContextManager):
 
     def keep(self):
         """The results are written: what is recorded stays, whatever fails after (printing, say)."""
-        self._release()
-
-    def _release(self):
         for fd in self.held:
             os.close(fd)
         self.files, self.folders, self.held = [], [], []
@@ -328,7 +314,7 @@ class CreatedPaths(contextlib.AbstractContextManager):
         for folder in reversed(self.folders):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
-        self._release()
+        self.keep()  # nothing recorded is left: forget the record and release the claims
 
 
 def _locked(fd):
@@ -366,10 +352,8 @@ def _create_temporary(folder, name):
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
         tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
-        try:
+        with contextlib.suppress(FileExistsError):  # 1 in 4 billion: draw another name
             return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:  # 1 in 4 billion: draw another name
-            continue
 
 
 def temporary_pattern(name=None):

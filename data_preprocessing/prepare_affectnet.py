@@ -159,15 +159,15 @@ def write_affectnet(args, csv_paths, images_dir):
     train, train_left_out = read_annotations(csv_paths["train"], "--train-csv", bad_rows, seen)
     test, test_left_out = read_annotations(csv_paths["test"], "--val-csv", bad_rows, seen)
     bad_rows.raise_any()
-    if images_dir is not None:
+    if images_dir is not None:  # always there with --crop
         check_images_exist(images_dir, [(row["name"], row["shown"]) for row in train + test],
                            "listed image(s) missing")
-    if args.crop:
-        refuse_each(crop_one, [(str(images_dir / row["name"]), str(args.out / CROP_DIR / row["name"]), row["box"],
-                                row["where"]) for row in train + test], args.workers)
-    elif images_dir is not None:  # cropping decodes every image; without it, check that each one does
-        refuse_each(decode_problem, [(images_dir / row["name"], f"{row['where']}:") for row in train + test],
-                    args.workers)
+        if args.crop:
+            refuse_each(crop_one, [(str(images_dir / row["name"]), str(args.out / CROP_DIR / row["name"]),
+                                    row["box"], row["where"]) for row in train + test], args.workers)
+        else:  # cropping decodes every image; without it, check that each one does
+            refuse_each(decode_problem, [(images_dir / row["name"], f"{row['where']}:") for row in train + test],
+                        args.workers)
 
     written = {}
     for layout in LAYOUTS:

@@ -55,9 +55,8 @@ def majority_vote(votes) -> int | None:
     the 8 emotion columns (not unknown, not NF) give a label.
     """
     kept = [count if count > 1 else 0 for count in votes]
-    total = sum(kept)
     best = max(kept)
-    if total == 0 or not best > total / 2:
+    if not best > sum(kept) / 2:  # also when no count is left
         return None  # "unknown"
     winner = kept.index(best)  # a strict majority is unique
     return winner if winner < len(LAYOUT.classes) else None
@@ -105,7 +104,7 @@ def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, 
     faces are kept (48*48 bytes each)."""
     bad_rows, mismatches = RowErrors(), RowErrors()
     plus_rows = read_ferplus_labels(ferplus_path, bad_rows)  # its bad rows are named before fer2013.csv's
-    faces, unnamed, fer_count = [], 0, 0
+    faces, fer_count = [], 0
     for fer_row in read_fer2013_rows(fer2013_path, bad_rows):
         fer_count += 1
         if fer_row.index >= len(plus_rows) or plus_rows[fer_row.index] is None:
@@ -117,13 +116,12 @@ def read_faces(fer2013_path: Path, ferplus_path: Path) -> tuple[list[tuple[str, 
         elif name:  # rows without a name have no FERPlus image
             with bad_rows.row():
                 faces.append((name, parse_fer2013_pixels(fer_row.pixels, fer_row.where), usage, label))
-        unnamed += not name
     bad_rows.raise_any()
     if fer_count != len(plus_rows):  # every row is good here
         raise PrepareError(f"--fer2013 {fer2013_path} has {fer_count} data rows but --ferplus {ferplus_path} "
                            f"has {len(plus_rows)}; the rows must correspond one to one")
     mismatches.raise_any()
-    return faces, unnamed
+    return faces, sum(not name for _, _, name, _ in plus_rows)  # every row is good and matched here
 
 
 def convert(fer2013_path: Path, ferplus_path: Path, out_dir: Path) -> tuple[dict[str, list[tuple[str, int]]], dict]:

@@ -83,14 +83,6 @@ def _parse_line(line: str, path: Path, line_number: int, seen: dict) -> tuple[st
     return split, name, label
 
 
-def check_images(images_dir: Path, splits) -> None:
-    """PrepareError naming the first few listed aligned images that are not in ``images_dir``, then
-    each one that does not decode."""
-    names = [name for entries in splits.values() for name, _ in entries]
-    check_images_exist(images_dir, [(name, name) for name in names], "aligned image(s) listed but missing")
-    refuse_problems(map(decode_problem, [(images_dir / name, "--images") for name in names]))
-
-
 def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     """Run the script with ``argv``; returns the written entries per split."""
     args = parse_arguments("prepare_rafdb", DESCRIPTION, ARGUMENTS, argv)
@@ -98,8 +90,10 @@ def prepare(argv=None) -> dict[str, list[tuple[str, int]]]:
     images_dir = require_dir(args.images, "--images") if args.images else None
     with claim_prepared_outputs(args, [LAYOUT], [list_path]):
         splits = parse_partition_list(list_path)
-        if images_dir is not None:
-            check_images(images_dir, splits)
+        if images_dir is not None:  # the first few missing images named, then each one that does not decode
+            names = [name for entries in splits.values() for name, _ in entries]
+            check_images_exist(images_dir, [(name, name) for name in names], "aligned image(s) listed but missing")
+            refuse_problems(map(decode_problem, [(images_dir / name, "--images") for name in names]))
         write_layout_lists(args.out, LAYOUT, splits)
     return splits
 
