@@ -149,8 +149,7 @@ def inference_rows(args):
     logits are from float32's (max |difference|, top-1 agreement) on the same random images."""
     torch.manual_seed(0)
     model = inference_model(build_model("qcs", 7, size=args.size)).eval().to(args.device)
-    image_size = input_side(args.size)
-    variants = inference_variants(model, args, image_size)
+    variants = inference_variants(model, args, input_side(args.size))
     rows = []
     for batch in args.inference_batches:
         images = make_group("base", batch, args.size, args.device)[0][0]
