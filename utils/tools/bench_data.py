@@ -91,8 +91,8 @@ def augment_rows(args):
         for label, augmentation, recipes in recipe_augmentations():
             released = train_transform(**augmentation, image_size=DEFAULT_IMAGE_SIZE)
             worker, photometric = split_train_transform(released)
-            row = dict(transform=label, recipes=", ".join(recipes), **worker_ms(path, released, worker, args))
-            row["device_ms"] = photometric_ms(photometric, args)
+            row = dict(transform=label, recipes=", ".join(recipes), **worker_ms(path, released, worker, args),
+                       device_ms=photometric_ms(photometric, args))
             row["worker_ratio"] = row["released_ms"] / row["worker_ms"]
             row["total_ratio"] = row["released_ms"] / (row["worker_ms"] + row["device_ms"])
             rows.append(row)

@@ -1,6 +1,7 @@
 """The benchmark's model parts: timing in alternating order, the training step (batched vs per
 branch, with epoch estimates), inference variants, cost and peak memory."""
 import copy
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -133,16 +134,14 @@ def inference_variants(model, args, image_size):
 
 def onnx_session(model, image_size):
     """The model exported to ONNX and opened in onnxruntime (None without the extra)."""
-    import importlib.util
+    from . import onnx_model
 
-    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")):
+    if any(importlib.util.find_spec(name) is None for name in onnx_model.EXPORT_MODULES):
         return None
-    from .onnx_model import OnnxModel, export_onnx
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
-        export_onnx(model.cpu(), image_size, path)
-        return OnnxModel(path)  # the session holds the graph; the file may go
+        onnx_model.export_onnx(model.cpu(), image_size, path)
+        return onnx_model.OnnxModel(path)  # the session holds the graph; the file may go
 
 
 def inference_rows(args):
@@ -150,8 +149,7 @@ def inference_rows(args):
     logits are from float32's (max |difference|, top-1 agreement) on the same random images."""
     torch.manual_seed(0)
     model = inference_model(build_model("qcs", 7, size=args.size)).eval().to(args.device)
-    image_size = input_side(args.size)
-    variants = inference_variants(model, args, image_size)
+    variants = inference_variants(model, args, input_side(args.size))
     rows = []
     for batch in args.inference_batches:
         images = make_group("base", batch, args.size, args.device)[0][0]

@@ -85,10 +85,11 @@ def run(args, emit=print):
                  for e in estimates]))
     if "inference" in args.parts:
         rows = results["inference"] = inference_rows(args)
-        headers = ["variant", "batch", "ms/image", "images/s", "speed-up vs fp32", "max |logit diff|", "top-1 agree"]
         emit(f"\nInference (base branch, {args.size} size), each variant against float32 eager on the same "
-             "images\n" + table(headers, [[r["variant"], r["batch"], r["ms_per_image"], r["images_per_s"],
-                                           r["speedup"], r["max_abs_diff"], r["top1_agreement"]] for r in rows]))
+             "images\n" + table(
+                 ["variant", "batch", "ms/image", "images/s", "speed-up vs fp32", "max |logit diff|", "top-1 agree"],
+                 [[r["variant"], r["batch"], r["ms_per_image"], r["images_per_s"], r["speedup"], r["max_abs_diff"],
+                   r["top1_agreement"]] for r in rows]))
     if "cost" in args.parts:
         rows = results["cost"] = cost_rows(args)
         emit("\nCost\n" + table(["arch", "inference params M", "cross params M", "GFLOPs/image"],
@@ -114,12 +115,13 @@ def run(args, emit=print):
                    r["total_ratio"], r["recipes"]] for r in rows]))
     if "webcam" in args.parts:
         rows = results["webcam"] = webcam_rows(args)
-        headers = ["in flight", "frames", "frames/s", "faces/frame", "decode ms", "detect ms", "model ms", "draw ms"]
         emit(f"\nWebcam path of `demo`: {WEBCAM_FRAME[0]}x{WEBCAM_FRAME[1]} JPEG frames, one face, base branch "
              f"({args.size}), detection searching at most {args.webcam_detect_pixels} pixels; per-stage medians\n"
              + ("skipped: needs --webcam-face and the face-detection extra (requirements-faces.txt)" if rows is None
-                else table(headers, [[r["in_flight"], r["frames"], r["fps"], r["faces"], r["decode_ms"],
-                                      r["detect_ms"], r["model_ms"], r["draw_ms"]] for r in rows])))
+                else table(
+                    ["in flight", "frames", "frames/s", "faces/frame", "decode ms", "detect ms", "model ms", "draw ms"],
+                    [[r["in_flight"], r["frames"], r["fps"], r["faces"], r["decode_ms"], r["detect_ms"], r["model_ms"],
+                      r["draw_ms"]] for r in rows])))
     return results
 
 

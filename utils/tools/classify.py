@@ -294,17 +294,13 @@ def claim_annotations(folder, files, suffix=None):
 def annotation_targets(files, folder, suffix=None):
     """Each image's annotated copy: its path relative to the inputs' common folder, under `folder`
     (as PNG where PIL cannot write the image's own format)."""
-    images = [path for path in files if suffix or is_image_file(path)]
-    if not images:
+    resolved = {path: path.resolve() for path in files if suffix or is_image_file(path)}
+    if not resolved:
         return {}
-    resolved = [path.resolve() for path in images]
-    common = Path(os.path.commonpath([path.parent for path in resolved]))
-    targets = {}
-    for path, full in zip(images, resolved):
-        relative = full.relative_to(common)
-        new_suffix = suffix or (relative.suffix if _image_format(relative) else ".png")
-        targets[path] = Path(folder) / relative.with_suffix(new_suffix)
-    return targets
+    common = Path(os.path.commonpath([full.parent for full in resolved.values()]))
+    relative = {path: full.relative_to(common) for path, full in resolved.items()}
+    return {path: Path(folder) / name.with_suffix(suffix or (name.suffix if _image_format(name) else ".png"))
+            for path, name in relative.items()}
 
 
 def _image_format(path):

@@ -218,15 +218,11 @@ def write_summary(out, summary, seeds, budget="epochs", epochs=None):
     measures = list(next(iter(summary.values())))
     epochs = epochs or {}
 
-    def write_csv(handle):
-        writer = csv.writer(handle)
-        writer.writerow(["model", "seeds", "budget", "epochs"]
-                        + [f"{m} {part}" for m in measures for part in ("mean", "std")])
-        for model, values in summary.items():
-            cells = ("" if v is None else f"{v:.4f}" for m in measures for v in values[m])
-            writer.writerow([model, seeds, budget, epochs.get(model, ""), *cells])
-
-    atomic_write(out / "summary.csv", write_csv, mode="w", flag="--out")
+    table = [["model", "seeds", "budget", "epochs"] + [f"{m} {part}" for m in measures for part in ("mean", "std")]]
+    for model, values in summary.items():
+        cells = ("" if v is None else f"{v:.4f}" for m in measures for v in values[m])
+        table.append([model, seeds, budget, epochs.get(model, ""), *cells])
+    atomic_write(out / "summary.csv", lambda handle: csv.writer(handle).writerows(table), mode="w", flag="--out")
     lines = ["| model | " + " | ".join(measures) + " |", "|---" * (len(measures) + 1) + "|"]
     for model, values in summary.items():
         cells = (f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
@@ -250,6 +246,7 @@ def plot_curves(path, histories, title, num_classes=None, scale=None):
     passes over the train set, so that models given the same images end at the same place."""
     columns = accuracy_columns(next(iter(histories.values()))[0])
     fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+    longest = max(len(runs[0]) for runs in histories.values())
     for ax, column in zip(axes[0], columns):
         if num_classes:
             ax.axhline(100 / num_classes, color="grey", linestyle="--", linewidth=1, label="chance")
@@ -262,9 +259,8 @@ def plot_curves(path, histories, title, num_classes=None, scale=None):
             ax.plot(x, mean, style, label=model)
             ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             alpha=0.2)
-        xlabel = "training images seen (passes over the train set)" if scale else "epoch"
-        ax.set(xlabel=xlabel, ylabel="accuracy (%)", ylim=(0, 100), title=f"{title}: {column.replace('_acc', '')}")
-        longest = max(len(runs[0]) for runs in histories.values())
+        ax.set(xlabel="training images seen (passes over the train set)" if scale else "epoch",
+               ylabel="accuracy (%)", ylim=(0, 100), title=f"{title}: {column.replace('_acc', '')}")
         if not scale and longest <= MAX_EPOCH_TICKS:
             ax.set_xticks(range(1, longest + 1))
         ax.legend()

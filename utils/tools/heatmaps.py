@@ -30,6 +30,7 @@ from data_preprocessing.outputs import (
     refuse_existing,
 )
 from models.architectures import with_branches
+from models.qcs import tokens_per_level
 
 from ..device import autocast, resolve_device
 from ..inference import load_trained_model
@@ -82,10 +83,12 @@ def _other_of_class(labels, index, rng):
 @torch.no_grad()
 def level_maps(model, images):
     """CSA weights of a group as grids: levels × G × B × side × side (each grid sums to 1)."""
-    weights = model.csa_maps(*images)
-    side = math.isqrt(weights.shape[-1])
-    if side * side != weights.shape[-1]:
-        raise ValueError(f"{weights.shape[-1]} tokens per level do not form a square grid")
+    return as_grids(model.csa_maps(*images))
+
+
+def as_grids(weights):
+    """CSA weight vectors (… × N) as the square token grids they weight (… × side × side)."""
+    side = math.isqrt(weights.shape[-1])  # a square input gives square token grids
     return weights.unflatten(-1, (side, side))
 
 
@@ -117,9 +120,13 @@ def display_image(tensor):
 
 # ------------------------------------------------------------------------------ figures
 
-def new_figure(rows, columns):
+def new_figure(rows, columns, heading):
+    """`(figure, rows × columns axes)`, `heading` (if any) above them."""
     from matplotlib.figure import Figure
-    return Figure(figsize=(columns * CELL_INCHES, rows * CELL_INCHES), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(columns * CELL_INCHES, rows * CELL_INCHES), dpi=DPI, layout="constrained")
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
 def overlay(ax, face, heat, vmin=None, vmax=None):
@@ -132,24 +139,19 @@ def group_figure(faces, grids, titles, heading=""):
 
     `faces`: G arrays H×W×3; `grids`: levels × G × side × side; `titles`: G row titles.
     """
-    num_levels, num_images = grids.shape[:2]
+    num_images = grids.shape[1]
     height, width = faces[0].shape[:2]
     panels = level_and_fused(grids)
     heat = upsample(panels, height, width).numpy()
-    figure = new_figure(num_images, 2 + num_levels)
-    axes = figure.subplots(num_images, 2 + num_levels, squeeze=False)
+    figure, axes = new_figure(num_images, len(COLUMNS), heading)
     for row in range(num_images):
         axes[row, 0].imshow(faces[row])
         axes[row, 0].set_title(titles[row], fontsize=9)
-        for column in range(num_levels + 1):
-            ax = axes[row, column + 1]
-            overlay(ax, faces[row], heat[column, row])
-            name = COLUMNS[column + 1] if num_levels == 3 else f"level {column + 1}"
-            ax.set_title(f"{name}  max {panels[column, row].max():.2f}×", fontsize=9)
+        for column, name in enumerate(COLUMNS[1:]):
+            overlay(axes[row, column + 1], faces[row], heat[column, row])
+            axes[row, column + 1].set_title(f"{name}  max {panels[column, row].max():.2f}×", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    if heading:
-        figure.suptitle(heading, fontsize=10)
     return figure
 
 
@@ -162,24 +164,19 @@ def class_grid_figure(mean_faces, fused, classes, heading=""):
     heat = upsample(torch.nan_to_num(fused) * side * side, height, width).numpy()
     drawn = ~torch.isnan(fused).flatten(2).any(-1).numpy()
     vmin, vmax = (heat[drawn].min(), heat[drawn].max()) if drawn.any() else (0.0, 1.0)
-    figure = new_figure(num_classes, num_classes)
-    axes = figure.subplots(num_classes, num_classes, squeeze=False)
+    figure, axes = new_figure(num_classes, num_classes, heading)
     image = None
-    for i in range(num_classes):
-        for j in range(num_classes):
-            ax = axes[i, j]
-            if drawn[i, j]:
-                image = overlay(ax, mean_faces[i], heat[i, j], vmin, vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"partner: {classes[j]}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(f"anchor: {classes[i]}", fontsize=8)
+    for (i, j), ax in np.ndenumerate(axes):
+        if drawn[i, j]:
+            image = overlay(ax, mean_faces[i], heat[i, j], vmin, vmax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            ax.set_title(f"partner: {classes[j]}", fontsize=8)
+        if j == 0:
+            ax.set_ylabel(f"anchor: {classes[i]}", fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=axes, shrink=0.6, label="fused weight × N (1 = uniform)")
-    if heading:
-        figure.suptitle(heading, fontsize=10)
     return figure
 
 
@@ -213,21 +210,18 @@ def class_grid_maps(model, dataset, per_class, seed, device):
     anchors = draw_class_samples(dataset.labels, num_classes, per_class, rng)
     partners = draw_class_samples(dataset.labels, num_classes, per_class, rng)
     tokens = base_tokens(model, dataset, np.concatenate(anchors + partners), device)
-    cells, counts = {}, np.zeros((num_classes, num_classes), dtype=int)
+    counts = np.zeros((num_classes, num_classes), dtype=int)
+    fused = torch.full((num_classes, num_classes, tokens_per_level(model.base.input_size)), float("nan"))
     for i, j in itertools.product(range(num_classes), repeat=2):
         maps = [pair_weights_from_tokens(model, tokens[a], tokens[p])[:, 0, 0].mean(0).cpu()
                 for a, p in _pairs(anchors[i], partners[j])]
         counts[i, j] = len(maps)
         if maps:
-            cells[i, j] = torch.stack(maps).mean(0)
-    side = math.isqrt(next(iter(cells.values())).shape[-1])
-    fused = torch.full((num_classes, num_classes, side, side), float("nan"))
-    for (i, j), cell in cells.items():
-        fused[i, j] = cell.view(side, side)
+            fused[i, j] = torch.stack(maps).mean(0)
     mean_faces = [np.mean([display_image(dataset[a][0]) for a in anchors[i]], axis=0)
                   if len(anchors[i]) else np.zeros_like(display_image(dataset[0][0]))
                   for i in range(num_classes)]
-    return fused, counts, mean_faces
+    return as_grids(fused), counts, mean_faces
 
 
 def _pairs(anchors, partners):
