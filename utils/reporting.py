@@ -209,7 +209,6 @@ class RunReport:
         """End of the run (also when it stops early): close the TensorBoard event file."""
         if self.tensorboard:
             self.tensorboard.close(history)
-            self.tensorboard = None
 
 
 def format_confusion(confusion, class_names):

@@ -71,7 +71,6 @@ class RunFolderLocks:
     def take(self, run_dir):
         """Lock `run_dir` (once; see `lock_run_dir`), then remove the temporaries only a killed
         writer of this folder can have left."""
-        run_dir = Path(run_dir)
         if fcntl is None or run_dir in self.held:
             return
         self.held[run_dir] = lock_run_dir(run_dir)
