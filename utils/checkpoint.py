@@ -167,9 +167,8 @@ def _add_our_metadata(info, checkpoint):
     except UsageError as error:
         raise CheckpointError(f"{info.path}: its saved settings are invalid: {error}") from None
     info.classes = list(classes) if classes is not None else None
-    info.dataset = run_config.get("dataset")
-    info.image_size = run_config.get("image_size")
-    info.augmentation = run_config.get("augmentation")
+    for key in ("dataset", "image_size", "augmentation"):
+        setattr(info, key, run_config.get(key))
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
     info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
