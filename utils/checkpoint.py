@@ -125,19 +125,18 @@ def load_checkpoint(path):
     if is_safetensors(path):
         return load_safetensors(path)
     checkpoint = read_checkpoint(path)
+    return checkpoint, describe_checkpoint(checkpoint, str(path))
+
+
+def describe_checkpoint(checkpoint, path):
+    """A `CheckpointInfo` for an object read from `path`; its CheckpointErrors name the file."""
     try:
-        return checkpoint, describe_checkpoint(checkpoint, str(path))
+        container, raw = checkpoint_state_dict(checkpoint)
+        naming, state = to_our_names(raw)
+        arch, num_classes = (None, None) if naming == "ir50" else describe_state_dict(state)
     except CheckpointError as error:
-        message = str(error)
-        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
-
-
-def describe_checkpoint(checkpoint, path=""):
-    """A `CheckpointInfo` for an already-loaded checkpoint object."""
-    container, raw = checkpoint_state_dict(checkpoint)
-    naming, state = to_our_names(raw)
+        raise CheckpointError(str(error) if path in str(error) else f"{path}: {error}") from None
     tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    arch, num_classes = (None, None) if naming == "ir50" else describe_state_dict(state)
     info = CheckpointInfo(
         path=path, format="ir50" if naming == "ir50" else container, naming=naming, arch=arch,
         num_classes=num_classes, size=infer_size(state), num_tensors=len(tensors),
@@ -168,9 +167,8 @@ def _add_our_metadata(info, checkpoint):
     except UsageError as error:
         raise CheckpointError(f"{info.path}: its saved settings are invalid: {error}") from None
     info.classes = list(classes) if classes is not None else None
-    info.dataset = run_config.get("dataset")
-    info.image_size = run_config.get("image_size")
-    info.augmentation = run_config.get("augmentation")
+    for key in ("dataset", "image_size", "augmentation"):
+        setattr(info, key, run_config.get(key))
     info.model_config = dict(config)
     info.size = config.get("size", info.size)
     info.arch = config.get("arch", info.arch)  # a QCS without θ (S or D only) has DCS's keys
@@ -252,10 +250,7 @@ def load_safetensors(path):
         state = load_file(path)
     except Exception as error:  # safetensors' own SafetensorError: bad header, truncated data
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        held = describe_checkpoint(state, str(path))
-    except CheckpointError as error:  # no tensors at all
-        raise CheckpointError(f"{path}: {error}") from None
+    held = describe_checkpoint(state, str(path))
     info = export_info(path, meta, "safetensors", held.num_tensors, held.num_parameters)
     if (held.arch, held.num_classes) != ("base", info.num_classes):
         found = f"a {held.arch.upper()} model with {held.num_classes} classes" if held.num_classes else "no classifier"

@@ -67,11 +67,6 @@ def loss_columns(num_branches):
     return names
 
 
-def metrics_columns(num_branches):
-    return ["epoch", "lr", *loss_columns(num_branches), "loss", "train_acc", "test_acc", "mean_class_acc",
-            "macro_f1", "best_acc", "epoch_time_s"]
-
-
 def epoch_row(epoch, lr, metrics, result, state, seconds, num_branches):
     """One `metrics.csv` row: epoch (1-based), training sums, test scores and per-output losses."""
     losses = metrics["output_losses"]
@@ -85,7 +80,8 @@ def epoch_row(epoch, lr, metrics, result, state, seconds, num_branches):
 
 def write_metrics(path, history, num_branches):
     """Rewrite the metrics CSV from the run history (one row per epoch)."""
-    columns = metrics_columns(num_branches)
+    columns = ["epoch", "lr", *loss_columns(num_branches), "loss", "train_acc", "test_acc", "mean_class_acc",
+               "macro_f1", "best_acc", "epoch_time_s"]
     columns += [k for k in (history[0] if history else {}) if k not in columns]  # extra test splits
 
     def write(handle):
@@ -151,10 +147,9 @@ class TensorBoardLog:
         folder = Path(run_dir) / "tensorboard"
         refuse_link(folder)
         self.writer = SummaryWriter(str(folder))
-        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                           for k, v in settings.as_dict().items() if v is not None}
-        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(hyperparameters.items())))
-        self.hyperparameters = hyperparameters
+        self.hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                for k, v in settings.as_dict().items() if v is not None}
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(self.hyperparameters.items())))
 
     def log_epoch(self, row):
         """Every number of a `metrics.csv` row, under its column name, at its epoch."""
@@ -214,7 +209,6 @@ class RunReport:
         """End of the run (also when it stops early): close the TensorBoard event file."""
         if self.tensorboard:
             self.tensorboard.close(history)
-            self.tensorboard = None
 
 
 def format_confusion(confusion, class_names):

@@ -60,10 +60,6 @@ except ImportError:  # not POSIX: no inter-process lock (documented in the READM
     fcntl = None
 
 
-class RunFolderBusy(UsageError):
-    """Another process holds the run folder's lock."""
-
-
 class RunFolderLocks:
     """The run-folder locks this process holds (folder → its open lock file), each from `take` until
     `release` or the end of the process (the OS drops it when the process dies). The run's `main`
@@ -75,7 +71,6 @@ class RunFolderLocks:
     def take(self, run_dir):
         """Lock `run_dir` (once; see `lock_run_dir`), then remove the temporaries only a killed
         writer of this folder can have left."""
-        run_dir = Path(run_dir)
         if fcntl is None or run_dir in self.held:
             return
         self.held[run_dir] = lock_run_dir(run_dir)
@@ -96,8 +91,8 @@ def lock_run_dir(run_dir):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise RunFolderBusy(f"{run_dir} is in use by another process (pid {holder}); wait for it to "
-                            "end, or choose another folder") from None
+        raise UsageError(f"{run_dir} is in use by another process (pid {holder}); wait for it to "
+                         "end, or choose another folder") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -182,17 +177,14 @@ def read_resume_source(settings, given):
         raise FileNotFoundError(f"--resume {source}: no such file")
     source_stat = source.stat()  # taken before reading: a change while starting is noticed
     if source.name == LAST and "output_dir" not in given:  # a stopped epoch end is finished there
-        settings, resumed = read_resume_checkpoint(settings, given, ended=_epoch_end_written(source.parent))
+        settings, resumed = read_resume_checkpoint(settings, given, ended=lambda checkpoint: not unfinished_epoch_end(
+            source.parent, checkpoint["best_epoch"] == checkpoint["epoch"]))
     else:
         settings, resumed = read_resume_checkpoint(settings, given)
     plan, folder = resume_plan(settings, resumed, given)
     if plan == "branch":
         settings.branched_from = str(source.resolve())
     return settings, resumed, (plan, folder, source_stat)
-
-
-def _epoch_end_written(folder):
-    return lambda checkpoint: not unfinished_epoch_end(folder, checkpoint["best_epoch"] == checkpoint["epoch"])
 
 
 def resume_plan(settings, checkpoint, given):

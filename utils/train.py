@@ -251,7 +251,7 @@ class EpochProgress:
             sums["by_rank"] = by_rank
         state = self.run.state
         state.epoch, state.step, state.epoch_sums, state.groups_done = self.epoch, self.step, sums, self.groups_done()
-        self.run.saver.save_last(state)
+        self.run.saver.save(state)
         self.control.saved()
         self.saved_step = self.step
 
@@ -342,7 +342,7 @@ def end_epoch(run, epoch, metrics, progress):
     state.history.append(row)
     state.epoch, state.step, state.epoch_sums, state.groups_done = epoch + 1, 0, None, 0
     try:
-        run.saver.save_last(state)
+        run.saver.save(state)
     except OutputError as error:
         raise OutputError(f"{error} ({kept(run, False)})") from None
     write_after_last(run, result["confusion"] if is_best else None)
@@ -359,7 +359,7 @@ def write_after_last(run, confusion, tensorboard=True):
     from the state last.pth holds. A failure keeps the folder: the resume writes them again."""
     try:
         if confusion is not None:
-            run.saver.save_best(run.state)
+            run.saver.save(run.state, "best.pth")
         run.report.epoch(run.state, run.num_branches, confusion, tensorboard)
     except OutputError as error:
         raise OutputError(f"{error} ({kept(run, True)})") from None

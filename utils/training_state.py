@@ -71,10 +71,8 @@ def epoch_sums_key(checkpoint):
     return next((key for key in ("epoch_sums", "partial") if checkpoint.get(key) is not None), "epoch_sums")
 
 
-def training_checkpoint(model, optimizer, scheduler, state, settings, classes, rng_by_rank=None):
-    """Everything needed to continue a run exactly; `rng_by_rank`: every rank's `rng_states()`
-    (default: this process's alone)."""
-    rng_by_rank = rng_by_rank or [rng_states()]
+def training_checkpoint(model, optimizer, scheduler, state, settings, classes, rng_by_rank):
+    """Everything needed to continue a run exactly; `rng_by_rank`: every rank's `rng_states()`."""
     return {
         "format": CHECKPOINT_FORMAT,
         "config": dict(model.config),
@@ -101,15 +99,10 @@ class Saver:
     def last_path(self):
         return self.run_dir / "last.pth"
 
-    def save_last(self, state):
-        self._save(state, self.last_path())
-
-    def save_best(self, state):
-        self._save(state, self.run_dir / "best.pth")
-
-    def _save(self, state, path):
+    def save(self, state, name="last.pth"):
+        """Write `state` as `name` (`last.pth`, or `best.pth`)."""
         rng_by_rank = ddp.gather_objects(rng_states())  # a collective: every rank takes part
         if self.enabled:
             atomic_save(training_checkpoint(self.model, self.optimizer, self.scheduler, state, self.settings,
-                                            self.classes, rng_by_rank), path)
+                                            self.classes, rng_by_rank), self.run_dir / name)
 
