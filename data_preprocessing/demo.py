@@ -71,7 +71,6 @@ ATTRIBUTE_COLUMNS = (
     "face_cx", "face_cy", "face_rx", "face_ry", "light_strength", "noise_sigma",
 )
 
-META_NAME = DEMO_META_NAME
 ATTRIBUTES_NAME = "demo_attributes.csv"
 LIST_NAMES = dict(DEMO_LAYOUT.list_files)
 IMAGES_DIR = DEMO_LAYOUT.image_dir
@@ -154,7 +153,7 @@ def _generate(root: Path, params: dict, flag: str) -> None:
     partial = root / PARTIAL_DIR
     if partial.exists():  # left by an interrupted generation; only this module writes it
         shutil.rmtree(partial)
-    remove_stale_temporaries(root, META_NAME)
+    remove_stale_temporaries(root, DEMO_META_NAME)
     try:
         with output_errors(root, flag, "generating the demo data"):
             partial.mkdir()
@@ -171,7 +170,7 @@ def _generate(root: Path, params: dict, flag: str) -> None:
                 "background_hue": list(BACKGROUND_HUES), "texture": list(TEXTURE_NAMES),
                 "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
                 "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
-            atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
+            atomic_write_text(json.dumps(meta, indent=2) + "\n", root / DEMO_META_NAME)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -183,7 +182,7 @@ def _write_attribute_rows(handle, rows) -> None:
 
 
 def _check_existing(root: Path, params: dict) -> None:
-    meta_path = root / META_NAME
+    meta_path = root / DEMO_META_NAME
     kind = non_regular_kind(meta_path)
     if kind is not None:  # reading a named pipe would wait for ever
         raise DemoDataError(f"{meta_path} is {kind}, not a regular file; delete the folder {root} "
@@ -208,12 +207,12 @@ def _check_existing(root: Path, params: dict) -> None:
 def _refuse_foreign_folder(root: Path, flag: str) -> None:
     """A folder without demo metadata that holds anything the demo does not write is someone's data:
     never generate into it."""
-    ours = {*DATA_NAMES, META_NAME, PARTIAL_DIR, LOCK_NAME}
+    ours = {*DATA_NAMES, DEMO_META_NAME, PARTIAL_DIR, LOCK_NAME}
     temporary = temporary_pattern()  # the metadata's, or another rank's writability probe
     foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not temporary.fullmatch(p.name))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise DemoDataError(f"{flag} {root} is not a demo folder (no {META_NAME}) and holds other files "
+        raise DemoDataError(f"{flag} {root} is not a demo folder (no {DEMO_META_NAME}) and holds other files "
                             f"({shown}); give an empty or new folder for the demo data")
 
 
@@ -224,7 +223,7 @@ def _describe(root: Path, params: dict, generated: bool) -> dict:
         "train_list": str(root / LIST_NAMES["train"]),
         "test_list": str(root / LIST_NAMES["test"]),
         "attributes_csv": str(root / ATTRIBUTES_NAME),
-        "meta_path": str(root / META_NAME),
+        "meta_path": str(root / DEMO_META_NAME),
         "classes": list(DEMO_CLASSES),
         "num_train": params["train_per_class"] * len(DEMO_CLASSES),
         "num_test": params["test_per_class"] * len(DEMO_CLASSES),
@@ -249,15 +248,15 @@ def ensure_demo_dataset(data_root, seed: int = 0, train_per_class: int = 60, tes
     root = Path(data_root)
     if root.exists() and not root.is_dir():
         raise DemoDataError(f"demo data_root {root} exists and is not a folder")
-    if not (root / META_NAME).exists():  # the metadata is written last: with it, the folder is complete
+    if not (root / DEMO_META_NAME).exists():  # the metadata is written last: with it, the folder is complete
         if root.is_dir():
             _refuse_foreign_folder(root, flag)
         make_output_dir(check_output_dir(root, flag, create=True), flag)
         with _exclusive_lock(root / LOCK_NAME):
-            if not (root / META_NAME).exists():  # else another process generated it meanwhile
+            if not (root / DEMO_META_NAME).exists():  # else another process generated it meanwhile
                 leftovers = [name for name in DATA_NAMES if (root / name).exists()]
                 if leftovers:
-                    raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {META_NAME}: an earlier demo "
+                    raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {DEMO_META_NAME}: an earlier demo "
                                         f"generation was interrupted or the folder holds other data; delete it "
                                         f"(or choose another data_root) and retry")
                 _generate(root, params, flag)
