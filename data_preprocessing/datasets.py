@@ -25,8 +25,6 @@ demo           ./datas/demo            generated: images/ + demo_train.txt, demo
                                        demo_test_flipped.txt (nuisance set against the label)
 =============  ======================  ============================================================
 """
-from __future__ import annotations
-
 import os
 from collections.abc import Callable
 from dataclasses import dataclass

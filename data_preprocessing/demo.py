@@ -21,8 +21,6 @@ Layout written under ``data_root``::
 Command line: ``python -m data_preprocessing.demo --out DIR [--seed N] ...``
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import csv

@@ -6,8 +6,6 @@ the face from them with Pillow. The same generator state always gives the same p
 `data_preprocessing.demo` writes the dataset folder from these faces.
 """
 
-from __future__ import annotations
-
 import colorsys
 
 import numpy as np

@@ -11,8 +11,6 @@ jitter is PIL's `Image.blend` on uint8 values (truncated, clipped), hue goes thr
 conversion with the same float/double arithmetic. The parameters are drawn as torchvision draws them,
 from a `torch.Generator` the caller passes (see `DeviceAugment` for the per-step seeding).
 """
-from __future__ import annotations
-
 import functools
 from dataclasses import dataclass
 from types import SimpleNamespace

@@ -10,8 +10,6 @@ these roles that starts with the anchor (a negative2 needs a negative before it)
 The sampler runs in the main process (DataLoader workers only load images) and, like
 DistributedSampler, gives each rank its own shard of the epoch's anchors, padded to equal length.
 """
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 

@@ -11,8 +11,6 @@
 `image_size` (the side in pixels) is 224 in every released recipe; smaller values are for quick
 CPU runs. (`size` elsewhere in the project is the model preset.)
 """
-from __future__ import annotations
-
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
