@@ -267,10 +267,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_preprocessing.demo",
                                      description="Generate the procedurally drawn demo face-expression dataset.")
     parser.add_argument("--out", required=True, help="folder to write (data_root)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=112)
+    for option, default in (("--seed", 0), ("--train-per-class", 60), ("--test-per-class", 20), ("--image-size", 112)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--spurious", default="background", choices=SPURIOUS_CHOICES,
                         help="nuisance attribute tied to the label in the train split")
     parser.add_argument("--spurious-strength", type=float, default=0.8,

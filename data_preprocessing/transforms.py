@@ -93,10 +93,9 @@ def describe_transform(transform) -> str:
 
 
 def _describe_step(step) -> str:
-    side = getattr(step, "size", None)
-    side = tuple(side) if isinstance(side, (list, tuple)) else side
-    if "Crop" in type(step).__name__ and isinstance(side, tuple) and len(set(side)) == 1:
-        side = side[0]  # a crop is square: its side
+    side = getattr(step, "size", None)  # a (height, width) tuple: Resize's as given, the crops' made by torchvision
+    if "Crop" in type(step).__name__:
+        side = side[0]  # the crops here are square: their side
     return type(step).__name__ + (f"({side})" if side is not None else "")
 
 
