@@ -55,15 +55,20 @@ def _kind_a_steps(resize, rotation, image_size: int) -> list:
 def _kind_b_steps(resize, rotation, image_size: int) -> list:
     if resize is None:
         raise ValueError("train_transform B needs resize (the side before the random crop)")
-    _check_side(resize, "resize")
-    if resize < image_size:
-        raise ValueError(f"train_transform B: resize ({resize}) must be >= the crop size ({image_size})")
+    steps = [_resize_before_crop(resize, image_size, "train_transform B"), T.RandomHorizontalFlip()]
     if rotation is not None and rotation < 0:
         raise ValueError(f"rotation must be >= 0 degrees, got {rotation}")
-    steps = [T.Resize((resize, resize)), T.RandomHorizontalFlip()]
     if rotation:
         steps.append(T.RandomRotation(rotation))
     return steps + [T.RandomCrop(image_size)]
+
+
+def _resize_before_crop(resize, image_size: int, caller: str):
+    """Resize((resize, resize)), checked to leave room for the `image_size` crop after it."""
+    _check_side(resize, "resize")
+    if resize < image_size:
+        raise ValueError(f"{caller}: resize ({resize}) must be >= the crop size ({image_size})")
+    return T.Resize((resize, resize))
 
 
 def test_transform(resize: int | None = None, image_size: int = 224) -> T.Compose:
@@ -73,10 +78,7 @@ def test_transform(resize: int | None = None, image_size: int = 224) -> T.Compos
     if resize is None:
         steps = [T.Resize((image_size, image_size))]
     else:
-        _check_side(resize, "resize")
-        if resize < image_size:
-            raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({image_size})")
-        steps = [T.Resize((resize, resize)), T.CenterCrop(image_size)]
+        steps = [_resize_before_crop(resize, image_size, "test_transform"), T.CenterCrop(image_size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
