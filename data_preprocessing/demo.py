@@ -70,9 +70,8 @@ ATTRIBUTE_COLUMNS = (
 )
 
 ATTRIBUTES_NAME = "demo_attributes.csv"
-LIST_NAMES = dict(DEMO_LAYOUT.list_files)
-IMAGES_DIR = DEMO_LAYOUT.image_dir
-DATA_NAMES = (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME)  # what the demo writes before the metadata
+# what the demo writes before the metadata
+DATA_NAMES = (DEMO_LAYOUT.image_dir, *DEMO_LAYOUT.list_files.values(), ATTRIBUTES_NAME)
 PARTIAL_DIR = ".demo_partial"
 LOCK_NAME = ".demo.lock"
 # test_flipped redraws the test faces (same seeds) with the spurious attribute set against the label
@@ -127,7 +126,7 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
     """Draw and save one split under ``folder/images/<split>``; return its attribute rows."""
     per_class = params["train_per_class" if split == "train" else "test_per_class"]
     image_size = params["image_size"]
-    (folder / IMAGES_DIR / split).mkdir(parents=True)
+    (folder / DEMO_LAYOUT.image_dir / split).mkdir(parents=True)
     rows = []
     for index in range(per_class * len(DEMO_CLASSES)):
         label = index % len(DEMO_CLASSES)
@@ -135,7 +134,7 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
         attrs = sample_attributes(rng, label, params["spurious"], params["spurious_strength"],
                                   tie_to_label=(split == "train"), against_label=(split == "test_flipped"))
         name = f"{split}/{index:05d}.png"
-        draw_face(rng, label, attrs, image_size).save(folder / IMAGES_DIR / name, compress_level=1)
+        draw_face(rng, label, attrs, image_size).save(folder / DEMO_LAYOUT.image_dir / name, compress_level=1)
         cx, cy, rx, ry = face_geometry(attrs, image_size)
         rows.append({"split": split, "name": name, "label": label,
                      **{key: attrs[key] for key in CATEGORICAL_ATTRIBUTES},
@@ -156,10 +155,9 @@ def _generate(root: Path, params: dict, flag: str) -> None:
         with output_errors(root, flag, "generating the demo data"):
             partial.mkdir()
             rows = []
-            for split in LIST_NAMES:
+            for split, list_name in DEMO_LAYOUT.list_files.items():
                 split_rows = _generate_split(split, params, partial)
-                atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows),
-                                  partial / LIST_NAMES[split])
+                atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows), partial / list_name)
                 rows += split_rows
             atomic_write(partial / ATTRIBUTES_NAME, lambda handle: _write_attribute_rows(handle, rows), mode="w")
             for name in DATA_NAMES:
@@ -217,9 +215,9 @@ def _refuse_foreign_folder(root: Path, flag: str) -> None:
 def _describe(root: Path, params: dict, generated: bool) -> dict:
     return {
         "data_root": str(root),
-        "images_dir": str(root / IMAGES_DIR),
-        "train_list": str(root / LIST_NAMES["train"]),
-        "test_list": str(root / LIST_NAMES["test"]),
+        "images_dir": str(root / DEMO_LAYOUT.image_dir),
+        "train_list": str(root / DEMO_LAYOUT.list_files["train"]),
+        "test_list": str(root / DEMO_LAYOUT.list_files["test"]),
         "attributes_csv": str(root / ATTRIBUTES_NAME),
         "meta_path": str(root / DEMO_META_NAME),
         "classes": list(DEMO_CLASSES),

@@ -108,8 +108,8 @@ def _draw_texture(draw: ImageDraw.ImageDraw, rng: np.random.Generator, kind: str
     phase = rng.uniform(0, period)
     if kind in ("h_stripes", "v_stripes"):
         for start in np.arange(phase - period, canvas, period):
-            stripe = (0, start, canvas, start + period / 2)  # a horizontal stripe; transposed for v_stripes
-            draw.rectangle(stripe if kind == "h_stripes" else (start, 0, start + period / 2, canvas), fill=colour)
+            x0, y0, x1, y1 = 0, start, canvas, start + period / 2  # a horizontal stripe; v_stripes transpose it
+            draw.rectangle((x0, y0, x1, y1) if kind == "h_stripes" else (y0, x0, y1, x1), fill=colour)
     elif kind == "diagonal":
         for x in np.arange(phase - canvas, canvas, period):
             draw.line((x, 0, x + canvas, canvas), fill=colour, width=max(1, int(period / 3)))
