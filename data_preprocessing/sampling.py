@@ -35,8 +35,8 @@ class ClassIndex:
         self.counts = np.bincount(labels)
         self.starts = np.cumsum(self.counts) - self.counts
         self.order = np.argsort(labels, kind="stable")  # sample indices grouped by class
-        self.rank_in_class = np.empty_like(labels)
-        self.rank_in_class[self.order] = np.arange(labels.size) - self.starts[labels[self.order]]
+        # a sample's place in `order` (the inverse permutation) less its class's start
+        self.rank_in_class = np.argsort(self.order) - self.starts[labels]
 
     def class_label(self, label: int) -> str:
         if self.class_names is not None and label < len(self.class_names):
