@@ -18,7 +18,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The largest image side any transform accepts: far above the released 224 and 236, and a bound on
 # the memory a mistyped or hostile saved setting can ask for (an N×N RGB float image is 12·N² bytes).
 MAX_IMAGE_SIDE = 1024
-COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for",
            "describe_transform"]
@@ -40,7 +39,7 @@ def train_transform(kind: str = "A", resize: int | None = None, rotation: float 
     else:
         raise ValueError(f"train_transform kind must be 'A' or 'B', got {kind!r}")
     if color_jitter:
-        steps.append(T.ColorJitter(**COLOR_JITTER))
+        steps.append(T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1))
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomErasing(scale=(low, high))]
     return T.Compose(steps)
 
