@@ -3,8 +3,6 @@
 The one module that imports both `datasets` (the readers and the registry) and `demo` (the demo
 generator), so that neither of those two imports the other.
 """
-from __future__ import annotations
-
 import os
 
 from .datasets import DEMO_META_NAME, ImageListDataset, canonical_name, default_data_root, read_dataset

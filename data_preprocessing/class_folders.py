@@ -1,7 +1,5 @@
 """Class-folder datasets: any `ROOT/<split>/<class>/*` tree, and FER2013 (from its class folders or
 from fer2013.csv)."""
-from __future__ import annotations
-
 import os
 
 from .errors import DataError

@@ -25,8 +25,6 @@ demo           ./datas/demo            generated: images/ + demo_train.txt, demo
                                        demo_test_flipped.txt (nuisance set against the label)
 =============  ======================  ============================================================
 """
-from __future__ import annotations
-
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,22 +85,12 @@ def read_demo(root, split, classes, transform, check_images):
     return list_file_reader(DEMO_LAYOUT)(root, split, classes, transform, check_images)
 
 
-# These two find their images by listing folders (or hold them in memory): nothing listed can be
-# missing, so `check_images` has nothing to do (build_dataset refuses check_images=False for them).
-def read_fer2013(root, split, classes, transform, check_images):
-    return fer2013_dataset(root, split, classes=classes, transform=transform)
-
-
-def read_folder(root, split, classes, transform, check_images):
-    return folder_dataset(root, split, classes=classes, transform=transform)
-
-
 @dataclass(frozen=True)
 class DatasetEntry:
     """One dataset: default data root, classes in label order (None: the class folders), the
-    reader `(root, split, classes, transform, check_images) -> ImageListDataset`, test splits
+    reader `(root, split, classes, transform[, check_images]) -> ImageListDataset`, test splits
     evaluated beside "test" during training, and whether its images are named in list files
-    (only then can a listed image be missing, so only then can `check_images` be switched off)."""
+    (only then can a listed image be missing, so only then does the reader take `check_images`)."""
 
     default_root: str | None
     classes: tuple | None
@@ -114,8 +102,8 @@ class DatasetEntry:
 DATASETS = {
     **{name: DatasetEntry(layout.default_root, layout.classes, list_file_reader(layout))
        for name, layout in LIST_LAYOUTS.items()},
-    "FER2013": DatasetEntry("./datas/FER2013", tuple(FER2013_CLASSES), read_fer2013, lists_images=False),
-    "folder": DatasetEntry(None, None, read_folder, lists_images=False),
+    "FER2013": DatasetEntry("./datas/FER2013", tuple(FER2013_CLASSES), fer2013_dataset, lists_images=False),
+    "folder": DatasetEntry(None, None, folder_dataset, lists_images=False),
     "demo": DatasetEntry(DEMO_LAYOUT.default_root, DEMO_LAYOUT.classes, read_demo, ("test_flipped",)),
 }
 DATASET_NAMES = list(DATASETS)
@@ -158,9 +146,11 @@ def read_dataset(name: str, split: str, data_root=None, transform=None, classes=
     """
     name = canonical_name(name)
     entry = DATASETS[name]
-    if not check_images and not entry.lists_images:
+    root = data_root if data_root is not None else entry.default_root
+    if entry.lists_images:
+        return entry.read(root, str(split), classes, transform, check_images)
+    if not check_images:
         raise ValueError(f"check_images=False applies to list-file datasets only; {name} finds its images "
                          f"by listing folders (or reads them from fer2013.csv), so none can be missing")
-    root = data_root if data_root is not None else default_data_root(name)
-    return entry.read(root, str(split), classes, transform, check_images)
+    return entry.read(root, str(split), classes, transform)
 

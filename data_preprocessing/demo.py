@@ -21,8 +21,6 @@ Layout written under ``data_root``::
 Command line: ``python -m data_preprocessing.demo --out DIR [--seed N] ...``
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import csv
@@ -71,11 +69,9 @@ ATTRIBUTE_COLUMNS = (
     "face_cx", "face_cy", "face_rx", "face_ry", "light_strength", "noise_sigma",
 )
 
-META_NAME = DEMO_META_NAME
 ATTRIBUTES_NAME = "demo_attributes.csv"
-LIST_NAMES = dict(DEMO_LAYOUT.list_files)
-IMAGES_DIR = DEMO_LAYOUT.image_dir
-DATA_NAMES = (IMAGES_DIR, *LIST_NAMES.values(), ATTRIBUTES_NAME)  # what the demo writes before the metadata
+# what the demo writes before the metadata
+DATA_NAMES = (DEMO_LAYOUT.image_dir, *DEMO_LAYOUT.list_files.values(), ATTRIBUTES_NAME)
 PARTIAL_DIR = ".demo_partial"
 LOCK_NAME = ".demo.lock"
 # test_flipped redraws the test faces (same seeds) with the spurious attribute set against the label
@@ -130,7 +126,7 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
     """Draw and save one split under ``folder/images/<split>``; return its attribute rows."""
     per_class = params["train_per_class" if split == "train" else "test_per_class"]
     image_size = params["image_size"]
-    (folder / IMAGES_DIR / split).mkdir(parents=True)
+    (folder / DEMO_LAYOUT.image_dir / split).mkdir(parents=True)
     rows = []
     for index in range(per_class * len(DEMO_CLASSES)):
         label = index % len(DEMO_CLASSES)
@@ -138,7 +134,7 @@ def _generate_split(split: str, params: dict, folder: Path) -> list[dict]:
         attrs = sample_attributes(rng, label, params["spurious"], params["spurious_strength"],
                                   tie_to_label=(split == "train"), against_label=(split == "test_flipped"))
         name = f"{split}/{index:05d}.png"
-        draw_face(rng, label, attrs, image_size).save(folder / IMAGES_DIR / name, compress_level=1)
+        draw_face(rng, label, attrs, image_size).save(folder / DEMO_LAYOUT.image_dir / name, compress_level=1)
         cx, cy, rx, ry = face_geometry(attrs, image_size)
         rows.append({"split": split, "name": name, "label": label,
                      **{key: attrs[key] for key in CATEGORICAL_ATTRIBUTES},
@@ -154,15 +150,14 @@ def _generate(root: Path, params: dict, flag: str) -> None:
     partial = root / PARTIAL_DIR
     if partial.exists():  # left by an interrupted generation; only this module writes it
         shutil.rmtree(partial)
-    remove_stale_temporaries(root, META_NAME)
+    remove_stale_temporaries(root, DEMO_META_NAME)
     try:
         with output_errors(root, flag, "generating the demo data"):
             partial.mkdir()
             rows = []
-            for split in LIST_NAMES:
+            for split, list_name in DEMO_LAYOUT.list_files.items():
                 split_rows = _generate_split(split, params, partial)
-                atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows),
-                                  partial / LIST_NAMES[split])
+                atomic_write_text("".join(f"{r['name']} {r['label']}\n" for r in split_rows), partial / list_name)
                 rows += split_rows
             atomic_write(partial / ATTRIBUTES_NAME, lambda handle: _write_attribute_rows(handle, rows), mode="w")
             for name in DATA_NAMES:
@@ -171,7 +166,7 @@ def _generate(root: Path, params: dict, flag: str) -> None:
                 "background_hue": list(BACKGROUND_HUES), "texture": list(TEXTURE_NAMES),
                 "skin": [list(tone) for tone in SKIN_TONES], "accessory": list(ACCESSORY_NAMES),
                 "lighting": [list(d) for d in LIGHTING_DIRECTIONS]}}
-            atomic_write_text(json.dumps(meta, indent=2) + "\n", root / META_NAME)
+            atomic_write_text(json.dumps(meta, indent=2) + "\n", root / DEMO_META_NAME)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -183,7 +178,7 @@ def _write_attribute_rows(handle, rows) -> None:
 
 
 def _check_existing(root: Path, params: dict) -> None:
-    meta_path = root / META_NAME
+    meta_path = root / DEMO_META_NAME
     kind = non_regular_kind(meta_path)
     if kind is not None:  # reading a named pipe would wait for ever
         raise DemoDataError(f"{meta_path} is {kind}, not a regular file; delete the folder {root} "
@@ -208,23 +203,23 @@ def _check_existing(root: Path, params: dict) -> None:
 def _refuse_foreign_folder(root: Path, flag: str) -> None:
     """A folder without demo metadata that holds anything the demo does not write is someone's data:
     never generate into it."""
-    ours = {*DATA_NAMES, META_NAME, PARTIAL_DIR, LOCK_NAME}
+    ours = {*DATA_NAMES, DEMO_META_NAME, PARTIAL_DIR, LOCK_NAME}
     temporary = temporary_pattern()  # the metadata's, or another rank's writability probe
     foreign = sorted(p.name for p in root.iterdir() if p.name not in ours and not temporary.fullmatch(p.name))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise DemoDataError(f"{flag} {root} is not a demo folder (no {META_NAME}) and holds other files "
+        raise DemoDataError(f"{flag} {root} is not a demo folder (no {DEMO_META_NAME}) and holds other files "
                             f"({shown}); give an empty or new folder for the demo data")
 
 
 def _describe(root: Path, params: dict, generated: bool) -> dict:
     return {
         "data_root": str(root),
-        "images_dir": str(root / IMAGES_DIR),
-        "train_list": str(root / LIST_NAMES["train"]),
-        "test_list": str(root / LIST_NAMES["test"]),
+        "images_dir": str(root / DEMO_LAYOUT.image_dir),
+        "train_list": str(root / DEMO_LAYOUT.list_files["train"]),
+        "test_list": str(root / DEMO_LAYOUT.list_files["test"]),
         "attributes_csv": str(root / ATTRIBUTES_NAME),
-        "meta_path": str(root / META_NAME),
+        "meta_path": str(root / DEMO_META_NAME),
         "classes": list(DEMO_CLASSES),
         "num_train": params["train_per_class"] * len(DEMO_CLASSES),
         "num_test": params["test_per_class"] * len(DEMO_CLASSES),
@@ -249,15 +244,15 @@ def ensure_demo_dataset(data_root, seed: int = 0, train_per_class: int = 60, tes
     root = Path(data_root)
     if root.exists() and not root.is_dir():
         raise DemoDataError(f"demo data_root {root} exists and is not a folder")
-    if not (root / META_NAME).exists():  # the metadata is written last: with it, the folder is complete
+    if not (root / DEMO_META_NAME).exists():  # the metadata is written last: with it, the folder is complete
         if root.is_dir():
             _refuse_foreign_folder(root, flag)
         make_output_dir(check_output_dir(root, flag, create=True), flag)
         with _exclusive_lock(root / LOCK_NAME):
-            if not (root / META_NAME).exists():  # else another process generated it meanwhile
+            if not (root / DEMO_META_NAME).exists():  # else another process generated it meanwhile
                 leftovers = [name for name in DATA_NAMES if (root / name).exists()]
                 if leftovers:
-                    raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {META_NAME}: an earlier demo "
+                    raise DemoDataError(f"{root} has {', '.join(leftovers)} but no {DEMO_META_NAME}: an earlier demo "
                                         f"generation was interrupted or the folder holds other data; delete it "
                                         f"(or choose another data_root) and retry")
                 _generate(root, params, flag)
@@ -270,10 +265,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_preprocessing.demo",
                                      description="Generate the procedurally drawn demo face-expression dataset.")
     parser.add_argument("--out", required=True, help="folder to write (data_root)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=112)
+    for option, default in (("--seed", 0), ("--train-per-class", 60), ("--test-per-class", 20), ("--image-size", 112)):
+        parser.add_argument(option, type=int, default=default)
     parser.add_argument("--spurious", default="background", choices=SPURIOUS_CHOICES,
                         help="nuisance attribute tied to the label in the train split")
     parser.add_argument("--spurious-strength", type=float, default=0.8,

@@ -6,8 +6,6 @@ the face from them with Pillow. The same generator state always gives the same p
 `data_preprocessing.demo` writes the dataset folder from these faces.
 """
 
-from __future__ import annotations
-
 import colorsys
 
 import numpy as np
@@ -104,22 +102,14 @@ def _shade(colour, factor: float) -> tuple[int, int, int]:
     return tuple(min(255, max(0, round(c * factor))) for c in colour)
 
 
-def _background_colour(attrs: dict) -> tuple[int, int, int]:
-    rgb = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]], attrs["background_saturation"],
-                              attrs["background_value"])
-    return tuple(round(c * 255) for c in rgb)
-
-
 def _draw_texture(draw: ImageDraw.ImageDraw, rng: np.random.Generator, kind: str,
                   colour, canvas: int) -> None:
     period = canvas / 8
     phase = rng.uniform(0, period)
-    if kind == "h_stripes":
-        for y in np.arange(phase - period, canvas, period):
-            draw.rectangle((0, y, canvas, y + period / 2), fill=colour)
-    elif kind == "v_stripes":
-        for x in np.arange(phase - period, canvas, period):
-            draw.rectangle((x, 0, x + period / 2, canvas), fill=colour)
+    if kind in ("h_stripes", "v_stripes"):
+        for start in np.arange(phase - period, canvas, period):
+            x0, y0, x1, y1 = 0, start, canvas, start + period / 2  # a horizontal stripe; v_stripes transpose it
+            draw.rectangle((x0, y0, x1, y1) if kind == "h_stripes" else (y0, x0, y1, x1), fill=colour)
     elif kind == "diagonal":
         for x in np.arange(phase - canvas, canvas, period):
             draw.line((x, 0, x + canvas, canvas), fill=colour, width=max(1, int(period / 3)))
@@ -270,7 +260,9 @@ def draw_face(rng: np.random.Generator, label: int, attrs: dict, image_size: int
     if label not in EXPRESSIONS:
         raise DemoDataError(f"label must be in 0..{len(DEMO_CLASSES) - 1}, got {label!r}")
     canvas = image_size * SUPERSAMPLE
-    background = _background_colour(attrs)
+    rgb = colorsys.hsv_to_rgb(BACKGROUND_HUES[attrs["background"]], attrs["background_saturation"],
+                              attrs["background_value"])
+    background = tuple(round(c * 255) for c in rgb)
     image = Image.new("RGB", (canvas, canvas), background)
     draw = ImageDraw.Draw(image)
     _draw_texture(draw, rng, TEXTURE_NAMES[attrs["texture"]], _shade(background, 0.8), canvas)
@@ -293,5 +285,4 @@ def draw_face(rng: np.random.Generator, label: int, attrs: dict, image_size: int
     accessory_colour = tuple(int(c) for c in rng.integers(20, 230, size=3))
     _draw_accessory(draw, face, ACCESSORY_NAMES[attrs["accessory"]], accessory_colour, line_w)
 
-    image = image.reduce(SUPERSAMPLE)
-    return _apply_lighting_and_noise(image, rng, attrs)
+    return _apply_lighting_and_noise(image.reduce(SUPERSAMPLE), rng, attrs)

@@ -11,8 +11,6 @@ jitter is PIL's `Image.blend` on uint8 values (truncated, clipped), hue goes thr
 conversion with the same float/double arithmetic. The parameters are drawn as torchvision draws them,
 from a `torch.Generator` the caller passes (see `DeviceAugment` for the per-step seeding).
 """
-from __future__ import annotations
-
 import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -30,7 +28,6 @@ ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries this many boxes before 
 LUMA_WEIGHTS = (19595.0, 38470.0, 7471.0)
 # Which of (v, q, p, t) becomes R, G, B in each of PIL's six hue sectors.
 SECTOR_CHANNELS = ((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1))
-V_CHANNEL, P_CHANNEL = (0, 1, 1, 2, 2, 0), (2, 2, 0, 0, 1, 1)  # the same, as the channels taking v and p
 
 __all__ = ["Photometric", "DeviceAugment", "split_train_transform", "step_seed"]
 
@@ -255,23 +252,21 @@ def round_half_away(x):
 @functools.cache
 def hue_tables(device):
     """`adjust_hue`'s tables on `device`, computed with the reference arithmetic."""
-    middle, spread = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    middle = torch.minimum(middle, spread)  # the middle channel lies within the spread
-    hue = rgb_to_pil_hsv(representative_rgb(middle, spread).view(1, 3, 6 * 256, 256))[0]
-    spread, maxc = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    spread = torch.minimum(spread, maxc)  # min = max − spread >= 0
-    grays = torch.stack([maxc, maxc - spread, maxc - spread]).unsqueeze(0)
-    saturation = rgb_to_pil_hsv(grays)[1]
-    h, s = (v.double().reshape(1, 1, -1) for v in torch.meshgrid(torch.arange(256.0), torch.arange(256.0),
-                                                                 indexing="ij"))
-    sector, p_factor, q_factor, t_factor = hsv_factors(h, s)
+    rows, cols = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    # the row clipped to the column: the middle channel lies within the spread, the spread within the max
+    lower = torch.minimum(rows, cols)
+    hue = rgb_to_pil_hsv(representative_rgb(lower, cols).view(1, 3, 6 * 256, 256))[0]  # by (middle, spread)
+    saturation = rgb_to_pil_hsv(torch.stack([cols, cols - lower, cols - lower]).unsqueeze(0))[1]  # by (spread, max)
+    sector, p_factor, q_factor, t_factor = hsv_factors(rows.double().reshape(1, 1, -1), cols.double().reshape(1, 1, -1))
     odd = torch.remainder(sector, 2) == 1  # odd sectors use q, even ones t
     sector = sector.flatten()[::256].long()
     values = torch.arange(256.0, dtype=torch.float64)
     p = round_half_away(p_factor.flatten()[:256, None] * values).float()  # by (s, v)
     tables = dict(hue=hue.flatten().float(), saturation=saturation.flatten().float(), p=p.flatten(),
                   m_factor=torch.where(odd, q_factor, t_factor).flatten(),
-                  v_channel=torch.tensor(V_CHANNEL)[sector], p_channel=torch.tensor(P_CHANNEL)[sector])
+                  # the channels taking v (candidate 0) and p (candidate 2) in each sector
+                  v_channel=torch.tensor([channels.index(0) for channels in SECTOR_CHANNELS])[sector],
+                  p_channel=torch.tensor([channels.index(2) for channels in SECTOR_CHANNELS])[sector])
     return SimpleNamespace(**{name: table.to(device) for name, table in tables.items()})
 
 

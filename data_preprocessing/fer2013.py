@@ -1,7 +1,5 @@
 """Kaggle's fer2013.csv (emotion, pixels, Usage): its rows read and checked, without torch, for
 the FER2013 dataset and the FERPlus prepare script alike."""
-from __future__ import annotations
-
 import contextlib
 import csv
 import os

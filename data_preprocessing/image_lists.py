@@ -1,7 +1,5 @@
 """Image-list datasets: the dataset object (images on disk or in memory, read as RGB), `<image name>
 <label>` list files, and the check that every listed image is there."""
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Callable, Sequence

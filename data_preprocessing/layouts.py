@@ -1,7 +1,5 @@
 """The datasets' on-disk layouts and class orders: data only, imported by the readers (`datasets`),
 the demo generator (`demo`) and the prepare scripts, so none of them needs another for these."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 __all__ = [

@@ -10,8 +10,6 @@ these roles that starts with the anchor (a negative2 needs a negative before it)
 The sampler runs in the main process (DataLoader workers only load images) and, like
 DistributedSampler, gives each rank its own shard of the epoch's anchors, padded to equal length.
 """
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 
@@ -37,8 +35,8 @@ class ClassIndex:
         self.counts = np.bincount(labels)
         self.starts = np.cumsum(self.counts) - self.counts
         self.order = np.argsort(labels, kind="stable")  # sample indices grouped by class
-        self.rank_in_class = np.empty_like(labels)
-        self.rank_in_class[self.order] = np.arange(labels.size) - self.starts[labels[self.order]]
+        # a sample's place in `order` (the inverse permutation) less its class's start
+        self.rank_in_class = np.argsort(self.order) - self.starts[labels]
 
     def class_label(self, label: int) -> str:
         if self.class_names is not None and label < len(self.class_names):

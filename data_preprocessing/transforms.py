@@ -11,8 +11,6 @@
 `image_size` (the side in pixels) is 224 in every released recipe; smaller values are for quick
 CPU runs. (`size` elsewhere in the project is the model preset.)
 """
-from __future__ import annotations
-
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,7 +18,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The largest image side any transform accepts: far above the released 224 and 236, and a bound on
 # the memory a mistyped or hostile saved setting can ask for (an N×N RGB float image is 12·N² bytes).
 MAX_IMAGE_SIDE = 1024
-COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "test_transform", "test_transform_for",
            "describe_transform"]
@@ -42,7 +39,7 @@ def train_transform(kind: str = "A", resize: int | None = None, rotation: float 
     else:
         raise ValueError(f"train_transform kind must be 'A' or 'B', got {kind!r}")
     if color_jitter:
-        steps.append(T.ColorJitter(**COLOR_JITTER))
+        steps.append(T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1))
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomErasing(scale=(low, high))]
     return T.Compose(steps)
 
@@ -57,15 +54,20 @@ def _kind_a_steps(resize, rotation, image_size: int) -> list:
 def _kind_b_steps(resize, rotation, image_size: int) -> list:
     if resize is None:
         raise ValueError("train_transform B needs resize (the side before the random crop)")
-    _check_side(resize, "resize")
-    if resize < image_size:
-        raise ValueError(f"train_transform B: resize ({resize}) must be >= the crop size ({image_size})")
+    steps = [_resize_before_crop(resize, image_size, "train_transform B"), T.RandomHorizontalFlip()]
     if rotation is not None and rotation < 0:
         raise ValueError(f"rotation must be >= 0 degrees, got {rotation}")
-    steps = [T.Resize((resize, resize)), T.RandomHorizontalFlip()]
     if rotation:
         steps.append(T.RandomRotation(rotation))
     return steps + [T.RandomCrop(image_size)]
+
+
+def _resize_before_crop(resize, image_size: int, caller: str):
+    """Resize((resize, resize)), checked to leave room for the `image_size` crop after it."""
+    _check_side(resize, "resize")
+    if resize < image_size:
+        raise ValueError(f"{caller}: resize ({resize}) must be >= the crop size ({image_size})")
+    return T.Resize((resize, resize))
 
 
 def test_transform(resize: int | None = None, image_size: int = 224) -> T.Compose:
@@ -75,10 +77,7 @@ def test_transform(resize: int | None = None, image_size: int = 224) -> T.Compos
     if resize is None:
         steps = [T.Resize((image_size, image_size))]
     else:
-        _check_side(resize, "resize")
-        if resize < image_size:
-            raise ValueError(f"test_transform: resize ({resize}) must be >= the crop size ({image_size})")
-        steps = [T.Resize((resize, resize)), T.CenterCrop(image_size)]
+        steps = [_resize_before_crop(resize, image_size, "test_transform"), T.CenterCrop(image_size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
@@ -95,10 +94,9 @@ def describe_transform(transform) -> str:
 
 
 def _describe_step(step) -> str:
-    side = getattr(step, "size", None)
-    side = tuple(side) if isinstance(side, (list, tuple)) else side
-    if "Crop" in type(step).__name__ and isinstance(side, tuple) and len(set(side)) == 1:
-        side = side[0]  # a crop is square: its side
+    side = getattr(step, "size", None)  # a (height, width) tuple: Resize's as given, the crops' made by torchvision
+    if "Crop" in type(step).__name__:
+        side = side[0]  # the crops here are square: their side
     return type(step).__name__ + (f"({side})" if side is not None else "")
 
 

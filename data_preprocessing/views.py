@@ -46,8 +46,7 @@ def stratified_holdout(labels, fraction, seed):
         count = min(max(int(round(fraction * len(members))), 1 if len(members) >= 2 else 0), len(members) - 1)
         held.extend(rng.permutation(members)[:count].tolist())
     held = np.sort(np.asarray(held, dtype=np.int64))
-    kept = np.setdiff1d(np.arange(len(labels)), held)
-    return kept, held
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 def canonical_class_name(name):
