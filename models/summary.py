@@ -20,6 +20,14 @@ def inference_gflops(model, image_size=224):
     return counter.get_total_flops() / 1e9
 
 
+def model_summary(model):
+    """Dict of base / cross / total parameter counts and inference GFLOPs."""
+    base_params = count_parameters(inference_model(model))
+    total = count_parameters(model)
+    return dict(base_params=base_params, cross_params=total - base_params, total_params=total,
+                inference_gflops=inference_gflops(model))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     parser.add_argument("--arch", default="qcs", choices=tuple(ARCHS))
@@ -27,14 +35,12 @@ def main(argv=None):
     parser.add_argument("--size", default="paper", choices=OPTION_CHOICES["size"])
     parser.add_argument("--connection", default="vit", choices=OPTION_CHOICES["connection"])
     args = parser.parse_args(argv)
-    model = build_model(args.arch, args.num_classes, size=args.size, connection=args.connection)
-    base_params = count_parameters(inference_model(model))
-    total_params = count_parameters(model)
+    summary = model_summary(build_model(args.arch, args.num_classes, size=args.size, connection=args.connection))
     print(f"{args.arch.upper()} ({args.size} size, {args.num_classes} classes)\n"
-          f"  parameters, base branch (inference): {base_params / 1e6:8.2f} M\n"
-          f"  parameters, cross modules:           {(total_params - base_params) / 1e6:8.2f} M\n"
-          f"  parameters, total (training):        {total_params / 1e6:8.2f} M\n"
-          f"  inference GFLOPs per image:          {inference_gflops(model):8.2f}")
+          f"  parameters, base branch (inference): {summary['base_params'] / 1e6:8.2f} M\n"
+          f"  parameters, cross modules:           {summary['cross_params'] / 1e6:8.2f} M\n"
+          f"  parameters, total (training):        {summary['total_params'] / 1e6:8.2f} M\n"
+          f"  inference GFLOPs per image:          {summary['inference_gflops']:8.2f}")
     if args.size == "paper":
         print("  The released checkpoints count 55.2 M / 82.9 M: they also hold modules that are\n"
               "  never run (IR50 face-embedding head and unused ViT layers: 14.5 M in the base branch,\n"
