@@ -12,7 +12,7 @@ from tqdm import tqdm
 from models import group_loss
 
 from .device import TestTimeModel, autocast, to_device
-from .distributed import all_reduce_sum, gather_objects, is_distributed, is_main_process
+from .distributed import all_reduce_sum, gather_objects, is_main_process
 from .metrics import EpochMeter, accuracy_metrics
 
 
@@ -113,9 +113,7 @@ def agree_finite(loss, where, indices, image_names):
     Deciding together keeps DDP ranks from waiting forever for one that stopped alone.
     """
     bad = torch.logical_not(torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-    if is_distributed():
-        bad = all_reduce_sum(bad.clone())
-    if not bad.item():
+    if not all_reduce_sum(bad).item():
         return
     names = indices.flatten().tolist()
     if image_names is not None:

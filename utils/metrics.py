@@ -50,11 +50,8 @@ class EpochMeter:
     def global_state(self, device):
         """The sums over all ranks, as plain numbers (a collective under DDP: call on every rank)."""
         count = 0 if self.output_loss_sums is None else len(self.output_loss_sums)
-        totals = torch.zeros(count + 3, dtype=torch.float64, device=device)
-        if count:
-            totals[:count] = torch.as_tensor(self.output_loss_sums, device=device).double()
-        for offset, value in enumerate((self.loss_sum, self.correct, self.anchors)):
-            totals[count + offset] = torch.as_tensor(value, device=device).double()
+        parts = (self.output_loss_sums if count else [], self.loss_sum, self.correct, self.anchors)
+        totals = torch.cat([torch.as_tensor(part, device=device).double().reshape(-1) for part in parts])
         totals = all_reduce_sum(totals).tolist()
         return dict(output_loss_sums=totals[:count] or None, loss_sum=totals[count],
                     correct=totals[count + 1], anchors=totals[count + 2], branches=self.branches)

@@ -9,15 +9,14 @@ class SAM(torch.optim.Optimizer):
     """
 
     def __init__(self, params, base_optimizer_cls, rho=0.05, **base_kwargs):
-        if rho < 0:
-            raise ValueError(f"rho must be ≥ 0, got {rho}")
         super().__init__(params, dict(rho=rho, **base_kwargs))
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
 
     @torch.no_grad()
     def first_step(self):
-        grad_norm = self._grad_norm()
+        norms = [p.grad.norm(p=2) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.norm(torch.stack([n.to(norms[0].device) for n in norms]), p=2)
         for group in self.param_groups:
             scale = group["rho"] / (grad_norm + 1e-12)
             for p in group["params"]:
@@ -39,11 +38,6 @@ class SAM(torch.optim.Optimizer):
 
     def step(self, closure=None):
         raise RuntimeError("SAM needs two passes: call first_step() and second_step()")
-
-    def _grad_norm(self):
-        norms = [p.grad.norm(p=2) for group in self.param_groups for p in group["params"]
-                 if p.grad is not None]
-        return torch.norm(torch.stack([n.to(norms[0].device) for n in norms]), p=2)
 
     def state_dict(self):
         return self.base_optimizer.state_dict()
