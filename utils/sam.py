@@ -9,6 +9,8 @@ class SAM(torch.optim.Optimizer):
     """
 
     def __init__(self, params, base_optimizer_cls, rho=0.05, **base_kwargs):
+        if rho < 0:  # a negative radius would step down the loss instead of up: a silent wrong result
+            raise ValueError(f"rho must be ≥ 0, got {rho}")
         super().__init__(params, dict(rho=rho, **base_kwargs))
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
