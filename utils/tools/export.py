@@ -32,13 +32,12 @@ from models import build_model, count_parameters
 
 from ..checkpoint import SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
-from ..model_info import EXPORT_INFO_FILE
+from ..model_info import EXPORT_INFO_FILE as INFO_FILE
 from . import ToolError, faces, onnx_model
 from .formats import FORMAT_GROUPS, MODEL_FILES
 from .predict import expand_inputs
 
 STATE_DICT_FILE = "base_state_dict.pth"
-INFO_FILE = EXPORT_INFO_FILE
 TOLERANCE = 1e-5
 CHECK_BATCH = 3  # differs from the example batches, so a batch size baked in would show
 CHECK_IMAGES = 32  # the first images of --check-images that the check runs on

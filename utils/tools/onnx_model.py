@@ -93,8 +93,6 @@ class OnnxModel:
         except Exception as error:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...)
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ToolError(f"{path}: onnxruntime cannot load it ({first})") from None
-        self.path = path
-        self.provider = self.session.get_providers()[0]
 
     def __call__(self, images):
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -128,7 +126,7 @@ def load_onnx_classifier(path, device="auto"):
     check_fits(path, model, meta)
     info = export_info(path, meta, "onnx", num_tensors=0, num_parameters=meta.get("parameters") or 0)
     trained = TrainedModel(model, info, info.classes, info.size, info.image_size, info.augmentation)
-    return trained, f"onnxruntime {model.provider.removesuffix('ExecutionProvider')}"
+    return trained, f"onnxruntime {model.session.get_providers()[0].removesuffix('ExecutionProvider')}"
 
 
 def check_fits(path, model, meta):

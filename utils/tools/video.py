@@ -109,8 +109,12 @@ class VideoWriter:
         self.rate, self.stream, self.frames = rate, None, 0
 
     def write(self, image):
-        if self.stream is None:
-            self._start(image.size)
+        if self.stream is None:  # the first frame sets the stream's size
+            codec = next(name for name in CODECS if name in self.av.codecs_available)
+            self.stream = self.container.add_stream(codec, rate=self.rate)
+            self.size = tuple(side + side % 2 for side in image.size)
+            self.stream.width, self.stream.height = self.size
+            self.stream.pix_fmt = "yuv420p"
         if image.size != self.size:  # yuv420p needs even sides: pad the last row/column
             padded = Image.new("RGB", self.size)
             padded.paste(image)
@@ -118,13 +122,6 @@ class VideoWriter:
         for packet in self.stream.encode(self.av.VideoFrame.from_image(image)):
             self.container.mux(packet)
         self.frames += 1
-
-    def _start(self, size):
-        codec = next(name for name in CODECS if name in self.av.codecs_available)
-        self.stream = self.container.add_stream(codec, rate=self.rate)
-        self.size = tuple(side + side % 2 for side in size)
-        self.stream.width, self.stream.height = self.size
-        self.stream.pix_fmt = "yuv420p"
 
     def close(self):
         if self.stream is not None:
@@ -188,8 +185,7 @@ def analyse(path, trained, device, finder, every, handle=None, warn_photos=False
                 print(f"warning: {photo_warning(path, image)}", file=sys.stderr)
             if index % every == 0:
                 latest, crops = face_rows(image, str(path), finder, frame=index, time=round(time, 4))
-                batch.add(index, image, latest, crops)
-                batch.flush()
+                batch.add(index, image, latest, crops)  # a batch of one: classified as they are added
                 rows += latest
                 counts["analysed"] += 1
             if writer is not None:
