@@ -20,11 +20,11 @@ import torch
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, DataError, ImageListDataset, is_image_file
 from data_preprocessing.outputs import (
+    CreatedPaths,
     OutputError,
     atomic_write,
     atomic_write_text,
     check_output_dir,
-    make_output_dir,
     output_errors,
     refuse_existing,
 )
@@ -266,21 +266,19 @@ def staging(out):
     """A fresh hidden folder `out/STAGE_DIR` to write the export into (one left by a killed export is
     removed first); on leaving, it is removed, and so are the folders this command created for `out`
     when nothing was moved into them."""
-    created = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
     stage = out / STAGE_DIR
     if stage.is_dir() and not stage.is_symlink():
         with output_errors(stage, "--out", "removing an unfinished export"):
             shutil.rmtree(stage)
-    make_output_dir(stage, "--out")
+    created = CreatedPaths()
+    created.make_dir(stage, "--out")
     try:
         yield stage
     except OutputError as error:  # name the file where it was to go, not its hidden stage
         raise OutputError(str(error).replace(f"{stage}{os.sep}", f"{out}{os.sep}")) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        for folder in created:  # deepest first; a folder that holds something stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        created.undo()  # the folders made for `out`, deepest first; a folder that holds something stays
 
 
 def publish(stage, out, formats):

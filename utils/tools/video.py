@@ -13,7 +13,6 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from data_preprocessing.outputs import CreatedPaths, printable
@@ -68,12 +67,10 @@ def open_video(path):
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as error:
         raise ToolError(f"--video {path}: cannot read it as a video ({error})") from None
-    try:
+    with container:
         if not container.streams.video:
             raise ToolError(f"--video {path}: holds no video stream")
         yield container
-    finally:
-        container.close()
 
 
 def frame_rate(stream):
@@ -115,18 +112,14 @@ class VideoWriter:
             self.size = tuple(side + side % 2 for side in image.size)
             self.stream.width, self.stream.height = self.size
             self.stream.pix_fmt = "yuv420p"
-        if image.size != self.size:  # yuv420p needs even sides: pad the last row/column
-            padded = Image.new("RGB", self.size)
-            padded.paste(image)
-            image = padded
-        for packet in self.stream.encode(self.av.VideoFrame.from_image(image)):
-            self.container.mux(packet)
+        if image.size != self.size:  # yuv420p needs even sides: pad the last row/column (black)
+            image = image.crop((0, 0, *self.size))
+        self.container.mux(self.stream.encode(self.av.VideoFrame.from_image(image)))
         self.frames += 1
 
     def close(self):
         if self.stream is not None:
-            for packet in self.stream.encode(None):  # the frames the encoder still holds
-                self.container.mux(packet)
+            self.container.mux(self.stream.encode(None))  # the frames the encoder still holds
         self.container.close()
 
 
