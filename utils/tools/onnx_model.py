@@ -98,10 +98,6 @@ class OnnxModel:
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
 
-    def to(self, device):
-        """The session runs where its provider is; inputs are copied to the CPU."""
-        return self
-
 
 def providers_for(device):
     """onnxruntime providers for `--device auto|cpu|cuda` (CUDA needs onnxruntime-gpu)."""
