@@ -302,17 +302,11 @@ def refuse_exporting_over_the_checkpoint(checkpoint, out):
                                                                                    INFO_FILE)))
     for what, source in inputs:
         for name in ALL_FILES:
-            if same_file(source, out / name):
-                raise ToolError(f"--checkpoint {checkpoint}: this export would replace or remove {out / name}, "
-                                f"which is {what}; export into another --out folder")
-
-
-def same_file(first, second):
-    """Whether both paths exist and name the same file (a link, a hard link or another spelling of it)."""
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return False
+            # the same file: a link, a hard link or another spelling of it (a path not there is none)
+            with contextlib.suppress(OSError):
+                if os.path.samefile(source, out / name):
+                    raise ToolError(f"--checkpoint {checkpoint}: this export would replace or remove {out / name}, "
+                                    f"which is {what}; export into another --out folder")
 
 
 def write_models(model, trained, formats, out):
