@@ -146,9 +146,8 @@ def describe(path):
     initializers = proto.graph.initializer
     info = export_info(path, meta, "onnx", len(initializers), meta.get("parameters") or 0)
     opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
-    lines = [f"onnx:        opset {opset}, {_io(proto.graph.input[0])} → {_io(proto.graph.output[0])}, "
-             f"{len(initializers)} initializers ({sum(int(np.prod(t.dims)) for t in initializers):,} values)"]
-    return info, lines
+    return info, [f"onnx:        opset {opset}, {_io(proto.graph.input[0])} → {_io(proto.graph.output[0])}, "
+                  f"{len(initializers)} initializers ({sum(int(np.prod(t.dims)) for t in initializers):,} values)"]
 
 
 def _io(value):
