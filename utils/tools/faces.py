@@ -144,10 +144,14 @@ class FaceFinder:
         return (f"{image.width}×{image.height} px is too small for the face detector, which finds faces of "
                 f"{smallest:g} px and larger at --upsample {self.upsample}{hint} (--no-detect takes it as a face crop)")
 
+    def shrink_factor(self, size):
+        """The whole factor by which an image of `size` is reduced for detection (1: not at all)."""
+        searched = size[0] * size[1] * 4 ** self.upsample
+        return max(1, math.ceil(math.sqrt(searched / self.max_pixels)))
+
     def find(self, image):
         """The faces of an RGB PIL image, left to right (the largest only with `largest`)."""
-        # the whole factor by which the image is shrunk for detection (1: not at all)
-        factor = max(1, math.ceil(math.sqrt(image.width * image.height * 4 ** self.upsample / self.max_pixels)))
+        factor = self.shrink_factor(image.size)
         searched = image.reduce(factor) if factor > 1 else image
         gray = np.ascontiguousarray(np.asarray(searched.convert("L")))
         found = self.boxes(gray)
