@@ -48,11 +48,8 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n")[1])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_predict(commands)
-    _add_heatmaps(commands)
-    _add_export(commands)
-    _add_inspect(commands)
-    _add_demo(commands)
+    for add_command in (_add_predict, _add_heatmaps, _add_export, _add_inspect, _add_demo):
+        add_command(commands)
     return parser
 
 

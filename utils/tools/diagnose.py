@@ -71,11 +71,12 @@ def activation_shares(model, images):
         logits, tokens = model.forward_features(images)
     for hook in hooks:
         hook.remove()
-    shares = [("input image", image_share(images))]
-    shares += [(f"IR50 level {i + 1}", image_share(level)) for i, level in enumerate(captured.pop("levels"))]
-    shares.append(("patch tokens out of the ViT", image_share(tokens)))
-    shares += [(where, image_share(value)) for where, value in captured.items()]
-    shares.append(("logits", image_share(logits)))
+    levels = captured.pop("levels")  # the rest of `captured` is the class tokens, in order
+    shares = [("input image", image_share(images)),
+              *((f"IR50 level {i + 1}", image_share(level)) for i, level in enumerate(levels)),
+              ("patch tokens out of the ViT", image_share(tokens)),
+              *((where, image_share(value)) for where, value in captured.items()),
+              ("logits", image_share(logits))]
     return shares, logits.std(dim=0).mean().item()
 
 

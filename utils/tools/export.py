@@ -20,11 +20,11 @@ import torch
 
 from data_preprocessing import IMAGENET_MEAN, IMAGENET_STD, DataError, ImageListDataset, is_image_file
 from data_preprocessing.outputs import (
+    CreatedPaths,
     OutputError,
     atomic_write,
     atomic_write_text,
     check_output_dir,
-    make_output_dir,
     output_errors,
     refuse_existing,
 )
@@ -32,13 +32,12 @@ from models import build_model, count_parameters
 
 from ..checkpoint import SAFETENSORS_HINT, is_safetensors
 from ..inference import load_trained_model
-from ..model_info import EXPORT_INFO_FILE
+from ..model_info import EXPORT_INFO_FILE as INFO_FILE
 from . import ToolError, faces, onnx_model
 from .formats import FORMAT_GROUPS, MODEL_FILES
 from .predict import expand_inputs
 
 STATE_DICT_FILE = "base_state_dict.pth"
-INFO_FILE = EXPORT_INFO_FILE
 TOLERANCE = 1e-5
 CHECK_BATCH = 3  # differs from the example batches, so a batch size baked in would show
 CHECK_IMAGES = 32  # the first images of --check-images that the check runs on
@@ -267,21 +266,19 @@ def staging(out):
     """A fresh hidden folder `out/STAGE_DIR` to write the export into (one left by a killed export is
     removed first); on leaving, it is removed, and so are the folders this command created for `out`
     when nothing was moved into them."""
-    created = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
     stage = out / STAGE_DIR
     if stage.is_dir() and not stage.is_symlink():
         with output_errors(stage, "--out", "removing an unfinished export"):
             shutil.rmtree(stage)
-    make_output_dir(stage, "--out")
+    created = CreatedPaths()
+    created.make_dir(stage, "--out")
     try:
         yield stage
     except OutputError as error:  # name the file where it was to go, not its hidden stage
         raise OutputError(str(error).replace(f"{stage}{os.sep}", f"{out}{os.sep}")) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        for folder in created:  # deepest first; a folder that holds something stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        created.undo()  # the folders made for `out`, deepest first; a folder that holds something stays
 
 
 def publish(stage, out, formats):
@@ -305,17 +302,11 @@ def refuse_exporting_over_the_checkpoint(checkpoint, out):
                                                                                    INFO_FILE)))
     for what, source in inputs:
         for name in ALL_FILES:
-            if same_file(source, out / name):
-                raise ToolError(f"--checkpoint {checkpoint}: this export would replace or remove {out / name}, "
-                                f"which is {what}; export into another --out folder")
-
-
-def same_file(first, second):
-    """Whether both paths exist and name the same file (a link, a hard link or another spelling of it)."""
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return False
+            # the same file: a link, a hard link or another spelling of it (a path not there is none)
+            with contextlib.suppress(OSError):
+                if os.path.samefile(source, out / name):
+                    raise ToolError(f"--checkpoint {checkpoint}: this export would replace or remove {out / name}, "
+                                    f"which is {what}; export into another --out folder")
 
 
 def write_models(model, trained, formats, out):

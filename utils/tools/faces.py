@@ -50,7 +50,6 @@ MAX_DETECTION_PIXELS = 24_000_000
 # the right, of the eye on the left, and the bottom of the nose.
 LANDMARK_NAMES = ("right_eye_outer", "right_eye_inner", "left_eye_outer", "left_eye_inner", "nose")
 TEMPLATE = np.array([(0.760, 0.391), (0.609, 0.401), (0.240, 0.391), (0.391, 0.401), (0.500, 0.667)])
-EYE_CENTRES = np.array([TEMPLATE[0:2].mean(0), TEMPLATE[2:4].mean(0)])  # (0.685, 0.396), (0.315, 0.396)
 
 PALETTE = ((0, 200, 80), (255, 90, 40), (40, 140, 255), (230, 200, 0), (200, 60, 220), (0, 200, 210),
            (250, 250, 250), (255, 40, 120))
@@ -219,8 +218,7 @@ def align(image, landmarks, side):
     region = image.crop((left, top, right, bottom))
     # A face much larger than the crop is first shrunk with a box filter: the affine resampling alone would alias.
     factor = max(1, int(math.hypot(a, b)))
-    if factor > 1:
-        region = region.reduce(factor)
+    region = region.reduce(factor)  # a copy when factor is 1
     coefficients = (a / factor, -b / factor, (tx - left) / factor, b / factor, a / factor, (ty - top) / factor)
     return region.transform((side, side), Image.AFFINE, coefficients, resample=Image.BILINEAR)
 

@@ -93,16 +93,10 @@ class OnnxModel:
         except Exception as error:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...)
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ToolError(f"{path}: onnxruntime cannot load it ({first})") from None
-        self.path = path
-        self.provider = self.session.get_providers()[0]
 
     def __call__(self, images):
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
-
-    def to(self, device):
-        """The session runs where its provider is; inputs are copied to the CPU."""
-        return self
 
 
 def providers_for(device):
@@ -128,7 +122,7 @@ def load_onnx_classifier(path, device="auto"):
     check_fits(path, model, meta)
     info = export_info(path, meta, "onnx", num_tensors=0, num_parameters=meta.get("parameters") or 0)
     trained = TrainedModel(model, info, info.classes, info.size, info.image_size, info.augmentation)
-    return trained, f"onnxruntime {model.provider.removesuffix('ExecutionProvider')}"
+    return trained, f"onnxruntime {model.session.get_providers()[0].removesuffix('ExecutionProvider')}"
 
 
 def check_fits(path, model, meta):
@@ -152,9 +146,8 @@ def describe(path):
     initializers = proto.graph.initializer
     info = export_info(path, meta, "onnx", len(initializers), meta.get("parameters") or 0)
     opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
-    lines = [f"onnx:        opset {opset}, {_io(proto.graph.input[0])} → {_io(proto.graph.output[0])}, "
-             f"{len(initializers)} initializers ({sum(int(np.prod(t.dims)) for t in initializers):,} values)"]
-    return info, lines
+    return info, [f"onnx:        opset {opset}, {_io(proto.graph.input[0])} → {_io(proto.graph.output[0])}, "
+                  f"{len(initializers)} initializers ({sum(int(np.prod(t.dims)) for t in initializers):,} values)"]
 
 
 def _io(value):

@@ -173,14 +173,13 @@ def classify_and_report(args, files, setup):
     for row in rows:
         if not row.error:
             print(format_row(row, trained.classes, setup.k))
-    classified = sum(1 for row in rows if not row.error)
     print(f"{summary(rows, setup.finder is not None)} ({count(len(files), 'file')}; {trained.size} model, "
           f"{trained.image_size}px input, {setup.where})")
     if annotator is not None:
         print(f"wrote {count(annotator.written, 'annotated image')} to {args.annotate}")
     for path in written:
         print(f"wrote {printable(path)}")
-    return 0 if classified else 1
+    return 0 if any(not row.error for row in rows) else 1
 
 
 def csv_rows(rows, classes, k):

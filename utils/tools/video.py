@@ -13,7 +13,6 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from data_preprocessing.outputs import CreatedPaths, printable
@@ -68,12 +67,10 @@ def open_video(path):
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as error:
         raise ToolError(f"--video {path}: cannot read it as a video ({error})") from None
-    try:
+    with container:
         if not container.streams.video:
             raise ToolError(f"--video {path}: holds no video stream")
         yield container
-    finally:
-        container.close()
 
 
 def frame_rate(stream):
@@ -109,27 +106,20 @@ class VideoWriter:
         self.rate, self.stream, self.frames = rate, None, 0
 
     def write(self, image):
-        if self.stream is None:
-            self._start(image.size)
-        if image.size != self.size:  # yuv420p needs even sides: pad the last row/column
-            padded = Image.new("RGB", self.size)
-            padded.paste(image)
-            image = padded
-        for packet in self.stream.encode(self.av.VideoFrame.from_image(image)):
-            self.container.mux(packet)
+        if self.stream is None:  # the first frame sets the stream's size
+            codec = next(name for name in CODECS if name in self.av.codecs_available)
+            self.stream = self.container.add_stream(codec, rate=self.rate)
+            self.size = tuple(side + side % 2 for side in image.size)
+            self.stream.width, self.stream.height = self.size
+            self.stream.pix_fmt = "yuv420p"
+        if image.size != self.size:  # yuv420p needs even sides: pad the last row/column (black)
+            image = image.crop((0, 0, *self.size))
+        self.container.mux(self.stream.encode(self.av.VideoFrame.from_image(image)))
         self.frames += 1
-
-    def _start(self, size):
-        codec = next(name for name in CODECS if name in self.av.codecs_available)
-        self.stream = self.container.add_stream(codec, rate=self.rate)
-        self.size = tuple(side + side % 2 for side in size)
-        self.stream.width, self.stream.height = self.size
-        self.stream.pix_fmt = "yuv420p"
 
     def close(self):
         if self.stream is not None:
-            for packet in self.stream.encode(None):  # the frames the encoder still holds
-                self.container.mux(packet)
+            self.container.mux(self.stream.encode(None))  # the frames the encoder still holds
         self.container.close()
 
 
@@ -188,8 +178,7 @@ def analyse(path, trained, device, finder, every, handle=None, warn_photos=False
                 print(f"warning: {photo_warning(path, image)}", file=sys.stderr)
             if index % every == 0:
                 latest, crops = face_rows(image, str(path), finder, frame=index, time=round(time, 4))
-                batch.add(index, image, latest, crops)
-                batch.flush()
+                batch.add(index, image, latest, crops)  # a batch of one: classified as they are added
                 rows += latest
                 counts["analysed"] += 1
             if writer is not None:

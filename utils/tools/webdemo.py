@@ -17,7 +17,6 @@ import copy
 import errno
 import io
 import json
-import shutil
 import signal
 import sys
 import tempfile
@@ -77,9 +76,8 @@ class Classifier:
             detect = time.perf_counter() - start
         with self.modelling:
             start = time.perf_counter()
-            batch = PendingBatch(self.trained.model, self.transform, self.device, batch_size=1)
-            batch.add(None, None, rows, crops)
-            batch.flush()
+            # a batch of one classifies each face as it is added
+            PendingBatch(self.trained.model, self.transform, self.device, batch_size=1).add(None, None, rows, crops)
             model = time.perf_counter() - start
         return rows, {"detect_ms": 1000 * detect, "model_ms": 1000 * model}
 
@@ -132,13 +130,10 @@ class Demo:
     @contextlib.contextmanager
     def saved(self, body, name):
         """The uploaded bytes as a file named `name` in a new temporary folder, removed afterwards."""
-        folder = Path(tempfile.mkdtemp(dir=self.uploads.name))
-        try:
-            path = folder / safe_name(name)
+        with tempfile.TemporaryDirectory(dir=self.uploads.name, ignore_cleanup_errors=True) as folder:
+            path = Path(folder) / safe_name(name)
             path.write_bytes(body)
             yield path
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ requests
 
@@ -287,13 +282,8 @@ def make_server(host, port, demo):
     except OSError as error:
         raise ToolError(f"cannot serve on {host}:{port}: {error.strerror or error}"
                         + (" (pick another with --port)" if error.errno == errno.EADDRINUSE else "")) from None
-    server.daemon_threads = True
     server.demo = demo
     return server
-
-
-def stop(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run(args):
@@ -305,7 +295,7 @@ def run(args):
     host, port = server.server_address[:2]
     print(f"serving the demo on http://{host}:{port}/ (Ctrl-C stops it); loading the model ...", flush=True)
     threading.Thread(target=demo.load, daemon=True).start()
-    signal.signal(signal.SIGTERM, stop)  # `kill` removes the uploads' folder too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` removes the uploads' folder too
     try:
         server.serve_forever()
     except KeyboardInterrupt:
