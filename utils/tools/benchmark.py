@@ -41,8 +41,9 @@ import torch
 
 from models import ARCHS, MODEL_SIZES
 
-from ..device import DEVICE_CHOICES, DeviceUnavailable, resolve_device
+from ..device import DeviceUnavailable, resolve_device
 from ..inference import DEFAULT_IMAGE_SIZE
+from ..settings import BY_NAME, add_option
 from .bench_data import AUGMENT_BATCH, JPEG_SIDE, augment_rows, sampling_rows
 from .bench_model import INFERENCE_VARIANTS, cost_rows, epoch_estimates, inference_rows, memory_row, train_row
 from .bench_webcam import WEBCAM_FACE_SIDE, WEBCAM_FRAME, webcam_rows
@@ -139,7 +140,7 @@ def build_parser():
     parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--size", default="paper", choices=list(MODEL_SIZES))
     parser.add_argument("--batch", type=positive, default=4, help="anchors per training step")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_option(parser, BY_NAME["device"])
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the batched model")
     parser.add_argument("--channels-last", action="store_true")

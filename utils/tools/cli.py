@@ -24,13 +24,13 @@ from ..settings import (
     BY_NAME,
     DATASET_NAMES,
     DEFAULT_IMAGE_SIZE,
-    DEVICE_CHOICES,
     EXPORT_INFO_FILE,
     MAX_IMAGE_SIDE,
     MAX_SEED,
     MIN_IMAGE_SIDE,
     DefaultsOnceFormatter,
     UsageError,
+    add_option,
     check_options,
     flag,
 )
@@ -111,13 +111,12 @@ def _classification_options(parser):
     PyTorch model (also `--evaluate`'s options: on a CPU with bf16 support, `--amp --channels-last
     --compile` is about 2.3× (one image) to 4× (batches) faster), flip test-time augmentation and
     face detection."""
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_option(parser, BY_NAME["device"])
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast (CPU or CUDA): faster, logits differ slightly from float32")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
-    parser.add_argument("--tta", default="none", choices=("none", "flip"),
-                        help="flip: score each face by the mean of its logits and its mirror's")
+    add_option(parser, BY_NAME["tta"], help="flip: score each face by the mean of its logits and its mirror's")
     _detection_options(parser)
 
 
@@ -164,7 +163,7 @@ def _add_heatmaps(commands):
     p.add_argument("--class-grid", metavar="OUT_GRID.png",
                    help="also write the K×K class-pair grid (a path other than --out)")
     p.add_argument("--samples-per-class", type=int, default=4, help="pairs averaged per grid cell")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_option(p, BY_NAME["device"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CPU or CUDA): faster, maps differ slightly")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
 
