@@ -5,9 +5,12 @@ The reference is the parsers' own actions: an option whose default is a value (n
 off switch) shows it, unless its help already says what its default is; no other shows one.
 """
 import argparse
+import subprocess
+import sys
 
 import pytest
 
+from helpers import ROOT
 from utils import config
 from utils.tools import cli as tools
 from utils.train import main as train_main
@@ -95,3 +98,11 @@ def test_one_formatter_class_serves_training_and_tools():
 def test_top_k_below_one_is_one_line_before_any_work(command, tmp_path, capsys):
     assert tools.main([command, "--checkpoint", str(tmp_path / "absent.pth"), "--top-k", "0"]) == 2
     assert capsys.readouterr().err == "error: --top-k must be at least 1, got 0\n"
+
+
+def test_a_bad_tool_option_answers_before_torch_is_imported(tmp_path):
+    probe = ("import sys\nfrom utils.tools.cli import main\n"
+             f"code = main(['predict', '--checkpoint', {str(tmp_path / 'absent.pth')!r}, '--top-k', '0'])\n"
+             "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False"], done.stderr

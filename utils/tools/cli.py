@@ -300,9 +300,10 @@ def main(argv=None):
         code = run_command(args)
         sys.stdout.flush()  # a full or closed standard output fails here, not at exit
         return code
-    except (ToolError, UsageError, OutputError, FileExistsError, *model_errors()) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ToolError, UsageError, OutputError, FileExistsError) as error:
+        return usage_error(error)
+    except model_errors() as error:  # evaluated only when the first clause does not match: see model_errors
+        return usage_error(error)
     except KeyboardInterrupt:
         print(f"interrupted: {args.command} stopped before it wrote anything", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -312,6 +313,12 @@ def main(argv=None):
         print(f"error: {describe_os_error(error, 'standard output', doing='printing')}; every output file "
               "was written before it", file=sys.stderr)
         return 1
+
+
+def usage_error(error):
+    """Report an error in what the user gave as one line; the usage exit status."""
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def model_errors():
