@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from data_preprocessing.errors import DataError, RowErrors
-from data_preprocessing.files import invalid_utf8_position, non_regular_kind
+from data_preprocessing.files import find_unreadable_images, invalid_utf8_position, non_regular_kind
 from data_preprocessing.limits import LimitError
 from data_preprocessing.outputs import (
     CreatedPaths,
@@ -166,8 +166,10 @@ def parse_int(text: str, path, line_number: int, what: str) -> int:
 
 def check_images_exist(images_dir: Path, listed, what: str) -> None:
     """PrepareError naming the first few of the ``(image name, how to show it)`` pairs ``listed``
-    whose image is not under ``images_dir``; ``what`` says what they are."""
-    missing = [shown for name, shown in listed if not (images_dir / name).is_file()]
+    whose image is not a file under ``images_dir`` (one listing per folder, not a stat per image);
+    ``what`` says what they are."""
+    absent, not_regular = find_unreadable_images(str(images_dir), [name for name, _ in listed])
+    missing = [listed[index][1] for index in sorted(absent + not_regular)]
     if missing:
         more = " ..." if len(missing) > MAX_MISSING_SHOWN else ""
         raise PrepareError(f"--images {images_dir}: {len(missing)} {what}: "

@@ -4,8 +4,8 @@ import os
 
 from .errors import DataError
 from .fer2013 import fer2013_csv_path, load_fer2013_csv
-from .files import non_regular_kind
-from .image_lists import ArrayImageDataset, ImageListDataset, _is_regular, override_classes, require_root
+from .files import is_regular_entry, non_regular_kind
+from .image_lists import ArrayImageDataset, ImageListDataset, override_classes, require_root
 from .images import is_image_file
 from .layouts import FER2013_CLASSES
 
@@ -66,7 +66,7 @@ def _images_under(class_dir: str) -> list[str]:
             if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                 pending.append(relative)
             elif is_image_file(entry.name):  # hidden names (a hidden folder's too) are no image files
-                if not _is_regular(entry):
+                if not is_regular_entry(entry):
                     raise DataError(f"{entry.path} is {non_regular_kind(entry.path)}, not a regular image file; "
                                     f"move it out of {class_dir}")
                 found.append(relative)

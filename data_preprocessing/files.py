@@ -10,10 +10,12 @@ import json
 import os
 import re
 import stat
+from collections.abc import Sequence
 from typing import BinaryIO
 
 __all__ = ["NotRegularFileError", "open_regular_file", "non_regular_kind", "invalid_utf8_position", "FileError",
-           "InputError", "describe_os_error", "read_bytes", "read_text", "read_json", "read_csv"]
+           "InputError", "describe_os_error", "read_bytes", "read_text", "read_json", "read_csv",
+           "find_unreadable_images", "is_regular_entry"]
 
 # O_NONBLOCK makes opening a named pipe return at once instead of waiting for a writer.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -197,3 +199,39 @@ def read_csv(path, flag=None, limit=MAX_TEXT_BYTES):
         return reader.fieldnames, list(reader)
     except csv.Error as error:
         raise InputError(f"{label(flag, path)}: not CSV ({error} at line {reader.line_num})") from None
+
+
+def find_unreadable_images(image_dir: str, names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(indices of `names` with no file under `image_dir`, indices naming something that is not a
+    regular file: a named pipe, a folder, a broken link, ...), from one directory listing per sub-folder."""
+    listings: dict[str, dict[str, bool]] = {}  # folder -> {entry name: is a regular file}
+    missing, not_regular = [], []
+    for index, name in enumerate(names):
+        folder = os.path.dirname(name)
+        if folder not in listings:
+            listings[folder] = _folder_entries(os.path.join(image_dir, folder))
+        regular = listings[folder].get(os.path.basename(name))
+        if regular is False:
+            not_regular.append(index)
+        # The isfile() fallback keeps case-insensitive file systems and odd names correct.
+        elif regular is None and not os.path.isfile(os.path.join(image_dir, name)):
+            missing.append(index)
+    return missing, not_regular
+
+
+def _folder_entries(folder: str) -> dict[str, bool]:
+    """{name: whether it is a regular file} of everything in `folder`; empty if unlistable. The file
+    type comes with the listing, so this costs no stat per file."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: is_regular_entry(entry) for entry in entries}
+    except OSError:
+        return {}
+
+
+def is_regular_entry(entry: os.DirEntry) -> bool:
+    """Whether a directory entry is a regular file (links followed; False when it cannot be told)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False

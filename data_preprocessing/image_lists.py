@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from .errors import DataError
-from .files import NotRegularFileError, invalid_utf8_position, non_regular_kind, open_regular_file
+from .files import (
+    NotRegularFileError,
+    find_unreadable_images,
+    invalid_utf8_position,
+    non_regular_kind,
+    open_regular_file,
+)
 
 __all__ = ["ImageListDataset", "ArrayImageDataset", "to_rgb", "parse_list_file", "check_label_range",
            "dataset_from_list_file", "require_root", "override_classes"]
@@ -163,41 +169,6 @@ def check_label_range(labels: list[int], num_classes: int, where: str, line_numb
         message += (f". The labels run {min(labels)}..{num_classes}: they look 1-based; "
                     f"list files must use 0-based labels (subtract 1)")
     raise DataError(message)
-
-
-def find_unreadable_images(image_dir: str, names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """(indices of `names` with no file under `image_dir`, indices naming something that is not a
-    regular file: a named pipe, a folder, a broken link, ...), from one directory listing per sub-folder."""
-    listings: dict[str, dict[str, bool]] = {}  # folder -> {entry name: is a regular file}
-    missing, not_regular = [], []
-    for index, name in enumerate(names):
-        folder = os.path.dirname(name)
-        if folder not in listings:
-            listings[folder] = _folder_entries(os.path.join(image_dir, folder))
-        regular = listings[folder].get(os.path.basename(name))
-        if regular is False:
-            not_regular.append(index)
-        # The isfile() fallback keeps case-insensitive file systems and odd names correct.
-        elif regular is None and not os.path.isfile(os.path.join(image_dir, name)):
-            missing.append(index)
-    return missing, not_regular
-
-
-def _folder_entries(folder: str) -> dict[str, bool]:
-    """{name: whether it is a regular file} of everything in `folder`; empty if unlistable. The file
-    type comes with the listing, so this costs no stat per file."""
-    try:
-        with os.scandir(folder) as entries:
-            return {entry.name: _is_regular(entry) for entry in entries}
-    except OSError:
-        return {}
-
-
-def _is_regular(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
 
 
 def dataset_from_list_file(list_file: str, image_dir: str, classes: Sequence[str], transform=None,

@@ -36,8 +36,9 @@ class DatasetView(torch.utils.data.Dataset):
 
 def stratified_holdout(labels, fraction, seed):
     """`(kept, held_out)` sorted index arrays: of each class, a seeded random `round(fraction · n)` of
-    its n images is held out (at least one when n ≥ 2, never all of them). `fraction` (in (0, 1))
-    comes checked from the settings schema."""
+    its n images is held out (at least one when n ≥ 2, never all of them)."""
+    if not 0 < fraction < 1:  # a public helper: outside (0, 1) it would hold out one or all but one quietly
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     held = []
