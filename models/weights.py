@@ -118,8 +118,7 @@ def load_weights(model, source, name="the given state dict"):
     naming, state_dict = to_our_names(state_dict)
     source_format = container_format if naming == "ours" else naming
     target = dict(model.state_dict(keep_vars=True))
-    if not isinstance(model, CrossModel):  # our names are rooted at the DCS/QCS model: a base branch has no `base.`
-        state_dict = {k.removeprefix("base."): v for k, v in state_dict.items()}
+    state_dict = _fit_to_model(model, state_dict)
     if source_format != "ir50":
         _check_same_model(model, state_dict, name)
 
@@ -159,6 +158,15 @@ def _check_values(name, state_dict, target, keys):
     if non_finite:
         raise CheckpointError(f"{name}: {len(non_finite)} tensors hold NaN or infinite values (e.g. {non_finite[0]}); "
                               "the weights are damaged (a diverged run?)")
+
+
+def _fit_to_model(model, state_dict):
+    """Our names are rooted at the DCS/QCS model; a bare base branch drops the `base.` prefix."""
+    if not isinstance(model, CrossModel):
+        return {k.removeprefix("base."): v for k, v in state_dict.items()}
+    if any(k.startswith("base.") for k in state_dict):
+        return state_dict
+    return {(k if k.startswith(("cross_", "ir50-unused.")) else "base." + k): v for k, v in state_dict.items()}
 
 
 def _known_unused(key, model):
