@@ -246,10 +246,11 @@ def write_json(path, rows, trained, k, checkpoint, partial=None):
 
 
 def write_outputs(args, rows, setup, csv_rows, partial=None):
-    """--csv (`csv_rows`, the header first) and --json, each written atomically over its claimed
-    placeholder; returns their paths. `partial` says why they hold only some inputs."""
+    """--csv (`csv_rows()`: its rows, the header first, made only when asked for) and --json, each
+    written atomically over its claimed placeholder; returns their paths. `partial` says why they
+    hold only some inputs."""
     if args.csv:
-        write_output(args.csv, "--csv", lambda handle: csv.writer(handle).writerows(csv_rows))
+        write_output(args.csv, "--csv", lambda handle: csv.writer(handle).writerows(csv_rows()))
     if args.json:
         write_json(args.json, rows, setup.trained, setup.k, args.checkpoint, partial)
     return [path for path in (args.csv, args.json) if path]

@@ -218,7 +218,8 @@ def align(image, landmarks, side):
     region = image.crop((left, top, right, bottom))
     # A face much larger than the crop is first shrunk with a box filter: the affine resampling alone would alias.
     factor = max(1, int(math.hypot(a, b)))
-    region = region.reduce(factor)  # a copy when factor is 1
+    if factor > 1:  # reduce(1) would only copy the region, once per face
+        region = region.reduce(factor)
     coefficients = (a / factor, -b / factor, (tx - left) / factor, b / factor, a / factor, (ty - top) / factor)
     return region.transform((side, side), Image.AFFINE, coefficients, resample=Image.BILINEAR)
 

@@ -361,7 +361,6 @@ def claim_heatmap_outputs(args, created):
             check_output_file(path, flag)
 
 
-
 def save(figure, path, flag):
     """Write the figure as a PNG (its folder was made by `claim_heatmap_outputs` before any work)."""
     write_output(path, flag, lambda handle: figure.savefig(handle, format="png"), mode="wb")

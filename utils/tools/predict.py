@@ -168,7 +168,7 @@ def classify_and_report(args, files, setup):
                       warn_photos=args.detect is None and setup.finder is None, rows=rows)
     except KeyboardInterrupt:
         return interrupted(args, rows, setup, len(files))
-    written = write_outputs(args, rows, setup, csv_rows(rows, trained.classes, setup.k))
+    written = write_outputs(args, rows, setup, lambda: csv_rows(rows, trained.classes, setup.k))
     setup.created.keep()
     for row in rows:
         if not row.error:
@@ -196,7 +196,7 @@ def interrupted(args, rows, setup, total):
     if not done:
         setup.created.undo()  # nothing done: the claimed, still empty --csv/--json go again
     if done and (args.csv or args.json):
-        for path in write_outputs(args, done, setup, csv_rows(done, setup.trained.classes, setup.k), partial):
+        for path in write_outputs(args, done, setup, lambda: csv_rows(done, setup.trained.classes, setup.k), partial):
             print(f"wrote {printable(path)}", file=sys.stderr)
         kept = f"; wrote the {count(len(done), 'row')} of those files (partial)"
     else:

@@ -148,7 +148,7 @@ def analyse_and_report(args, files, setup, every):
                      mode="wb", created=setup.created)
         rows, counts = result["analysed"]
     written = write_outputs(args, rows, setup,
-                            [csv_header(trained.classes), *(csv_record(row, trained.classes) for row in rows)])
+                            lambda: [csv_header(trained.classes), *(csv_record(row, trained.classes) for row in rows)])
     setup.created.keep()
     for line in report(path, rows, counts, every, trained.classes):
         print(line)
