@@ -71,6 +71,8 @@ def register(architecture):
                                                  for a in ARCHITECTURES.values()):
         raise ValueError(f"an architecture named {architecture.name!r} or with "
                          f"{architecture.branches} branches is registered already")
+    if not set(architecture.roles) <= set(ROLE_TARGETS):  # the one call a new variant makes: say what is wrong there
+        raise ValueError(f"roles must be among {', '.join(ROLE_TARGETS)}, got {architecture.roles}")
     ARCHITECTURES[architecture.name] = architecture
     return architecture
 

@@ -63,7 +63,10 @@ def _check_options(config):
 
 def inference_model(model):
     """The base branch alone (cross modules dropped): same logits as `model(x)`."""
-    return model.base if isinstance(model, CrossModel) else model
+    base = model.base if isinstance(model, CrossModel) else model
+    if not isinstance(base, BaseBranch):  # e.g. a compiled or DDP-wrapped model: its cross module would stay
+        raise TypeError(f"expected a model from build_model, got {type(model).__name__}")
+    return base
 
 
 def count_parameters(module: nn.Module):

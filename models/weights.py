@@ -46,6 +46,11 @@ class LoadReport:
     missing: list = field(default_factory=list)
     checkpoint: dict = field(default_factory=dict, repr=False)
 
+    def summary(self):
+        """One line: the source format and how many tensors were loaded, ignored and missing."""
+        return (f"{self.source_format}: {len(self.loaded)} tensors loaded, "
+                f"{len(self.ignored)} ignored, {len(self.missing)} missing")
+
 
 def checkpoint_state_dict(checkpoint):
     """`(format, state_dict)` of a loaded checkpoint object of any supported kind."""
