@@ -67,13 +67,15 @@ class Setting:
 
 
 def _option(name, kind, group, roles=(), bounds=None, choices=None, nullable=None, short=None, **cli):
-    """A setting that is also a command-line option (texts may be null)."""
-    return Setting(name, kind, group, bounds, choices, kind is str if nullable is None else nullable, roles,
-                   short, cli)
+    """A setting that is also a command-line option. A model option's choices come from
+    `OPTION_CHOICES`; a text may be null unless it is one of given choices."""
+    choices = OPTION_CHOICES.get(name) if choices is None else choices
+    nullable = kind is str and choices is None if nullable is None else nullable
+    return Setting(name, kind, group, bounds, choices, nullable, roles, short, cli)
 
 
 SETTINGS = (
-    _option("dataset", str, "data", choices=DATASET_NAMES, nullable=False,
+    _option("dataset", str, "data", choices=DATASET_NAMES,
             help="default RAF-DB; with --evaluate of our checkpoint, the dataset it was trained on"),
     _option("data_root", str, "data", help="dataset folder (default: ./datas/<dataset>)"),
     _option("classes", str, "data", help="comma-separated class names in label order (folder datasets)"),
@@ -102,29 +104,25 @@ SETTINGS = (
     _option("baseline", bool, "training", (TRAINING,),
             help="train the base branch alone (IR50+ViT, no cross module) on single images, "
                  "with this script's recipe: the paper's baseline"),
-    _option("size", str, "model", (RECIPE, MODEL), choices=OPTION_CHOICES["size"], nullable=False,
-            help="model size preset (default paper; tiny for demo)"),
-    _option("attention", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["attention"], nullable=False,
+    _option("size", str, "model", (RECIPE, MODEL), help="model size preset (default paper; tiny for demo)"),
+    _option("attention", str, "model", (TRAINING, CROSS, MODEL),
             default="csa", help="csa, or the scaled dot-product ablation sdpa (as released for DCS; "
                                 "for QCS an extension of this repository: the release has none)"),
-    _option("matrix", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["matrix"], nullable=False,
+    _option("matrix", str, "model", (TRAINING, CROSS, MODEL),
             default="sd", help="QCS similarity terms: sd = S + k·D, s = S only, d = D only (no k)"),
-    _option("connection", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["connection"], nullable=False,
-            default="vit"),
+    _option("connection", str, "model", (TRAINING, CROSS, MODEL), default="vit"),
     _option("drop", float, "model", (TRAINING, RECIPE, MODEL), "[0, 1)", help="base ViT dropout"),
     _option("cross_drop", float, "model", (TRAINING, CROSS, RECIPE, MODEL), "[0, 1)", help="cross ViT dropout"),
-    _option("proj_drop_rule", str, "model", (TRAINING, MODEL), choices=OPTION_CHOICES["proj_drop_rule"], nullable=False,
+    _option("proj_drop_rule", str, "model", (TRAINING, MODEL),
             default="auto", help="dropout on the attention projection: auto = as released (none for 7 "
                                  "classes, the ViT's dropout for 8)"),
-    _option("cross_block", str, "model", (TRAINING, CROSS, MODEL), choices=OPTION_CHOICES["cross_block"],
-            nullable=False, default="auto",
+    _option("cross_block", str, "model", (TRAINING, CROSS, MODEL), default="auto",
             help="cross-block form: auto = as released (pre-norm for 8-class DCS, in-place otherwise)"),
-    _option("vit_init", str, "model", (TRAINING, MODEL), choices=OPTION_CHOICES["vit_init"], nullable=False,
-            default="released",
+    _option("vit_init", str, "model", (TRAINING, MODEL), default="released",
             help="initial weights of the ViTs' linear layers: released = truncated normal with "
                  "std 0.01; xavier = Xavier-uniform, which lets training from random weights "
                  "(--pretrained none) start learning (see models/METHOD.md §8)"),
-    _option("distill", str, "model", (TRAINING, CROSS), choices=DISTILL_CHOICES, nullable=False, default="none",
+    _option("distill", str, "model", (TRAINING, CROSS), choices=DISTILL_CHOICES, default="none",
             help="extra base-vs-cross logit loss: kl and l2 as the release's helpers (teacher not "
                  "detached), kl-detached and mse with the cross logits detached (see models/METHOD.md)"),
     _option("distill_weight", float, "model", (TRAINING, CROSS), "[0, inf)", default=1.0,
@@ -149,17 +147,17 @@ SETTINGS = (
             help="evaluate CKPT (ours or the authors') on the test split and exit"),
     _option("predictions", str, "run", (NOT_REPLAYED,), metavar="FILE.csv",
             help="with --evaluate: per-image logits"),
-    _option("tta", str, "run", choices=TTA_CHOICES, nullable=False, default="none",
+    _option("tta", str, "run", choices=TTA_CHOICES, default="none",
             help="test-time augmentation of every evaluation (--evaluate and the per-epoch test): "
                  "flip = the mean of the logits of the image and its mirror (not in the release)"),
-    _option("select_on", str, "run", (TRAINING,), choices=("test", "val"), nullable=False, default="test",
+    _option("select_on", str, "run", (TRAINING,), choices=("test", "val"), default="test",
             help="the split that picks best.pth: test (as released and in the paper) or val, a "
                  "validation split (FERPlus's, or --val-fraction of train); the test accuracy at "
                  "the chosen epoch is reported beside it"),
     _option("val_fraction", float, "run", (TRAINING,), "(0, 1)", nullable=True, metavar="F",
             help="with --select-on val: hold out this stratified, seeded fraction of train as the "
                  "validation split (for datasets without one)"),
-    _option("device", str, "run", (RESUMABLE,), choices=DEVICE_CHOICES, nullable=False, default="auto"),
+    _option("device", str, "run", (RESUMABLE,), choices=DEVICE_CHOICES, default="auto"),
     _option("amp", bool, "run", (RESUMABLE,),
             help="bf16 autocast (CUDA or CPU): faster, results differ slightly from float32"),
     _option("channels_last", bool, "run", (RESUMABLE,), nullable=True, switch=True,
